@@ -1,0 +1,321 @@
+#include "pkcs11/pool.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/eventfd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+struct pool {
+	struct keyring *kr;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct pool_job *head, *tail;	/* queued, FIFO; under lock */
+	struct pool_job *done;		/* finished, LIFO; under lock */
+	unsigned inflight;		/* queued + running; under lock */
+	unsigned max_queued;
+	int stopping;			/* under lock */
+	int efd;
+	unsigned nworkers;
+	pthread_t *threads;
+	struct keyring_worker **workers;
+	unsigned nthreads;		/* threads actually started */
+};
+
+struct worker_arg {
+	struct pool *p;
+	unsigned idx;
+};
+
+/* Same clock as loop_now(); pkcs11/ does not include plugin/ headers. */
+static uint64_t
+now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+struct pool_job *
+pool_job_new(enum pool_op op)
+{
+	struct pool_job *job;
+
+	if ((job = calloc(1, sizeof(*job))) == NULL)
+		return NULL;
+	job->op = op;
+	atomic_init(&job->cancelled, 0);
+	return job;
+}
+
+void
+pool_job_free(struct pool_job *job)
+{
+	if (job == NULL)
+		return;
+	/* in/out may hold a plaintext. */
+	OPENSSL_cleanse(job, sizeof(*job));
+	free(job);
+}
+
+static int
+probe(struct keyring_worker *w, struct pool_job *job)
+{
+	uint8_t canary[32], back[KEYRING_MAX_PLAINTEXT];
+	size_t backlen = 0;
+	int r;
+
+	if (RAND_bytes(canary, sizeof(canary)) != 1)
+		return KEYRING_E_NOMEM;
+	r = keyring_seal(w, canary, sizeof(canary), job->out, sizeof(job->out),
+	    &job->out_len, job->key_id_out);
+	if (r == KEYRING_OK)
+		r = keyring_open(w, job->key_id_out, job->out, job->out_len,
+		    back, sizeof(back), &backlen, NULL);
+	if (r == KEYRING_OK && (backlen != sizeof(canary) ||
+	    CRYPTO_memcmp(back, canary, sizeof(canary)) != 0))
+		r = KEYRING_E_AUTH;	/* the token gave back other bytes */
+	OPENSSL_cleanse(back, sizeof(back));
+	OPENSSL_cleanse(canary, sizeof(canary));
+	job->out_len = 0;
+	return r;
+}
+
+static void
+run_job(struct keyring_worker *w, struct pool_job *job)
+{
+	job->started = now_ns();
+	switch (job->op) {
+	case POOL_SEAL:
+		job->status = keyring_seal(w, job->in, job->in_len, job->out,
+		    sizeof(job->out), &job->out_len, job->key_id_out);
+		break;
+	case POOL_OPEN:
+		job->status = keyring_open(w,
+		    job->key_id[0] != '\0' ? job->key_id : NULL,
+		    job->in, job->in_len, job->out, sizeof(job->out),
+		    &job->out_len, job->key_id_out);
+		break;
+	case POOL_PROBE:
+		job->status = probe(w, job);
+		break;
+	default:
+		job->status = KEYRING_E_INVALID;
+	}
+	job->finished = now_ns();
+	/* The input is not needed any more; do not keep a plaintext around. */
+	OPENSSL_cleanse(job->in, sizeof(job->in));
+}
+
+static void *
+worker_main(void *varg)
+{
+	struct worker_arg *wa = varg;
+	struct pool *p = wa->p;
+	struct keyring_worker *w = p->workers[wa->idx];
+	struct pool_job *job;
+	uint64_t one = 1;
+
+	free(wa);
+	for (;;) {
+		pthread_mutex_lock(&p->lock);
+		while (p->head == NULL && !p->stopping)
+			pthread_cond_wait(&p->cond, &p->lock);
+		if (p->head == NULL) {	/* stopping and nothing queued */
+			pthread_mutex_unlock(&p->lock);
+			break;
+		}
+		job = p->head;
+		if ((p->head = job->next) == NULL)
+			p->tail = NULL;
+		job->next = NULL;
+		pthread_mutex_unlock(&p->lock);
+
+		if (p->stopping || atomic_load(&job->cancelled))
+			job->status = POOL_E_CANCELLED;
+		else if (job->deadline != 0 && now_ns() >= job->deadline)
+			job->status = POOL_E_DEADLINE;
+		else
+			run_job(w, job);
+
+		pthread_mutex_lock(&p->lock);
+		job->next = p->done;
+		p->done = job;
+		pthread_mutex_unlock(&p->lock);
+		/* A full counter cannot happen: the loop drains it. */
+		(void)!write(p->efd, &one, sizeof(one));
+	}
+	return NULL;
+}
+
+int
+pool_new(struct keyring *kr, unsigned nworkers, unsigned max_queued,
+    struct pool **out, char *err, size_t errlen)
+{
+	struct pool *p;
+	struct worker_arg *wa;
+	unsigned i;
+	int r, ret = KEYRING_E_NOMEM;
+
+	*out = NULL;
+	if (nworkers == 0)
+		nworkers = 1;
+	if (max_queued < nworkers)
+		max_queued = nworkers;
+	if ((p = calloc(1, sizeof(*p))) == NULL)
+		goto fail_msg;
+	p->kr = kr;
+	p->max_queued = max_queued;
+	p->nworkers = nworkers;
+	p->efd = -1;
+	pthread_mutex_init(&p->lock, NULL);
+	pthread_cond_init(&p->cond, NULL);
+	if ((p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) == -1)
+		goto fail_msg;
+	if ((p->threads = calloc(nworkers, sizeof(*p->threads))) == NULL ||
+	    (p->workers = calloc(nworkers, sizeof(*p->workers))) == NULL)
+		goto fail_msg;
+	/* Open every session first, so a token refusal fails start-up. */
+	for (i = 0; i < nworkers; i++) {
+		if ((r = keyring_worker_new(kr, &p->workers[i])) != KEYRING_OK) {
+			snprintf(err, errlen, "cannot open token session %u "
+			    "of %u: %s (lower --workers if the token limits "
+			    "sessions)", i + 1, nworkers, keyring_strerror(r));
+			ret = r;
+			goto fail;
+		}
+	}
+	for (i = 0; i < nworkers; i++) {
+		if ((wa = malloc(sizeof(*wa))) == NULL)
+			goto fail_msg;
+		wa->p = p;
+		wa->idx = i;
+		if ((r = pthread_create(&p->threads[i], NULL, worker_main,
+		    wa)) != 0) {
+			free(wa);
+			snprintf(err, errlen, "cannot start worker thread: %s",
+			    strerror(r));
+			goto fail;
+		}
+		p->nthreads++;
+	}
+	*out = p;
+	return KEYRING_OK;
+
+ fail_msg:
+	snprintf(err, errlen, "out of memory starting the token worker pool");
+ fail:
+	pool_free(p);
+	return ret;
+}
+
+void
+pool_free(struct pool *p)
+{
+	struct pool_job *job, *next;
+	unsigned i;
+
+	if (p == NULL)
+		return;
+	pthread_mutex_lock(&p->lock);
+	p->stopping = 1;
+	pthread_cond_broadcast(&p->cond);
+	pthread_mutex_unlock(&p->lock);
+	for (i = 0; i < p->nthreads; i++)
+		pthread_join(p->threads[i], NULL);
+	/* Workers drained the queue as cancelled; hand everything back. */
+	for (job = p->head; job != NULL; job = next) {
+		next = job->next;
+		job->status = POOL_E_CANCELLED;
+		job->done(job);
+	}
+	p->head = p->tail = NULL;
+	pool_reap(p);
+	for (i = 0; p->workers != NULL && i < p->nworkers; i++)
+		keyring_worker_free(p->workers[i]);
+	free(p->workers);
+	free(p->threads);
+	if (p->efd != -1)
+		close(p->efd);
+	pthread_cond_destroy(&p->cond);
+	pthread_mutex_destroy(&p->lock);
+	free(p);
+}
+
+int
+pool_submit(struct pool *p, struct pool_job *job)
+{
+	pthread_mutex_lock(&p->lock);
+	if (p->inflight >= p->max_queued || p->stopping) {
+		pthread_mutex_unlock(&p->lock);
+		return POOL_E_BUSY;
+	}
+	p->inflight++;
+	job->next = NULL;
+	if (p->tail != NULL)
+		p->tail->next = job;
+	else
+		p->head = job;
+	p->tail = job;
+	pthread_cond_signal(&p->cond);
+	pthread_mutex_unlock(&p->lock);
+	return 0;
+}
+
+int
+pool_fd(const struct pool *p)
+{
+	return p->efd;
+}
+
+void
+pool_reap(struct pool *p)
+{
+	struct pool_job *list, *job, *prev = NULL;
+	uint64_t v;
+
+	(void)!read(p->efd, &v, sizeof(v));
+	pthread_mutex_lock(&p->lock);
+	list = p->done;
+	p->done = NULL;
+	pthread_mutex_unlock(&p->lock);
+	/* Reverse to finishing order, so replies keep their order. */
+	while (list != NULL) {
+		job = list;
+		list = job->next;
+		job->next = prev;
+		prev = job;
+	}
+	while ((job = prev) != NULL) {
+		prev = job->next;
+		job->next = NULL;
+		pthread_mutex_lock(&p->lock);
+		p->inflight--;
+		pthread_mutex_unlock(&p->lock);
+		job->done(job);		/* may free job */
+	}
+}
+
+unsigned
+pool_workers(const struct pool *p)
+{
+	return p->nworkers;
+}
+
+unsigned
+pool_inflight(struct pool *p)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&p->lock);
+	n = p->inflight;
+	pthread_mutex_unlock(&p->lock);
+	return n;
+}

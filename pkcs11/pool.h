@@ -1,0 +1,92 @@
+/*
+ * pool: token worker threads. Each worker owns one logged-in session
+ * (keyring_worker) and runs jobs from a bounded FIFO; finished jobs are
+ * handed back to the event loop through an eventfd, so the loop never
+ * blocks on the token.
+ *
+ * Threading contract: pool_submit, pool_fd, pool_reap and pool_free are
+ * called from the loop thread only. A job belongs to the pool from
+ * pool_submit until pool_reap hands it to its done callback (on the loop
+ * thread); the submitter must not free it meanwhile. To abandon a job (the
+ * client went away or its deadline passed) call pool_job_cancel(): the
+ * worker then skips it if it has not started, and done still runs.
+ */
+#ifndef P11KMS_POOL_H
+#define P11KMS_POOL_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pkcs11/keyring.h"
+
+/* Statuses beyond enum keyring_status. */
+#define POOL_E_BUSY		-100	/* queue full: try later */
+#define POOL_E_DEADLINE		-101	/* deadline passed before it ran */
+#define POOL_E_CANCELLED	-102	/* pool_job_cancel() before it ran */
+
+enum pool_op {
+	POOL_SEAL,	/* in = plaintext; out = envelope, key_id = sealing key */
+	POOL_OPEN,	/* in = envelope, key_id = expected key ("" = any) */
+	POOL_PROBE,	/* seal + open a random canary with the primary key */
+};
+
+struct pool_job;
+typedef void (*pool_done_cb)(struct pool_job *job);
+
+struct pool_job {
+	/* Set by the submitter. */
+	enum pool_op op;
+	uint64_t deadline;		/* loop_now() clock; 0 = none */
+	uint8_t in[KEYRING_MAX_CIPHERTEXT];
+	size_t in_len;
+	char key_id[KEYRING_KEY_ID_MAX];
+	pool_done_cb done;		/* runs on the loop thread */
+	void *arg;			/* the submitter's, untouched */
+	void *ctx;			/* the submitter's, untouched */
+
+	/* Set by the worker. */
+	int status;			/* KEYRING_OK, KEYRING_E_*, POOL_E_* */
+	uint8_t out[KEYRING_MAX_CIPHERTEXT];
+	size_t out_len;
+	char key_id_out[KEYRING_KEY_ID_MAX];
+	uint64_t started, finished;	/* loop_now() clock; 0 = never ran */
+
+	atomic_int cancelled;
+	struct pool_job *next;
+};
+
+struct pool;
+
+/* Zeroed job; NULL on out of memory. Free with pool_job_free (wipes). */
+struct pool_job *pool_job_new(enum pool_op op);
+void pool_job_free(struct pool_job *job);
+static inline void
+pool_job_cancel(struct pool_job *job)
+{
+	atomic_store(&job->cancelled, 1);
+}
+
+/*
+ * Starts nworkers threads, each with its own session on kr (kr must outlive
+ * the pool). max_queued bounds jobs waiting or running. On failure returns a
+ * keyring status and a message in err.
+ */
+int pool_new(struct keyring *kr, unsigned nworkers, unsigned max_queued,
+    struct pool **out, char *err, size_t errlen);
+/* Stops the workers (waiting for running jobs), then frees queued jobs
+ * through their done callbacks with POOL_E_CANCELLED. */
+void pool_free(struct pool *p);
+
+/* Queues job. 0, or POOL_E_BUSY when max_queued jobs are in the pool. */
+int pool_submit(struct pool *p, struct pool_job *job);
+/* Readable when finished jobs wait for pool_reap. */
+int pool_fd(const struct pool *p);
+/* Runs the done callback of every finished job. Loop thread only. */
+void pool_reap(struct pool *p);
+
+unsigned pool_workers(const struct pool *p);
+/* Jobs queued or running right now. */
+unsigned pool_inflight(struct pool *p);
+
+#endif

@@ -1,0 +1,470 @@
+#include "plugin/kms.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kms_v2.pb-c.h"
+#include "plugin/log.h"
+#include "plugin/mem.h"
+
+#define NS_PER_S		1000000000ull
+#define PROBE_RETRY_S		2	/* after a failure, probe this soon */
+
+struct kms {
+	struct loop *loop;
+	struct keyring *kr;
+	struct pool *pool;
+	const char *version;
+	uint64_t interval;		/* ns */
+	struct loop_timer timer;
+	struct pool_job *probe_job;	/* running probe, or NULL */
+	int probed;			/* a probe has finished */
+	int healthy;
+	uint64_t last_ok;		/* loop_now() of the last good probe */
+	time_t down_since;		/* wall clock, for the message */
+	char why[256];			/* the failure, while unhealthy */
+	char healthz[400];
+};
+
+/* ---- health ---- */
+
+static void
+health_fail(struct kms *k, const char *what, int status)
+{
+	if (k->healthy || k->why[0] == '\0') {
+		k->down_since = time(NULL);
+		log_warn("token unhealthy: %s: %s", what,
+		    keyring_strerror(status));
+	}
+	k->healthy = 0;
+	snprintf(k->why, sizeof(k->why), "%s: %s", what,
+	    keyring_strerror(status));
+}
+
+static void
+probe_done(struct pool_job *job)
+{
+	struct kms *k = job->arg;
+	uint64_t next;
+
+	if (k == NULL) {		/* kms_free detached us */
+		pool_job_free(job);
+		return;
+	}
+	k->probe_job = NULL;
+	k->probed = 1;
+	if (job->status == KEYRING_OK) {
+		if (!k->healthy)
+			log_info("token healthy: seal/open round trip "
+			    "succeeded in %.3f ms",
+			    (double)(job->finished - job->started) / 1e6);
+		k->healthy = 1;
+		k->why[0] = '\0';
+		k->last_ok = job->finished;
+	} else if (job->status == POOL_E_DEADLINE) {
+		health_fail(k, "health probe waited longer than the probe "
+		    "interval for a token session", KEYRING_E_TOKEN);
+	} else if (job->status != POOL_E_CANCELLED) {
+		health_fail(k, "seal/open round trip failed", job->status);
+	}
+	pool_job_free(job);
+	next = loop_now() + (k->healthy ? k->interval :
+	    (uint64_t)PROBE_RETRY_S * NS_PER_S);
+	(void)loop_timer_start(k->loop, &k->timer, next);
+}
+
+void
+kms_probe(struct kms *k)
+{
+	struct pool_job *job;
+	int r;
+
+	if (k->probe_job != NULL)
+		return;
+	loop_timer_stop(k->loop, &k->timer);
+	if ((job = pool_job_new(POOL_PROBE)) == NULL) {
+		(void)loop_timer_start(k->loop, &k->timer,
+		    loop_now() + NS_PER_S);
+		return;
+	}
+	job->deadline = loop_now() + k->interval;
+	job->done = probe_done;
+	job->arg = k;
+	if ((r = pool_submit(k->pool, job)) != 0) {
+		/* Every slot busy: the token is answering others, retry. */
+		pool_job_free(job);
+		(void)loop_timer_start(k->loop, &k->timer,
+		    loop_now() + NS_PER_S);
+		return;
+	}
+	k->probe_job = job;
+}
+
+static void
+probe_timer(void *arg)
+{
+	kms_probe(arg);
+}
+
+int
+kms_probe_done(const struct kms *k, int *ok)
+{
+	*ok = k->healthy;
+	return k->probed;
+}
+
+const char *
+kms_healthz(struct kms *k)
+{
+	uint64_t now = loop_now(), age;
+	char since[32];
+	struct tm tm;
+
+	if (!k->probed)
+		return "starting: first token round trip has not finished";
+	if (k->healthy) {
+		age = now - k->last_ok;
+		/* Probes run every interval; allow one slow probe. */
+		if (age <= 2 * k->interval + 5 * NS_PER_S)
+			return "ok";
+		snprintf(k->healthz, sizeof(k->healthz), "no token round trip "
+		    "for %llu s: the token may be hung",
+		    (unsigned long long)(age / NS_PER_S));
+		return k->healthz;
+	}
+	gmtime_r(&k->down_since, &tm);
+	strftime(since, sizeof(since), "%H:%M:%S UTC", &tm);
+	snprintf(k->healthz, sizeof(k->healthz), "%s (since %s, retrying)",
+	    k->why, since);
+	return k->healthz;
+}
+
+int
+kms_new(struct loop *l, struct keyring *kr, struct pool *pool,
+    const struct kms_config *cfg, struct kms **out)
+{
+	struct kms *k;
+
+	*out = NULL;
+	if ((k = calloc(1, sizeof(*k))) == NULL)
+		return -1;
+	k->loop = l;
+	k->kr = kr;
+	k->pool = pool;
+	k->version = cfg->version;
+	k->interval = (uint64_t)cfg->probe_interval_s * NS_PER_S;
+	k->timer.cb = probe_timer;
+	k->timer.arg = k;
+	*out = k;
+	return 0;
+}
+
+void
+kms_free(struct kms *k)
+{
+	if (k == NULL)
+		return;
+	loop_timer_stop(k->loop, &k->timer);
+	if (k->probe_job != NULL) {
+		pool_job_cancel(k->probe_job);
+		k->probe_job->arg = NULL;
+	}
+	free(k);
+}
+
+/* ---- requests ---- */
+
+static void
+job_cancelled(void *arg)
+{
+	struct pool_job *job = arg;
+
+	/* The call is gone; the job comes back to its done callback, which
+	 * then only frees it. */
+	pool_job_cancel(job);
+	job->arg = NULL;
+}
+
+static int
+key_configured(const struct kms *k, const char *key_id)
+{
+	size_t i;
+
+	for (i = 0; i < keyring_nkeys(k->kr); i++)
+		if (strcmp(keyring_key_id(k->kr, i), key_id) == 0)
+			return 1;
+	return 0;
+}
+
+/* Maps a failed job to a status for its call. */
+static void
+fail_job(struct kms *k, struct grpc_call *call, struct pool_job *job,
+    const char *want_key)
+{
+	switch (job->status) {
+	case POOL_E_BUSY:
+		grpc_call_fail(call, GRPC_RESOURCE_EXHAUSTED, "too many "
+		    "requests in flight; retry later");
+		break;
+	case POOL_E_DEADLINE:
+		grpc_call_fail(call, GRPC_DEADLINE_EXCEEDED, "deadline passed "
+		    "while the request waited for a token session");
+		break;
+	case KEYRING_E_UNKNOWN_KEY:
+		if (!key_configured(k, job->key_id_out))
+			grpc_call_fail(call, GRPC_NOT_FOUND, "ciphertext was "
+			    "sealed by key_id %s, which is not configured in "
+			    "this plugin", job->key_id_out);
+		else
+			grpc_call_fail(call, GRPC_NOT_FOUND, "key_id '%.100s' "
+			    "does not match the ciphertext, which was sealed "
+			    "by key_id %s", want_key != NULL ? want_key : "",
+			    job->key_id_out);
+		break;
+	case KEYRING_E_AUTH:
+		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "ciphertext does "
+		    "not authenticate under key_id %s: it was altered or "
+		    "belongs to another key", want_key != NULL ? want_key :
+		    keyring_primary_key_id(k->kr));
+		break;
+	case KEYRING_E_INVALID:
+		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "ciphertext is not "
+		    "a p11kms envelope");
+		break;
+	case KEYRING_E_TOOBIG:
+		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "plaintext is "
+		    "larger than %d bytes", KEYRING_MAX_PLAINTEXT);
+		break;
+	case KEYRING_E_TOKEN:
+	case KEYRING_E_PIN:
+		health_fail(k, "token operation failed", job->status);
+		kms_probe(k);
+		grpc_call_fail(call, GRPC_UNAVAILABLE, "token error: %s",
+		    keyring_strerror(job->status));
+		break;
+	default:
+		grpc_call_fail(call, GRPC_INTERNAL, "%s",
+		    keyring_strerror(job->status));
+	}
+}
+
+/* Queues job for call; on a full pool the call fails at once. */
+static void
+submit(struct kms *k, struct grpc_call *call, struct pool_job *job,
+    pool_done_cb done)
+{
+	job->deadline = grpc_call_deadline(call);
+	job->done = done;
+	job->arg = call;
+	job->ctx = k;
+	if (pool_submit(k->pool, job) != 0) {
+		job->status = POOL_E_BUSY;
+		fail_job(k, call, job, NULL);
+		pool_job_free(job);
+		return;
+	}
+	grpc_call_on_cancel(call, job_cancelled, job);
+}
+
+static void
+status_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
+    size_t len)
+{
+	struct kms *k = ctx;
+	V2__StatusRequest *req;
+	V2__StatusResponse resp = V2__STATUS_RESPONSE__INIT;
+
+	req = v2__status_request__unpack(&mem_protobuf_allocator, len, msg);
+	if (req == NULL) {
+		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "StatusRequest is "
+		    "not valid protobuf");
+		return;
+	}
+	v2__status_request__free_unpacked(req, &mem_protobuf_allocator);
+	resp.version = (char *)k->version;
+	resp.healthz = (char *)kms_healthz(k);
+	resp.key_id = (char *)keyring_primary_key_id(k->kr);
+	grpc_call_reply(call, &resp.base);
+}
+
+static void
+encrypt_done(struct pool_job *job)
+{
+	struct grpc_call *call = job->arg;
+	struct kms *k = job->ctx;
+	V2__EncryptResponse resp = V2__ENCRYPT_RESPONSE__INIT;
+	V2__EncryptResponse__AnnotationsEntry ann =
+	    V2__ENCRYPT_RESPONSE__ANNOTATIONS_ENTRY__INIT;
+	V2__EncryptResponse__AnnotationsEntry *anns[1] = { &ann };
+
+	if (call == NULL) {
+		pool_job_free(job);
+		return;
+	}
+	if (job->status != KEYRING_OK) {
+		fail_job(k, call, job, NULL);
+		pool_job_free(job);
+		return;
+	}
+	resp.ciphertext.data = job->out;
+	resp.ciphertext.len = job->out_len;
+	resp.key_id = job->key_id_out;
+	ann.key = (char *)KMS_ANNOTATION_VERSION;
+	ann.value.data = (uint8_t *)KMS_ENVELOPE_VERSION;
+	ann.value.len = sizeof(KMS_ENVELOPE_VERSION) - 1;
+	resp.n_annotations = 1;
+	resp.annotations = anns;
+	grpc_call_reply(call, &resp.base);
+	pool_job_free(job);
+}
+
+static void
+encrypt_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
+    size_t len)
+{
+	struct kms *k = ctx;
+	V2__EncryptRequest *req;
+	struct pool_job *job = NULL;
+
+	req = v2__encrypt_request__unpack(&mem_protobuf_allocator, len, msg);
+	if (req == NULL) {
+		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "EncryptRequest "
+		    "is not valid protobuf");
+		return;
+	}
+	if (req->plaintext.len == 0 ||
+	    req->plaintext.len > KEYRING_MAX_PLAINTEXT) {
+		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "plaintext must "
+		    "be 1 to %d bytes, got %zu", KEYRING_MAX_PLAINTEXT,
+		    req->plaintext.len);
+		goto out;
+	}
+	if ((job = pool_job_new(POOL_SEAL)) == NULL) {
+		grpc_call_fail(call, GRPC_RESOURCE_EXHAUSTED, "out of memory");
+		goto out;
+	}
+	memcpy(job->in, req->plaintext.data, req->plaintext.len);
+	job->in_len = req->plaintext.len;
+	log_debug("Encrypt uid=%.100s bytes=%zu", req->uid,
+	    req->plaintext.len);
+	submit(k, call, job, encrypt_done);
+ out:
+	v2__encrypt_request__free_unpacked(req, &mem_protobuf_allocator);
+}
+
+static void
+decrypt_done(struct pool_job *job)
+{
+	struct grpc_call *call = job->arg;
+	struct kms *k = job->ctx;
+	V2__DecryptResponse resp = V2__DECRYPT_RESPONSE__INIT;
+
+	if (call == NULL) {
+		pool_job_free(job);
+		return;
+	}
+	if (job->status != KEYRING_OK) {
+		fail_job(k, call, job, job->key_id);
+		pool_job_free(job);
+		return;
+	}
+	resp.plaintext.data = job->out;
+	resp.plaintext.len = job->out_len;
+	grpc_call_reply(call, &resp.base);
+	pool_job_free(job);		/* wipes the plaintext */
+}
+
+/* The annotations must be exactly what Encrypt returned. */
+static int
+check_annotations(V2__DecryptRequest *req, struct grpc_call *call)
+{
+	size_t i;
+	int seen = 0;
+
+	for (i = 0; i < req->n_annotations; i++) {
+		V2__DecryptRequest__AnnotationsEntry *a = req->annotations[i];
+		if (a->key == NULL ||
+		    strcmp(a->key, KMS_ANNOTATION_VERSION) != 0) {
+			grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "unknown "
+			    "annotation '%.100s'; p11kms sets only "
+			    KMS_ANNOTATION_VERSION, a->key ? a->key : "");
+			return -1;
+		}
+		if (a->value.len != sizeof(KMS_ENVELOPE_VERSION) - 1 ||
+		    memcmp(a->value.data, KMS_ENVELOPE_VERSION,
+		    a->value.len) != 0) {
+			grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "annotation "
+			    KMS_ANNOTATION_VERSION " has an unsupported "
+			    "value; this plugin reads envelope version "
+			    KMS_ENVELOPE_VERSION);
+			return -1;
+		}
+		seen = 1;
+	}
+	if (!seen) {
+		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "annotation "
+		    KMS_ANNOTATION_VERSION " is missing; pass back the "
+		    "annotations Encrypt returned");
+		return -1;
+	}
+	return 0;
+}
+
+static void
+decrypt_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
+    size_t len)
+{
+	struct kms *k = ctx;
+	V2__DecryptRequest *req;
+	struct pool_job *job = NULL;
+	size_t idlen;
+
+	req = v2__decrypt_request__unpack(&mem_protobuf_allocator, len, msg);
+	if (req == NULL) {
+		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "DecryptRequest "
+		    "is not valid protobuf");
+		return;
+	}
+	if (req->ciphertext.len == 0 ||
+	    req->ciphertext.len > KEYRING_MAX_CIPHERTEXT) {
+		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "ciphertext must "
+		    "be 1 to %d bytes, got %zu", KEYRING_MAX_CIPHERTEXT,
+		    req->ciphertext.len);
+		goto out;
+	}
+	idlen = strlen(req->key_id);
+	if (idlen == 0 || idlen >= KEYRING_KEY_ID_MAX) {
+		grpc_call_fail(call, GRPC_NOT_FOUND, "key_id '%.100s' is not "
+		    "configured in this plugin", req->key_id);
+		goto out;
+	}
+	if (check_annotations(req, call) != 0)
+		goto out;
+	if ((job = pool_job_new(POOL_OPEN)) == NULL) {
+		grpc_call_fail(call, GRPC_RESOURCE_EXHAUSTED, "out of memory");
+		goto out;
+	}
+	memcpy(job->in, req->ciphertext.data, req->ciphertext.len);
+	job->in_len = req->ciphertext.len;
+	memcpy(job->key_id, req->key_id, idlen + 1);
+	log_debug("Decrypt uid=%.100s bytes=%zu", req->uid,
+	    req->ciphertext.len);
+	submit(k, call, job, decrypt_done);
+ out:
+	v2__decrypt_request__free_unpacked(req, &mem_protobuf_allocator);
+}
+
+static const struct grpc_method methods[] = {
+	{ "/v2.KeyManagementService/Status", status_handler },
+	{ "/v2.KeyManagementService/Encrypt", encrypt_handler },
+	{ "/v2.KeyManagementService/Decrypt", decrypt_handler },
+};
+
+const struct grpc_method *
+kms_methods(size_t *n)
+{
+	*n = sizeof(methods) / sizeof(methods[0]);
+	return methods;
+}

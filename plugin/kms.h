@@ -1,0 +1,44 @@
+/*
+ * kms: the KeyManagementService handlers. They unpack requests, check them
+ * against the apiserver's contract, hand seal/open jobs to the token pool
+ * and pack replies. Status is answered from the health probe's last result
+ * and never waits on the token.
+ */
+#ifndef P11KMS_KMS_H
+#define P11KMS_KMS_H
+
+#include <stddef.h>
+
+#include "pkcs11/keyring.h"
+#include "pkcs11/pool.h"
+#include "plugin/grpc.h"
+#include "plugin/loop.h"
+
+/* Annotation p11kms returns with every ciphertext and requires back. */
+#define KMS_ANNOTATION_VERSION	"version.p11kms.io"
+#define KMS_ENVELOPE_VERSION	"1"
+
+struct kms;
+
+struct kms_config {
+	const char *version;		/* StatusResponse.version */
+	unsigned probe_interval_s;
+};
+
+/* kr and pool must outlive the kms. */
+int kms_new(struct loop *l, struct keyring *kr, struct pool *pool,
+    const struct kms_config *cfg, struct kms **out);
+/* Detaches the probe still running, if any. */
+void kms_free(struct kms *k);
+
+/* The method table to give grpc_server_new, with k as ctx. */
+const struct grpc_method *kms_methods(size_t *n);
+
+/* Starts a health round trip now (if none is running). */
+void kms_probe(struct kms *k);
+/* 1 when the last probe finished and succeeded; else 0. */
+int kms_probe_done(const struct kms *k, int *ok);
+/* "ok", or a sentence saying what is wrong. Points into k. */
+const char *kms_healthz(struct kms *k);
+
+#endif

@@ -1,0 +1,26 @@
+#!/bin/sh
+# Installs the Debian 12 packages p11kms needs to build, run and test.
+# As root it runs apt-get; otherwise it prints the line to run.
+set -eu
+
+PKGS="build-essential pkg-config p11-kit libp11-kit-dev softhsm2 opensc
+libprotobuf-c-dev protobuf-c-compiler libnghttp2-dev libssl-dev libcmocka-dev
+python3-grpcio python3-grpc-tools python3-protobuf python3-pytest python3-h2 nghttp2-client"
+
+missing=""
+for p in $PKGS; do
+	dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed' ||
+		missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "p11kms: missing packages:$missing" >&2
+	echo "p11kms: install them with:" >&2
+	echo "  sudo apt-get install -y$missing" >&2
+	exit 1
+fi
+echo "p11kms: installing:$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends $missing >/dev/null
