@@ -1,0 +1,60 @@
+#!/bin/sh
+# `make run`: serve p11kms on ./var/kms.sock from a local SoftHSM token,
+# creating the token and a non-extractable AES-256 KEK on first use.
+# Usage: scripts/run.sh BUILD/p11kms   (state folder: $P11KMS_VAR or ./var)
+set -eu
+
+bin=$1
+var=${P11KMS_VAR:-$PWD/var}
+module=/usr/lib/softhsm/libsofthsm2.so
+label=kms
+key=kek1
+
+mkdir -p "$var"
+var=$(cd "$var" && pwd)
+umask 077
+export SOFTHSM2_CONF="$var/softhsm2.conf"
+
+if [ ! -f "$var/pin" ]; then
+	echo "p11kms: creating a SoftHSM token in $var"
+	mkdir -p "$var/tokens"
+	cat >"$SOFTHSM2_CONF" <<CONF
+directories.tokendir = $var/tokens
+objectstore.backend = file
+log.level = ERROR
+slots.removable = false
+CONF
+	# Random PINs, kept in files only readable by this user.
+	openssl rand -hex 16 >"$var/so-pin"
+	openssl rand -hex 16 >"$var/pin.new"
+	softhsm2-util --init-token --free --label "$label" \
+	    --so-pin "$(cat "$var/so-pin")" --pin "$(cat "$var/pin.new")" >/dev/null
+	# Sensitive, private and (pkcs11-tool's default) non-extractable.
+	pkcs11-tool --module "$module" --token-label "$label" --login \
+	    --pin "$(cat "$var/pin.new")" --keygen --key-type AES:32 \
+	    --label "$key" --id 01 --sensitive --private >/dev/null
+	mv "$var/pin.new" "$var/pin"
+fi
+
+sock="$var/kms.sock"
+cat <<EOF_CONF
+
+Paste into the kube-apiserver --encryption-provider-config file:
+
+apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+  - resources: [secrets]
+    providers:
+      - kms:
+          apiVersion: v2
+          name: p11kms
+          endpoint: unix://$sock
+          timeout: 3s
+      - identity: {}
+
+Serving in the foreground; stop with Ctrl-C.
+EOF_CONF
+exec "$bin" --socket "$sock" --module "$module" \
+    --key "pkcs11:token=$label;object=$key;type=secret-key" \
+    --pin-file "$var/pin"

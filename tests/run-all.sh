@@ -1,0 +1,57 @@
+#!/bin/sh
+# Runs every test suite: the C unit tests, then the integration tests
+# against a real SoftHSM token with python3-grpcio as the client.
+# Usage: tests/run-all.sh /abs/path/to/p11kms UNIT_TEST_BINARY...
+# Prints one closing line "check: N passed, N failed" over all suites and
+# exits non-zero when anything failed.
+set -u
+cd "$(dirname "$0")/.." || exit 1
+bin=$1
+shift
+label=${BUILD:-build}
+passed=0
+failed=0
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT INT TERM
+
+count() {	# count PATTERN FILE: first number on the line matching PATTERN
+	sed -n "s/$1/\\1/p" "$2" | tail -n 1
+}
+
+for t in "$@"; do
+	echo "== unit: $t"
+	P11KMS_SRCDIR=$PWD "$t" >"$log" 2>&1
+	rc=$?
+	cat "$log"
+	p=$(count '^\[  PASSED  \] \([0-9]*\) test.*' "$log")
+	f=$(count '^\[  FAILED  \] \([0-9]*\) test.*' "$log")
+	passed=$((passed + ${p:-0}))
+	failed=$((failed + ${f:-0}))
+	if [ $rc -ne 0 ] && [ "${f:-0}" -eq 0 ]; then
+		echo "!! $t exited $rc (crash or sanitizer report)"
+		failed=$((failed + 1))
+	fi
+done
+
+echo "== integration ($label)"
+P11KMS=$bin sh tests/run-integration.sh >"$log" 2>&1
+rc=$?
+cat "$log"
+p=$(count '.* \([0-9][0-9]*\) passed.*' "$log")
+[ -n "$p" ] || p=$(count '^\([0-9][0-9]*\) passed.*' "$log")
+f=$(count '^\([0-9][0-9]*\) failed.*' "$log")
+[ -n "$f" ] || f=$(count '.* \([0-9][0-9]*\) failed.*' "$log")
+e=$(count '.* \([0-9][0-9]*\) error.*' "$log")
+passed=$((passed + ${p:-0}))
+failed=$((failed + ${f:-0} + ${e:-0}))
+if [ $rc -ne 0 ] && [ "${f:-0}" -eq 0 ] && [ "${e:-0}" -eq 0 ]; then
+	echo "!! integration tests exited $rc"
+	failed=$((failed + 1))
+fi
+if [ "${p:-0}" -eq 0 ]; then
+	echo "!! integration tests ran nothing"
+	failed=$((failed + 1))
+fi
+
+echo "$label: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

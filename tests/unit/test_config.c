@@ -1,0 +1,174 @@
+/* Unit tests for flag parsing (plugin/config.c). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "plugin/config.h"
+#include "plugin/log.h"
+
+#define ARGV(...) (char *[]){ "p11kms", __VA_ARGS__, NULL }
+#define ARGC(v) ((int)(sizeof(v) / sizeof(v[0])) - 1)
+
+static int
+parse(struct config *cfg, char **argv, int argc, char *err, size_t errlen)
+{
+	config_defaults(cfg);
+	err[0] = '\0';
+	return config_parse_args(cfg, argc, argv, err, errlen);
+}
+
+static void
+test_full(void **state)
+{
+	char *argv[] = { "p11kms", "--socket", "@kms", "-k",
+	    "pkcs11:token=a;object=k2", "--key", "pkcs11:token=a;object=k1",
+	    "-m", "/lib/x.so", "-p", "/pin", "--workers", "3",
+	    "--max-inflight", "10", "--probe-interval", "5",
+	    "--kms-version", "v2beta1", "--max-request-bytes", "2048",
+	    "--log-level", "debug", "--grace", "0", NULL };
+	struct config cfg;
+	char err[256];
+
+	(void)state;
+	assert_int_equal(parse(&cfg, argv, ARGC(argv), err, sizeof(err)),
+	    CONFIG_OK);
+	assert_string_equal(cfg.socket_path, "@kms");
+	assert_int_equal(cfg.nkeys, 2);
+	assert_string_equal(cfg.keys[0], "pkcs11:token=a;object=k2");
+	assert_string_equal(cfg.keys[1], "pkcs11:token=a;object=k1");
+	assert_string_equal(cfg.module, "/lib/x.so");
+	assert_string_equal(cfg.pin_file, "/pin");
+	assert_int_equal(cfg.workers, 3);
+	assert_int_equal(cfg.max_inflight, 10);
+	assert_int_equal(cfg.probe_interval_s, 5);
+	assert_string_equal(cfg.kms_version, "v2beta1");
+	assert_int_equal(cfg.max_request, 2048);
+	assert_int_equal(cfg.log_level, LOG_DEBUG);
+	assert_int_equal(cfg.grace_s, 0);
+}
+
+static void
+test_defaults(void **state)
+{
+	char *argv[] = { "p11kms", "--key", "pkcs11:object=k", NULL };
+	struct config cfg;
+	char err[256];
+
+	(void)state;
+	assert_int_equal(parse(&cfg, argv, ARGC(argv), err, sizeof(err)),
+	    CONFIG_OK);
+	assert_string_equal(cfg.socket_path, CONFIG_DEFAULT_SOCKET);
+	assert_string_equal(cfg.kms_version, "v2");
+	assert_int_equal(cfg.max_request, CONFIG_DEFAULT_MAX_REQUEST);
+	assert_int_equal(cfg.probe_interval_s, CONFIG_DEFAULT_PROBE_S);
+	assert_null(cfg.module);
+	assert_null(cfg.pin_file);
+	assert_int_equal(cfg.workers, 0);
+}
+
+/* Each bad command line fails and the message names what is wrong. */
+static void
+test_errors(void **state)
+{
+	static const struct {
+		char *argv[6];
+		const char *want;
+	} cases[] = {
+		{ { "p11kms", NULL }, "no key given" },
+		{ { "p11kms", "-k", "u", "--workers", "0", NULL }, "--workers" },
+		{ { "p11kms", "-k", "u", "--workers", "x", NULL }, "--workers" },
+		{ { "p11kms", "-k", "u", "--workers", "99999", NULL },
+		  "from 1 to 256" },
+		{ { "p11kms", "-k", "u", "--workers", "-1", NULL }, "--workers" },
+		{ { "p11kms", "-k", "u", "--kms-version", "v3", NULL },
+		  "v2beta1" },
+		{ { "p11kms", "-k", "u", "--log-level", "loud", NULL },
+		  "--log-level" },
+		{ { "p11kms", "-k", "u", "--bogus", NULL }, "unknown option" },
+		{ { "p11kms", "-k", "u", "extra", NULL }, "unexpected argument" },
+		{ { "p11kms", "-k", NULL }, "needs a value" },
+		{ { "p11kms", "-k", "u", "--socket", "", NULL }, "--socket" },
+		{ { "p11kms", "-k", "u", "--max-request-bytes", "10", NULL },
+		  "--max-request-bytes" },
+		{ { "p11kms", "-k", "u", "--pin-value", "1234", NULL },
+		  "unknown option" },
+	};
+	struct config cfg;
+	char err[256];
+	size_t i;
+	int argc;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char *argv[6];
+		memcpy(argv, cases[i].argv, sizeof(argv));
+		for (argc = 0; argv[argc] != NULL; argc++)
+			;
+		if (parse(&cfg, argv, argc, err, sizeof(err)) != CONFIG_ERROR)
+			fail_msg("case %zu (%s) was accepted", i, argv[argc - 1]);
+		if (strstr(err, cases[i].want) == NULL)
+			fail_msg("case %zu: '%s' lacks '%s'", i, err,
+			    cases[i].want);
+	}
+}
+
+static void
+test_too_many_keys(void **state)
+{
+	char *argv[2 + 2 * (KEYRING_MAX_KEYS + 1)];
+	struct config cfg;
+	char err[256];
+	int argc = 1, i;
+
+	(void)state;
+	argv[0] = "p11kms";
+	for (i = 0; i <= KEYRING_MAX_KEYS; i++) {
+		argv[argc++] = "-k";
+		argv[argc++] = "pkcs11:object=k";
+	}
+	argv[argc] = NULL;
+	assert_int_equal(parse(&cfg, argv, argc, err, sizeof(err)),
+	    CONFIG_ERROR);
+	assert_non_null(strstr(err, "too many --key"));
+}
+
+static void
+test_help_lists_every_flag(void **state)
+{
+	static const char *flags[] = { "--socket", "--key", "--module",
+	    "--pin-file", "--workers", "--max-inflight", "--probe-interval",
+	    "--grace", "--kms-version", "--max-request-bytes", "--log-level",
+	    "--help", "--version" };
+	char buf[8192];
+	size_t i, n;
+	FILE *fp;
+
+	(void)state;
+	fp = fmemopen(buf, sizeof(buf) - 1, "w");
+	assert_non_null(fp);
+	config_usage(fp);
+	n = (size_t)ftell(fp);
+	fclose(fp);
+	buf[n] = '\0';
+	for (i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
+		if (strstr(buf, flags[i]) == NULL)
+			fail_msg("--help lacks %s", flags[i]);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_full),
+		cmocka_unit_test(test_defaults),
+		cmocka_unit_test(test_errors),
+		cmocka_unit_test(test_too_many_keys),
+		cmocka_unit_test(test_help_lists_every_flag),
+	};
+
+	return cmocka_run_group_tests_name("config", tests, NULL, NULL);
+}
