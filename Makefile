@@ -97,7 +97,7 @@ run: deps
 	$(Q)sh scripts/run.sh $(BUILD)/p11kms
 
 unit: $(UNIT_BIN)
-	$(Q)sh tests/run-unit.sh $(UNIT_BIN)
+	$(Q)set -e; for t in $(UNIT_BIN); do P11KMS_SRCDIR=$(CURDIR) $$t; done
 
 integration: all
 	$(Q)P11KMS=$(abspath $(BUILD)/p11kms) sh tests/run-integration.sh

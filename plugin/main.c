@@ -24,7 +24,7 @@
 #define EXIT_RUNTIME	1
 #define EXIT_CONFIG	2
 #define START_PROBE_S	30	/* first round trip must finish by then */
-#define INFLIGHT_PER_WORKER 64
+#define DEFAULT_INFLIGHT 1024
 
 struct daemon {
 	struct loop *loop;
@@ -158,7 +158,7 @@ main(int argc, char **argv)
 
 	workers = default_workers(&cfg, kr);
 	inflight = cfg.max_inflight ? cfg.max_inflight :
-	    workers * INFLIGHT_PER_WORKER;
+	    DEFAULT_INFLIGHT;
 	if ((r = pool_new(kr, workers, inflight, &d.pool, err,
 	    sizeof(err))) != KEYRING_OK) {
 		fprintf(stderr, "p11kms: %s\n", err);

@@ -1,0 +1,140 @@
+/*
+ * keyid: check value and fingerprint of a key (contract in keyid.h).
+ *
+ * Why a token check value: CKA_ID and CKA_LABEL are names an operator
+ * chooses and reuses; a key regenerated under the same names must get a new
+ * key_id, so something computed from the key value itself must go in.
+ *
+ * The computed fallback encrypts the empty string with AES-GCM under an IV
+ * reserved for this one constant input. Reusing a GCM IV is harmful only
+ * for two different inputs; here IV, AAD and plaintext never change, so the
+ * token always produces the same 16-byte tag, and it reveals nothing but
+ * "same key or not". Data IVs are 96 random bits, so one colliding with the
+ * reserved IV has probability 2^-96 per seal.
+ */
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#include "pkcs11/keyid.h"
+
+_Static_assert(sizeof(KEYID_KCV_IV) - 1 == KEYID_KCV_IV_LEN, "kcv iv");
+
+#define GCM_TAG_LEN	16
+
+static CK_RV
+kcv_gcm(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key,
+    uint8_t *kcv, size_t *kcvlen)
+{
+	CK_BYTE iv[KEYID_KCV_IV_LEN], aad[sizeof(KEYID_KCV_AAD) - 1];
+	CK_BYTE empty[1] = { 0 };
+	CK_GCM_PARAMS gcm;
+	CK_MECHANISM mech;
+	CK_ULONG outlen = KEYID_KCV_MAX;
+	CK_RV rv;
+
+	memcpy(iv, KEYID_KCV_IV, sizeof(iv));
+	memcpy(aad, KEYID_KCV_AAD, sizeof(aad));
+	memset(&gcm, 0, sizeof(gcm));
+	gcm.pIv = iv;
+	gcm.ulIvLen = sizeof(iv);
+	gcm.ulIvBits = 8 * sizeof(iv);
+	gcm.pAAD = aad;
+	gcm.ulAADLen = sizeof(aad);
+	gcm.ulTagBits = 8 * GCM_TAG_LEN;
+	mech.mechanism = CKM_AES_GCM;
+	mech.pParameter = &gcm;
+	mech.ulParameterLen = sizeof(gcm);
+
+	if ((rv = fn->C_EncryptInit(s, &mech, key)) != CKR_OK)
+		return rv;
+	/* Output sized up front: one C_Encrypt ends the operation. */
+	rv = fn->C_Encrypt(s, empty, 0, kcv, &outlen);
+	if (rv != CKR_OK)
+		return rv;
+	if (outlen != GCM_TAG_LEN)
+		return CKR_GENERAL_ERROR;
+	*kcvlen = outlen;
+	return CKR_OK;
+}
+
+CK_RV
+keyid_check_value(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s,
+    CK_OBJECT_HANDLE key, enum keyid_kcv_mode mode, uint8_t *kcv,
+    size_t *kcvlen)
+{
+	CK_ATTRIBUTE a;
+	CK_RV rv;
+
+	*kcvlen = 0;
+	if (mode == KEYID_KCV_AUTO) {
+		a.type = CKA_CHECK_VALUE;
+		a.pValue = NULL;
+		a.ulValueLen = 0;
+		rv = fn->C_GetAttributeValue(s, key, &a, 1);
+		if (rv == CKR_OK && a.ulValueLen > 0 &&
+		    a.ulValueLen <= KEYID_KCV_MAX) {
+			a.pValue = kcv;
+			rv = fn->C_GetAttributeValue(s, key, &a, 1);
+			if (rv == CKR_OK && a.ulValueLen > 0 &&
+			    a.ulValueLen <= KEYID_KCV_MAX) {
+				*kcvlen = a.ulValueLen;
+				return CKR_OK;
+			}
+		}
+		/*
+		 * Fall back only when the token says it has no check value.
+		 * Any other failure is returned: falling back on a passing
+		 * fault would give the same key another key_id.
+		 */
+		if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID &&
+		    rv != CKR_ATTRIBUTE_SENSITIVE)
+			return rv;
+	}
+	return kcv_gcm(fn, s, key, kcv, kcvlen);
+}
+
+static int
+put_lp(EVP_MD_CTX *ctx, const uint8_t *p, size_t n)
+{
+	uint8_t be[4];
+
+	if (n > 0xffffffffu)
+		return -1;
+	be[0] = (uint8_t)(n >> 24);
+	be[1] = (uint8_t)(n >> 16);
+	be[2] = (uint8_t)(n >> 8);
+	be[3] = (uint8_t)n;
+	if (EVP_DigestUpdate(ctx, be, sizeof(be)) != 1)
+		return -1;
+	if (n > 0 && EVP_DigestUpdate(ctx, p, n) != 1)
+		return -1;
+	return 0;
+}
+
+int
+keyid_fingerprint(const uint8_t *id, size_t idlen, const uint8_t *label,
+    size_t labellen, const uint8_t *kcv, size_t kcvlen,
+    uint8_t fp[KEYID_FP_LEN])
+{
+	EVP_MD_CTX *ctx;
+	unsigned int n = 0;
+	int ret = -1;
+
+	if ((ctx = EVP_MD_CTX_new()) == NULL)
+		return -1;
+	if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1 ||
+	    EVP_DigestUpdate(ctx, KEYID_DOMAIN,
+	    sizeof(KEYID_DOMAIN) - 1) != 1 ||
+	    put_lp(ctx, id, idlen) != 0 ||
+	    put_lp(ctx, label, labellen) != 0 ||
+	    put_lp(ctx, kcv, kcvlen) != 0 ||
+	    EVP_DigestFinal_ex(ctx, fp, &n) != 1 || n != KEYID_FP_LEN)
+		goto out;
+
+	/* success */
+	ret = 0;
+out:
+	EVP_MD_CTX_free(ctx);
+	return ret;
+}

@@ -1,0 +1,907 @@
+/*
+ * token: PKCS#11 module loading through p11-kit, RFC 7512 URIs, token
+ * selection, PIN sources and login (see token.h for the contracts).
+ *
+ * The vendor module is foreign code: every CK_RV is checked, and every path
+ * out of token_open() that does not hand a token to the caller finalizes and
+ * releases what it loaded.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <p11-kit/p11-kit.h>
+
+#include "pkcs11/keyring.h"
+#include "pkcs11/token.h"
+
+#define SEEN_MAX	4	/* tokens listed in a "no match" message */
+
+void
+token_err(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (err == NULL || errlen == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
+const char *
+token_rv_name(CK_RV rv)
+{
+	static __thread char buf[48];
+
+	switch (rv) {
+#define RV(x) case x: return #x;
+	RV(CKR_OK)
+	RV(CKR_CANCEL)
+	RV(CKR_HOST_MEMORY)
+	RV(CKR_SLOT_ID_INVALID)
+	RV(CKR_GENERAL_ERROR)
+	RV(CKR_FUNCTION_FAILED)
+	RV(CKR_ARGUMENTS_BAD)
+	RV(CKR_NO_EVENT)
+	RV(CKR_NEED_TO_CREATE_THREADS)
+	RV(CKR_CANT_LOCK)
+	RV(CKR_ATTRIBUTE_READ_ONLY)
+	RV(CKR_ATTRIBUTE_SENSITIVE)
+	RV(CKR_ATTRIBUTE_TYPE_INVALID)
+	RV(CKR_ATTRIBUTE_VALUE_INVALID)
+	RV(CKR_ACTION_PROHIBITED)
+	RV(CKR_DATA_INVALID)
+	RV(CKR_DATA_LEN_RANGE)
+	RV(CKR_DEVICE_ERROR)
+	RV(CKR_DEVICE_MEMORY)
+	RV(CKR_DEVICE_REMOVED)
+	RV(CKR_ENCRYPTED_DATA_INVALID)
+	RV(CKR_ENCRYPTED_DATA_LEN_RANGE)
+	RV(CKR_FUNCTION_CANCELED)
+	RV(CKR_FUNCTION_NOT_PARALLEL)
+	RV(CKR_FUNCTION_NOT_SUPPORTED)
+	RV(CKR_KEY_HANDLE_INVALID)
+	RV(CKR_KEY_SIZE_RANGE)
+	RV(CKR_KEY_TYPE_INCONSISTENT)
+	RV(CKR_KEY_NOT_NEEDED)
+	RV(CKR_KEY_CHANGED)
+	RV(CKR_KEY_NEEDED)
+	RV(CKR_KEY_INDIGESTIBLE)
+	RV(CKR_KEY_FUNCTION_NOT_PERMITTED)
+	RV(CKR_KEY_NOT_WRAPPABLE)
+	RV(CKR_KEY_UNEXTRACTABLE)
+	RV(CKR_MECHANISM_INVALID)
+	RV(CKR_MECHANISM_PARAM_INVALID)
+	RV(CKR_OBJECT_HANDLE_INVALID)
+	RV(CKR_OPERATION_ACTIVE)
+	RV(CKR_OPERATION_NOT_INITIALIZED)
+	RV(CKR_PIN_INCORRECT)
+	RV(CKR_PIN_INVALID)
+	RV(CKR_PIN_LEN_RANGE)
+	RV(CKR_PIN_EXPIRED)
+	RV(CKR_PIN_LOCKED)
+	RV(CKR_SESSION_CLOSED)
+	RV(CKR_SESSION_COUNT)
+	RV(CKR_SESSION_HANDLE_INVALID)
+	RV(CKR_SESSION_PARALLEL_NOT_SUPPORTED)
+	RV(CKR_SESSION_READ_ONLY)
+	RV(CKR_SESSION_EXISTS)
+	RV(CKR_SESSION_READ_ONLY_EXISTS)
+	RV(CKR_SESSION_READ_WRITE_SO_EXISTS)
+	RV(CKR_SIGNATURE_INVALID)
+	RV(CKR_SIGNATURE_LEN_RANGE)
+	RV(CKR_TEMPLATE_INCOMPLETE)
+	RV(CKR_TEMPLATE_INCONSISTENT)
+	RV(CKR_TOKEN_NOT_PRESENT)
+	RV(CKR_TOKEN_NOT_RECOGNIZED)
+	RV(CKR_TOKEN_WRITE_PROTECTED)
+	RV(CKR_UNWRAPPING_KEY_HANDLE_INVALID)
+	RV(CKR_UNWRAPPING_KEY_SIZE_RANGE)
+	RV(CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT)
+	RV(CKR_USER_ALREADY_LOGGED_IN)
+	RV(CKR_USER_NOT_LOGGED_IN)
+	RV(CKR_USER_PIN_NOT_INITIALIZED)
+	RV(CKR_USER_TYPE_INVALID)
+	RV(CKR_USER_ANOTHER_ALREADY_LOGGED_IN)
+	RV(CKR_USER_TOO_MANY_TYPES)
+	RV(CKR_WRAPPED_KEY_INVALID)
+	RV(CKR_WRAPPED_KEY_LEN_RANGE)
+	RV(CKR_WRAPPING_KEY_HANDLE_INVALID)
+	RV(CKR_WRAPPING_KEY_SIZE_RANGE)
+	RV(CKR_WRAPPING_KEY_TYPE_INCONSISTENT)
+	RV(CKR_RANDOM_SEED_NOT_SUPPORTED)
+	RV(CKR_RANDOM_NO_RNG)
+	RV(CKR_DOMAIN_PARAMS_INVALID)
+	RV(CKR_CURVE_NOT_SUPPORTED)
+	RV(CKR_BUFFER_TOO_SMALL)
+	RV(CKR_SAVED_STATE_INVALID)
+	RV(CKR_INFORMATION_SENSITIVE)
+	RV(CKR_STATE_UNSAVEABLE)
+	RV(CKR_CRYPTOKI_NOT_INITIALIZED)
+	RV(CKR_CRYPTOKI_ALREADY_INITIALIZED)
+	RV(CKR_MUTEX_BAD)
+	RV(CKR_MUTEX_NOT_LOCKED)
+	RV(CKR_NEW_PIN_MODE)
+	RV(CKR_NEXT_OTP)
+	RV(CKR_EXCEEDED_MAX_ITERATIONS)
+	RV(CKR_FIPS_SELF_TEST_FAILED)
+	RV(CKR_LIBRARY_LOAD_FAILED)
+	RV(CKR_PIN_TOO_WEAK)
+	RV(CKR_PUBLIC_KEY_INVALID)
+	RV(CKR_FUNCTION_REJECTED)
+#undef RV
+	}
+	/* PKCS#11 3.0 codes p11-kit 0.24's header does not name yet. */
+	switch (rv) {
+	case 0x35UL: return "CKR_AEAD_DECRYPT_FAILED";
+	case 0x201UL: return "CKR_TOKEN_RESOURCE_EXCEEDED";
+	case 0x202UL: return "CKR_OPERATION_CANCEL_FAILED";
+	}
+	if (rv >= CKR_VENDOR_DEFINED)
+		snprintf(buf, sizeof(buf), "CKR_VENDOR_DEFINED+0x%lx",
+		    (unsigned long)(rv - CKR_VENDOR_DEFINED));
+	else
+		snprintf(buf, sizeof(buf), "CKR_0x%08lx", (unsigned long)rv);
+	return buf;
+}
+
+int
+token_rv_is_fault(CK_RV rv)
+{
+	switch (rv) {
+	case CKR_HOST_MEMORY:
+	case CKR_SLOT_ID_INVALID:
+	case CKR_ARGUMENTS_BAD:
+	case CKR_CANT_LOCK:
+	case CKR_DEVICE_ERROR:
+	case CKR_DEVICE_MEMORY:
+	case CKR_DEVICE_REMOVED:
+	case CKR_FUNCTION_CANCELED:
+	case CKR_FUNCTION_NOT_SUPPORTED:
+	case CKR_KEY_HANDLE_INVALID:
+	case CKR_KEY_SIZE_RANGE:
+	case CKR_KEY_TYPE_INCONSISTENT:
+	case CKR_KEY_FUNCTION_NOT_PERMITTED:
+	case CKR_KEY_CHANGED:
+	case CKR_KEY_NEEDED:
+	case CKR_MECHANISM_INVALID:
+	case CKR_MECHANISM_PARAM_INVALID:
+	case CKR_OBJECT_HANDLE_INVALID:
+	case CKR_OPERATION_ACTIVE:
+	case CKR_OPERATION_NOT_INITIALIZED:
+	case CKR_PIN_EXPIRED:
+	case CKR_SESSION_CLOSED:
+	case CKR_SESSION_COUNT:
+	case CKR_SESSION_HANDLE_INVALID:
+	case CKR_TOKEN_NOT_PRESENT:
+	case CKR_TOKEN_NOT_RECOGNIZED:
+	case CKR_USER_NOT_LOGGED_IN:
+	case CKR_USER_PIN_NOT_INITIALIZED:
+	/* The operation stays active: only a new session clears it. */
+	case CKR_BUFFER_TOO_SMALL:
+	case CKR_CRYPTOKI_NOT_INITIALIZED:
+	case CKR_MUTEX_BAD:
+	case CKR_FUNCTION_REJECTED:
+		return 1;
+	}
+	return 0;
+}
+
+void
+token_printable(const unsigned char *s, size_t n, char *out, size_t cap)
+{
+	size_t i, len;
+
+	if (cap == 0)
+		return;
+	len = n;
+	while (len > 0 && (s[len - 1] == ' ' || s[len - 1] == '\0'))
+		len--;
+	if (len > cap - 1)
+		len = cap - 1;
+	for (i = 0; i < len; i++)
+		out[i] = (s[i] >= 0x20 && s[i] < 0x7f) ? (char)s[i] : '?';
+	out[len] = '\0';
+}
+
+static int
+is_pin_attr(const char *seg, size_t n)
+{
+	static const char *const names[] = { "pin-value", "pin-source" };
+	size_t i, k;
+
+	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		k = strlen(names[i]);
+		if (n >= k && strncasecmp(seg, names[i], k) == 0 &&
+		    (n == k || seg[k] == '='))
+			return 1;
+	}
+	return 0;
+}
+
+static void
+append(char *out, size_t cap, size_t *o, const char *p, size_t n)
+{
+	if (n > cap - 1 - *o)
+		n = cap - 1 - *o;
+	memcpy(out + *o, p, n);
+	*o += n;
+	out[*o] = '\0';
+}
+
+void
+token_uri_redact(const char *s, char *out, size_t cap)
+{
+	const char *p, *end;
+	size_t o = 0, n, scheme;
+	int in_query = 0, nseg = 0;
+
+	if (cap == 0)
+		return;
+	out[0] = '\0';
+	if (s == NULL)
+		return;
+	scheme = strncasecmp(s, "pkcs11:", 7) == 0 ? 7 : 0;
+	append(out, cap, &o, s, scheme);
+	/*
+	 * Walk the segments (";" in the path, "&" in the query, "?" between),
+	 * dropping pin-value/pin-source wherever they stand: p11-kit accepts
+	 * them in the path too.
+	 */
+	for (p = s + scheme;; p = end + 1) {
+		end = p + strcspn(p, in_query ? "&" : ";?");
+		n = (size_t)(end - p);
+		if (n > 0 && !is_pin_attr(p, n)) {
+			if (nseg > 0)
+				append(out, cap, &o, in_query ? "&" : ";", 1);
+			else if (in_query)
+				append(out, cap, &o, "?", 1);
+			append(out, cap, &o, p, n);
+			nseg++;
+		}
+		if (*end == '\0')
+			break;
+		if (*end == '?' && !in_query) {
+			in_query = 1;
+			nseg = 0;
+		}
+	}
+}
+
+int
+token_uri_parse(const char *s, P11KitUri **out, char *err, size_t errlen)
+{
+	P11KitUri *uri = NULL;
+	char text[TOKEN_URI_TEXT_MAX];
+	const char *msg;
+	int r, ret = KEYRING_E_CONFIG;
+
+	*out = NULL;
+	token_uri_redact(s, text, sizeof(text));
+	if (s == NULL || *s == '\0') {
+		token_err(err, errlen, "empty key URI");
+		goto out;
+	}
+	if ((uri = p11_kit_uri_new()) == NULL) {
+		ret = KEYRING_E_NOMEM;
+		token_err(err, errlen, "out of memory");
+		goto out;
+	}
+	r = p11_kit_uri_parse(s, P11_KIT_URI_FOR_ANY, uri);
+	if (r != P11_KIT_URI_OK) {
+		msg = p11_kit_uri_message(r);
+		token_err(err, errlen, "key URI %s: %s", text,
+		    msg != NULL ? msg : "cannot parse");
+		goto out;
+	}
+	if (p11_kit_uri_get_pin_value(uri) != NULL) {
+		token_err(err, errlen, "key URI %s carries pin-value: a PIN "
+		    "must never be on a command line or in a config file; "
+		    "use --pin-file or a pin-source in the URI", text);
+		goto out;
+	}
+	if (p11_kit_uri_any_unrecognized(uri)) {
+		token_err(err, errlen, "key URI %s has an attribute p11-kit "
+		    "does not know (RFC 7512 path attributes: token, serial, "
+		    "manufacturer, model, object, id, type, ...)", text);
+		goto out;
+	}
+	if (p11_kit_uri_get_slot_id(uri) != (CK_SLOT_ID)-1) {
+		token_err(err, errlen, "key URI %s selects a slot-id: slot "
+		    "numbers change between runs; select the token with "
+		    "token= or serial=", text);
+		goto out;
+	}
+
+	/* success */
+	*out = uri;
+	uri = NULL;
+	ret = KEYRING_OK;
+out:
+	if (uri != NULL)
+		p11_kit_uri_free(uri);
+	return ret;
+}
+
+/* A path (contains '/' or names a .so) rather than a p11-kit module name. */
+static int
+module_is_path(const char *m)
+{
+	size_t n = strlen(m);
+
+	return strchr(m, '/') != NULL ||
+	    (n > 3 && strcmp(m + n - 3, ".so") == 0) ||
+	    strstr(m, ".so.") != NULL;
+}
+
+/* Slots with a token present. *out is malloc'd (caller frees), maybe NULL. */
+static CK_RV
+get_slots(CK_FUNCTION_LIST *fn, CK_SLOT_ID **out, CK_ULONG *n)
+{
+	CK_SLOT_ID *slots = NULL, *tmp;
+	CK_ULONG count = 0;
+	CK_RV rv;
+	int tries;
+
+	*out = NULL;
+	*n = 0;
+	/* The slot count can change between the two calls (hot plug). */
+	for (tries = 0; tries < 4; tries++) {
+		rv = fn->C_GetSlotList(CK_TRUE, NULL, &count);
+		if (rv != CKR_OK)
+			goto out;
+		if (count == 0)
+			goto out;
+		tmp = realloc(slots, count * sizeof(*slots));
+		if (tmp == NULL) {
+			rv = CKR_HOST_MEMORY;
+			goto out;
+		}
+		slots = tmp;
+		rv = fn->C_GetSlotList(CK_TRUE, slots, &count);
+		if (rv != CKR_BUFFER_TOO_SMALL)
+			break;
+	}
+	if (rv != CKR_OK)
+		goto out;
+
+	/* success */
+	*out = slots;
+	*n = count;
+	slots = NULL;
+out:
+	free(slots);
+	return rv;
+}
+
+static void
+seen_add(char *seen, size_t cap, int *nseen, const CK_TOKEN_INFO *ti)
+{
+	char label[TOKEN_LABEL_MAX], serial[17];
+	size_t o = strlen(seen);
+
+	if (*nseen == SEEN_MAX)
+		snprintf(seen + o, cap - o, ", ...");
+	if (*nseen >= SEEN_MAX) {
+		(*nseen)++;
+		return;
+	}
+	token_printable(ti->label, sizeof(ti->label), label, sizeof(label));
+	token_printable(ti->serialNumber, sizeof(ti->serialNumber), serial,
+	    sizeof(serial));
+	snprintf(seen + o, cap - o, "%s'%s' (serial %s)",
+	    *nseen > 0 ? ", " : "", label, serial);
+	(*nseen)++;
+}
+
+/*
+ * Finds the one initialized token among the modules in cand (NULL
+ * terminated, all initialized) that matches uri. Never selects by slot id.
+ */
+static int
+select_token(struct token *t, CK_FUNCTION_LIST **cand, P11KitUri *uri,
+    const char *uri_text, char *err, size_t errlen)
+{
+	CK_FUNCTION_LIST *fn, *found_fn = NULL;
+	CK_SLOT_ID *slots = NULL, found_slot = 0;
+	CK_TOKEN_INFO ti, found_ti;
+	CK_SLOT_INFO si;
+	CK_INFO mi;
+	CK_ULONG nslots, j;
+	CK_RV rv;
+	char seen[256] = "", matched[256] = "";
+	int nseen = 0, nlisted = 0, nmatch = 0, ret = KEYRING_E_CONFIG;
+	size_t i;
+
+	for (i = 0; cand[i] != NULL; i++) {
+		fn = cand[i];
+		memset(&mi, 0, sizeof(mi));
+		if (fn->C_GetInfo(&mi) != CKR_OK ||
+		    !p11_kit_uri_match_module_info(uri, &mi))
+			continue;
+		free(slots);
+		rv = get_slots(fn, &slots, &nslots);
+		if (rv == CKR_HOST_MEMORY) {
+			ret = KEYRING_E_NOMEM;
+			token_err(err, errlen, "out of memory");
+			goto out;
+		}
+		if (rv != CKR_OK)
+			continue;	/* one broken module must not hide others */
+		for (j = 0; j < nslots; j++) {
+			memset(&si, 0, sizeof(si));
+			if (fn->C_GetSlotInfo(slots[j], &si) != CKR_OK ||
+			    !p11_kit_uri_match_slot_info(uri, &si))
+				continue;
+			memset(&ti, 0, sizeof(ti));
+			if (fn->C_GetTokenInfo(slots[j], &ti) != CKR_OK ||
+			    !(ti.flags & CKF_TOKEN_INITIALIZED))
+				continue;
+			seen_add(seen, sizeof(seen), &nseen, &ti);
+			if (!p11_kit_uri_match_token_info(uri, &ti))
+				continue;
+			seen_add(matched, sizeof(matched), &nlisted, &ti);
+			if (nmatch++ == 0) {
+				found_fn = fn;
+				found_slot = slots[j];
+				found_ti = ti;
+			}
+		}
+	}
+	if (nmatch == 0) {
+		token_err(err, errlen, "no token matching %s in %s (tokens "
+		    "seen: %s)", uri_text, t->module,
+		    nseen > 0 ? seen : "none initialized");
+		goto out;
+	}
+	if (nmatch > 1) {
+		token_err(err, errlen, "key URI %s is ambiguous: it matches "
+		    "%d tokens, %s; add token= or serial= to the URI",
+		    uri_text, nmatch, matched);
+		goto out;
+	}
+
+	/* success */
+	t->fn = found_fn;
+	t->slot = found_slot;
+	t->info = found_ti;
+	token_printable(found_ti.label, sizeof(found_ti.label), t->label,
+	    sizeof(t->label));
+	ret = KEYRING_OK;
+out:
+	free(slots);
+	return ret;
+}
+
+static void
+finalize_except(CK_FUNCTION_LIST **mods, CK_FUNCTION_LIST *keep)
+{
+	size_t i;
+
+	for (i = 0; mods != NULL && mods[i] != NULL; i++)
+		if (mods[i] != keep)
+			p11_kit_module_finalize(mods[i]);
+}
+
+static const char *
+p11_kit_text(void)
+{
+	const char *m = p11_kit_message();
+
+	return m != NULL ? m : "no reason given";
+}
+
+int
+token_open(const char *module, P11KitUri *uri, const char *uri_text,
+    struct token **out, char *err, size_t errlen)
+{
+	struct token *t = NULL;
+	CK_FUNCTION_LIST *one[2] = { NULL, NULL }, **cand;
+	const char *path = NULL, *name = NULL;
+	int all_init = 0, ret = KEYRING_E_CONFIG;
+	char *mname;
+	CK_RV rv;
+
+	*out = NULL;
+	if ((t = calloc(1, sizeof(*t))) == NULL) {
+		token_err(err, errlen, "out of memory");
+		return KEYRING_E_NOMEM;
+	}
+	t->session = CK_INVALID_HANDLE;
+
+	if (module != NULL && *module != '\0') {
+		if (module_is_path(module))
+			path = module;
+		else
+			name = module;
+	} else if ((path = p11_kit_uri_get_module_path(uri)) == NULL)
+		name = p11_kit_uri_get_module_name(uri);
+
+	if (name != NULL) {
+		snprintf(t->module, sizeof(t->module), "p11-kit module '%s'",
+		    name);
+		/* Loaded managed (flags 0) but not initialized: only ours is. */
+		t->mods = p11_kit_modules_load(NULL, 0);
+		if (t->mods == NULL) {
+			token_err(err, errlen, "cannot load the p11-kit module "
+			    "list: %s", p11_kit_text());
+			goto out;
+		}
+		t->fn = p11_kit_module_for_name(t->mods, name);
+		if (t->fn == NULL) {
+			token_err(err, errlen, "no p11-kit module named '%s' "
+			    "(see p11-kit list-modules; or give the .so path)",
+			    name);
+			goto out;
+		}
+	} else if (path != NULL) {
+		snprintf(t->module, sizeof(t->module), "module %s", path);
+		/*
+		 * Managed load: p11-kit initializes the module with OS
+		 * locking; C_Initialize(NULL) would tell SoftHSM there is
+		 * only one thread.
+		 */
+		t->fn = p11_kit_module_load(path, 0);
+		if (t->fn == NULL) {
+			token_err(err, errlen, "cannot load PKCS#11 module %s: "
+			    "%s", path, p11_kit_text());
+			goto out;
+		}
+	}
+
+	if (t->fn != NULL) {
+		rv = p11_kit_module_initialize(t->fn);
+		if (rv != CKR_OK) {
+			ret = KEYRING_E_TOKEN;
+			token_err(err, errlen, "cannot initialize %s: %s",
+			    t->module, token_rv_name(rv));
+			goto out;
+		}
+		t->fn_init = 1;
+		one[0] = t->fn;
+		cand = one;
+	} else {
+		snprintf(t->module, sizeof(t->module),
+		    "any p11-kit registered module");
+		t->mods = p11_kit_modules_load_and_initialize(0);
+		if (t->mods == NULL) {
+			ret = KEYRING_E_TOKEN;
+			token_err(err, errlen, "cannot load the p11-kit "
+			    "registered modules: %s", p11_kit_text());
+			goto out;
+		}
+		all_init = 1;
+		cand = t->mods;
+	}
+
+	if ((ret = select_token(t, cand, uri, uri_text, err, errlen)) != 0)
+		goto out;
+	if (all_init) {
+		/* Keep only the module holding our token initialized. */
+		finalize_except(t->mods, t->fn);
+		all_init = 0;
+		t->fn_init = 1;
+		if ((mname = p11_kit_module_get_name(t->fn)) != NULL) {
+			snprintf(t->module, sizeof(t->module),
+			    "p11-kit module '%s'", mname);
+			free(mname);
+		}
+	}
+
+	rv = t->fn->C_OpenSession(t->slot, CKF_SERIAL_SESSION, NULL, NULL,
+	    &t->session);
+	if (rv != CKR_OK) {
+		t->session = CK_INVALID_HANDLE;
+		ret = KEYRING_E_TOKEN;
+		token_err(err, errlen, "cannot open a session on token '%s': "
+		    "%s", t->label, token_rv_name(rv));
+		goto out;
+	}
+
+	/* success */
+	*out = t;
+	t = NULL;
+	ret = KEYRING_OK;
+out:
+	if (t != NULL) {
+		if (all_init)
+			finalize_except(t->mods, NULL);
+		token_close(t);
+	}
+	return ret;
+}
+
+void
+token_close(struct token *t)
+{
+	if (t == NULL)
+		return;
+	/*
+	 * No C_Logout: login is per application, and another struct token
+	 * on the same module (the keyring being loaded by a reload) shares
+	 * it. p11-kit's managed finalize closes only our sessions; the token
+	 * logs out when the application's last session closes.
+	 */
+	if (t->session != CK_INVALID_HANDLE && t->fn != NULL)
+		(void)t->fn->C_CloseSession(t->session);
+	if (t->fn_init)
+		(void)p11_kit_module_finalize(t->fn);
+	if (t->mods != NULL)
+		p11_kit_modules_release(t->mods);
+	else if (t->fn != NULL)
+		p11_kit_module_release(t->fn);
+	free(t);
+}
+
+int
+token_read_pin(const char *path, char *pin, size_t cap, size_t *len,
+    char *err, size_t errlen)
+{
+	size_t n = 0;
+	ssize_t r;
+	int fd = -1, ret = KEYRING_E_PIN;
+
+	*len = 0;
+	if (cap < 3) {
+		token_err(err, errlen, "PIN buffer too small");
+		goto out;
+	}
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0) {
+		token_err(err, errlen, "cannot open PIN file %s: %s", path,
+		    strerror(errno));
+		goto out;
+	}
+	/* Read one byte more than a PIN plus CRLF may take, to see excess. */
+	while (n < cap) {
+		r = read(fd, pin + n, cap - n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			token_err(err, errlen, "cannot read PIN file %s: %s",
+			    path, strerror(errno));
+			goto out;
+		}
+		if (r == 0)
+			break;
+		n += (size_t)r;
+	}
+	if (n > 0 && pin[n - 1] == '\n') {
+		n--;
+		if (n > 0 && pin[n - 1] == '\r')
+			n--;
+	}
+	if (n > cap - 2) {
+		token_err(err, errlen, "PIN file %s is longer than %zu bytes",
+		    path, cap - 2);
+		goto out;
+	}
+	if (n == 0) {
+		token_err(err, errlen, "PIN file %s is empty", path);
+		goto out;
+	}
+
+	/* success */
+	*len = n;
+	ret = KEYRING_OK;
+out:
+	if (ret != KEYRING_OK)
+		OPENSSL_cleanse(pin, cap);
+	if (fd >= 0)
+		close(fd);
+	return ret;
+}
+
+/*
+ * Maps an RFC 7512 pin-source to a file path: "file:/p", "file:///p" or a
+ * plain path. Other schemes are refused rather than read as a file name.
+ */
+static int
+pin_source_path(const char *src, const char **path, char *err, size_t errlen)
+{
+	const char *p;
+
+	*path = NULL;
+	if (strncmp(src, "file://", 7) == 0) {
+		p = src + 7;
+		if (*p != '/') {
+			token_err(err, errlen, "pin-source %.100s: only local "
+			    "file:///path URIs are supported", src);
+			return KEYRING_E_CONFIG;
+		}
+	} else if (strncmp(src, "file:", 5) == 0) {
+		p = src + 5;
+	} else {
+		for (p = src; isalnum((unsigned char)*p) || *p == '+' ||
+		    *p == '-' || *p == '.'; p++)
+			;
+		if (*p == ':' && p != src && isalpha((unsigned char)*src)) {
+			token_err(err, errlen, "pin-source %.100s: only file "
+			    "paths and file: URIs are supported", src);
+			return KEYRING_E_CONFIG;
+		}
+		p = src;
+	}
+	if (*p == '\0') {
+		token_err(err, errlen, "pin-source is empty");
+		return KEYRING_E_CONFIG;
+	}
+	*path = p;
+	return KEYRING_OK;
+}
+
+int
+token_login(struct token *t, const char *pin_file, const char *pin_source,
+    char *err, size_t errlen)
+{
+	char pin[TOKEN_PIN_MAX + 2];
+	const char *path = NULL;
+	size_t pinlen = 0;
+	CK_TOKEN_INFO ti;
+	CK_RV rv;
+	int ret;
+
+	memset(&ti, 0, sizeof(ti));
+	rv = t->fn->C_GetTokenInfo(t->slot, &ti);
+	if (rv != CKR_OK) {
+		ret = KEYRING_E_TOKEN;
+		token_err(err, errlen, "token '%s': C_GetTokenInfo: %s",
+		    t->label, token_rv_name(rv));
+		goto out;
+	}
+	/* Never spend a try on a locked PIN. */
+	if (ti.flags & CKF_USER_PIN_LOCKED) {
+		ret = KEYRING_E_PIN;
+		token_err(err, errlen, "the user PIN of token '%s' is locked; "
+		    "unlock it with the SO PIN", t->label);
+		goto out;
+	}
+	if (pin_file != NULL)
+		path = pin_file;
+	else if (pin_source != NULL &&
+	    (ret = pin_source_path(pin_source, &path, err, errlen)) != 0)
+		goto out;
+
+	if (path == NULL) {
+		if (ti.flags & CKF_PROTECTED_AUTHENTICATION_PATH) {
+			rv = t->fn->C_Login(t->session, CKU_USER, NULL, 0);
+		} else if (ti.flags & CKF_LOGIN_REQUIRED) {
+			ret = KEYRING_E_PIN;
+			token_err(err, errlen, "token '%s' needs a user PIN: "
+			    "give --pin-file or a pin-source in the key URI",
+			    t->label);
+			goto out;
+		} else {
+			ret = KEYRING_OK;	/* a token without login */
+			goto out;
+		}
+	} else {
+		if ((ret = token_read_pin(path, pin, sizeof(pin), &pinlen,
+		    err, errlen)) != 0)
+			goto out;
+		rv = t->fn->C_Login(t->session, CKU_USER, (CK_UTF8CHAR *)pin,
+		    pinlen);
+	}
+
+	switch (rv) {
+	case CKR_OK:
+	case CKR_USER_ALREADY_LOGGED_IN:
+		ret = KEYRING_OK;
+		break;
+	case CKR_PIN_INCORRECT:
+	case CKR_PIN_INVALID:
+	case CKR_PIN_LEN_RANGE:
+	case CKR_PIN_LOCKED:
+	case CKR_PIN_EXPIRED:
+		ret = KEYRING_E_PIN;
+		token_err(err, errlen, "token '%s' refused the user PIN%s%s "
+		    "(%s); not retried, as retries could lock the token", t->label,
+		    path != NULL ? " from " : "", path != NULL ? path : "",
+		    token_rv_name(rv));
+		break;
+	default:
+		ret = KEYRING_E_TOKEN;
+		token_err(err, errlen, "login to token '%s' failed: %s",
+		    t->label, token_rv_name(rv));
+		break;
+	}
+out:
+	OPENSSL_cleanse(pin, sizeof(pin));
+	return ret;
+}
+
+int
+token_find_key(struct token *t, P11KitUri *uri, const char *uri_text,
+    CK_OBJECT_HANDLE *out, char *err, size_t errlen)
+{
+	CK_OBJECT_CLASS cls = CKO_SECRET_KEY, ucls;
+	CK_BBOOL yes = CK_TRUE;
+	CK_ATTRIBUTE tmpl[16], *a;
+	CK_OBJECT_HANDLE found[2], h;
+	CK_ULONG nattrs, i, n, total = 0;
+	CK_RV rv;
+	size_t k = 0;
+	int named = 0, active = 0, ret = KEYRING_E_CONFIG;
+
+	*out = CK_INVALID_HANDLE;
+	a = p11_kit_uri_get_attributes(uri, &nattrs);
+	for (i = 0; i < nattrs; i++) {
+		switch (a[i].type) {
+		case CKA_CLASS:
+			if (a[i].ulValueLen != sizeof(ucls))
+				break;
+			memcpy(&ucls, a[i].pValue, sizeof(ucls));
+			if (ucls != CKO_SECRET_KEY) {
+				token_err(err, errlen, "key URI %s names an "
+				    "object type other than secret-key",
+				    uri_text);
+				goto out;
+			}
+			continue;	/* added below in any case */
+		case CKA_LABEL:
+		case CKA_ID:
+			named = 1;
+			break;
+		}
+		if (k < sizeof(tmpl) / sizeof(tmpl[0]) - 2)
+			tmpl[k++] = a[i];
+	}
+	if (!named) {
+		token_err(err, errlen, "key URI %s names no key: add object= "
+		    "(CKA_LABEL) or id= (CKA_ID)", uri_text);
+		goto out;
+	}
+	tmpl[k].type = CKA_CLASS;
+	tmpl[k].pValue = &cls;
+	tmpl[k++].ulValueLen = sizeof(cls);
+	/* Session objects (our own copies among them) must never match. */
+	tmpl[k].type = CKA_TOKEN;
+	tmpl[k].pValue = &yes;
+	tmpl[k++].ulValueLen = sizeof(yes);
+
+	rv = t->fn->C_FindObjectsInit(t->session, tmpl, k);
+	if (rv != CKR_OK)
+		goto rv_fail;
+	active = 1;
+	/* A module may return fewer than asked per call: loop until 0. */
+	while (total < 2) {
+		n = 0;
+		rv = t->fn->C_FindObjects(t->session, &h, 1, &n);
+		if (rv != CKR_OK)
+			goto rv_fail;
+		if (n == 0)
+			break;
+		found[total++] = h;
+	}
+	if (total == 0) {
+		token_err(err, errlen, "no secret key matching %s on token "
+		    "'%s' (searched after login; check object= and id=)",
+		    uri_text, t->label);
+		goto out;
+	}
+	if (total > 1) {
+		token_err(err, errlen, "key URI %s is ambiguous: several "
+		    "secret keys on token '%s' match; add id= or a unique "
+		    "object=", uri_text, t->label);
+		goto out;
+	}
+
+	/* success */
+	*out = found[0];
+	ret = KEYRING_OK;
+	goto out;
+rv_fail:
+	ret = token_rv_is_fault(rv) ? KEYRING_E_TOKEN : KEYRING_E_CONFIG;
+	token_err(err, errlen, "searching token '%s' for %s failed: %s",
+	    t->label, uri_text, token_rv_name(rv));
+out:
+	if (active)
+		(void)t->fn->C_FindObjectsFinal(t->session);
+	return ret;
+}

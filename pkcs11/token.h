@@ -1,0 +1,144 @@
+/*
+ * token: PKCS#11 module loading through p11-kit, RFC 7512 URIs, token
+ * selection, PIN sources and login. Internal to pkcs11/: this is the one
+ * header that hands CK_* types to the rest of pkcs11/ (keyring, keyid, pool).
+ *
+ * Every function that can fail returns a keyring status (keyring.h) and
+ * writes a one-line message into err (may be NULL). No message ever holds a
+ * PIN: URIs are printed through token_uri_redact().
+ */
+#ifndef P11KMS_TOKEN_H
+#define P11KMS_TOKEN_H
+
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <p11-kit/p11-kit.h>
+#include <p11-kit/pkcs11.h>
+#include <p11-kit/uri.h>
+
+/*
+ * p11-kit 0.24's pkcs11.h maps its GNU field names to the standard ones
+ * with macros and forgets to #undef these at its end, so plain words such
+ * as iv_len or aad_len would be renamed in every file including us (it
+ * broke struct envelope's iv_len). The standard names (pIv, ulIvLen, ...)
+ * are unaffected.
+ */
+#undef ck_rsa_pkcs_mgf_type_t
+#undef ck_rsa_pkcs_oaep_source_type_t
+#undef hash_alg
+#undef s_len
+#undef source_data
+#undef source_data_len
+#undef counter_bits
+#undef iv_ptr
+#undef iv_len
+#undef iv_bits
+#undef aad_ptr
+#undef aad_len
+#undef tag_bits
+#undef shared_data_len
+#undef shared_data
+#undef public_data_len
+#undef public_data
+#undef string_data
+#undef string_data_len
+#undef data_params
+
+#define TOKEN_PIN_MAX		256	/* bytes; PKCS#11 tokens cap far lower */
+#define TOKEN_LABEL_MAX		33	/* 32 padded chars + NUL */
+#define TOKEN_URI_TEXT_MAX	256	/* redacted URI kept for messages */
+
+/*
+ * One token in one module. The module is loaded "managed" by p11-kit, so it
+ * was initialized with OS locking (multi-thread safe) and its sessions are
+ * private to this struct: closing it never touches another struct token on
+ * the same module, which is what makes a reload (new token opened, old one
+ * closed) safe.
+ */
+struct token {
+	CK_FUNCTION_LIST *fn;	/* module holding the token; initialized */
+	CK_FUNCTION_LIST **mods; /* p11-kit list fn belongs to, or NULL */
+	CK_SLOT_ID slot;	/* process-local: never stored or printed */
+	CK_TOKEN_INFO info;
+	/*
+	 * Opened by token_open() and kept until token_close(): PKCS#11 login
+	 * state belongs to the application and ends when its last session
+	 * closes, so this session holds the login for all worker sessions.
+	 */
+	CK_SESSION_HANDLE session;
+	char label[TOKEN_LABEL_MAX];	/* printable, blanks trimmed */
+	char module[TOKEN_URI_TEXT_MAX]; /* how the module was found */
+	int fn_init;		/* private: fn needs p11_kit_module_finalize */
+};
+
+/* snprintf into err (NULL or errlen 0: nothing). */
+void token_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* "CKR_PIN_INCORRECT"; unknown codes as "CKR_0x…" (thread-local buffer). */
+const char *token_rv_name(CK_RV rv);
+/*
+ * 1 when rv means the session, the login or the token itself failed (so a
+ * new session may help), 0 when it concerns the data or the request.
+ */
+int token_rv_is_fault(CK_RV rv);
+
+/* Copies a blank-padded PKCS#11 string, trimmed, non-printables as '?'. */
+void token_printable(const unsigned char *s, size_t n, char *out, size_t cap);
+
+/*
+ * Copies the URI s into out (cap bytes) without pin-value / pin-source
+ * attributes, truncated if need be. Safe to print.
+ */
+void token_uri_redact(const char *s, char *out, size_t cap);
+
+/*
+ * Parses a key URI. Refuses a URI that p11-kit cannot parse, one with an
+ * attribute p11-kit does not know (it would silently match nothing), one
+ * carrying pin-value, and one selecting a slot by slot-id (slot ids are not
+ * stable). *out is set only on success; caller frees with p11_kit_uri_free.
+ */
+int token_uri_parse(const char *s, P11KitUri **out, char *err, size_t errlen);
+
+/*
+ * Loads the module and opens the one initialized token matching uri
+ * (token, slot and library attributes). module: a .so path, or a p11-kit
+ * module name; NULL: the URI's module-path or module-name; if neither, every
+ * module registered with p11-kit is searched. Zero or several matching
+ * tokens is a config error. Opens t->session (not logged in yet).
+ * *out is set only on success; caller frees with token_close().
+ */
+int token_open(const char *module, P11KitUri *uri, const char *uri_text,
+    struct token **out, char *err, size_t errlen);
+
+/*
+ * Reads a PIN file into pin (cap bytes, not NUL-terminated), without one
+ * trailing "\n" or "\r\n". Empty or over cap - 2 bytes is an error
+ * (KEYRING_E_PIN). On failure pin is wiped. Caller wipes pin after use.
+ */
+int token_read_pin(const char *path, char *pin, size_t cap, size_t *len,
+    char *err, size_t errlen);
+
+/*
+ * Logs the user in once, on t->session. The PIN comes from pin_file, else
+ * from pin_source (a URI's pin-source: a path or a "file:" URI), else the
+ * token must not need one. Every PIN buffer is wiped before returning. A
+ * refused PIN is KEYRING_E_PIN and is never retried; already logged in (by
+ * another struct token on the same module) is success.
+ */
+int token_login(struct token *t, const char *pin_file, const char *pin_source,
+    char *err, size_t errlen);
+
+/*
+ * Finds the one secret key on t's token that uri names (its object/id/type
+ * attributes, always with CKA_TOKEN=true so session copies never match).
+ * Zero or several matches are config errors naming uri_text.
+ */
+int token_find_key(struct token *t, P11KitUri *uri, const char *uri_text,
+    CK_OBJECT_HANDLE *out, char *err, size_t errlen);
+
+/* Closes t->session and finalizes/releases the module. NULL ok. */
+void token_close(struct token *t);
+
+#endif

@@ -1,0 +1,570 @@
+"""Shared fixtures for the p11kms integration tests.
+
+Every token and every daemon lives in a fresh temporary directory. Daemons are
+started with subprocess.Popen and always stopped by PID (SIGTERM, bounded wait,
+then SIGKILL) in fixture teardown, so a failing test never leaves one behind.
+
+Environment:
+  P11KMS   absolute path of the daemon binary (default: <repo>/build/p11kms)
+"""
+
+import base64
+import os
+import random
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+
+import pytest
+
+import grpc
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+DEFAULT_PIN = "1234"
+SO_PIN = "5678"
+READY_TIMEOUT = 10.0      # seconds a daemon gets to serve
+STOP_TIMEOUT = 5.0        # seconds between SIGTERM and SIGKILL
+RPC_TIMEOUT = 10.0        # default deadline of every RPC in the suite
+TEST_WATCHDOG = 90        # seconds one test may take before it is aborted
+
+MKTOKEN = os.path.join(REPO, "tests", "mktoken.sh")
+
+# Every daemon started by this suite, so that even an interrupted session
+# kills them (pytest_sessionfinish).
+_ALL_DAEMONS = []
+
+
+def binary():
+    path = os.environ.get("P11KMS") or os.path.join(REPO, "build", "p11kms")
+    if not os.path.isabs(path):
+        path = os.path.join(REPO, path)
+    return path
+
+
+def rand_suffix(n=10):
+    return "".join(random.choice(string.ascii_lowercase + string.digits)
+                   for _ in range(n))
+
+
+# --------------------------------------------------------------------------
+# session-level checks and stubs
+
+
+def pytest_sessionstart(session):
+    b = binary()
+    if not (os.path.isfile(b) and os.access(b, os.X_OK)):
+        raise pytest.UsageError(
+            "p11kms binary not found or not executable: %s "
+            "(set P11KMS to its absolute path)" % b)
+    for tool in ("softhsm2-util", "pkcs11-tool"):
+        if shutil.which(tool) is None:
+            raise pytest.UsageError("%s is not installed" % tool)
+    if not os.path.exists(MODULE):
+        raise pytest.UsageError("SoftHSM module missing: %s" % MODULE)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for d in list(_ALL_DAEMONS):
+        d.kill_quietly()
+
+
+_STUBS = None
+
+
+def _generate_stubs():
+    """Generates kms_v2 python stubs into a temp dir (never into the repo)."""
+    global _STUBS
+    if _STUBS is not None:
+        return _STUBS
+    out = tempfile.mkdtemp(prefix="p11kms-stubs-")
+    r = subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc",
+         "-I" + os.path.join(REPO, "proto"),
+         "--python_out=" + out, "--grpc_python_out=" + out,
+         os.path.join(REPO, "proto", "kms_v2.proto")],
+        capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise RuntimeError("protoc failed: %s" % r.stderr)
+    sys.path.insert(0, out)
+    import kms_v2_pb2
+    import kms_v2_pb2_grpc
+    _STUBS = (kms_v2_pb2, kms_v2_pb2_grpc, out)
+    return _STUBS
+
+
+@pytest.fixture(scope="session")
+def pb(tmp_path_factory):
+    """(kms_v2_pb2, kms_v2_pb2_grpc) generated at session start."""
+    pb2, pb2_grpc, out = _generate_stubs()
+    yield pb2, pb2_grpc
+    shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _watchdog():
+    """Aborts a test that blocks longer than TEST_WATCHDOG (no pytest-timeout)."""
+    def on_alarm(signum, frame):
+        raise TimeoutError("test exceeded %d s watchdog" % TEST_WATCHDOG)
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(TEST_WATCHDOG)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+# --------------------------------------------------------------------------
+# tokens
+
+
+class Token:
+    def __init__(self, path, token="kms", pin=DEFAULT_PIN):
+        self.dir = path
+        self.token = token
+        self.pin = pin
+        self.conf = os.path.join(path, "softhsm2.conf")
+        self.pin_file = os.path.join(path, "pin")
+
+    def env(self):
+        e = dict(os.environ)
+        e["SOFTHSM2_CONF"] = self.conf
+        return e
+
+    def uri(self, label="kek1"):
+        return "pkcs11:token=%s;object=%s;type=secret-key" % (
+            urllib.parse.quote(self.token, safe=""),
+            urllib.parse.quote(label, safe=""))
+
+
+def _run(cmd, env, what):
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise RuntimeError("%s failed (%d): %s %s" % (what, r.returncode,
+                                                      r.stdout, r.stderr))
+    return r
+
+
+def _manual_token(path, label, key_id, extractable, token, add_key_only, pin):
+    """The SoftHSM recipe of TOKEN-NOTES.md, for custom PINs (mktoken.sh
+    always sets 1234) or when tests/mktoken.sh is not there."""
+    conf = os.path.join(path, "softhsm2.conf")
+    env = dict(os.environ, SOFTHSM2_CONF=conf)
+    if not add_key_only:
+        os.makedirs(os.path.join(path, "tokens"), exist_ok=True)
+        with open(conf, "w") as f:
+            f.write("directories.tokendir = %s\n"
+                    "objectstore.backend = file\n"
+                    "log.level = ERROR\n"
+                    "slots.removable = false\n" % os.path.join(path, "tokens"))
+        _run(["softhsm2-util", "--init-token", "--free", "--label", token,
+              "--so-pin", SO_PIN, "--pin", pin], env, "softhsm2-util")
+        pin_file = os.path.join(path, "pin")
+        fd = os.open(pin_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(pin + "\n")
+    cmd = ["pkcs11-tool", "--module", MODULE, "--token-label", token,
+           "--login", "--pin", pin, "--keygen", "--key-type", "AES:32",
+           "--label", label, "--id", key_id, "--sensitive", "--private"]
+    if extractable:
+        cmd.append("--extractable")
+    _run(cmd, env, "pkcs11-tool keygen")
+
+
+def make_token(path, label="kek1", key_id="01", extractable=False,
+               token="kms", add_key_only=False, pin=DEFAULT_PIN):
+    """Creates (or adds a key to) a SoftHSM token in path. Uses
+    tests/mktoken.sh when it exists and the PIN is its default."""
+    os.makedirs(path, exist_ok=True)
+    if os.path.exists(MKTOKEN) and pin == DEFAULT_PIN:
+        cmd = ["sh", MKTOKEN, path, "--label", label, "--id", key_id,
+               "--token", token]
+        if extractable:
+            cmd.append("--extractable")
+        if add_key_only:
+            cmd.append("--add-key-only")
+        _run(cmd, dict(os.environ), "mktoken.sh")
+    else:
+        _manual_token(path, label, key_id, extractable, token, add_key_only,
+                      pin)
+    t = Token(path, token=token, pin=pin)
+    assert os.path.exists(t.conf), "token fixture wrote no softhsm2.conf"
+    assert os.path.exists(t.pin_file), "token fixture wrote no pin file"
+    return t
+
+
+# --------------------------------------------------------------------------
+# daemons
+
+
+class DaemonExited(Exception):
+    pass
+
+
+class Daemon:
+    """One p11kms process. socket is a path or "@name" (abstract)."""
+
+    def __init__(self, token, workdir, socket_=None, keys=None, extra=(),
+                 pin_file=None, module=MODULE, args=None):
+        self.token = token
+        self.workdir = workdir
+        os.makedirs(workdir, exist_ok=True)
+        self.socket = socket_ or os.path.join(workdir, "kms.sock")
+        self.keys = keys or ["kek1"]
+        self.stderr_path = os.path.join(workdir, "daemon-%s.stderr" % rand_suffix(6))
+        self.stdout_path = self.stderr_path[:-7] + ".stdout"
+        if args is None:
+            args = ["-s", self.socket]
+            for k in self.keys:
+                args += ["-k", k if k.startswith("pkcs11:") else token.uri(k)]
+            if module:
+                args += ["-m", module]
+            args += ["-p", pin_file or token.pin_file]
+            args += list(extra)
+        self.args = [binary()] + args
+        self.proc = None
+        self.starts = 0
+
+    # -- addressing
+    @property
+    def abstract(self):
+        return self.socket.startswith("@")
+
+    @property
+    def target(self):
+        if self.abstract:
+            return "unix-abstract:" + self.socket[1:]
+        return "unix://" + os.path.abspath(self.socket)
+
+    def sockaddr(self):
+        return "\0" + self.socket[1:] if self.abstract else self.socket
+
+    def channel(self):
+        return grpc.insecure_channel(self.target, options=[
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 500),
+            ("grpc.max_receive_message_length", 8 << 20),
+            ("grpc.max_send_message_length", 8 << 20),
+        ])
+
+    # -- life cycle
+    def spawn(self):
+        """Starts the process without waiting for it to serve."""
+        self.starts += 1
+        self._err = open(self.stderr_path, "ab")
+        self._out = open(self.stdout_path, "ab")
+        self.proc = subprocess.Popen(
+            self.args, env=self.token.env() if self.token else dict(os.environ),
+            stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err,
+            cwd=self.workdir)
+        _ALL_DAEMONS.append(self)
+        return self
+
+    def start(self, pb=None, timeout=READY_TIMEOUT):
+        self.spawn()
+        self.wait_ready(pb, timeout)
+        return self
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def _connectable(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(1.0)
+        try:
+            s.connect(self.sockaddr())
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    def wait_ready(self, pb=None, timeout=READY_TIMEOUT):
+        """Socket exists (accepts) AND a Status call succeeds, bounded."""
+        pb2, pb2_grpc = pb or _generate_stubs()[:2]
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.alive():
+                raise DaemonExited("p11kms exited early with status %s; "
+                                   "stderr:\n%s" % (self.proc.returncode,
+                                                    self.stderr()))
+            if (self.abstract or os.path.exists(self.socket)) and \
+                    self._connectable():
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError("p11kms did not create/accept on %s within "
+                                   "%.0f s; stderr:\n%s" % (self.socket, timeout,
+                                                            self.stderr()))
+            time.sleep(0.05)
+        last = None
+        with self.channel() as ch:
+            stub = pb2_grpc.KeyManagementServiceStub(ch)
+            while time.monotonic() < deadline:
+                if not self.alive():
+                    raise DaemonExited("p11kms exited with status %s while "
+                                       "starting; stderr:\n%s" %
+                                       (self.proc.returncode, self.stderr()))
+                try:
+                    left = max(0.2, min(2.0, deadline - time.monotonic()))
+                    stub.Status(pb2.StatusRequest(), timeout=left,
+                                wait_for_ready=True)
+                    return self
+                except grpc.RpcError as e:
+                    last = e
+                    time.sleep(0.1)
+        raise TimeoutError("p11kms socket accepts but Status failed for "
+                           "%.0f s (%s); stderr:\n%s" % (timeout, last,
+                                                         self.stderr()))
+
+    def wait_exit(self, timeout=READY_TIMEOUT):
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_quietly()
+            raise AssertionError("p11kms did not exit within %.0f s; stderr:\n%s"
+                                 % (timeout, self.stderr()))
+
+    def stop(self, sig=signal.SIGTERM, timeout=STOP_TIMEOUT):
+        """Sends sig, waits, SIGKILLs on timeout. Returns the exit status
+        (negative when killed by a signal), or None when it never ran."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout)
+                self._close_files()
+                raise AssertionError("p11kms ignored %s for %.0f s and was "
+                                     "killed; stderr:\n%s" %
+                                     (signal.Signals(sig).name, timeout,
+                                      self.stderr()))
+        self._close_files()
+        return self.proc.returncode
+
+    def kill_quietly(self):
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=STOP_TIMEOUT)
+        except Exception:
+            pass
+        self._close_files()
+        if self in _ALL_DAEMONS:
+            _ALL_DAEMONS.remove(self)
+
+    def _close_files(self):
+        for f in (getattr(self, "_err", None), getattr(self, "_out", None)):
+            if f is not None and not f.closed:
+                f.close()
+
+    def stderr(self):
+        try:
+            with open(self.stderr_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def stdout(self):
+        try:
+            with open(self.stdout_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+
+def run_p11kms(args, env=None, timeout=READY_TIMEOUT):
+    """Runs p11kms to completion (start failures, --help). Returns
+    CompletedProcess; kills it if it does not exit within timeout."""
+    p = subprocess.Popen([binary()] + list(args), env=env or dict(os.environ),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGTERM)
+        try:
+            out, err = p.communicate(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate(timeout=STOP_TIMEOUT)
+        raise AssertionError("p11kms %s did not exit within %.0f s "
+                             "(it should have failed or finished); stderr:\n%s"
+                             % (" ".join(args), timeout,
+                                err.decode("utf-8", "replace")))
+    return subprocess.CompletedProcess(p.args, p.returncode,
+                                       out.decode("utf-8", "replace"),
+                                       err.decode("utf-8", "replace"))
+
+
+# --------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture
+def spawn(tmp_path, pb):
+    """Factory for per-test daemons; all are stopped at teardown."""
+    made = []
+
+    def _spawn(token, name=None, start=True, **kw):
+        wd = os.path.join(str(tmp_path), name or ("d%d" % len(made)))
+        d = Daemon(token, wd, **kw)
+        made.append(d)
+        if start:
+            d.start(pb)
+        return d
+    yield _spawn
+    for d in made:
+        d.kill_quietly()
+
+
+@pytest.fixture
+def token(tmp_path):
+    """A fresh token with one key kek1 in this test's tmp dir."""
+    return make_token(os.path.join(str(tmp_path), "tok"))
+
+
+class SharedDaemon:
+    """One token + daemon for a whole module. ensure() restarts it if an
+    earlier test killed it, so tests do not depend on each other's order
+    (the test that killed it fails on its own)."""
+
+    def __init__(self, base, pb, extra=()):
+        self.base = base
+        self.pb = pb
+        self.token = make_token(os.path.join(base, "tok"))
+        self.extra = list(extra)
+        self.daemon = None
+        self.deaths = []
+
+    def ensure(self):
+        if self.daemon is not None and self.daemon.alive():
+            return self.daemon
+        if self.daemon is not None:
+            self.deaths.append((self.daemon.proc.returncode,
+                                self.daemon.stderr()[-2000:]))
+            self.daemon.kill_quietly()
+        self.daemon = Daemon(self.token, os.path.join(self.base, "run%d" %
+                                                      (len(self.deaths))),
+                             extra=self.extra)
+        self.daemon.start(self.pb)
+        return self.daemon
+
+    def close(self):
+        if self.daemon is not None:
+            self.daemon.kill_quietly()
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, pb):
+    s = SharedDaemon(str(tmp_path_factory.mktemp("shared")), pb)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def kms(shared):
+    """The module's shared daemon, (re)started if needed."""
+    return shared.ensure()
+
+
+class Client:
+    """A stub on its own channel; close() at teardown."""
+
+    def __init__(self, daemon, pb):
+        self.pb2, self.pb2_grpc = pb
+        self.daemon = daemon
+        self.channel = daemon.channel()
+        self.stub = self.pb2_grpc.KeyManagementServiceStub(self.channel)
+
+    def status(self, timeout=RPC_TIMEOUT):
+        return self.stub.Status(self.pb2.StatusRequest(), timeout=timeout,
+                                wait_for_ready=True)
+
+    def encrypt(self, pt, uid="", timeout=RPC_TIMEOUT):
+        return self.stub.Encrypt(self.pb2.EncryptRequest(plaintext=pt, uid=uid),
+                                 timeout=timeout, wait_for_ready=True)
+
+    def decrypt(self, ct, key_id, annotations, uid="", timeout=RPC_TIMEOUT):
+        return self.stub.Decrypt(
+            self.pb2.DecryptRequest(ciphertext=ct, key_id=key_id,
+                                    annotations=dict(annotations), uid=uid),
+            timeout=timeout, wait_for_ready=True)
+
+    def raw(self, path, body, timeout=RPC_TIMEOUT):
+        """Sends arbitrary message bytes to path; returns response bytes."""
+        call = self.channel.unary_unary(path, request_serializer=lambda b: b,
+                                        response_deserializer=lambda b: b)
+        return call(body, timeout=timeout, wait_for_ready=True)
+
+    def close(self):
+        self.channel.close()
+
+
+@pytest.fixture
+def client_for(pb):
+    made = []
+
+    def _client(daemon):
+        c = Client(daemon, pb)
+        made.append(c)
+        return c
+    yield _client
+    for c in made:
+        c.close()
+
+
+@pytest.fixture
+def client(kms, client_for):
+    return client_for(kms)
+
+
+def rpc_error(fn, *a, **kw):
+    """Calls fn, expects grpc.RpcError, returns it."""
+    try:
+        r = fn(*a, **kw)
+    except grpc.RpcError as e:
+        return e
+    raise AssertionError("expected an RPC error, got OK: %r" % (r,))
+
+
+def assert_healthy(daemon, pb, what="after abuse"):
+    """The process is alive and a fresh channel can Status+Encrypt+Decrypt."""
+    assert daemon.alive(), "p11kms died %s: status %s; stderr tail:\n%s" % (
+        what, daemon.proc.returncode, daemon.stderr()[-3000:])
+    c = Client(daemon, pb)
+    try:
+        st = c.status(timeout=5)
+        assert st.healthz == "ok", "healthz %r %s" % (st.healthz, what)
+        pt = os.urandom(32)
+        enc = c.encrypt(pt, timeout=5)
+        dec = c.decrypt(enc.ciphertext, enc.key_id, enc.annotations, timeout=5)
+        assert dec.plaintext == pt, "round trip broken %s" % what
+    finally:
+        c.close()
+    assert daemon.alive(), "p11kms died %s" % what
+
+
+def b64variants(b):
+    return {base64.b64encode(b).decode(), base64.urlsafe_b64encode(b).decode(),
+            base64.b64encode(b).decode().rstrip("="),
+            base64.urlsafe_b64encode(b).decode().rstrip("=")}

@@ -1,0 +1,264 @@
+"""Several daemons, several keys, stop/start: each test owns its token and
+daemons (fresh tmp dir), all stopped by PID at teardown."""
+
+import os
+import signal
+import socket
+import time
+
+import grpc
+import pytest
+
+from conftest import (DEFAULT_PIN, assert_healthy, b64variants, make_token,
+                      rand_suffix, rpc_error)
+
+C = grpc.StatusCode
+
+
+def test_ha_two_daemons_same_token(token, spawn, client_for):
+    a = spawn(token, "a")
+    b = spawn(token, "b")
+    ca, cb = client_for(a), client_for(b)
+    ka, kb = ca.status().key_id, cb.status().key_id
+    assert ka == kb, "two daemons on one token disagree on key_id"
+    pa, pb_ = os.urandom(32), os.urandom(32)
+    ea, eb = ca.encrypt(pa), cb.encrypt(pb_)
+    assert ea.key_id == eb.key_id == ka
+    assert cb.decrypt(ea.ciphertext, ea.key_id, ea.annotations).plaintext == pa
+    assert ca.decrypt(eb.ciphertext, eb.key_id, eb.annotations).plaintext == pb_
+
+
+def test_key_id_differs_between_tokens(tmp_path, spawn, client_for):
+    t1 = make_token(str(tmp_path / "t1"))
+    t2 = make_token(str(tmp_path / "t2"))
+    c1, c2 = client_for(spawn(t1, "a")), client_for(spawn(t2, "b"))
+    k1, k2 = c1.status().key_id, c2.status().key_id
+    assert k1 != k2, "two different keys share key_id %s" % k1
+    # a ciphertext of token 1 is refused by token 2's daemon, never opened
+    p = os.urandom(32)
+    e = c1.encrypt(p)
+    err = rpc_error(c2.decrypt, e.ciphertext, e.key_id, e.annotations)
+    assert err.code() == C.NOT_FOUND, "%s %r" % (err.code(), err.details())
+    assert e.key_id in err.details()
+    err = rpc_error(c2.decrypt, e.ciphertext, k2, e.annotations)
+    assert err.code() in (C.NOT_FOUND, C.INVALID_ARGUMENT), \
+        "%s %r" % (err.code(), err.details())
+
+
+def test_restart_same_key_id_old_ciphertexts(token, spawn, client_for, pb):
+    d = spawn(token, "r")
+    c = client_for(d)
+    kid = c.status().key_id
+    pts = [os.urandom(32) for _ in range(5)]
+    encs = [c.encrypt(p) for p in pts]
+    c.close()
+    assert d.stop(signal.SIGTERM) == 0, "exit status after SIGTERM; stderr:\n" + d.stderr()
+    d.start(pb)
+    c2 = client_for(d)
+    assert c2.status().key_id == kid
+    for p, e in zip(pts, encs):
+        assert c2.decrypt(e.ciphertext, e.key_id, e.annotations).plaintext == p
+
+
+def test_sigint_exits_zero(token, spawn):
+    d = spawn(token, "i")
+    assert d.stop(signal.SIGINT) == 0, d.stderr()
+
+
+def test_sigterm_with_calls_in_flight(token, spawn, pb):
+    d = spawn(token, "f")
+    ch = d.channel()
+    try:
+        stub = pb[1].KeyManagementServiceStub(ch)
+        fs = [stub.Encrypt.future(pb[0].EncryptRequest(plaintext=os.urandom(32)),
+                                  timeout=10) for _ in range(100)]
+        time.sleep(0.01)
+        rc = d.stop(signal.SIGTERM)
+        assert rc == 0, "exit status %s; stderr:\n%s" % (rc, d.stderr())
+        for f in fs:
+            try:
+                f.result(timeout=15)
+            except grpc.RpcError as e:
+                assert e.code() in (C.UNAVAILABLE, C.CANCELLED, C.INTERNAL,
+                                    C.UNKNOWN), e
+    finally:
+        ch.close()
+
+
+def test_socket_removed_on_shutdown(token, spawn):
+    d = spawn(token, "u")
+    assert os.path.exists(d.socket)
+    assert d.stop() == 0
+    assert not os.path.exists(d.socket), "socket file left after SIGTERM"
+
+
+def test_socket_mode_owner_only(token, spawn):
+    d = spawn(token, "m")
+    mode = os.stat(d.socket).st_mode & 0o777
+    assert mode & 0o077 == 0, "socket mode %o is open to group/other" % mode
+
+
+def test_restart_after_sigkill_stale_socket(token, spawn, client_for, pb):
+    d = spawn(token, "k")
+    kid = client_for(d).status().key_id
+    d.proc.kill()
+    d.proc.wait(timeout=5)
+    assert os.path.exists(d.socket), "precondition: SIGKILL leaves the socket"
+    d.start(pb)
+    assert client_for(d).status().key_id == kid
+
+
+def test_second_daemon_on_live_socket_refused(token, spawn, client_for, pb,
+                                               tmp_path):
+    a = spawn(token, "a")
+    b = spawn(token, "b", start=False, socket_=a.socket)
+    b.spawn()
+    rc = b.wait_exit(timeout=10)
+    assert rc != 0, "second daemon took over a live socket"
+    assert "p11kms: " in b.stderr()
+    assert_healthy(a, pb, "after another daemon tried its socket")
+
+
+def test_socket_path_is_regular_file_refused(token, spawn, tmp_path):
+    path = str(tmp_path / "notasocket")
+    with open(path, "w") as f:
+        f.write("precious")
+    d = spawn(token, "f", start=False, socket_=path)
+    d.spawn()
+    rc = d.wait_exit(timeout=10)
+    assert rc != 0
+    with open(path) as f:
+        assert f.read() == "precious", "daemon clobbered a regular file"
+
+
+def test_key_rotation_two_keys(tmp_path, spawn, client_for):
+    tok = make_token(str(tmp_path / "t"), label="kek1", key_id="01")
+    make_token(tok.dir, label="kek2", key_id="02", add_key_only=True)
+    old = client_for(spawn(tok, "old", keys=["kek1"]))
+    k1 = old.status().key_id
+    p1 = os.urandom(32)
+    e1 = old.encrypt(p1)
+    # rotated: kek2 encrypts, kek1 still decrypts
+    new = client_for(spawn(tok, "new", keys=["kek2", "kek1"]))
+    st = new.status()
+    k2 = st.key_id
+    assert k2 != k1, "rotation did not change key_id"
+    assert st.healthz == "ok"
+    p2 = os.urandom(32)
+    e2 = new.encrypt(p2)
+    assert e2.key_id == k2
+    assert new.decrypt(e1.ciphertext, k1, e1.annotations).plaintext == p1
+    assert new.decrypt(e2.ciphertext, k2, e2.annotations).plaintext == p2
+    # key_id that is configured but not the ciphertext's
+    err = rpc_error(new.decrypt, e1.ciphertext, k2, e1.annotations)
+    assert err.code() == C.NOT_FOUND, "%s %r" % (err.code(), err.details())
+    assert k1 in err.details() or k2 in err.details(), err.details()
+    err = rpc_error(new.decrypt, e2.ciphertext, k1, e2.annotations)
+    assert err.code() == C.NOT_FOUND, "%s %r" % (err.code(), err.details())
+    # the old daemon does not know kek2
+    err = rpc_error(old.decrypt, e2.ciphertext, k2, e2.annotations)
+    assert err.code() == C.NOT_FOUND, "%s %r" % (err.code(), err.details())
+    assert k2 in err.details(), err.details()
+
+
+def test_abstract_socket(token, spawn, client_for):
+    name = "@p11kms-test-" + rand_suffix()
+    d = spawn(token, "abs", socket_=name)
+    c = client_for(d)
+    st = c.status()
+    assert st.healthz == "ok"
+    p = os.urandom(32)
+    e = c.encrypt(p)
+    assert c.decrypt(e.ciphertext, e.key_id, e.annotations).plaintext == p
+    assert not os.path.exists(os.path.join(d.workdir, name)), \
+        "abstract name created a file"
+    assert d.stop() == 0
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        with pytest.raises(OSError):
+            s.connect("\0" + name[1:])
+    finally:
+        s.close()
+
+
+def test_kms_version_v2beta1(token, spawn, client_for):
+    d = spawn(token, "b1", extra=["--kms-version", "v2beta1"])
+    c = client_for(d)
+    st = c.status()
+    assert st.version == "v2beta1"
+    assert st.healthz == "ok"
+    p = os.urandom(32)
+    e = c.encrypt(p)
+    assert c.decrypt(e.ciphertext, e.key_id, e.annotations).plaintext == p
+
+
+def test_tuning_options_accepted(token, spawn, client_for, pb):
+    d = spawn(token, "opt", extra=["--workers", "1", "--max-inflight", "4",
+                                   "--probe-interval", "1", "--log-level",
+                                   "debug"])
+    c = client_for(d)
+    fs = [c.stub.Encrypt.future(pb[0].EncryptRequest(plaintext=os.urandom(32)),
+                                timeout=15, wait_for_ready=True)
+          for _ in range(40)]
+    ok = 0
+    for f in fs:
+        try:
+            f.result(timeout=20)
+            ok += 1
+        except grpc.RpcError as e:
+            # beyond max-inflight: shed load, never hang or crash
+            assert e.code() in (C.RESOURCE_EXHAUSTED, C.UNAVAILABLE), e
+    assert ok >= 4
+    time.sleep(1.2)   # at least one health probe
+    assert c.status().healthz == "ok"
+    assert_healthy(d, pb)
+
+
+def test_max_request_bytes_option(token, spawn, client_for, pb):
+    d = spawn(token, "mrb", extra=["--max-request-bytes", "1024"])
+    c = client_for(d)
+    big = pb[0].DecryptRequest(ciphertext=os.urandom(2000),
+                               key_id="0" * 32).SerializeToString()
+    err = rpc_error(c.raw, "/v2.KeyManagementService/Decrypt", big)
+    assert err.code() == C.RESOURCE_EXHAUSTED, "%s %r" % (err.code(),
+                                                         err.details())
+    p = os.urandom(32)
+    e = c.encrypt(p)
+    assert c.decrypt(e.ciphertext, e.key_id, e.annotations).plaintext == p
+
+
+def test_logs_hold_no_secrets(tmp_path, spawn, client_for, pb):
+    pin = "73918246550192"
+    tok = make_token(str(tmp_path / "t"), pin=pin)
+    d = spawn(tok, "log", extra=["--log-level", "debug"])
+    c = client_for(d)
+    pts = [os.urandom(32) for _ in range(10)]
+    for p in pts:
+        e = c.encrypt(p)
+        assert c.decrypt(e.ciphertext, e.key_id, e.annotations).plaintext == p
+        bad = bytearray(e.ciphertext)
+        bad[-1] ^= 1
+        rpc_error(c.decrypt, bytes(bad), e.key_id, e.annotations)
+        rpc_error(c.decrypt, e.ciphertext, e.key_id, {"x.example.com": p})
+    rpc_error(c.encrypt, b"")
+    c.close()
+    assert d.stop() == 0
+    with open(d.stderr_path, "rb") as f:
+        raw = f.read()
+    log = raw.decode("utf-8", "replace") + d.stdout()
+    assert "serving" in log
+    assert pin not in log, "PIN appears in the daemon's output"
+    for p in pts:
+        assert p not in raw, "raw plaintext bytes in stderr"
+        for form in {p.hex(), p.hex().upper()} | b64variants(p):
+            assert form not in log, "plaintext %s appears in the log" % form
+
+
+def test_pin_file_with_and_without_newline(tmp_path, spawn, client_for):
+    tok = make_token(str(tmp_path / "t"))
+    pf = str(tmp_path / "pin-nonl")
+    fd = os.open(pf, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, DEFAULT_PIN.encode())
+    os.close(fd)
+    c = client_for(spawn(tok, "nonl", pin_file=pf))
+    assert c.status().healthz == "ok"

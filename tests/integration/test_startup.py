@@ -1,0 +1,161 @@
+"""Command line and start-up failures: exit status 2 and a "p11kms: " message
+for every usage/config error, never a hang, never a secret in the output."""
+
+import os
+
+import pytest
+
+from conftest import MODULE, make_token, rand_suffix, run_p11kms
+
+FLAGS = ["-s", "--socket", "-k", "--key", "-m", "--module", "-p", "--pin-file",
+         "--workers", "--max-inflight", "--probe-interval", "--kms-version",
+         "--max-request-bytes", "--log-level", "-h", "--help", "-V",
+         "--version"]
+
+
+def has_p11kms_line(text):
+    return any(l.startswith("p11kms: ") for l in text.splitlines())
+
+
+def base_args(tok, sock, label="kek1"):
+    return ["-s", sock, "-k", tok.uri(label), "-m", MODULE, "-p", tok.pin_file]
+
+
+def assert_usage_error(r, *needles):
+    assert r.returncode == 2, "exit status %s (want 2); stderr:\n%s" % (
+        r.returncode, r.stderr)
+    assert has_p11kms_line(r.stderr), \
+        "no stderr line starts with 'p11kms: ':\n%s" % r.stderr
+    for n in needles:
+        assert n.lower() in r.stderr.lower(), "%r not in stderr:\n%s" % (
+            n, r.stderr)
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help(flag):
+    r = run_p11kms([flag])
+    assert r.returncode == 0, r.stderr
+    text = r.stdout + r.stderr
+    for f in FLAGS:
+        assert f in text, "--help does not mention %s" % f
+    for word in ("v2beta1", "@"):
+        assert word in text, "--help does not mention %r" % word
+
+
+@pytest.mark.parametrize("flag", ["-V", "--version"])
+def test_version(flag):
+    r = run_p11kms([flag])
+    assert r.returncode == 0, r.stderr
+    text = (r.stdout + r.stderr).strip()
+    assert "p11kms" in text and any(ch.isdigit() for ch in text), text
+
+
+@pytest.mark.parametrize("args", [["--bogus"], ["-Z"], ["--socket"],
+                                  ["extra-positional"]])
+def test_bad_usage(args):
+    assert_usage_error(run_p11kms(args))
+
+
+def test_extractable_key_refused(tmp_path):
+    tok = make_token(str(tmp_path / "t"), extractable=True)
+    r = run_p11kms(base_args(tok, str(tmp_path / "s.sock")), env=tok.env())
+    assert_usage_error(r, "extractable")
+    assert not os.path.exists(tmp_path / "s.sock")
+
+
+def test_missing_key_label(tmp_path):
+    tok = make_token(str(tmp_path / "t"))
+    label = "nope-" + rand_suffix()
+    r = run_p11kms(base_args(tok, str(tmp_path / "s.sock"), label),
+                   env=tok.env())
+    assert_usage_error(r, label)
+
+
+def test_one_of_two_keys_missing(tmp_path):
+    tok = make_token(str(tmp_path / "t"))
+    label = "gone-" + rand_suffix()
+    r = run_p11kms(base_args(tok, str(tmp_path / "s.sock")) +
+                   ["-k", tok.uri(label)], env=tok.env())
+    assert_usage_error(r, label)
+
+
+def test_missing_token(tmp_path):
+    tok = make_token(str(tmp_path / "t"))
+    args = ["-s", str(tmp_path / "s.sock"), "-k",
+            "pkcs11:token=absent-%s;object=kek1;type=secret-key" % rand_suffix(),
+            "-m", MODULE, "-p", tok.pin_file]
+    assert_usage_error(run_p11kms(args, env=tok.env()), "absent-")
+
+
+def test_wrong_pin(tmp_path):
+    tok = make_token(str(tmp_path / "t"))
+    wrong = "86420975319"
+    pf = str(tmp_path / "wrongpin")
+    fd = os.open(pf, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, (wrong + "\n").encode())
+    os.close(fd)
+    args = base_args(tok, str(tmp_path / "s.sock"))
+    args[args.index("-p") + 1] = pf
+    r = run_p11kms(args, env=tok.env())
+    assert_usage_error(r)
+    assert "pin" in r.stderr.lower(), "message does not say the PIN is the problem"
+    assert wrong not in r.stderr + r.stdout, "the PIN value appears in the output"
+
+
+def test_missing_pin_file(tmp_path):
+    tok = make_token(str(tmp_path / "t"))
+    args = base_args(tok, str(tmp_path / "s.sock"))
+    missing = str(tmp_path / "no-such-pin-file")
+    args[args.index("-p") + 1] = missing
+    assert_usage_error(run_p11kms(args, env=tok.env()), "no-such-pin-file")
+
+
+def test_pin_value_in_uri_refused(tmp_path):
+    tok = make_token(str(tmp_path / "t"))
+    args = ["-s", str(tmp_path / "s.sock"), "-k",
+            tok.uri() + "?pin-value=1234", "-m", MODULE]
+    r = run_p11kms(args, env=tok.env())
+    assert_usage_error(r)
+    assert "pin-value=1234" not in r.stderr
+
+
+def test_no_key_given(tmp_path):
+    tok = make_token(str(tmp_path / "t"))
+    r = run_p11kms(["-s", str(tmp_path / "s.sock"), "-m", MODULE,
+                    "-p", tok.pin_file], env=tok.env())
+    assert_usage_error(r)
+
+
+def test_bad_module(tmp_path):
+    tok = make_token(str(tmp_path / "t"))
+    args = base_args(tok, str(tmp_path / "s.sock"))
+    args[args.index("-m") + 1] = str(tmp_path / "nomodule.so")
+    assert_usage_error(run_p11kms(args, env=tok.env()), "nomodule.so")
+
+
+def test_garbage_uri(tmp_path):
+    tok = make_token(str(tmp_path / "t"))
+    args = base_args(tok, str(tmp_path / "s.sock"))
+    args[args.index("-k") + 1] = "not-a-uri"
+    assert_usage_error(run_p11kms(args, env=tok.env()))
+
+
+@pytest.mark.parametrize("opt,val", [
+    ("--kms-version", "v3"), ("--kms-version", "v1beta1"),
+    ("--log-level", "loud"), ("--workers", "abc"), ("--workers", "-1"),
+    ("--max-inflight", "0x"), ("--probe-interval", "never"),
+    ("--max-request-bytes", "lots"), ("--workers", "99999999999999999999"),
+])
+def test_bad_option_values(tmp_path, opt, val):
+    tok = make_token(str(tmp_path / "t"))
+    r = run_p11kms(base_args(tok, str(tmp_path / "s.sock")) + [opt, val],
+                   env=tok.env())
+    assert_usage_error(r)
+
+
+def test_socket_dir_missing(tmp_path):
+    tok = make_token(str(tmp_path / "t"))
+    r = run_p11kms(base_args(tok, str(tmp_path / "no" / "dir" / "s.sock")),
+                   env=tok.env())
+    assert r.returncode != 0
+    assert has_p11kms_line(r.stderr), r.stderr
