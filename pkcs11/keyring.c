@@ -39,7 +39,7 @@ struct kr_key {
 	 * What seal/open use: a session copy of the key made on the login
 	 * session (same value, still sensitive and non-extractable, inside
 	 * the token; SoftHSM re-reads a token key's file on every use, a
-	 * session copy is ~3x faster), or token_obj when the token refuses
+	 * session copy is 2-3x faster), or token_obj when the token refuses
 	 * copies (CKA_COPYABLE=false). Valid in every session of ours.
 	 */
 	CK_OBJECT_HANDLE obj;
@@ -64,15 +64,24 @@ const char *
 keyring_strerror(int status)
 {
 	switch (status) {
-	case KEYRING_OK:		return "success";
-	case KEYRING_E_INVALID:		return "ciphertext is malformed";
-	case KEYRING_E_UNKNOWN_KEY:	return "ciphertext names a key that is not configured";
-	case KEYRING_E_AUTH:		return "token refused to open the ciphertext";
-	case KEYRING_E_TOKEN:		return "token or session failure";
-	case KEYRING_E_NOMEM:		return "out of memory";
-	case KEYRING_E_TOOBIG:		return "plaintext too large";
-	case KEYRING_E_CONFIG:		return "configuration error";
-	case KEYRING_E_PIN:		return "PIN refused or unreadable";
+	case KEYRING_OK:
+		return "success";
+	case KEYRING_E_INVALID:
+		return "ciphertext is malformed";
+	case KEYRING_E_UNKNOWN_KEY:
+		return "ciphertext names a key that is not configured";
+	case KEYRING_E_AUTH:
+		return "token refused to open the ciphertext";
+	case KEYRING_E_TOKEN:
+		return "token or session failure";
+	case KEYRING_E_NOMEM:
+		return "out of memory";
+	case KEYRING_E_TOOBIG:
+		return "plaintext too large";
+	case KEYRING_E_CONFIG:
+		return "configuration error";
+	case KEYRING_E_PIN:
+		return "PIN refused or unreadable";
 	}
 	return "unknown keyring status";
 }
@@ -221,16 +230,18 @@ check_key(struct token *t, const struct kr_key *k, char *err, size_t errlen)
 		CK_BBOOL want;
 		const char *msg;
 	} flags[] = {
-		{ CKA_SENSITIVE, "CKA_SENSITIVE", CK_TRUE, "is not sensitive "
-		    "(CKA_SENSITIVE=false): its value could be read out; "
-		    "generate it with CKA_SENSITIVE=true" },
-		{ CKA_EXTRACTABLE, "CKA_EXTRACTABLE", CK_FALSE, "is extractable "
-		    "(CKA_EXTRACTABLE=true): a KEK must never leave the token; "
-		    "generate it with CKA_EXTRACTABLE=false" },
-		{ CKA_ENCRYPT, "CKA_ENCRYPT", CK_TRUE, "cannot encrypt (CKA_ENCRYPT=false); "
-		    "generate it with CKA_ENCRYPT=true" },
-		{ CKA_DECRYPT, "CKA_DECRYPT", CK_TRUE, "cannot decrypt (CKA_DECRYPT=false); "
-		    "generate it with CKA_DECRYPT=true" },
+		{ CKA_SENSITIVE, "CKA_SENSITIVE", CK_TRUE,
+		    "is not sensitive (CKA_SENSITIVE=false): its value could "
+		    "be read out; generate it with CKA_SENSITIVE=true" },
+		{ CKA_EXTRACTABLE, "CKA_EXTRACTABLE", CK_FALSE,
+		    "is extractable (CKA_EXTRACTABLE=true): a KEK must never "
+		    "leave the token; generate it with CKA_EXTRACTABLE=false" },
+		{ CKA_ENCRYPT, "CKA_ENCRYPT", CK_TRUE,
+		    "cannot encrypt (CKA_ENCRYPT=false); generate it with "
+		    "CKA_ENCRYPT=true" },
+		{ CKA_DECRYPT, "CKA_DECRYPT", CK_TRUE,
+		    "cannot decrypt (CKA_DECRYPT=false); generate it with "
+		    "CKA_DECRYPT=true" },
 	};
 	CK_OBJECT_CLASS cls;
 	CK_KEY_TYPE type;
@@ -349,9 +360,9 @@ copy_key(struct token *t, struct kr_key *k)
 	    &copy) != CKR_OK || copy == CK_INVALID_HANDLE)
 		return;
 	/* Trust but verify: the copy must be exactly as locked in. */
-	if (get_fixed(t, copy, CKA_SENSITIVE, &sens, sizeof(sens)) != CKR_OK ||
-	    get_fixed(t, copy, CKA_EXTRACTABLE, &extr, sizeof(extr)) != CKR_OK ||
-	    get_fixed(t, copy, CKA_TOKEN, &tok, sizeof(tok)) != CKR_OK ||
+	if (get_fixed(t, copy, CKA_SENSITIVE, &sens, sizeof(sens)) ||
+	    get_fixed(t, copy, CKA_EXTRACTABLE, &extr, sizeof(extr)) ||
+	    get_fixed(t, copy, CKA_TOKEN, &tok, sizeof(tok)) ||
 	    sens != CK_TRUE || extr != CK_FALSE || tok != CK_FALSE) {
 		(void)t->fn->C_DestroyObject(t->session, copy);
 		return;

@@ -433,7 +433,7 @@ select_token(struct token *t, CK_FUNCTION_LIST **cand, P11KitUri *uri,
 			goto out;
 		}
 		if (rv != CKR_OK)
-			continue;	/* one broken module must not hide others */
+			continue;	/* a bad module must not hide others */
 		for (j = 0; j < nslots; j++) {
 			memset(&si, 0, sizeof(si));
 			if (fn->C_GetSlotInfo(slots[j], &si) != CKR_OK ||
@@ -526,7 +526,7 @@ token_open(const char *module, P11KitUri *uri, const char *uri_text,
 	if (name != NULL) {
 		snprintf(t->module, sizeof(t->module), "p11-kit module '%s'",
 		    name);
-		/* Loaded managed (flags 0) but not initialized: only ours is. */
+		/* Loaded managed (flags 0); only ours gets initialized. */
 		t->mods = p11_kit_modules_load(NULL, 0);
 		if (t->mods == NULL) {
 			token_err(err, errlen, "cannot load the p11-kit module "
@@ -672,6 +672,20 @@ token_read_pin(const char *path, char *pin, size_t cap, size_t *len,
 			break;
 		n += (size_t)r;
 	}
+	if (n == cap) {
+		/* Full: one more byte means a PIN we would cut short. */
+		char extra;
+
+		do
+			r = read(fd, &extra, 1);
+		while (r < 0 && errno == EINTR);
+		OPENSSL_cleanse(&extra, sizeof(extra));
+		if (r != 0) {
+			token_err(err, errlen, "PIN file %s is longer than "
+			    "%zu bytes", path, cap - 2);
+			goto out;
+		}
+	}
 	if (n > 0 && pin[n - 1] == '\n') {
 		n--;
 		if (n > 0 && pin[n - 1] == '\r')
@@ -801,8 +815,9 @@ token_login(struct token *t, const char *pin_file, const char *pin_source,
 	case CKR_PIN_EXPIRED:
 		ret = KEYRING_E_PIN;
 		token_err(err, errlen, "token '%s' refused the user PIN%s%s "
-		    "(%s); not retried, as retries could lock the token", t->label,
-		    path != NULL ? " from " : "", path != NULL ? path : "",
+		    "(%s); not retried, as retries could lock the token",
+		    t->label, path != NULL ? " from " : "",
+		    path != NULL ? path : "",
 		    token_rv_name(rv));
 		break;
 	default:

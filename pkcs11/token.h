@@ -45,7 +45,7 @@
 #undef string_data_len
 #undef data_params
 
-#define TOKEN_PIN_MAX		256	/* bytes; PKCS#11 tokens cap far lower */
+#define TOKEN_PIN_MAX		256	/* bytes; tokens cap PINs far lower */
 #define TOKEN_LABEL_MAX		33	/* 32 padded chars + NUL */
 #define TOKEN_URI_TEXT_MAX	256	/* redacted URI kept for messages */
 

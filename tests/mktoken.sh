@@ -1,13 +1,15 @@
 #!/bin/sh
 # Makes a throwaway SoftHSM token holding one AES key, for tests.
 #
-#   sh tests/mktoken.sh DIR [--label kek1] [--id 01] [--len 32] [--extractable]
-#                           [--no-gcm] [--token kms] [--add-key-only]
+#   sh tests/mktoken.sh DIR [--label kek1] [--id 01] [--len 32]
+#       [--extractable] [--no-gcm] [--token kms] [--add-key-only] [--pin 1234]
 #
 # Writes DIR/softhsm2.conf, DIR/tokens/, DIR/pin (mode 0600, "1234\n"), a
-# token (SO PIN 5678, user PIN 1234) and an AES key generated inside it
+# token (SO PIN 5678, user PIN 1234 or --pin) and an AES key generated in it
 # (sensitive, private; non-extractable unless --extractable). --add-key-only
 # adds a key to the existing token in DIR. --len is the key length in bytes.
+# --no-gcm (SoftHSM without CKM_AES_GCM) applies when DIR is new. Called
+# again on the same DIR without --add-key-only, it adds another token.
 # Touches nothing outside DIR: SoftHSM only ever sees DIR/softhsm2.conf.
 # Use the token with SOFTHSM2_CONF=DIR/softhsm2.conf.
 set -eu
@@ -26,7 +28,9 @@ quiet() {
 	fi
 }
 
-[ $# -ge 1 ] || die "usage: mktoken.sh DIR [--label L] [--id HEX] [--len 16|24|32] [--extractable] [--no-gcm] [--token T] [--add-key-only]"
+[ $# -ge 1 ] || die "usage: mktoken.sh DIR [--label L] [--id HEX] \
+[--len 16|24|32] [--extractable] [--no-gcm] [--token T] [--add-key-only] \
+[--pin PIN]"
 dir=$1
 shift
 label=kek1
@@ -36,12 +40,14 @@ extractable=
 nogcm=
 token=kms
 addonly=
+pin=1234
 while [ $# -gt 0 ]; do
 	case $1 in
 	--label) [ $# -ge 2 ] || die "--label needs a value"; label=$2; shift ;;
 	--id) [ $# -ge 2 ] || die "--id needs a value"; id=$2; shift ;;
 	--len) [ $# -ge 2 ] || die "--len needs a value"; len=$2; shift ;;
 	--token) [ $# -ge 2 ] || die "--token needs a value"; token=$2; shift ;;
+	--pin) [ $# -ge 2 ] || die "--pin needs a value"; pin=$2; shift ;;
 	--extractable) extractable=--extractable ;;
 	--no-gcm) nogcm=1 ;;
 	--add-key-only) addonly=1 ;;
@@ -53,15 +59,18 @@ done
 module=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 [ -e "$module" ] || module=/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so
 [ -e "$module" ] || die "SoftHSM module not found (set SOFTHSM2_MODULE)"
-command -v softhsm2-util >/dev/null || die "softhsm2-util not found (apt-get install softhsm2)"
-command -v pkcs11-tool >/dev/null || die "pkcs11-tool not found (apt-get install opensc)"
+command -v softhsm2-util >/dev/null ||
+	die "softhsm2-util not found (apt-get install softhsm2)"
+command -v pkcs11-tool >/dev/null ||
+	die "pkcs11-tool not found (apt-get install opensc)"
 
 mkdir -p "$dir" || die "cannot create $dir"
 dir=$(cd "$dir" && pwd) || die "cannot enter $dir"
 conf=$dir/softhsm2.conf
 
 if [ -n "$addonly" ]; then
-	[ -f "$conf" ] || die "$conf missing: make the token first (without --add-key-only)"
+	[ -f "$conf" ] ||
+		die "$conf missing: make the token first (no --add-key-only)"
 else
 	if [ ! -f "$conf" ]; then
 		{
@@ -73,7 +82,8 @@ else
 			# with its "-" and ignores it as unknown: name GCM
 			# twice so it is off with or without that bug.
 			if [ -n "$nogcm" ]; then
-				echo "slots.mechanisms = -CKM_AES_GCM,CKM_AES_GCM"
+				echo "slots.mechanisms =" \
+				    "-CKM_AES_GCM,CKM_AES_GCM"
 			fi
 		} >"$conf" || die "cannot write $conf"
 	fi
@@ -85,10 +95,12 @@ export SOFTHSM2_CONF
 
 if [ -z "$addonly" ]; then
 	quiet softhsm2-util --init-token --free --label "$token" \
-	    --so-pin 5678 --pin 1234
-	(umask 077 && printf '1234\n' >"$dir/pin") || die "cannot write $dir/pin"
+	    --so-pin 5678 --pin "$pin"
+	(umask 077 && printf '%s\n' "$pin" >"$dir/pin" &&
+	    chmod 600 "$dir/pin") ||
+		die "cannot write $dir/pin"
 fi
 
 quiet pkcs11-tool --module "$module" --token-label "$token" --login \
-    --pin 1234 --keygen --key-type "AES:$len" --label "$label" --id "$id" \
+    --pin "$pin" --keygen --key-type "AES:$len" --label "$label" --id "$id" \
     --sensitive --private $extractable

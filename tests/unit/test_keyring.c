@@ -49,8 +49,10 @@ static char main_conf[PATH_MAX];
 static char main_pin[PATH_MAX];
 static const char *module;
 
-static const char *const URI_KEK1 = "pkcs11:token=kms;object=kek1;type=secret-key";
-static const char *const URI_K2 = "pkcs11:token=kms;object=k2;type=secret-key";
+static const char *const URI_KEK1 =
+    "pkcs11:token=kms;object=kek1;type=secret-key";
+static const char *const URI_K2 =
+    "pkcs11:token=kms;object=k2;type=secret-key";
 
 /* ------------------------------------------------------------------ */
 
@@ -755,7 +757,8 @@ test_rotation(void **state)
 	}
 	/* The key_id must match the envelope's key, not any key. */
 	assert_int_equal(keyring_open(w, keyring_primary_key_id(kr), ct[0],
-	    ctlen[0], out, sizeof(out), &outlen, key_id), KEYRING_E_UNKNOWN_KEY);
+	    ctlen[0], out, sizeof(out), &outlen, key_id),
+	    KEYRING_E_UNKNOWN_KEY);
 	assert_string_equal(key_id, old_id);
 	keyring_worker_free(w);
 	keyring_free(kr);
