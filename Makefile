@@ -10,7 +10,7 @@
 
 CC	?= cc
 PKG_CONFIG ?= pkg-config
-PKGS	= p11-kit-1 libprotobuf-c libnghttp2 libcrypto
+PKGS	= p11-kit-1 libprotobuf-c libnghttp2 libcrypto libmicrohttpd
 
 CFLAGS	?= -O2 -g
 CFLAGS	+= -std=gnu11 -Wall -Wextra -Wshadow -Wformat=2 -Wno-unused-parameter \
@@ -54,6 +54,14 @@ UNIT_SRC = $(wildcard tests/unit/test_*.c)
 UNIT_BIN = $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
 CPPFLAGS += -D_GNU_SOURCE -I. -I$(BUILD)/gen
+
+# Test programs beyond tests/unit (fuzz corpus replay, fault module tests…)
+# that `make test` runs; each prints cmocka's summary or a line
+# "N passed, N failed". Test-only shared objects go in TEST_DEPS.
+EXTRA_TEST_BIN =
+TEST_DEPS =
+# Each of these adds its own rules and appends to the lists above.
+-include $(wildcard tests/*/*.mk)
 
 .PHONY: all run check test unit integration asan deps clean distclean
 .SECONDARY: $(GEN_C) $(GEN_H)
@@ -102,8 +110,9 @@ unit: $(UNIT_BIN)
 integration: all
 	$(Q)P11KMS=$(abspath $(BUILD)/p11kms) sh tests/run-integration.sh
 
-test: all $(UNIT_BIN)
-	$(Q)BUILD=$(BUILD) sh tests/run-all.sh $(abspath $(BUILD)/p11kms) $(UNIT_BIN)
+test: all $(UNIT_BIN) $(EXTRA_TEST_BIN) $(TEST_DEPS)
+	$(Q)BUILD=$(BUILD) sh tests/run-all.sh $(abspath $(BUILD)/p11kms) \
+	    $(UNIT_BIN) $(EXTRA_TEST_BIN)
 
 check: deps
 	$(Q)$(MAKE) --no-print-directory WERROR=1 test

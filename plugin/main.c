@@ -19,6 +19,7 @@
 #include "plugin/kms.h"
 #include "plugin/log.h"
 #include "plugin/loop.h"
+#include "plugin/tool.h"
 #include "plugin/version.h"
 
 #define EXIT_RUNTIME	1
@@ -123,6 +124,8 @@ main(int argc, char **argv)
 	unsigned workers, inflight;
 	int r, ok, ret = EXIT_RUNTIME;
 
+	if (argc > 1 && tool_is_subcommand(argv[1]))
+		return tool_main(argc - 1, argv + 1);
 	memset(&d, 0, sizeof(d));
 	d.sig_watch.fd = -1;
 	config_defaults(&cfg);

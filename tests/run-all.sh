@@ -25,6 +25,10 @@ for t in "$@"; do
 	cat "$log"
 	p=$(count '^\[  PASSED  \] \([0-9]*\) test.*' "$log")
 	f=$(count '^\[  FAILED  \] \([0-9]*\) test.*' "$log")
+	if [ -z "$p$f" ]; then	# a plain "N passed, N failed" line
+		p=$(count '^\([0-9][0-9]*\) passed, [0-9]* failed.*' "$log")
+		f=$(count '^[0-9]* passed, \([0-9][0-9]*\) failed.*' "$log")
+	fi
 	passed=$((passed + ${p:-0}))
 	failed=$((failed + ${f:-0}))
 	if [ $rc -ne 0 ] && [ "${f:-0}" -eq 0 ]; then
