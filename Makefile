@@ -61,7 +61,7 @@ CPPFLAGS += -D_GNU_SOURCE -I. -I$(BUILD)/gen
 EXTRA_TEST_BIN =
 TEST_DEPS =
 # Each of these adds its own rules and appends to the lists above.
--include $(wildcard tests/*/*.mk)
+-include $(wildcard tests/*/*.mk mk/*.mk)
 
 .PHONY: all run check test unit integration asan deps clean distclean
 .SECONDARY: $(GEN_C) $(GEN_H)
