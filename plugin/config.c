@@ -11,21 +11,28 @@
 
 enum {
 	OPT_WORKERS = 256, OPT_MAX_INFLIGHT, OPT_PROBE, OPT_KMS_VERSION,
-	OPT_MAX_REQUEST, OPT_LOG_LEVEL, OPT_GRACE,
+	OPT_MAX_REQUEST, OPT_LOG_LEVEL, OPT_GRACE, OPT_MECHANISM,
+	OPT_OPS_LISTEN, OPT_LOG_FORMAT,
 };
 
+#define CONFIG_FILE_MAX	(64 * 1024)
+
 static const struct option longopts[] = {
+	{ "config",		required_argument, NULL, 'c' },
 	{ "socket",		required_argument, NULL, 's' },
 	{ "key",		required_argument, NULL, 'k' },
 	{ "module",		required_argument, NULL, 'm' },
 	{ "pin-file",		required_argument, NULL, 'p' },
+	{ "mechanism",		required_argument, NULL, OPT_MECHANISM },
 	{ "workers",		required_argument, NULL, OPT_WORKERS },
 	{ "max-inflight",	required_argument, NULL, OPT_MAX_INFLIGHT },
 	{ "probe-interval",	required_argument, NULL, OPT_PROBE },
 	{ "grace",		required_argument, NULL, OPT_GRACE },
 	{ "kms-version",	required_argument, NULL, OPT_KMS_VERSION },
 	{ "max-request-bytes",	required_argument, NULL, OPT_MAX_REQUEST },
+	{ "ops-listen",		required_argument, NULL, OPT_OPS_LISTEN },
 	{ "log-level",		required_argument, NULL, OPT_LOG_LEVEL },
+	{ "log-format",		required_argument, NULL, OPT_LOG_FORMAT },
 	{ "help",		no_argument,	   NULL, 'h' },
 	{ "version",		no_argument,	   NULL, 'V' },
 	{ NULL, 0, NULL, 0 },
@@ -36,9 +43,13 @@ config_usage(FILE *fp)
 {
 	fprintf(fp,
 "Usage: p11kms [OPTIONS]\n"
+"       p11kms keygen|keys|selftest [OPTIONS]   (see p11kms CMD --help)\n"
 "Kubernetes KMS plugin (KMS v2) that wraps keys with a non-extractable\n"
 "key inside a PKCS#11 token.\n"
 "\n"
+"  -c, --config FILE         read options from FILE: one \"name = value\"\n"
+"                            per line, names as the long flags below;\n"
+"                            flags override it; SIGHUP re-reads it\n"
 "  -s, --socket PATH|@NAME   unix socket to serve on; @NAME is a Linux\n"
 "                            abstract socket (default " CONFIG_DEFAULT_SOCKET ")\n"
 "  -k, --key URI             key-encryption key as an RFC 7512 URI, e.g.\n"
@@ -51,6 +62,9 @@ config_usage(FILE *fp)
 "  -p, --pin-file FILE       file holding the token user PIN; default: the\n"
 "                            URI's pin-source. A PIN is never taken from\n"
 "                            the command line.\n"
+"      --mechanism M         auto (AES-GCM, else AES key wrap, else RSA\n"
+"                            OAEP, as the token and key allow), aes-gcm,\n"
+"                            aes-kwp or rsa-oaep (default auto)\n"
 "      --workers N           token sessions/threads (default: CPU count,\n"
 "                            capped by the token's session limit)\n"
 "      --max-inflight N      requests queued or running at once before new\n"
@@ -62,7 +76,10 @@ config_usage(FILE *fp)
 "      --kms-version V       Status version: v2 (Kubernetes >= 1.29) or\n"
 "                            v2beta1 (1.27, 1.28); default v2\n"
 "      --max-request-bytes N largest gRPC request accepted (default %d)\n"
+"      --ops-listen ADDR     serve /livez /readyz /healthz /metrics over\n"
+"                            HTTP on HOST:PORT or unix:/path (default off)\n"
 "      --log-level L         error, warn, info or debug (default info)\n"
+"      --log-format F        logfmt or json (default logfmt)\n"
 "  -h, --help                this text\n"
 "  -V, --version             version\n"
 "\n"
@@ -75,12 +92,14 @@ config_usage(FILE *fp)
 void
 config_defaults(struct config *cfg)
 {
-	memset(cfg, 0, sizeof(*cfg));
+	memset(cfg, 0, sizeof(*cfg));	/* not an owner yet: no filebuf */
 	cfg->socket_path = CONFIG_DEFAULT_SOCKET;
 	cfg->probe_interval_s = CONFIG_DEFAULT_PROBE_S;
 	cfg->grace_s = CONFIG_DEFAULT_GRACE_S;
 	cfg->max_request = CONFIG_DEFAULT_MAX_REQUEST;
 	cfg->kms_version = "v2";
+	cfg->mechanism = "auto";
+	cfg->log_format = "logfmt";
 	cfg->log_level = LOG_INFO;
 }
 
@@ -108,103 +127,292 @@ num_opt(const char *name, const char *arg, unsigned long min,
 {
 	if (parse_uint(arg, min, max, out) == 0)
 		return 0;
-	snprintf(err, errlen, "--%s '%.40s' is not a whole number from %lu "
+	snprintf(err, errlen, "%s '%.40s' is not a whole number from %lu "
 	    "to %lu", name, arg, min, max);
 	return -1;
+}
+
+/* 1 when s is one of the NULL-terminated words. */
+static int
+one_of(const char *s, const char *const *words)
+{
+	for (; *words != NULL; words++)
+		if (strcmp(s, *words) == 0)
+			return 1;
+	return 0;
+}
+
+/*
+ * Applies one option (from a flag or a file line) to cfg. `name` is the
+ * long name, for messages. Returns CONFIG_OK, CONFIG_EXIT or CONFIG_ERROR.
+ */
+static int
+apply(struct config *cfg, int opt, const char *name, const char *arg,
+    char *err, size_t errlen)
+{
+	static const char *const mechanisms[] = { "auto", "aes-gcm",
+	    "aes-kwp", "rsa-oaep", NULL };
+	static const char *const formats[] = { "logfmt", "json", NULL };
+	unsigned long v;
+	int lvl;
+
+	switch (opt) {
+	case 'c':
+		cfg->config_file = arg;
+		break;
+	case 's':
+		if (arg[0] == '\0' || (arg[0] == '@' && arg[1] == '\0')) {
+			snprintf(err, errlen, "%s is empty: give a path or "
+			    "@name", name);
+			return CONFIG_ERROR;
+		}
+		cfg->socket_path = arg;
+		break;
+	case 'k':
+		if (cfg->nkeys == KEYRING_MAX_KEYS) {
+			snprintf(err, errlen, "too many keys (at most %d)",
+			    KEYRING_MAX_KEYS);
+			return CONFIG_ERROR;
+		}
+		cfg->keys[cfg->nkeys++] = arg;
+		break;
+	case 'm':
+		cfg->module = arg;
+		break;
+	case 'p':
+		cfg->pin_file = arg;
+		break;
+	case OPT_MECHANISM:
+		if (!one_of(arg, mechanisms)) {
+			snprintf(err, errlen, "%s '%.40s': use auto, aes-gcm, "
+			    "aes-kwp or rsa-oaep", name, arg);
+			return CONFIG_ERROR;
+		}
+		cfg->mechanism = arg;
+		break;
+	case OPT_WORKERS:
+		if (num_opt(name, arg, 1, CONFIG_MAX_WORKERS, &v, err,
+		    errlen) != 0)
+			return CONFIG_ERROR;
+		cfg->workers = (unsigned)v;
+		break;
+	case OPT_MAX_INFLIGHT:
+		if (num_opt(name, arg, 1, 1000000, &v, err, errlen) != 0)
+			return CONFIG_ERROR;
+		cfg->max_inflight = (unsigned)v;
+		break;
+	case OPT_PROBE:
+		if (num_opt(name, arg, 1, 3600, &v, err, errlen) != 0)
+			return CONFIG_ERROR;
+		cfg->probe_interval_s = (unsigned)v;
+		break;
+	case OPT_GRACE:
+		if (num_opt(name, arg, 0, 600, &v, err, errlen) != 0)
+			return CONFIG_ERROR;
+		cfg->grace_s = (unsigned)v;
+		break;
+	case OPT_MAX_REQUEST:
+		if (num_opt(name, arg, 1024, 16 * 1024 * 1024, &v, err,
+		    errlen) != 0)
+			return CONFIG_ERROR;
+		cfg->max_request = v;
+		break;
+	case OPT_KMS_VERSION:
+		if (strcmp(arg, "v2") != 0 && strcmp(arg, "v2beta1") != 0) {
+			snprintf(err, errlen, "%s '%.40s': use v2 (Kubernetes "
+			    "1.29 and later) or v2beta1 (1.27 and 1.28)", name,
+			    arg);
+			return CONFIG_ERROR;
+		}
+		cfg->kms_version = arg;
+		break;
+	case OPT_OPS_LISTEN:
+		if (arg[0] == '\0') {
+			snprintf(err, errlen, "%s is empty: give HOST:PORT "
+			    "or unix:/path", name);
+			return CONFIG_ERROR;
+		}
+		cfg->ops_listen = arg;
+		break;
+	case OPT_LOG_LEVEL:
+		if ((lvl = log_level_parse(arg)) < 0) {
+			snprintf(err, errlen, "%s '%.40s': use error, warn, "
+			    "info or debug", name, arg);
+			return CONFIG_ERROR;
+		}
+		cfg->log_level = lvl;
+		break;
+	case OPT_LOG_FORMAT:
+		if (!one_of(arg, formats)) {
+			snprintf(err, errlen, "%s '%.40s': use logfmt or json",
+			    name, arg);
+			return CONFIG_ERROR;
+		}
+		cfg->log_format = arg;
+		break;
+	case 'h':
+		config_usage(stdout);
+		return CONFIG_EXIT;
+	case 'V':
+		printf("p11kms %s\n", P11KMS_VERSION);
+		return CONFIG_EXIT;
+	default:
+		snprintf(err, errlen, "unknown option '%.60s'; see p11kms "
+		    "--help", name);
+		return CONFIG_ERROR;
+	}
+	return CONFIG_OK;
+}
+
+static char *
+trim(char *s)
+{
+	char *e;
+
+	while (*s == ' ' || *s == '\t')
+		s++;
+	e = s + strlen(s);
+	while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r'))
+		*--e = '\0';
+	return s;
+}
+
+/* Reads the whole file into a NUL-terminated buffer the caller frees. */
+static char *
+slurp(const char *path, char *err, size_t errlen)
+{
+	char *buf = NULL;
+	size_t n = 0;
+	FILE *fp;
+
+	if ((fp = fopen(path, "re")) == NULL) {
+		snprintf(err, errlen, "cannot read config file '%.200s': %s",
+		    path, strerror(errno));
+		return NULL;
+	}
+	if ((buf = malloc(CONFIG_FILE_MAX + 1)) == NULL) {
+		snprintf(err, errlen, "out of memory reading '%.200s'", path);
+		goto out;
+	}
+	n = fread(buf, 1, CONFIG_FILE_MAX + 1, fp);
+	if (ferror(fp) || n > CONFIG_FILE_MAX) {
+		snprintf(err, errlen, "config file '%.200s' %s", path,
+		    ferror(fp) ? "cannot be read" : "is larger than 64 KiB");
+		free(buf);
+		buf = NULL;
+		goto out;
+	}
+	buf[n] = '\0';
+	if (memchr(buf, '\0', n) != NULL) {
+		snprintf(err, errlen, "config file '%.200s' is not text",
+		    path);
+		free(buf);
+		buf = NULL;
+	}
+ out:
+	fclose(fp);
+	return buf;
+}
+
+/* Applies every line of the file to cfg; cfg->filebuf keeps the text. */
+static int
+load_file(struct config *cfg, const char *path, char *err, size_t errlen)
+{
+	const struct option *o;
+	char *line, *next, *eq, *name, *val, msg[400];
+	unsigned lineno = 0;
+	int r;
+
+	if ((cfg->filebuf = slurp(path, err, errlen)) == NULL)
+		return CONFIG_ERROR;
+	for (line = cfg->filebuf; line != NULL; line = next) {
+		lineno++;
+		if ((next = strchr(line, '\n')) != NULL)
+			*next++ = '\0';
+		name = trim(line);
+		if (*name == '\0' || *name == '#')
+			continue;
+		if ((eq = strchr(name, '=')) == NULL) {
+			snprintf(err, errlen, "%.200s:%u: expected "
+			    "\"name = value\"", path, lineno);
+			return CONFIG_ERROR;
+		}
+		*eq = '\0';
+		name = trim(name);
+		val = trim(eq + 1);
+		for (o = longopts; o->name != NULL; o++)
+			if (strcmp(o->name, name) == 0)
+				break;
+		if (o->name == NULL || o->has_arg != required_argument ||
+		    o->val == 'c') {
+			snprintf(err, errlen, "%.200s:%u: unknown option "
+			    "'%.60s'; names are the long flags of p11kms "
+			    "--help without \"--\"", path, lineno, name);
+			return CONFIG_ERROR;
+		}
+		if (*val == '\0') {
+			snprintf(err, errlen, "%.200s:%u: %s has no value",
+			    path, lineno, name);
+			return CONFIG_ERROR;
+		}
+		msg[0] = '\0';
+		if ((r = apply(cfg, o->val, name, val, msg,
+		    sizeof(msg))) != CONFIG_OK) {
+			snprintf(err, errlen, "%.200s:%u: %s", path, lineno,
+			    msg);
+			return r;
+		}
+	}
+	return CONFIG_OK;
 }
 
 int
 config_parse_args(struct config *cfg, int argc, char **argv,
     char *err, size_t errlen)
 {
-	unsigned long v;
-	int c, lvl;
+	const struct option *o;
+	const char *name;
+	char lname[64];
+	int c, idx, r, cmdline_keys = 0;
 
-	optind = 0;	/* glibc: full re-initialisation, so tests can reparse */
+	/* Pass 1: find --config, so flags can override the file. */
+	optind = 0;	/* glibc: full re-initialisation, so we can reparse */
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":s:k:m:p:hV", longopts,
-	    NULL)) != -1) {
-		switch (c) {
-		case 's':
-			cfg->socket_path = optarg;
-			break;
-		case 'k':
-			if (cfg->nkeys == KEYRING_MAX_KEYS) {
-				snprintf(err, errlen, "too many --key flags "
-				    "(at most %d)", KEYRING_MAX_KEYS);
-				return CONFIG_ERROR;
-			}
-			cfg->keys[cfg->nkeys++] = optarg;
-			break;
-		case 'm':
-			cfg->module = optarg;
-			break;
-		case 'p':
-			cfg->pin_file = optarg;
-			break;
-		case OPT_WORKERS:
-			if (num_opt("workers", optarg, 1, CONFIG_MAX_WORKERS,
-			    &v, err, errlen) != 0)
-				return CONFIG_ERROR;
-			cfg->workers = (unsigned)v;
-			break;
-		case OPT_MAX_INFLIGHT:
-			if (num_opt("max-inflight", optarg, 1, 1000000, &v,
-			    err, errlen) != 0)
-				return CONFIG_ERROR;
-			cfg->max_inflight = (unsigned)v;
-			break;
-		case OPT_PROBE:
-			if (num_opt("probe-interval", optarg, 1, 3600, &v,
-			    err, errlen) != 0)
-				return CONFIG_ERROR;
-			cfg->probe_interval_s = (unsigned)v;
-			break;
-		case OPT_GRACE:
-			if (num_opt("grace", optarg, 0, 600, &v, err,
-			    errlen) != 0)
-				return CONFIG_ERROR;
-			cfg->grace_s = (unsigned)v;
-			break;
-		case OPT_MAX_REQUEST:
-			if (num_opt("max-request-bytes", optarg, 1024,
-			    16 * 1024 * 1024, &v, err, errlen) != 0)
-				return CONFIG_ERROR;
-			cfg->max_request = v;
-			break;
-		case OPT_KMS_VERSION:
-			if (strcmp(optarg, "v2") != 0 &&
-			    strcmp(optarg, "v2beta1") != 0) {
-				snprintf(err, errlen, "--kms-version '%.40s': "
-				    "use v2 (Kubernetes 1.29 and later) or "
-				    "v2beta1 (1.27 and 1.28)", optarg);
-				return CONFIG_ERROR;
-			}
-			cfg->kms_version = optarg;
-			break;
-		case OPT_LOG_LEVEL:
-			if ((lvl = log_level_parse(optarg)) < 0) {
-				snprintf(err, errlen, "--log-level '%.40s': use "
-				    "error, warn, info or debug", optarg);
-				return CONFIG_ERROR;
-			}
-			cfg->log_level = lvl;
-			break;
-		case 'h':
-			config_usage(stdout);
-			return CONFIG_EXIT;
-		case 'V':
-			printf("p11kms %s\n", P11KMS_VERSION);
-			return CONFIG_EXIT;
-		case ':':
+	while ((c = getopt_long(argc, argv, ":c:s:k:m:p:hV", longopts,
+	    NULL)) != -1)
+		if (c == 'c')
+			cfg->config_file = optarg;
+	if (cfg->config_file != NULL &&
+	    (r = load_file(cfg, cfg->config_file, err, errlen)) != CONFIG_OK)
+		return r;
+
+	/* Pass 2: the flags. */
+	optind = 0;
+	while ((c = getopt_long(argc, argv, ":c:s:k:m:p:hV", longopts,
+	    &idx)) != -1) {
+		if (c == ':') {
 			snprintf(err, errlen, "%.60s needs a value; see "
 			    "p11kms --help", argv[optind - 1]);
 			return CONFIG_ERROR;
-		default:
+		}
+		if (c == '?') {
 			snprintf(err, errlen, "unknown option '%.60s'; see "
 			    "p11kms --help", argv[optind - 1]);
 			return CONFIG_ERROR;
 		}
+		if (c == 'k' && !cmdline_keys) {
+			/* Command-line keys replace the file's. */
+			cmdline_keys = 1;
+			cfg->nkeys = 0;
+		}
+		name = NULL;
+		for (o = longopts; o->name != NULL; o++)
+			if (o->val == c)
+				name = o->name;
+		snprintf(lname, sizeof(lname), "--%s", name ? name : "?");
+		r = apply(cfg, c, lname, optarg, err, errlen);
+		if (r != CONFIG_OK)
+			return r;
 	}
 	if (optind < argc) {
 		snprintf(err, errlen, "unexpected argument '%.60s'; see "
@@ -212,16 +420,18 @@ config_parse_args(struct config *cfg, int argc, char **argv,
 		return CONFIG_ERROR;
 	}
 	if (cfg->nkeys == 0) {
-		snprintf(err, errlen, "no key given: pass --key with the "
-		    "RFC 7512 URI of the key-encryption key, e.g. --key "
+		snprintf(err, errlen, "no key given: pass --key (or key = in "
+		    "the --config file) with the RFC 7512 URI of the "
+		    "key-encryption key, e.g. --key "
 		    "'pkcs11:token=kms;object=kek1;type=secret-key'");
 		return CONFIG_ERROR;
 	}
-	if (cfg->socket_path[0] == '\0' ||
-	    (cfg->socket_path[0] == '@' && cfg->socket_path[1] == '\0')) {
-		snprintf(err, errlen, "--socket is empty: give a path or "
-		    "@name");
-		return CONFIG_ERROR;
-	}
 	return CONFIG_OK;
+}
+
+void
+config_free(struct config *cfg)
+{
+	free(cfg->filebuf);
+	cfg->filebuf = NULL;
 }

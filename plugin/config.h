@@ -1,6 +1,13 @@
 /*
- * config: command-line flags of the daemon. Strings point into argv (not
- * copied); nothing here ever holds a PIN.
+ * config: the daemon's settings, from an optional config file (--config)
+ * and the command line; a flag overrides the file, and any --key on the
+ * command line replaces the file's keys. Strings point into argv or into
+ * the file buffer the config owns (config_free). Nothing here ever holds a
+ * PIN.
+ *
+ * File format: one "name = value" per line, names are the long flag names
+ * without "--", `key` may repeat (the first encrypts), '#' starts a comment
+ * line, blank lines are ignored.
  */
 #ifndef P11KMS_CONFIG_H
 #define P11KMS_CONFIG_H
@@ -28,7 +35,12 @@ struct config {
 	unsigned grace_s;
 	size_t max_request;
 	const char *kms_version;	/* "v2" or "v2beta1" */
+	const char *mechanism;		/* "auto", "aes-gcm", "aes-kwp", "rsa-oaep" */
+	const char *ops_listen;		/* NULL: no ops endpoint */
+	const char *log_format;		/* "logfmt" or "json" */
 	int log_level;
+	const char *config_file;	/* NULL: flags only */
+	char *filebuf;			/* owned: the file's text */
 };
 
 enum config_result {
@@ -38,7 +50,13 @@ enum config_result {
 };
 
 void config_defaults(struct config *cfg);
-/* Parses argv; writes a message naming the bad flag and the fix into err. */
+/* Frees what the config owns (not argv). */
+void config_free(struct config *cfg);
+/*
+ * Parses argv, reading the --config file first if one is named; writes a
+ * message naming the bad flag or file line and the fix into err. Call
+ * again (on a fresh config) to re-read the file for a reload.
+ */
 int config_parse_args(struct config *cfg, int argc, char **argv,
     char *err, size_t errlen);
 void config_usage(FILE *fp);

@@ -4,7 +4,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "plugin/config.h"
@@ -92,6 +94,10 @@ test_errors(void **state)
 		{ { "p11kms", "-k", "u", "extra", NULL }, "unexpected argument" },
 		{ { "p11kms", "-k", NULL }, "needs a value" },
 		{ { "p11kms", "-k", "u", "--socket", "", NULL }, "--socket" },
+		{ { "p11kms", "-k", "u", "--mechanism", "des", NULL },
+		  "aes-kwp" },
+		{ { "p11kms", "-k", "u", "--log-format", "xml", NULL },
+		  "--log-format" },
 		{ { "p11kms", "-k", "u", "--max-request-bytes", "10", NULL },
 		  "--max-request-bytes" },
 		{ { "p11kms", "-k", "u", "--pin-value", "1234", NULL },
@@ -133,7 +139,7 @@ test_too_many_keys(void **state)
 	argv[argc] = NULL;
 	assert_int_equal(parse(&cfg, argv, argc, err, sizeof(err)),
 	    CONFIG_ERROR);
-	assert_non_null(strstr(err, "too many --key"));
+	assert_non_null(strstr(err, "too many keys"));
 }
 
 static void
@@ -142,7 +148,8 @@ test_help_lists_every_flag(void **state)
 	static const char *flags[] = { "--socket", "--key", "--module",
 	    "--pin-file", "--workers", "--max-inflight", "--probe-interval",
 	    "--grace", "--kms-version", "--max-request-bytes", "--log-level",
-	    "--help", "--version" };
+	    "--help", "--version", "--config", "--mechanism", "--ops-listen",
+	    "--log-format" };
 	char buf[8192];
 	size_t i, n;
 	FILE *fp;
@@ -159,6 +166,115 @@ test_help_lists_every_flag(void **state)
 			fail_msg("--help lacks %s", flags[i]);
 }
 
+/* Writes text to a temp file; returns its path (static buffer). */
+static const char *
+write_conf(const char *text)
+{
+	static char path[64];
+	FILE *fp;
+	int fd;
+
+	snprintf(path, sizeof(path), "/tmp/p11kms-conf-XXXXXX");
+	fd = mkstemp(path);
+	assert_true(fd >= 0);
+	fp = fdopen(fd, "w");
+	assert_non_null(fp);
+	fputs(text, fp);
+	fclose(fp);
+	return path;
+}
+
+static void
+test_file(void **state)
+{
+	const char *path = write_conf(
+	    "# comment\n"
+	    "\n"
+	    "socket = /run/x.sock\n"
+	    "  key =  pkcs11:token=a;object=k2  \n"
+	    "key=pkcs11:token=a;object=k1\r\n"
+	    "workers = 4\n"
+	    "pin-file = /etc/p11kms/pin\n"
+	    "mechanism = aes-kwp\n");
+	char *argv[] = { "p11kms", "--config", (char *)path, "--workers",
+	    "2", NULL };
+	struct config cfg;
+	char err[256];
+
+	(void)state;
+	assert_int_equal(parse(&cfg, argv, ARGC(argv), err, sizeof(err)),
+	    CONFIG_OK);
+	assert_string_equal(cfg.socket_path, "/run/x.sock");
+	assert_int_equal(cfg.nkeys, 2);
+	assert_string_equal(cfg.keys[0], "pkcs11:token=a;object=k2");
+	assert_string_equal(cfg.keys[1], "pkcs11:token=a;object=k1");
+	assert_string_equal(cfg.pin_file, "/etc/p11kms/pin");
+	assert_string_equal(cfg.mechanism, "aes-kwp");
+	assert_int_equal(cfg.workers, 2);	/* the flag wins */
+	config_free(&cfg);
+	unlink(path);
+}
+
+static void
+test_file_keys_replaced_by_flags(void **state)
+{
+	const char *path = write_conf("key = pkcs11:object=old1\n"
+	    "key = pkcs11:object=old2\n");
+	char *argv[] = { "p11kms", "-k", "pkcs11:object=new", "-c",
+	    (char *)path, NULL };
+	struct config cfg;
+	char err[256];
+
+	(void)state;
+	assert_int_equal(parse(&cfg, argv, ARGC(argv), err, sizeof(err)),
+	    CONFIG_OK);
+	assert_int_equal(cfg.nkeys, 1);
+	assert_string_equal(cfg.keys[0], "pkcs11:object=new");
+	config_free(&cfg);
+	unlink(path);
+}
+
+/* A bad file names the file, the line and the problem. */
+static void
+test_file_errors(void **state)
+{
+	static const struct {
+		const char *text;
+		const char *want;
+	} cases[] = {
+		{ "key = pkcs11:object=k\nworkers 4\n", ":2: expected" },
+		{ "key = pkcs11:object=k\nbogus = 1\n", ":2: unknown option" },
+		{ "pin = 1234\n", ":1: unknown option" },
+		{ "config = /etc/other\n", ":1: unknown option" },
+		{ "help = yes\n", ":1: unknown option" },
+		{ "key =\n", ":1: key has no value" },
+		{ "key = u\nworkers = many\n", ":2: workers 'many'" },
+		{ "key = u\nkms-version = v9\n", ":2: kms-version" },
+		{ "# nothing\n", "no key given" },
+	};
+	char *argv[] = { "p11kms", "--config", NULL, NULL };
+	struct config cfg;
+	char err[256];
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		argv[2] = (char *)write_conf(cases[i].text);
+		if (parse(&cfg, argv, 3, err, sizeof(err)) != CONFIG_ERROR)
+			fail_msg("case %zu was accepted", i);
+		if (strstr(err, cases[i].want) == NULL)
+			fail_msg("case %zu: '%s' lacks '%s'", i, err,
+			    cases[i].want);
+		config_free(&cfg);
+		unlink(argv[2]);
+	}
+	argv[2] = "/nonexistent/p11kms.conf";
+	assert_int_equal(parse(&cfg, argv, 3, err, sizeof(err)),
+	    CONFIG_ERROR);
+	assert_non_null(strstr(err, "cannot read config file"));
+	config_free(&cfg);
+}
+
 int
 main(void)
 {
@@ -168,6 +284,9 @@ main(void)
 		cmocka_unit_test(test_errors),
 		cmocka_unit_test(test_too_many_keys),
 		cmocka_unit_test(test_help_lists_every_flag),
+		cmocka_unit_test(test_file),
+		cmocka_unit_test(test_file_keys_replaced_by_flags),
+		cmocka_unit_test(test_file_errors),
 	};
 
 	return cmocka_run_group_tests_name("config", tests, NULL, NULL);
