@@ -44,8 +44,8 @@ config_usage(FILE *fp)
 	fprintf(fp,
 "Usage: p11kms [OPTIONS]\n"
 "       p11kms keygen|keys|selftest [OPTIONS]   (see p11kms CMD --help)\n"
-"Kubernetes KMS plugin (KMS v2) that wraps keys with a non-extractable\n"
-"key inside a PKCS#11 token.\n"
+"Kubernetes KMS plugin (KMS v2 and v1beta1 on one socket) that wraps\n"
+"keys with a non-extractable key inside a PKCS#11 token.\n"
 "\n"
 "  -c, --config FILE         read options from FILE: one \"name = value\"\n"
 "                            per line, names as the long flags below;\n"

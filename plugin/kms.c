@@ -5,9 +5,11 @@
 #include <string.h>
 #include <time.h>
 
+#include "kms_v1beta1.pb-c.h"
 #include "kms_v2.pb-c.h"
 #include "plugin/log.h"
 #include "plugin/mem.h"
+#include "plugin/version.h"
 
 #define NS_PER_S		1000000000ull
 #define PROBE_RETRY_S		2	/* after a failure, probe this soon */
@@ -456,10 +458,159 @@ decrypt_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
 	v2__decrypt_request__free_unpacked(req, &mem_protobuf_allocator);
 }
 
+/* ---- KMS v1beta1 ---- */
+
+#define V1_VERSION	"v1beta1"
+
+/* v1 requests carry the API version; empty is taken as v1beta1. */
+static int
+v1_version_ok(const char *v, struct grpc_call *call)
+{
+	if (v == NULL || v[0] == '\0' || strcmp(v, V1_VERSION) == 0)
+		return 1;
+	grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "unsupported KMS API "
+	    "version '%.40s': this service is " V1_VERSION, v);
+	return 0;
+}
+
+static void
+v1_version_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
+    size_t len)
+{
+	V1beta1__VersionRequest *req;
+	V1beta1__VersionResponse resp = V1BETA1__VERSION_RESPONSE__INIT;
+
+	(void)ctx;
+	req = v1beta1__version_request__unpack(&mem_protobuf_allocator, len,
+	    msg);
+	if (req == NULL) {
+		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "VersionRequest "
+		    "is not valid protobuf");
+		return;
+	}
+	if (v1_version_ok(req->version, call)) {
+		resp.version = (char *)V1_VERSION;
+		resp.runtime_name = (char *)"p11kms";
+		resp.runtime_version = (char *)P11KMS_VERSION;
+		grpc_call_reply(call, &resp.base);
+	}
+	v1beta1__version_request__free_unpacked(req, &mem_protobuf_allocator);
+}
+
+static void
+v1_encrypt_done(struct pool_job *job)
+{
+	struct grpc_call *call = job->arg;
+	V1beta1__EncryptResponse resp = V1BETA1__ENCRYPT_RESPONSE__INIT;
+
+	if (call == NULL) {
+		pool_job_free(job);
+		return;
+	}
+	if (job->status != KEYRING_OK) {
+		fail_job(job->ctx, call, job, NULL);
+	} else {
+		resp.cipher.data = job->out;
+		resp.cipher.len = job->out_len;
+		grpc_call_reply(call, &resp.base);
+	}
+	pool_job_free(job);
+}
+
+static void
+v1_encrypt_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
+    size_t len)
+{
+	V1beta1__EncryptRequest *req;
+	struct pool_job *job;
+
+	req = v1beta1__encrypt_request__unpack(&mem_protobuf_allocator, len,
+	    msg);
+	if (req == NULL) {
+		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "EncryptRequest "
+		    "is not valid protobuf");
+		return;
+	}
+	if (!v1_version_ok(req->version, call))
+		goto out;
+	if (req->plain.len == 0 || req->plain.len > KEYRING_MAX_PLAINTEXT) {
+		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "plain must be 1 "
+		    "to %d bytes, got %zu", KEYRING_MAX_PLAINTEXT,
+		    req->plain.len);
+		goto out;
+	}
+	if ((job = pool_job_new(POOL_SEAL)) == NULL) {
+		grpc_call_fail(call, GRPC_RESOURCE_EXHAUSTED, "out of memory");
+		goto out;
+	}
+	memcpy(job->in, req->plain.data, req->plain.len);
+	job->in_len = req->plain.len;
+	submit(ctx, call, job, v1_encrypt_done);
+ out:
+	v1beta1__encrypt_request__free_unpacked(req, &mem_protobuf_allocator);
+}
+
+static void
+v1_decrypt_done(struct pool_job *job)
+{
+	struct grpc_call *call = job->arg;
+	V1beta1__DecryptResponse resp = V1BETA1__DECRYPT_RESPONSE__INIT;
+
+	if (call == NULL) {
+		pool_job_free(job);
+		return;
+	}
+	if (job->status != KEYRING_OK) {
+		fail_job(job->ctx, call, job, NULL);
+	} else {
+		resp.plain.data = job->out;
+		resp.plain.len = job->out_len;
+		grpc_call_reply(call, &resp.base);
+	}
+	pool_job_free(job);		/* wipes the plaintext */
+}
+
+static void
+v1_decrypt_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
+    size_t len)
+{
+	V1beta1__DecryptRequest *req;
+	struct pool_job *job;
+
+	req = v1beta1__decrypt_request__unpack(&mem_protobuf_allocator, len,
+	    msg);
+	if (req == NULL) {
+		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "DecryptRequest "
+		    "is not valid protobuf");
+		return;
+	}
+	if (!v1_version_ok(req->version, call))
+		goto out;
+	if (req->cipher.len == 0 || req->cipher.len > KEYRING_MAX_CIPHERTEXT) {
+		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "cipher must be 1 "
+		    "to %d bytes, got %zu", KEYRING_MAX_CIPHERTEXT,
+		    req->cipher.len);
+		goto out;
+	}
+	if ((job = pool_job_new(POOL_OPEN)) == NULL) {
+		grpc_call_fail(call, GRPC_RESOURCE_EXHAUSTED, "out of memory");
+		goto out;
+	}
+	/* No key_id in v1: the envelope names its key. */
+	memcpy(job->in, req->cipher.data, req->cipher.len);
+	job->in_len = req->cipher.len;
+	submit(ctx, call, job, v1_decrypt_done);
+ out:
+	v1beta1__decrypt_request__free_unpacked(req, &mem_protobuf_allocator);
+}
+
 static const struct grpc_method methods[] = {
 	{ "/v2.KeyManagementService/Status", status_handler },
 	{ "/v2.KeyManagementService/Encrypt", encrypt_handler },
 	{ "/v2.KeyManagementService/Decrypt", decrypt_handler },
+	{ "/v1beta1.KeyManagementService/Version", v1_version_handler },
+	{ "/v1beta1.KeyManagementService/Encrypt", v1_encrypt_handler },
+	{ "/v1beta1.KeyManagementService/Decrypt", v1_decrypt_handler },
 };
 
 const struct grpc_method *
