@@ -23,6 +23,8 @@
 #define MAX_HEADER_LIST		16384
 #define OUT_HIGH_WATER		(256 * 1024)	/* stop generating output */
 #define GRPC_MESSAGE_MAX	512		/* grpc-message, encoded */
+#define RST_BURST		8192		/* RST_STREAMs at once */
+#define RST_RATE		2048		/* RST_STREAMs per second */
 
 enum call_state {
 	CALL_HEADERS,	/* receiving */
@@ -47,10 +49,31 @@ struct grpc_call {
 	struct grpc_call *prev, *next;	/* conn->calls */
 };
 
+/*
+ * Splits the client's byte stream into HTTP/2 frames just far enough to
+ * drop one thing nghttp2 would kill the connection for: RST_STREAM on a
+ * stream the client never opened. grpc-core sends that when a call's
+ * deadline expires before its HEADERS went out; RFC 9113 makes it a
+ * connection error, which would fail every other call on the connection.
+ */
+struct h2scan {
+	size_t preface_left;		/* client preface bytes still to pass */
+	uint8_t hdr[9];			/* frame header being collected */
+	size_t hdr_have;
+	size_t payload_left;		/* of the current frame */
+	int dropping;			/* current frame is discarded */
+	uint32_t max_stream;		/* highest stream id with HEADERS */
+};
+
+#define H2_PREFACE_LEN	24
+#define H2_HEADERS	0x1
+#define H2_RST_STREAM	0x3
+
 struct conn {
 	struct grpc_server *srv;
 	struct loop_watch watch;
 	nghttp2_session *h2;
+	struct h2scan scan;
 	uint8_t *out;			/* bytes nghttp2 produced, unsent */
 	size_t out_len, out_cap;
 	uint32_t events;
@@ -162,6 +185,41 @@ grpc_frame_check(const uint8_t *body, size_t len, const uint8_t **msg,
 	return GRPC_OK;
 }
 
+/*
+ * Makes s valid UTF-8 in place: a message may quote peer bytes, cut short
+ * by a %.100s, and grpc-message must decode to UTF-8. Invalid or truncated
+ * sequences become '?'.
+ */
+static void
+utf8_sanitize(char *s)
+{
+	unsigned char *p = (unsigned char *)s;
+	size_t n, i;
+
+	while (*p != '\0') {
+		if (*p < 0x80) {
+			p++;
+			continue;
+		}
+		if (*p >= 0xc2 && *p <= 0xdf)
+			n = 1;
+		else if (*p >= 0xe0 && *p <= 0xef)
+			n = 2;
+		else if (*p >= 0xf0 && *p <= 0xf4)
+			n = 3;
+		else
+			n = 0;
+		for (i = 1; n != 0 && i <= n; i++)
+			if ((p[i] & 0xc0) != 0x80)
+				n = 0;
+		if (n == 0) {
+			*p++ = '?';
+			continue;
+		}
+		p += n + 1;
+	}
+}
+
 /* ---- calls ---- */
 
 static void
@@ -174,6 +232,17 @@ conn_mark_dirty(struct conn *c)
 	c->srv->dirty = c;
 }
 
+/* Lets the handler forget the call before the server ends it. */
+static void
+call_cancel(struct grpc_call *call)
+{
+	grpc_cancel_cb cb = call->cancel;
+
+	call->cancel = NULL;
+	if (cb != NULL)
+		cb(call->cancel_arg);
+}
+
 static void
 call_timeout(void *arg)
 {
@@ -181,6 +250,7 @@ call_timeout(void *arg)
 
 	if (call->state == CALL_DONE)
 		return;
+	call_cancel(call);
 	grpc_call_fail(call, GRPC_DEADLINE_EXCEEDED,
 	    "deadline passed before the token answered");
 }
@@ -190,8 +260,8 @@ call_free(struct grpc_call *call)
 {
 	struct conn *c = call->conn;
 
-	if (call->state == CALL_RUNNING && call->cancel != NULL)
-		call->cancel(call->cancel_arg);
+	if (call->state == CALL_RUNNING)
+		call_cancel(call);
 	if (call->prev != NULL)
 		call->prev->next = call->next;
 	else
@@ -281,6 +351,7 @@ grpc_call_fail(struct grpc_call *call, enum grpc_code code, const char *fmt,
 	va_start(ap, fmt);
 	vsnprintf(text, sizeof(text), fmt, ap);
 	va_end(ap);
+	utf8_sanitize(text);
 	log_debug("stream %d: grpc-status %d: %s", call->id, (int)code, text);
 	respond_status(call, "200", code, text);
 }
@@ -567,6 +638,55 @@ on_stream_close(nghttp2_session *h2, int32_t id, uint32_t error_code,
 
 /* ---- connections ---- */
 
+/*
+ * Copies in to out (cap >= n + 9) without the frames to drop; returns the
+ * bytes written. Only frame boundaries are parsed; nghttp2 checks the rest.
+ */
+static size_t
+h2scan_filter(struct h2scan *sc, const uint8_t *in, size_t n, uint8_t *out)
+{
+	size_t o = 0, k;
+	uint32_t sid;
+
+	while (n > 0) {
+		if (sc->preface_left > 0 || sc->payload_left > 0) {
+			k = sc->preface_left > 0 ? sc->preface_left :
+			    sc->payload_left;
+			if (k > n)
+				k = n;
+			if (!sc->dropping || sc->preface_left > 0) {
+				memcpy(out + o, in, k);
+				o += k;
+			}
+			if (sc->preface_left > 0)
+				sc->preface_left -= k;
+			else
+				sc->payload_left -= k;
+			in += k;
+			n -= k;
+			continue;
+		}
+		sc->hdr[sc->hdr_have++] = *in++;
+		n--;
+		if (sc->hdr_have < sizeof(sc->hdr))
+			continue;
+		sc->hdr_have = 0;
+		sc->payload_left = (size_t)sc->hdr[0] << 16 |
+		    (size_t)sc->hdr[1] << 8 | sc->hdr[2];
+		sid = ((uint32_t)sc->hdr[5] << 24 | (uint32_t)sc->hdr[6] << 16 |
+		    (uint32_t)sc->hdr[7] << 8 | sc->hdr[8]) & 0x7fffffffu;
+		if (sc->hdr[3] == H2_HEADERS && sid > sc->max_stream)
+			sc->max_stream = sid;
+		sc->dropping = sc->hdr[3] == H2_RST_STREAM && sid != 0 &&
+		    sid > sc->max_stream;
+		if (!sc->dropping) {
+			memcpy(out + o, sc->hdr, sizeof(sc->hdr));
+			o += sizeof(sc->hdr);
+		}
+	}
+	return o;
+}
+
 static int
 out_append(struct conn *c, const uint8_t *data, size_t len)
 {
@@ -654,8 +774,9 @@ static void
 conn_io(void *arg, uint32_t events)
 {
 	struct conn *c = arg;
-	uint8_t buf[READ_CHUNK];
+	uint8_t buf[READ_CHUNK], fbuf[READ_CHUNK + 9];
 	ssize_t n, rv;
+	size_t k;
 	int i;
 
 	if (c->dead)
@@ -673,7 +794,8 @@ conn_io(void *arg, uint32_t events)
 				conn_close(c);
 				return;
 			}
-			rv = nghttp2_session_mem_recv(c->h2, buf, (size_t)n);
+			k = h2scan_filter(&c->scan, buf, (size_t)n, fbuf);
+			rv = nghttp2_session_mem_recv(c->h2, fbuf, k);
 			if (rv < 0) {
 				/* Bad preface, protocol error: nghttp2 has
 				 * queued a GOAWAY; send it, then close. */
@@ -729,16 +851,53 @@ conn_free(struct conn *c)
 	free(c);
 }
 
-static void
-on_accept(void *arg, uint32_t events)
+/* Takes ownership of fd: on failure it is closed. Returns 0 or -1. */
+static int
+conn_add(struct grpc_server *s, int fd)
 {
-	struct grpc_server *s = arg;
 	nghttp2_settings_entry iv[] = {
 		{ NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS,
 		    MAX_CONCURRENT_STREAMS },
 		{ NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST },
 	};
 	struct conn *c;
+
+	if ((c = calloc(1, sizeof(*c))) == NULL) {
+		close(fd);
+		return -1;
+	}
+	c->srv = s;
+	c->scan.preface_left = H2_PREFACE_LEN;
+	c->watch.fd = fd;
+	c->watch.cb = conn_io;
+	c->watch.arg = c;
+	if (nghttp2_session_server_new2(&c->h2, s->cbs, c, s->opt) != 0) {
+		close(fd);
+		free(c);
+		return -1;
+	}
+	c->events = EPOLLIN;
+	if (loop_watch(s->loop, &c->watch, EPOLLIN) != 0) {
+		nghttp2_session_del(c->h2);
+		close(fd);
+		free(c);
+		return -1;
+	}
+	c->next = s->conns;
+	if (s->conns != NULL)
+		s->conns->prev = c;
+	s->conns = c;
+	s->nconns++;
+	(void)nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv,
+	    sizeof(iv) / sizeof(iv[0]));
+	conn_flush(c);
+	return 0;
+}
+
+static void
+on_accept(void *arg, uint32_t events)
+{
+	struct grpc_server *s = arg;
 	int fd, i;
 
 	(void)events;
@@ -751,36 +910,21 @@ on_accept(void *arg, uint32_t events)
 				log_warn("accept: %s", strerror(errno));
 			return;
 		}
-		if ((c = calloc(1, sizeof(*c))) == NULL) {
-			close(fd);
-			continue;
-		}
-		c->srv = s;
-		c->watch.fd = fd;
-		c->watch.cb = conn_io;
-		c->watch.arg = c;
-		if (nghttp2_session_server_new2(&c->h2, s->cbs, c,
-		    s->opt) != 0) {
-			close(fd);
-			free(c);
-			continue;
-		}
-		c->events = EPOLLIN;
-		if (loop_watch(s->loop, &c->watch, EPOLLIN) != 0) {
-			nghttp2_session_del(c->h2);
-			close(fd);
-			free(c);
-			continue;
-		}
-		c->next = s->conns;
-		if (s->conns != NULL)
-			s->conns->prev = c;
-		s->conns = c;
-		s->nconns++;
-		(void)nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv,
-		    sizeof(iv) / sizeof(iv[0]));
-		conn_flush(c);
+		(void)conn_add(s, fd);
 	}
+}
+
+int
+grpc_server_adopt(struct grpc_server *s, int fd)
+{
+	int fl;
+
+	if ((fl = fcntl(fd, F_GETFL)) == -1 ||
+	    fcntl(fd, F_SETFL, fl | O_NONBLOCK) == -1) {
+		close(fd);
+		return -1;
+	}
+	return conn_add(s, fd);
 }
 
 /* ---- server ---- */
@@ -816,6 +960,15 @@ grpc_server_new(struct loop *l, const struct grpc_method *methods,
 	nghttp2_session_callbacks_set_on_stream_close_callback(s->cbs,
 	    on_stream_close);
 	nghttp2_option_set_max_settings(s->opt, 32);
+	/*
+	 * Rapid-reset protection (CVE-2023-44487) stays on, but with room for
+	 * a client whose deadlines expire in bulk: every expired call is one
+	 * RST_STREAM from grpc-go or grpc-core, and nghttp2's default (a burst
+	 * of 1000, 33/s) would drop the apiserver's connection during a slow
+	 * token. Reset streams cost no token work: queued jobs are skipped.
+	 */
+	nghttp2_option_set_stream_reset_rate_limit(s->opt, RST_BURST,
+	    RST_RATE);
 	*out = s;
 	return 0;
 }

@@ -57,6 +57,12 @@ int grpc_server_new(struct loop *l, const struct grpc_method *methods,
  */
 int grpc_server_listen(struct grpc_server *s, const char *path, char *err,
     size_t errlen);
+/*
+ * Serves an already-connected stream socket as if it had been accepted
+ * (fuzzing, socket activation). Takes ownership of fd, also on failure,
+ * and makes it non-blocking. Returns 0, or -1 with fd closed.
+ */
+int grpc_server_adopt(struct grpc_server *s, int fd);
 /* Stops accepting, unlinks the socket, sends GOAWAY on every connection. */
 void grpc_server_shutdown(struct grpc_server *s);
 /* Calls accepted and not yet finished. */

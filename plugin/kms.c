@@ -9,6 +9,7 @@
 #include "kms_v2.pb-c.h"
 #include "plugin/log.h"
 #include "plugin/mem.h"
+#include "plugin/pbscan.h"
 #include "plugin/version.h"
 
 #define NS_PER_S		1000000000ull
@@ -28,21 +29,39 @@ struct kms {
 	time_t down_since;		/* wall clock, for the message */
 	char why[256];			/* the failure, while unhealthy */
 	char healthz[400];
+	void (*token_fault)(void *arg);
+	void *fault_arg;
 };
 
 /* ---- health ---- */
 
 static void
-health_fail(struct kms *k, const char *what, int status)
+set_down(struct kms *k, const char *why)
 {
 	if (k->healthy || k->why[0] == '\0') {
 		k->down_since = time(NULL);
-		log_warn("token unhealthy: %s: %s", what,
-		    keyring_strerror(status));
+		log_warn("token unhealthy: %s", why);
 	}
 	k->healthy = 0;
-	snprintf(k->why, sizeof(k->why), "%s: %s", what,
-	    keyring_strerror(status));
+	snprintf(k->why, sizeof(k->why), "%s", why);
+}
+
+void
+kms_set_down(struct kms *k, const char *why)
+{
+	k->probed = 1;
+	set_down(k, why);
+}
+
+static void
+health_fail(struct kms *k, const char *what, int status)
+{
+	char why[256];
+
+	snprintf(why, sizeof(why), "%s: %s", what, keyring_strerror(status));
+	set_down(k, why);
+	if (status == KEYRING_E_TOKEN && k->token_fault != NULL)
+		k->token_fault(k->fault_arg);
 }
 
 static void
@@ -72,8 +91,10 @@ probe_done(struct pool_job *job)
 		health_fail(k, "seal/open round trip failed", job->status);
 	}
 	pool_job_free(job);
-	next = loop_now() + (k->healthy ? k->interval :
-	    (uint64_t)PROBE_RETRY_S * NS_PER_S);
+	next = k->interval;
+	if (!k->healthy && next > (uint64_t)PROBE_RETRY_S * NS_PER_S)
+		next = (uint64_t)PROBE_RETRY_S * NS_PER_S;
+	next += loop_now();
 	(void)loop_timer_start(k->loop, &k->timer, next);
 }
 
@@ -159,8 +180,29 @@ kms_new(struct loop *l, struct keyring *kr, struct pool *pool,
 	k->interval = (uint64_t)cfg->probe_interval_s * NS_PER_S;
 	k->timer.cb = probe_timer;
 	k->timer.arg = k;
+	k->token_fault = cfg->token_fault;
+	k->fault_arg = cfg->fault_arg;
 	*out = k;
 	return 0;
+}
+
+void
+kms_set_keyring(struct kms *k, struct keyring *kr, struct pool *pool)
+{
+	if (k->probe_job != NULL) {	/* it belongs to the old pool */
+		pool_job_cancel(k->probe_job);
+		k->probe_job->arg = NULL;
+		k->probe_job = NULL;
+	}
+	k->kr = kr;
+	k->pool = pool;
+	if (!k->healthy)
+		log_info("token healthy: keyring reloaded");
+	k->probed = 1;
+	k->healthy = 1;
+	k->why[0] = '\0';
+	k->last_ok = loop_now();
+	(void)loop_timer_start(k->loop, &k->timer, loop_now() + k->interval);
 }
 
 void
@@ -257,6 +299,14 @@ static void
 submit(struct kms *k, struct grpc_call *call, struct pool_job *job,
     pool_done_cb done)
 {
+	if (k->probed && !k->healthy) {
+		/* Fail now rather than at the deadline; the probe and the
+		 * daemon's recovery bring the token back. */
+		grpc_call_fail(call, GRPC_UNAVAILABLE, "token unavailable: "
+		    "%s", k->why);
+		pool_job_free(job);
+		return;
+	}
 	job->deadline = grpc_call_deadline(call);
 	job->done = done;
 	job->arg = call;
@@ -268,6 +318,27 @@ submit(struct kms *k, struct grpc_call *call, struct pool_job *job,
 		return;
 	}
 	grpc_call_on_cancel(call, job_cancelled, job);
+}
+
+/*
+ * Refuses a request whose string fields hide a NUL (protobuf-c would cut
+ * them short, so "id\0junk" would pass for "id"). Returns 0 when clean.
+ */
+static int
+strings_clean(struct grpc_call *call, const ProtobufCMessageDescriptor *d,
+    const uint8_t *msg, size_t len)
+{
+	int f = pbscan_nul_in_strings(d, msg, len);
+
+	if (f == 0)
+		return 0;
+	if (f < 0)
+		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "%s is not valid "
+		    "protobuf", d->short_name);
+	else
+		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "%s field %d "
+		    "contains a NUL byte", d->short_name, f);
+	return -1;
 }
 
 static void
@@ -330,6 +401,8 @@ encrypt_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
 	V2__EncryptRequest *req;
 	struct pool_job *job = NULL;
 
+	if (strings_clean(call, &v2__encrypt_request__descriptor, msg, len) != 0)
+		return;
 	req = v2__encrypt_request__unpack(&mem_protobuf_allocator, len, msg);
 	if (req == NULL) {
 		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "EncryptRequest "
@@ -423,6 +496,8 @@ decrypt_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
 	struct pool_job *job = NULL;
 	size_t idlen;
 
+	if (strings_clean(call, &v2__decrypt_request__descriptor, msg, len) != 0)
+		return;
 	req = v2__decrypt_request__unpack(&mem_protobuf_allocator, len, msg);
 	if (req == NULL) {
 		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "DecryptRequest "
@@ -481,6 +556,8 @@ v1_version_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
 	V1beta1__VersionResponse resp = V1BETA1__VERSION_RESPONSE__INIT;
 
 	(void)ctx;
+	if (strings_clean(call, &v1beta1__version_request__descriptor, msg, len) != 0)
+		return;
 	req = v1beta1__version_request__unpack(&mem_protobuf_allocator, len,
 	    msg);
 	if (req == NULL) {
@@ -524,6 +601,8 @@ v1_encrypt_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
 	V1beta1__EncryptRequest *req;
 	struct pool_job *job;
 
+	if (strings_clean(call, &v1beta1__encrypt_request__descriptor, msg, len) != 0)
+		return;
 	req = v1beta1__encrypt_request__unpack(&mem_protobuf_allocator, len,
 	    msg);
 	if (req == NULL) {
@@ -577,6 +656,8 @@ v1_decrypt_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
 	V1beta1__DecryptRequest *req;
 	struct pool_job *job;
 
+	if (strings_clean(call, &v1beta1__decrypt_request__descriptor, msg, len) != 0)
+		return;
 	req = v1beta1__decrypt_request__unpack(&mem_protobuf_allocator, len,
 	    msg);
 	if (req == NULL) {

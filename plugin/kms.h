@@ -23,6 +23,10 @@ struct kms;
 struct kms_config {
 	const char *version;		/* StatusResponse.version */
 	unsigned probe_interval_s;
+	/* Called on the loop thread when the token fails (a probe or a
+	 * request got a token-level error); the daemon recovers. */
+	void (*token_fault)(void *arg);
+	void *fault_arg;
 };
 
 /* kr and pool must outlive the kms. */
@@ -30,6 +34,15 @@ int kms_new(struct loop *l, struct keyring *kr, struct pool *pool,
     const struct kms_config *cfg, struct kms **out);
 /* Detaches the probe still running, if any. */
 void kms_free(struct kms *k);
+
+/*
+ * Switches to a new keyring and pool (a reload or a recovery). They were
+ * just loaded, which includes a round trip with every key, so the token
+ * counts as healthy now. Calls in flight finish on the old pool.
+ */
+void kms_set_keyring(struct kms *k, struct keyring *kr, struct pool *pool);
+/* Marks the token down with a reason; new requests get UNAVAILABLE. */
+void kms_set_down(struct kms *k, const char *why);
 
 /* The method table to give grpc_server_new, with k as ctx. */
 const struct grpc_method *kms_methods(size_t *n);

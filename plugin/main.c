@@ -1,6 +1,7 @@
 /*
- * p11kms: wiring. Flags, signals, the token keyring and worker pool, the
- * health probe, the gRPC server, and the loop that runs them all.
+ * p11kms: wiring. Flags, signals, the token generation (keyring + worker
+ * pool), reloads and token recovery, the health probe, the gRPC server, and
+ * the loop that runs them all.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -15,6 +16,7 @@
 #include "pkcs11/keyring.h"
 #include "pkcs11/pool.h"
 #include "plugin/config.h"
+#include "plugin/gen.h"
 #include "plugin/grpc.h"
 #include "plugin/kms.h"
 #include "plugin/log.h"
@@ -25,23 +27,183 @@
 #define EXIT_RUNTIME	1
 #define EXIT_CONFIG	2
 #define START_PROBE_S	30	/* first round trip must finish by then */
-#define DEFAULT_INFLIGHT 1024
+#define NS_PER_S	1000000000ull
+#define RECOVER_MIN_S	1	/* first retry after a token fault */
+#define RECOVER_MAX_S	30	/* cap of the exponential backoff */
 
 struct daemon {
 	struct loop *loop;
-	struct pool *pool;
-	struct loop_watch pool_watch;
+	struct gen *cur;		/* serving */
+	struct gen *retired;		/* draining, freed when empty */
+	struct kms *kms;
+	struct grpc_server *srv;
+	struct gen_loader loader;
 	struct loop_watch sig_watch;
+	struct loop_timer recover_timer;
+	unsigned recover_s;		/* next backoff */
+	int recovering;			/* the running load is a recovery */
+	int reload_again;		/* SIGHUP arrived during a load */
+	int pin_fault;			/* PIN refused: no logins until SIGHUP */
 	int stopping;
 };
 
 static void
 on_pool(void *arg, uint32_t events)
 {
-	struct daemon *d = arg;
+	struct gen *g = arg;
 
 	(void)events;
-	pool_reap(d->pool);
+	pool_reap(g->pool);
+}
+
+/* Frees retired generations whose last call has finished. */
+static void
+reap_retired(struct daemon *d)
+{
+	struct gen **gp = &d->retired, *g;
+
+	while ((g = *gp) != NULL) {
+		if (pool_inflight(g->pool) > 0) {
+			gp = &g->next;
+			continue;
+		}
+		*gp = g->next;
+		loop_unwatch(d->loop, &g->watch);
+		gen_free(g);
+	}
+}
+
+static void
+log_keys(const struct gen *g)
+{
+	size_t i;
+
+	for (i = 0; i < keyring_nkeys(g->kr); i++)
+		log_info("key %zu: %s key_id=%s%s", i,
+		    keyring_key_desc(g->kr, i), keyring_key_id(g->kr, i),
+		    i == 0 ? " (encrypts)" : " (decrypts only)");
+}
+
+/* Settings a running server cannot change; a reload keeps the old ones. */
+static void
+keep_fixed(struct daemon *d, struct config *n)
+{
+	const struct config *o = &d->cur->cfg;
+
+	if (strcmp(o->socket_path, n->socket_path) != 0)
+		log_warn("reload: socket changes need a restart; still "
+		    "serving on %s", o->socket_path);
+	if (strcmp(o->kms_version, n->kms_version) != 0)
+		log_warn("reload: kms-version must not change while "
+		    "running; still answering %s", o->kms_version);
+	if (n->max_request != o->max_request)
+		log_warn("reload: max-request-bytes changes need a restart");
+	if ((o->ops_listen == NULL) != (n->ops_listen == NULL) ||
+	    (o->ops_listen != NULL && strcmp(o->ops_listen,
+	    n->ops_listen) != 0))
+		log_warn("reload: ops-listen changes need a restart");
+	if (n->probe_interval_s != o->probe_interval_s)
+		log_warn("reload: probe-interval changes need a restart");
+}
+
+static void
+start_load(struct daemon *d, int recovery)
+{
+	if (gen_loader_start(&d->loader) != 0) {
+		if (!recovery)
+			d->reload_again = 1;
+		return;
+	}
+	d->recovering = recovery;
+}
+
+static void
+on_loaded(void *arg, struct gen *g, int status, const char *err)
+{
+	struct daemon *d = arg;
+	char why[600];
+
+	if (g == NULL) {
+		if (!d->recovering) {
+			log_error("reload failed, still serving the old "
+			    "configuration: %s", err);
+		} else if (status == KEYRING_E_PIN) {
+			/* Retrying a wrong PIN would lock the token. */
+			d->pin_fault = 1;
+			snprintf(why, sizeof(why), "the token refused the PIN "
+			    "(%s); not logging in again until the PIN file "
+			    "is fixed and p11kms gets SIGHUP", err);
+			log_error("%s", why);
+			kms_set_down(d->kms, why);
+		} else if (d->recovering) {
+			snprintf(why, sizeof(why), "token recovery failed: %s",
+			    err);
+			log_warn("%s; retrying in %u s", why, d->recover_s);
+			kms_set_down(d->kms, why);
+			(void)loop_timer_start(d->loop, &d->recover_timer,
+			    loop_now() + d->recover_s * NS_PER_S);
+			if (d->recover_s < RECOVER_MAX_S)
+				d->recover_s *= 2;
+		}
+		goto again;
+	}
+	keep_fixed(d, &g->cfg);
+	g->watch.cb = on_pool;
+	g->watch.arg = g;
+	if (loop_watch(d->loop, &g->watch, EPOLLIN) != 0) {
+		log_error("%s failed: epoll: %s", d->recovering ? "recovery" :
+		    "reload", strerror(errno));
+		gen_free(g);
+		goto again;
+	}
+	/* In-flight calls finish on the generation they started with. */
+	d->cur->next = d->retired;
+	d->retired = d->cur;
+	d->cur = g;
+	log_level = g->cfg.log_level;
+	kms_set_keyring(d->kms, g->kr, g->pool);
+	d->pin_fault = 0;
+	if (d->recovering) {
+		log_info("token recovered: keyring reopened, key_id=%s",
+		    keyring_primary_key_id(g->kr));
+	} else {
+		log_info("reloaded: %zu key(s), key_id=%s, workers=%u",
+		    keyring_nkeys(g->kr), keyring_primary_key_id(g->kr),
+		    g->workers);
+		log_keys(g);
+	}
+	reap_retired(d);
+ again:
+	d->recovering = 0;
+	if (d->reload_again && !d->stopping) {
+		d->reload_again = 0;
+		start_load(d, 0);
+	}
+}
+
+/* kms saw a token-level failure: reopen the keyring, with backoff. */
+static void
+on_token_fault(void *arg)
+{
+	struct daemon *d = arg;
+
+	if (d->pin_fault || d->stopping || d->loader.running ||
+	    d->recover_timer.slot != 0)
+		return;
+	log_warn("token fault: reopening the keyring in %u s", d->recover_s);
+	(void)loop_timer_start(d->loop, &d->recover_timer,
+	    loop_now() + d->recover_s * NS_PER_S);
+	if (d->recover_s < RECOVER_MAX_S)
+		d->recover_s *= 2;
+}
+
+static void
+on_recover_timer(void *arg)
+{
+	struct daemon *d = arg;
+
+	if (!d->pin_fault && !d->stopping)
+		start_load(d, 1);
 }
 
 static void
@@ -61,28 +223,13 @@ on_signal(void *arg, uint32_t events)
 			d->stopping = 1;
 			break;
 		case SIGHUP:
-			log_info("SIGHUP: nothing to reload (no config file)");
+			log_info("SIGHUP: reloading the configuration");
+			d->recover_s = RECOVER_MIN_S;
+			loop_timer_stop(d->loop, &d->recover_timer);
+			start_load(d, 0);
 			break;
 		}
 	}
-}
-
-static unsigned
-default_workers(const struct config *cfg, const struct keyring *kr)
-{
-	unsigned long max = keyring_max_sessions(kr);
-	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-	unsigned w = cfg->workers;
-
-	if (w == 0)
-		w = ncpu > 0 ? (unsigned)ncpu : 1;
-	/* One session is the keyring's own, holding the login. */
-	if (max > 1 && w > max - 1) {
-		log_warn("token allows %lu sessions: using %lu workers", max,
-		    max - 1);
-		w = (unsigned)(max - 1);
-	}
-	return w;
 }
 
 static int
@@ -107,90 +254,105 @@ setup_signals(struct daemon *d)
 	return 0;
 }
 
+/* Serves until SIGTERM/SIGINT, then drains within the grace period. */
+static void
+serve(struct daemon *d)
+{
+	uint64_t until;
+
+	while (!d->stopping) {
+		if (loop_once(d->loop, -1) != 0)
+			break;
+		grpc_server_tick(d->srv);
+		if (d->retired != NULL)
+			reap_retired(d);
+	}
+	/* Stop accepting, tell clients, let in-flight calls finish. */
+	grpc_server_shutdown(d->srv);
+	grpc_server_tick(d->srv);
+	until = loop_now() + (uint64_t)d->cur->cfg.grace_s * NS_PER_S;
+	while (grpc_server_active_calls(d->srv) > 0 && loop_now() < until) {
+		(void)loop_once(d->loop, 50);
+		grpc_server_tick(d->srv);
+	}
+	if (grpc_server_active_calls(d->srv) > 0)
+		log_warn("grace period over: abandoning %zu calls",
+		    grpc_server_active_calls(d->srv));
+}
+
 int
 main(int argc, char **argv)
 {
 	struct daemon d;
 	struct config cfg;
-	struct keyring_config kcfg;
 	struct kms_config mcfg;
-	struct keyring *kr = NULL;
-	struct kms *kms = NULL;
-	struct grpc_server *srv = NULL;
 	const struct grpc_method *methods;
+	struct gen *g;
 	size_t nmethods;
 	uint64_t until;
 	char err[512];
-	unsigned workers, inflight;
 	int r, ok, ret = EXIT_RUNTIME;
 
 	if (argc > 1 && tool_is_subcommand(argv[1]))
 		return tool_main(argc - 1, argv + 1);
 	memset(&d, 0, sizeof(d));
 	d.sig_watch.fd = -1;
+	d.loader.watch.fd = -1;
+	d.recover_s = RECOVER_MIN_S;
+	d.recover_timer.cb = on_recover_timer;
+	d.recover_timer.arg = &d;
 	config_defaults(&cfg);
 	r = config_parse_args(&cfg, argc, argv, err, sizeof(err));
-	if (r == CONFIG_EXIT)
-		return 0;
 	if (r != CONFIG_OK) {
+		config_free(&cfg);
+		if (r == CONFIG_EXIT)
+			return 0;
 		fprintf(stderr, "p11kms: %s\n", err);
 		return EXIT_CONFIG;
 	}
 	log_level = cfg.log_level;
 	if (setup_signals(&d) != 0) {
 		fprintf(stderr, "p11kms: signals: %s\n", strerror(errno));
+		config_free(&cfg);
 		return EXIT_RUNTIME;
 	}
-
-	memset(&kcfg, 0, sizeof(kcfg));
-	kcfg.module = cfg.module;
-	kcfg.key_uris = cfg.keys;
-	kcfg.nkeys = cfg.nkeys;
-	kcfg.pin_file = cfg.pin_file;
-	err[0] = '\0';
-	if ((r = keyring_load(&kcfg, &kr, err, sizeof(err))) != KEYRING_OK) {
-		fprintf(stderr, "p11kms: %s\n", err[0] ? err :
-		    keyring_strerror(r));
+	if ((r = gen_open(&cfg, &g, err, sizeof(err))) != KEYRING_OK) {
+		fprintf(stderr, "p11kms: %s\n", err);
 		ret = r == KEYRING_E_CONFIG || r == KEYRING_E_PIN ?
 		    EXIT_CONFIG : EXIT_RUNTIME;
 		goto out;
 	}
-	for (size_t i = 0; i < keyring_nkeys(kr); i++)
-		log_info("key %zu: %s key_id=%s%s", i, keyring_key_desc(kr, i),
-		    keyring_key_id(kr, i), i == 0 ? " (encrypts)" : "");
-
-	workers = default_workers(&cfg, kr);
-	inflight = cfg.max_inflight ? cfg.max_inflight :
-	    DEFAULT_INFLIGHT;
-	if ((r = pool_new(kr, workers, inflight, &d.pool, err,
-	    sizeof(err))) != KEYRING_OK) {
-		fprintf(stderr, "p11kms: %s\n", err);
-		goto out;
-	}
+	d.cur = g;
+	log_keys(g);
 	if (loop_new(&d.loop) != 0) {
 		fprintf(stderr, "p11kms: cannot create the event loop\n");
 		goto out;
 	}
-	d.pool_watch.fd = pool_fd(d.pool);
-	d.pool_watch.cb = on_pool;
-	d.pool_watch.arg = &d;
-	if (loop_watch(d.loop, &d.pool_watch, EPOLLIN) != 0 ||
-	    loop_watch(d.loop, &d.sig_watch, EPOLLIN) != 0) {
+	g->watch.cb = on_pool;
+	g->watch.arg = g;
+	if (loop_watch(d.loop, &g->watch, EPOLLIN) != 0 ||
+	    loop_watch(d.loop, &d.sig_watch, EPOLLIN) != 0 ||
+	    gen_loader_init(&d.loader, d.loop, argc, argv, on_loaded,
+	    &d) != 0) {
 		fprintf(stderr, "p11kms: epoll: %s\n", strerror(errno));
 		goto out;
 	}
 
-	mcfg.version = cfg.kms_version;
-	mcfg.probe_interval_s = cfg.probe_interval_s;
-	if (kms_new(d.loop, kr, d.pool, &mcfg, &kms) != 0) {
+	memset(&mcfg, 0, sizeof(mcfg));
+	mcfg.version = g->cfg.kms_version;
+	mcfg.probe_interval_s = g->cfg.probe_interval_s;
+	mcfg.token_fault = on_token_fault;
+	mcfg.fault_arg = &d;
+	if (kms_new(d.loop, g->kr, g->pool, &mcfg, &d.kms) != 0) {
 		fprintf(stderr, "p11kms: out of memory\n");
 		goto out;
 	}
 	/* Serve only once the token has done a real round trip, so the
 	 * apiserver's first Status already says "ok". */
-	kms_probe(kms);
-	until = loop_now() + (uint64_t)START_PROBE_S * 1000000000u;
-	while (!kms_probe_done(kms, &ok) && !d.stopping && loop_now() < until)
+	kms_probe(d.kms);
+	until = loop_now() + (uint64_t)START_PROBE_S * NS_PER_S;
+	while (!kms_probe_done(d.kms, &ok) && !d.stopping &&
+	    loop_now() < until)
 		(void)loop_once(d.loop, 100);
 	if (d.stopping) {
 		ret = 0;
@@ -198,51 +360,44 @@ main(int argc, char **argv)
 	}
 	if (!ok) {
 		fprintf(stderr, "p11kms: the token failed a seal/open round "
-		    "trip at start: %s\n", kms_healthz(kms));
+		    "trip at start: %s\n", kms_healthz(d.kms));
 		goto out;
 	}
 
 	methods = kms_methods(&nmethods);
-	if (grpc_server_new(d.loop, methods, nmethods, kms, cfg.max_request,
-	    &srv) != 0) {
+	if (grpc_server_new(d.loop, methods, nmethods, d.kms,
+	    g->cfg.max_request, &d.srv) != 0) {
 		fprintf(stderr, "p11kms: out of memory\n");
 		goto out;
 	}
-	if (grpc_server_listen(srv, cfg.socket_path, err, sizeof(err)) != 0) {
+	if (grpc_server_listen(d.srv, g->cfg.socket_path, err,
+	    sizeof(err)) != 0) {
 		fprintf(stderr, "p11kms: %s\n", err);
 		ret = EXIT_CONFIG;
 		goto out;
 	}
-	log_info("p11kms %s serving KMS %s on %s%s key_id=%s workers=%u "
-	    "max_inflight=%u", P11KMS_VERSION, cfg.kms_version,
-	    cfg.socket_path[0] == '@' ? "abstract socket " : "",
-	    cfg.socket_path, keyring_primary_key_id(kr), workers, inflight);
+	log_info("p11kms %s serving KMS %s and v1beta1 on %s%s key_id=%s "
+	    "workers=%u max_inflight=%u", P11KMS_VERSION,
+	    g->cfg.kms_version,
+	    g->cfg.socket_path[0] == '@' ? "abstract socket " : "",
+	    g->cfg.socket_path, keyring_primary_key_id(g->kr), g->workers,
+	    g->inflight);
 
-	while (!d.stopping) {
-		if (loop_once(d.loop, -1) != 0)
-			break;
-		grpc_server_tick(srv);
-	}
-
-	/* Stop accepting, tell clients, let in-flight calls finish. */
-	grpc_server_shutdown(srv);
-	grpc_server_tick(srv);
-	until = loop_now() + (uint64_t)cfg.grace_s * 1000000000u;
-	while (grpc_server_active_calls(srv) > 0 && loop_now() < until) {
-		(void)loop_once(d.loop, 50);
-		grpc_server_tick(srv);
-	}
-	if (grpc_server_active_calls(srv) > 0)
-		log_warn("grace period over: abandoning %zu calls",
-		    grpc_server_active_calls(srv));
+	serve(&d);
 	log_info("stopped");
 	ret = 0;
 
  out:
-	grpc_server_free(srv);
-	kms_free(kms);
-	pool_free(d.pool);	/* runs done callbacks of detached jobs */
-	keyring_free(kr);
+	gen_loader_fini(&d.loader);
+	loop_timer_stop(d.loop, &d.recover_timer);
+	grpc_server_free(d.srv);
+	kms_free(d.kms);
+	/* Pools run the done callbacks of detached jobs as they stop. */
+	while ((g = d.retired) != NULL) {
+		d.retired = g->next;
+		gen_free(g);
+	}
+	gen_free(d.cur);
 	loop_free(d.loop);
 	if (d.sig_watch.fd != -1)
 		close(d.sig_watch.fd);

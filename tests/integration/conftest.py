@@ -30,7 +30,7 @@ MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 DEFAULT_PIN = "1234"
 SO_PIN = "5678"
 READY_TIMEOUT = 10.0      # seconds a daemon gets to serve
-STOP_TIMEOUT = 5.0        # seconds between SIGTERM and SIGKILL
+STOP_TIMEOUT = 8.0        # seconds between SIGTERM and SIGKILL (> the daemon's 5 s grace)
 RPC_TIMEOUT = 10.0        # default deadline of every RPC in the suite
 TEST_WATCHDOG = 90        # seconds one test may take before it is aborted
 
@@ -153,8 +153,8 @@ def _run(cmd, env, what):
 
 
 def _manual_token(path, label, key_id, extractable, token, add_key_only, pin):
-    """The SoftHSM recipe of TOKEN-NOTES.md, for custom PINs (mktoken.sh
-    always sets 1234) or when tests/mktoken.sh is not there."""
+    """The SoftHSM recipe of TOKEN-NOTES.md, for when tests/mktoken.sh is not
+    there (or cannot set a custom PIN)."""
     conf = os.path.join(path, "softhsm2.conf")
     env = dict(os.environ, SOFTHSM2_CONF=conf)
     if not add_key_only:
@@ -178,14 +178,21 @@ def _manual_token(path, label, key_id, extractable, token, add_key_only, pin):
     _run(cmd, env, "pkcs11-tool keygen")
 
 
+def _mktoken_has_pin():
+    with open(MKTOKEN) as f:
+        return "--pin)" in f.read()
+
+
 def make_token(path, label="kek1", key_id="01", extractable=False,
                token="kms", add_key_only=False, pin=DEFAULT_PIN):
-    """Creates (or adds a key to) a SoftHSM token in path. Uses
-    tests/mktoken.sh when it exists and the PIN is its default."""
+    """Creates (or adds a key to) a SoftHSM token in path with
+    tests/mktoken.sh (the manual recipe only if the script is missing)."""
     os.makedirs(path, exist_ok=True)
-    if os.path.exists(MKTOKEN) and pin == DEFAULT_PIN:
+    if os.path.exists(MKTOKEN) and (pin == DEFAULT_PIN or _mktoken_has_pin()):
         cmd = ["sh", MKTOKEN, path, "--label", label, "--id", key_id,
                "--token", token]
+        if pin != DEFAULT_PIN:
+            cmd += ["--pin", pin]
         if extractable:
             cmd.append("--extractable")
         if add_key_only:
@@ -247,7 +254,10 @@ class Daemon:
         return "\0" + self.socket[1:] if self.abstract else self.socket
 
     def channel(self):
+        # A local subchannel pool: every channel is its own connection, so
+        # "a fresh channel" really is a fresh connection.
         return grpc.insecure_channel(self.target, options=[
+            ("grpc.use_local_subchannel_pool", 1),
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 500),
@@ -390,6 +400,19 @@ class Daemon:
             return ""
 
 
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                   "runtime error:", "ERROR: ThreadSanitizer")
+
+
+def sanitizer_report(text):
+    """The first sanitizer report in text (ASan/UBSan builds), or None."""
+    for m in SANITIZER_MARKS:
+        i = text.find(m)
+        if i >= 0:
+            return text[max(0, i - 200):i + 2500]
+    return None
+
+
 def run_p11kms(args, env=None, timeout=READY_TIMEOUT):
     """Runs p11kms to completion (start failures, --help). Returns
     CompletedProcess; kills it if it does not exit within timeout."""
@@ -431,8 +454,15 @@ def spawn(tmp_path, pb):
             d.start(pb)
         return d
     yield _spawn
+    reports = []
     for d in made:
         d.kill_quietly()
+        rep = sanitizer_report(d.stderr())
+        if rep:
+            reports.append(rep)
+    if reports:
+        pytest.fail("sanitizer report in p11kms stderr:\n" + reports[0],
+                    pytrace=False)
 
 
 @pytest.fixture
@@ -470,6 +500,8 @@ class SharedDaemon:
     def close(self):
         if self.daemon is not None:
             self.daemon.kill_quietly()
+            return sanitizer_report(self.daemon.stderr())
+        return None
 
 
 @pytest.fixture(scope="module")
@@ -478,13 +510,26 @@ def shared(tmp_path_factory, pb):
     try:
         yield s
     finally:
-        s.close()
+        rep = s.close()
+    if rep:   # e.g. LeakSanitizer at exit
+        pytest.fail("sanitizer report in the shared p11kms stderr:\n" + rep,
+                    pytrace=False)
 
 
 @pytest.fixture
 def kms(shared):
-    """The module's shared daemon, (re)started if needed."""
-    return shared.ensure()
+    """The module's shared daemon, (re)started if needed. Teardown fails
+    the test (as an error) when the daemon died during it."""
+    d = shared.ensure()
+    before = len(d.stderr())
+    yield d
+    if not d.alive():
+        pytest.fail("p11kms died during this test (status %s); stderr tail:\n%s"
+                    % (d.proc.returncode, d.stderr()[-3000:]), pytrace=False)
+    rep = sanitizer_report(d.stderr()[before:])
+    if rep:
+        pytest.fail("sanitizer report in p11kms stderr during this test:\n"
+                    + rep, pytrace=False)
 
 
 class Client:

@@ -191,6 +191,25 @@ def test_unknown_key_id_uppercase(client):
     assert_code(e, C.NOT_FOUND)
 
 
+@pytest.mark.parametrize("mangle", [
+    lambda k: k + "x", lambda k: k[:-1], lambda k: " " + k,
+    lambda k: k + "\x00", lambda k: k + "\x00zz"],
+    ids=["suffix", "prefix", "space", "nul", "nul-suffix"])
+def test_key_id_compared_exactly(client, mangle):
+    # protobuf strings are counted, not NUL-terminated: "K\0zz" is not K.
+    pt, r = enc(client)
+    bad = mangle(r.key_id)
+    assert bad != r.key_id
+    try:
+        d = client.decrypt(r.ciphertext, bad, r.annotations)
+    except grpc.RpcError as e:
+        assert e.code() in (C.NOT_FOUND, C.INVALID_ARGUMENT), "%s %r" % (
+            e.code(), e.details())
+        return
+    raise AssertionError("Decrypt with key_id %r (not the configured %r) "
+                         "succeeded" % (bad, r.key_id))
+
+
 def test_empty_key_id(client):
     pt, r = enc(client)
     e = rpc_error(client.decrypt, r.ciphertext, "", r.annotations)
@@ -204,6 +223,27 @@ def test_unknown_annotation_key(client):
     ann = dict(r.annotations)
     ann["evil.example.com"] = b"x"
     e = rpc_error(client.decrypt, r.ciphertext, r.key_id, ann)
+    assert_code(e, C.INVALID_ARGUMENT)
+
+
+@pytest.mark.parametrize("extra_key", ["version.p11kms.io\x00x",
+                                       "version.p11kms.io\x00",
+                                       "Version.p11kms.io",
+                                       "version.p11kms.io.",
+                                       ""])
+def test_lookalike_annotation_key(client, extra_key):
+    pt, r = enc(client)
+    ann = dict(r.annotations)
+    ann[extra_key] = ann["version.p11kms.io"]
+    e = rpc_error(client.decrypt, r.ciphertext, r.key_id, ann)
+    assert_code(e, C.INVALID_ARGUMENT)
+
+
+def test_lookalike_annotation_key_replacing_version(client):
+    pt, r = enc(client)
+    v = r.annotations["version.p11kms.io"]
+    e = rpc_error(client.decrypt, r.ciphertext, r.key_id,
+                  {"version.p11kms.io\x00x": v})
     assert_code(e, C.INVALID_ARGUMENT)
 
 
@@ -242,7 +282,10 @@ def test_changed_version_annotation(client, mutate):
 @pytest.mark.parametrize("path", [SVC + "Nope", "/foo.Bar/Baz",
                                   "/v2.KeyManagementService/status",
                                   "/v2.KeyManagementServicX/Status",
-                                  "/v1beta1.KeyManagementServicee/Version"])
+                                  "/v1beta1.KeyManagementServicee/Version",
+                                  "/v1beta1.KeyManagementService/Nope",
+                                  "/", "/v2.KeyManagementService/",
+                                  "/v2.KeyManagementService/Encrypt/x"])
 def test_unknown_method(client, path):
     e = rpc_error(client.raw, path, b"")
     assert_code(e, C.UNIMPLEMENTED)
@@ -368,6 +411,24 @@ def test_tiny_deadline(client, pb, timeout):
             assert e.code() == C.DEADLINE_EXCEEDED, "%s %r" % (e.code(),
                                                             e.details())
     assert_healthy(client.daemon, pb, "after tiny deadlines")
+
+
+def test_deadline_storm(client, pb):
+    """Many calls whose deadlines expire while queued or on the token."""
+    pb2 = pb[0]
+    deadlines = [0.0001, 0.0005, 0.001, 0.002, 0.005]
+    for rnd in range(40):
+        fs = [client.stub.Encrypt.future(
+            pb2.EncryptRequest(plaintext=os.urandom(32)),
+            timeout=deadlines[i % len(deadlines)]) for i in range(100)]
+        for f in fs:
+            e = f.exception(timeout=15)
+            if e is not None:
+                assert e.code() == C.DEADLINE_EXCEEDED, \
+                    "round %d: %s %r (daemon alive: %s)" % (
+                        rnd, e.code(), e.details(), client.daemon.alive())
+        assert client.daemon.alive(), "p11kms died in round %d" % rnd
+    assert_healthy(client.daemon, pb, "after a deadline storm")
 
 
 def test_many_cancelled_calls(client, pb):

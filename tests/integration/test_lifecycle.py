@@ -262,3 +262,127 @@ def test_pin_file_with_and_without_newline(tmp_path, spawn, client_for):
     os.close(fd)
     c = client_for(spawn(tok, "nonl", pin_file=pf))
     assert c.status().healthz == "ok"
+
+
+def test_log_injection_through_uid(token, spawn, client_for):
+    d = spawn(token, "inj", extra=["--log-level", "debug"])
+    c = client_for(d)
+    forged = 'ts=2001-01-01T00:00:00Z level=error msg="FORGED'
+    for uid in ('x"\n' + forged, "y\r\n" + forged, "z\x1b[2J\x00" + forged):
+        e = c.encrypt(os.urandom(32), uid=uid)
+        c.decrypt(e.ciphertext, e.key_id, e.annotations, uid=uid)
+    c.close()
+    assert d.stop() == 0
+    with open(d.stderr_path, "rb") as f:
+        raw = f.read()
+    assert b"\x1b" not in raw, "control characters from a request reached the log"
+    for line in raw.decode("utf-8", "replace").splitlines():
+        assert not line.startswith("ts=2001-01-01"), \
+            "a request forged a log line: %r" % line
+
+
+def test_module_by_p11kit_name(token, spawn, client_for):
+    if not os.path.exists("/usr/share/p11-kit/modules/softhsm2.module"):
+        pytest.skip("softhsm2 is not registered with p11-kit")
+    c = client_for(spawn(token, "name", module="softhsm2"))
+    p = os.urandom(32)
+    e = c.encrypt(p)
+    assert c.decrypt(e.ciphertext, e.key_id, e.annotations).plaintext == p
+
+
+def test_module_path_in_uri(token, spawn, client_for):
+    from conftest import MODULE
+    uri = token.uri() + "?module-path=" + MODULE   # RFC 7512 query attribute
+    c = client_for(spawn(token, "mp", keys=[uri], module=None))
+    assert c.status().healthz == "ok"
+
+
+def test_max_inflight_sheds_cleanly(token, spawn, client_for, pb):
+    d = spawn(token, "shed", extra=["--workers", "1", "--max-inflight", "1"])
+    c = client_for(d)
+    fs = [c.stub.Encrypt.future(pb[0].EncryptRequest(plaintext=os.urandom(32)),
+                                timeout=15) for _ in range(200)]
+    ok = 0
+    for f in fs:
+        e = f.exception(timeout=20)
+        if e is None:
+            ok += 1
+        else:
+            assert e.code() == C.RESOURCE_EXHAUSTED, "%s %r" % (e.code(),
+                                                              e.details())
+            assert e.details()
+    assert ok >= 1
+    assert_healthy(d, pb, "after shedding load")
+
+
+def _fds(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def _rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_no_fd_or_memory_leak(token, spawn, client_for, pb):
+    from h2client import H2, grpc_frame
+    d = spawn(token, "leak")
+    c = client_for(d)
+    pb2 = pb[0]
+
+    def batch(n):
+        es = [f.result(timeout=30) for f in [
+            c.stub.Encrypt.future(pb2.EncryptRequest(plaintext=os.urandom(32)),
+                                  timeout=30) for _ in range(n)]]
+        ds = [c.stub.Decrypt.future(pb2.DecryptRequest(
+            ciphertext=e.ciphertext, key_id=e.key_id,
+            annotations=dict(e.annotations)), timeout=30) for e in es]
+        for f in ds:
+            f.result(timeout=30)
+        # and some failures, which take other code paths
+        for f in [c.stub.Decrypt.future(pb2.DecryptRequest(
+                ciphertext=e.ciphertext[:-1], key_id=e.key_id,
+                annotations=dict(e.annotations)), timeout=30) for e in es[:50]]:
+            assert f.exception(timeout=30) is not None
+
+    batch(1000)
+    fd0, rss0 = _fds(d.proc.pid), _rss_kb(d.proc.pid)
+    for _ in range(8):
+        batch(1000)
+    for i in range(200):   # connection churn, half-sent streams
+        h = H2(d.sockaddr())
+        if i % 2:
+            sid = h.headers("/v2.KeyManagementService/Encrypt")
+            h.conn.send_data(sid, grpc_frame(b"\x0a\x20" + os.urandom(32))[:9])
+            h.flush()
+        h.abort()
+    deadline = time.monotonic() + 3
+    while _fds(d.proc.pid) > fd0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    fd1, rss1 = _fds(d.proc.pid), _rss_kb(d.proc.pid)
+    assert fd1 <= fd0, "fd count grew from %d to %d" % (fd0, fd1)
+    with open("/proc/%d/maps" % d.proc.pid) as f:
+        sanitized = "libasan" in f.read()
+    if not sanitized:   # ASan's quarantine makes RSS meaningless
+        assert rss1 - rss0 < 4096, "RSS grew %d kB over 16000 calls" % (
+            rss1 - rss0)
+
+
+def test_sigterm_with_open_idle_channel_and_stuck_stream(token, spawn, client_for):
+    from h2client import H2
+    d = spawn(token, "stuck")
+    c = client_for(d)
+    assert c.status().healthz == "ok"          # channel connected and idle
+    h = H2(d.sockaddr())
+    h.headers("/v2.KeyManagementService/Encrypt")   # never finished
+    try:
+        t0 = time.monotonic()
+        rc = d.stop(signal.SIGTERM, timeout=10)
+        took = time.monotonic() - t0
+        assert rc == 0, "exit status %s; stderr:\n%s" % (rc, d.stderr())
+        assert took < 10
+    finally:
+        h.sock.close()

@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from conftest import MODULE, make_token, rand_suffix, run_p11kms
+from conftest import (MODULE, make_token, rand_suffix, run_p11kms,
+                      sanitizer_report)
 
 FLAGS = ["-s", "--socket", "-k", "--key", "-m", "--module", "-p", "--pin-file",
          "--workers", "--max-inflight", "--probe-interval", "--kms-version",
@@ -22,6 +23,8 @@ def base_args(tok, sock, label="kek1"):
 
 
 def assert_usage_error(r, *needles):
+    rep = sanitizer_report(r.stderr)
+    assert rep is None, "sanitizer report:\n" + rep
     assert r.returncode == 2, "exit status %s (want 2); stderr:\n%s" % (
         r.returncode, r.stderr)
     assert has_p11kms_line(r.stderr), \
@@ -145,6 +148,8 @@ def test_garbage_uri(tmp_path):
     ("--log-level", "loud"), ("--workers", "abc"), ("--workers", "-1"),
     ("--max-inflight", "0x"), ("--probe-interval", "never"),
     ("--max-request-bytes", "lots"), ("--workers", "99999999999999999999"),
+    ("--workers", "0"), ("--max-inflight", "0"), ("--probe-interval", "0"),
+    ("--max-request-bytes", "-1"),
 ])
 def test_bad_option_values(tmp_path, opt, val):
     tok = make_token(str(tmp_path / "t"))
@@ -159,3 +164,20 @@ def test_socket_dir_missing(tmp_path):
                    env=tok.env())
     assert r.returncode != 0
     assert has_p11kms_line(r.stderr), r.stderr
+
+
+def test_second_key_extractable_refused(tmp_path):
+    tok = make_token(str(tmp_path / "t"))
+    make_token(tok.dir, label="kek2", key_id="02", extractable=True,
+               add_key_only=True)
+    r = run_p11kms(base_args(tok, str(tmp_path / "s.sock")) +
+                   ["-k", tok.uri("kek2")], env=tok.env())
+    assert_usage_error(r, "extractable")
+
+
+@pytest.mark.parametrize("uri_extra", [";foo=bar", ";type=private-key"])
+def test_unusable_uri_refused(tmp_path, uri_extra):
+    tok = make_token(str(tmp_path / "t"))
+    args = base_args(tok, str(tmp_path / "s.sock"))
+    args[args.index("-k") + 1] = "pkcs11:token=kms;object=kek1" + uri_extra
+    assert_usage_error(run_p11kms(args, env=tok.env()))

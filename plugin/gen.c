@@ -1,0 +1,185 @@
+#include "plugin/gen.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+
+#include "plugin/log.h"
+
+#define DEFAULT_INFLIGHT	1024
+
+static unsigned
+choose_workers(const struct config *cfg, const struct keyring *kr)
+{
+	unsigned long max = keyring_max_sessions(kr);
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned w = cfg->workers;
+
+	if (w == 0)
+		w = ncpu > 0 ? (unsigned)ncpu : 1;
+	/* One session is the keyring's own, holding the login. */
+	if (max > 1 && w > max - 1) {
+		log_warn("token allows %lu sessions: using %lu workers", max,
+		    max - 1);
+		w = (unsigned)(max - 1);
+	}
+	return w;
+}
+
+int
+gen_open(struct config *cfg, struct gen **out, char *err, size_t errlen)
+{
+	struct keyring_config kcfg;
+	struct gen *g;
+	int r;
+
+	*out = NULL;
+	if ((g = calloc(1, sizeof(*g))) == NULL) {
+		config_free(cfg);
+		snprintf(err, errlen, "out of memory");
+		return KEYRING_E_NOMEM;
+	}
+	g->cfg = *cfg;			/* the file buffer moves with it */
+	cfg->filebuf = NULL;
+	g->watch.fd = -1;
+	memset(&kcfg, 0, sizeof(kcfg));
+	kcfg.module = g->cfg.module;
+	kcfg.key_uris = g->cfg.keys;
+	kcfg.nkeys = g->cfg.nkeys;
+	kcfg.pin_file = g->cfg.pin_file;
+	err[0] = '\0';
+	if ((r = keyring_load(&kcfg, &g->kr, err, errlen)) != KEYRING_OK) {
+		if (err[0] == '\0')
+			snprintf(err, errlen, "%s", keyring_strerror(r));
+		goto fail;
+	}
+	g->workers = choose_workers(&g->cfg, g->kr);
+	g->inflight = g->cfg.max_inflight ? g->cfg.max_inflight :
+	    DEFAULT_INFLIGHT;
+	if ((r = pool_new(g->kr, g->workers, g->inflight, &g->pool, err,
+	    errlen)) != KEYRING_OK)
+		goto fail;
+	g->watch.fd = pool_fd(g->pool);
+	*out = g;
+	return KEYRING_OK;
+
+ fail:
+	gen_free(g);
+	return r;
+}
+
+void
+gen_free(struct gen *g)
+{
+	if (g == NULL)
+		return;
+	pool_free(g->pool);	/* workers before their keyring */
+	keyring_free(g->kr);
+	config_free(&g->cfg);
+	free(g);
+}
+
+/* ---- loading on a helper thread ---- */
+
+static void *
+loader_main(void *arg)
+{
+	struct gen_loader *ld = arg;
+	struct config cfg;
+	uint64_t one = 1;
+	int r;
+
+	config_defaults(&cfg);
+	ld->err[0] = '\0';
+	r = config_parse_args(&cfg, ld->argc, ld->argv, ld->err,
+	    sizeof(ld->err));
+	if (r != CONFIG_OK) {
+		config_free(&cfg);
+		ld->status = KEYRING_E_CONFIG;
+		if (r == CONFIG_EXIT)
+			snprintf(ld->err, sizeof(ld->err), "--help/--version "
+			    "in a reload");
+	} else {
+		ld->status = gen_open(&cfg, &ld->result, ld->err,
+		    sizeof(ld->err));
+	}
+	(void)!write(ld->watch.fd, &one, sizeof(one));
+	return NULL;
+}
+
+static void
+loader_ready(void *arg, uint32_t events)
+{
+	struct gen_loader *ld = arg;
+	struct gen *g;
+	uint64_t v;
+
+	(void)events;
+	(void)!read(ld->watch.fd, &v, sizeof(v));
+	if (!ld->running)
+		return;
+	pthread_join(ld->thread, NULL);
+	ld->running = 0;
+	g = ld->result;
+	ld->result = NULL;
+	ld->done(ld->arg, g, ld->status, ld->err);
+}
+
+int
+gen_loader_init(struct gen_loader *ld, struct loop *l, int argc,
+    char **argv, gen_loaded_cb done, void *arg)
+{
+	memset(ld, 0, sizeof(*ld));
+	ld->loop = l;
+	ld->argc = argc;
+	ld->argv = argv;
+	ld->done = done;
+	ld->arg = arg;
+	if ((ld->watch.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) == -1)
+		return -1;
+	ld->watch.cb = loader_ready;
+	ld->watch.arg = ld;
+	if (loop_watch(l, &ld->watch, EPOLLIN) != 0) {
+		close(ld->watch.fd);
+		ld->watch.fd = -1;
+		return -1;
+	}
+	return 0;
+}
+
+int
+gen_loader_start(struct gen_loader *ld)
+{
+	int r;
+
+	if (ld->running)
+		return -1;
+	ld->result = NULL;
+	ld->status = KEYRING_OK;
+	if ((r = pthread_create(&ld->thread, NULL, loader_main, ld)) != 0) {
+		log_error("cannot start the reload thread: %s", strerror(r));
+		return -1;
+	}
+	ld->running = 1;
+	return 0;
+}
+
+void
+gen_loader_fini(struct gen_loader *ld)
+{
+	if (ld->running) {
+		pthread_join(ld->thread, NULL);
+		ld->running = 0;
+		gen_free(ld->result);
+		ld->result = NULL;
+	}
+	if (ld->watch.fd != -1) {
+		loop_unwatch(ld->loop, &ld->watch);
+		close(ld->watch.fd);
+		ld->watch.fd = -1;
+	}
+}

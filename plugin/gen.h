@@ -1,0 +1,65 @@
+/*
+ * gen: a generation of the daemon's token state: the config it came from,
+ * the keyring it loaded and the worker pool on it. Start-up builds the
+ * first one; a reload (SIGHUP) or a token recovery builds the next one on a
+ * helper thread, so a slow token never stalls the loop, and the daemon
+ * swaps it in whole. The old generation is retired: calls already queued on
+ * it finish there, and it is freed once its pool is empty.
+ */
+#ifndef P11KMS_GEN_H
+#define P11KMS_GEN_H
+
+#include <pthread.h>
+
+#include "pkcs11/keyring.h"
+#include "pkcs11/pool.h"
+#include "plugin/config.h"
+#include "plugin/loop.h"
+
+struct gen {
+	struct config cfg;		/* owned (config_free) */
+	struct keyring *kr;
+	struct pool *pool;
+	unsigned workers, inflight;
+	struct loop_watch watch;	/* the pool's eventfd */
+	struct gen *next;		/* retired list */
+};
+
+/*
+ * Builds a generation from cfg, taking ownership of cfg whatever happens.
+ * Returns KEYRING_OK, or a keyring status with a message in err.
+ */
+int gen_open(struct config *cfg, struct gen **out, char *err, size_t errlen);
+/* Stops the pool (running its pending done callbacks), frees it all. */
+void gen_free(struct gen *g);
+
+/*
+ * Loads a generation from argv on a helper thread; when it is done, the
+ * loop calls done(arg, gen, status, err) on the loop thread, handing over
+ * gen (NULL on failure). One load at a time.
+ */
+typedef void (*gen_loaded_cb)(void *arg, struct gen *g, int status,
+    const char *err);
+
+struct gen_loader {
+	struct loop *loop;
+	struct loop_watch watch;	/* eventfd: the thread finished */
+	pthread_t thread;
+	int running;
+	int argc;
+	char **argv;
+	gen_loaded_cb done;
+	void *arg;
+	struct gen *result;		/* written by the thread */
+	int status;
+	char err[512];
+};
+
+int gen_loader_init(struct gen_loader *ld, struct loop *l, int argc,
+    char **argv, gen_loaded_cb done, void *arg);
+/* Starts a load; -1 if one is already running. */
+int gen_loader_start(struct gen_loader *ld);
+/* Waits for a running load and discards its result. */
+void gen_loader_fini(struct gen_loader *ld);
+
+#endif
