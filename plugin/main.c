@@ -18,6 +18,7 @@
 #include "plugin/config.h"
 #include "plugin/gen.h"
 #include "plugin/grpc.h"
+#include "plugin/harden.h"
 #include "plugin/kms.h"
 #include "plugin/log.h"
 #include "plugin/loop.h"
@@ -311,6 +312,9 @@ main(int argc, char **argv)
 		return EXIT_CONFIG;
 	}
 	log_level = cfg.log_level;
+	/* Before the PIN is read or a key is touched. */
+	harden_process(err, sizeof(err));
+	log_info("%s", err);
 	if (setup_signals(&d) != 0) {
 		fprintf(stderr, "p11kms: signals: %s\n", strerror(errno));
 		config_free(&cfg);
