@@ -8,6 +8,8 @@
 #   make SANITIZE=1 sanitizer build into build-asan/
 #   V=1             show commands
 
+.DEFAULT_GOAL := all
+
 CC	?= cc
 PKG_CONFIG ?= pkg-config
 PKGS	= p11-kit-1 libprotobuf-c libnghttp2 libcrypto libmicrohttpd
