@@ -1,8 +1,12 @@
 /*
  * envelope: encode and decode the ciphertext envelope (layout in envelope.h).
- * Pure byte handling on caller-owned memory; never allocates.
+ * Pure byte handling on caller-owned memory; never allocates (the frame's
+ * SHA-256 goes through OpenSSL, which may).
  */
 #include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 
 #include "pkcs11/envelope.h"
 
@@ -91,6 +95,86 @@ envelope_aad(const struct envelope *e, uint8_t *aad, size_t cap)
 	if (envelope_encode_header(e, aad + llen, cap - llen) != hlen)
 		return 0;
 	return llen + hlen;
+}
+
+/* First ENVELOPE_FRAME_BIND bytes of SHA-256(AAD of e). */
+static int
+frame_bind(const struct envelope *e, uint8_t bind[ENVELOPE_FRAME_BIND])
+{
+	uint8_t aad[ENVELOPE_AAD_MAX], md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	size_t aadlen;
+
+	if ((aadlen = envelope_aad(e, aad, sizeof(aad))) == 0)
+		return -1;
+	if (EVP_Digest(aad, aadlen, md, &mdlen, EVP_sha256(), NULL) != 1 ||
+	    mdlen < ENVELOPE_FRAME_BIND)
+		return -1;
+	memcpy(bind, md, ENVELOPE_FRAME_BIND);
+	return 0;
+}
+
+size_t
+envelope_frame(const struct envelope *e, const uint8_t *pt, size_t ptlen,
+    uint8_t *out, size_t cap)
+{
+	if (out == NULL || ptlen > 0xffff || cap < ENVELOPE_FRAME_HDR ||
+	    cap - ENVELOPE_FRAME_HDR < ptlen || (ptlen > 0 && pt == NULL))
+		return 0;
+	if (frame_bind(e, out) != 0)
+		return 0;
+	out[ENVELOPE_FRAME_BIND] = (uint8_t)(ptlen >> 8);
+	out[ENVELOPE_FRAME_BIND + 1] = (uint8_t)ptlen;
+	if (ptlen > 0)
+		memcpy(out + ENVELOPE_FRAME_HDR, pt, ptlen);
+	return ENVELOPE_FRAME_HDR + ptlen;
+}
+
+int
+envelope_unframe(const struct envelope *e, const uint8_t *in, size_t len,
+    const uint8_t **pt, size_t *ptlen)
+{
+	uint8_t bind[ENVELOPE_FRAME_BIND], extra = 0;
+	size_t n, rest, i;
+
+	*pt = NULL;
+	*ptlen = 0;
+	if (in == NULL || len < ENVELOPE_FRAME_HDR || frame_bind(e, bind) != 0)
+		return -1;
+	if (CRYPTO_memcmp(in, bind, sizeof(bind)) != 0)
+		return -1;
+	n = (size_t)in[ENVELOPE_FRAME_BIND] << 8 | in[ENVELOPE_FRAME_BIND + 1];
+	/* Compare against what remains. */
+	if (n > len - ENVELOPE_FRAME_HDR)
+		return -1;
+	rest = len - ENVELOPE_FRAME_HDR - n;
+	if (rest > ENVELOPE_FRAME_PAD_MAX)
+		return -1;
+	for (i = 0; i < rest; i++)
+		extra |= in[ENVELOPE_FRAME_HDR + n + i];
+	if (extra != 0)
+		return -1;
+
+	/* success */
+	*pt = in + ENVELOPE_FRAME_HDR;
+	*ptlen = n;
+	return 0;
+}
+
+const char *
+envelope_mech_name(uint8_t mech)
+{
+	switch (mech) {
+	case ENVELOPE_MECH_AES_GCM:
+		return "aes-gcm";
+	case ENVELOPE_MECH_AES_KWP:
+		return "aes-kwp";
+	case ENVELOPE_MECH_RSA_OAEP_SHA256:
+		return "rsa-oaep-sha256";
+	case ENVELOPE_MECH_RSA_OAEP_SHA1:
+		return "rsa-oaep-sha1";
+	}
+	return "unknown";
 }
 
 void

@@ -12,6 +12,17 @@
  *   19+n rest body        token output (ciphertext || tag), 1.. bytes
  *
  * AAD for AEAD mechanisms = ENVELOPE_AAD_LABEL || bytes [0, 19+n).
+ *
+ * Mechanisms without AAD (AES key wrap, RSA-OAEP) have iv length 0 and seal
+ * a frame instead of the bare plaintext (envelope_frame below):
+ *
+ *   frame = SHA-256(AAD)[0..8) || u16 big-endian plaintext length
+ *           || plaintext
+ *
+ * The token's integrity check (KWP's integrity value, OAEP's decoding)
+ * covers the frame, so the digest binds the header there as AAD does for
+ * GCM, and the length survives tokens whose C_UnwrapKey hands back the
+ * RFC 5649 zero padding with the value (SoftHSM 2.6.1 does).
  */
 #ifndef P11KMS_ENVELOPE_H
 #define P11KMS_ENVELOPE_H
@@ -20,7 +31,15 @@
 #include <stdint.h>
 
 #define ENVELOPE_FORMAT_V1	0x01
+/*
+ * Mechanism bytes. A value is never reused or reinterpreted: envelopes
+ * already stored in etcd say how they open.
+ */
 #define ENVELOPE_MECH_AES_GCM	0x01	/* CKM_AES_GCM, 96-bit IV, 128-bit tag */
+#define ENVELOPE_MECH_AES_KWP	0x02	/* CKM_AES_KEY_WRAP_PAD (RFC 5649), frame */
+#define ENVELOPE_MECH_RSA_OAEP_SHA256 0x03 /* CKM_RSA_PKCS_OAEP, SHA-256 and
+					   MGF1-SHA-256, empty label, frame */
+#define ENVELOPE_MECH_RSA_OAEP_SHA1 0x04 /* same with SHA-1, MGF1-SHA-1 */
 #define ENVELOPE_KEYREF_LEN	16
 #define ENVELOPE_IV_MAX		16
 #define ENVELOPE_FIXED_LEN	19	/* header without the IV */
@@ -28,6 +47,10 @@
 #define ENVELOPE_AAD_LABEL	"p11kms-envelope"	/* without NUL */
 #define ENVELOPE_AAD_MAX	(sizeof(ENVELOPE_AAD_LABEL) - 1 + \
 				 ENVELOPE_FIXED_LEN + ENVELOPE_IV_MAX)
+#define ENVELOPE_FRAME_BIND	8	/* header digest bytes in a frame */
+#define ENVELOPE_FRAME_HDR	(ENVELOPE_FRAME_BIND + 2)
+/* Zero bytes a frame may carry after the plaintext (KWP padding). */
+#define ENVELOPE_FRAME_PAD_MAX	7
 
 struct envelope {
 	uint8_t format;
@@ -55,6 +78,23 @@ size_t envelope_encode_header(const struct envelope *e, uint8_t *buf,
     size_t cap);
 /* Writes the AAD for e into aad (cap >= ENVELOPE_AAD_MAX). Returns length. */
 size_t envelope_aad(const struct envelope *e, uint8_t *aad, size_t cap);
+/*
+ * Writes the frame of pt (ptlen <= 0xffff) for header e into out (cap
+ * bytes). Returns its length (ENVELOPE_FRAME_HDR + ptlen), or 0 when cap is
+ * too small or hashing fails.
+ */
+size_t envelope_frame(const struct envelope *e, const uint8_t *pt,
+    size_t ptlen, uint8_t *out, size_t cap);
+/*
+ * Checks a frame the token gave back for header e: the header digest, the
+ * length, and that at most ENVELOPE_FRAME_PAD_MAX zero bytes follow. On
+ * success points *pt into in and sets *ptlen; returns 0, else -1.
+ */
+int envelope_unframe(const struct envelope *e, const uint8_t *in, size_t len,
+    const uint8_t **pt, size_t *ptlen);
+/* "aes-gcm", "aes-kwp", "rsa-oaep-sha256", "rsa-oaep-sha1", or "unknown". */
+const char *envelope_mech_name(uint8_t mech);
+
 /* Lowercase hex of the key ref into out (>= 2*ENVELOPE_KEYREF_LEN+1). */
 void envelope_keyref_hex(const uint8_t keyref[ENVELOPE_KEYREF_LEN], char *out);
 

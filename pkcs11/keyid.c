@@ -19,6 +19,7 @@
 #include "pkcs11/keyid.h"
 
 _Static_assert(sizeof(KEYID_KCV_IV) - 1 == KEYID_KCV_IV_LEN, "kcv iv");
+_Static_assert(sizeof(KEYID_KCV_KWP_VALUE) - 1 == 16, "kcv kwp value");
 
 #define GCM_TAG_LEN	16
 
@@ -58,6 +59,46 @@ kcv_gcm(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key,
 	return CKR_OK;
 }
 
+/*
+ * The wrap of a known constant, as a check value for keys that can only
+ * wrap. Like the GCM tag, it is the same for every call and reveals only
+ * "same key or not".
+ */
+static CK_RV
+kcv_kwp(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key,
+    uint8_t *kcv, size_t *kcvlen)
+{
+	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+	CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_BYTE value[sizeof(KEYID_KCV_KWP_VALUE) - 1];
+	CK_ATTRIBUTE tmpl[] = {
+		{ CKA_CLASS, &cls, sizeof(cls) },
+		{ CKA_KEY_TYPE, &kt, sizeof(kt) },
+		{ CKA_TOKEN, &no, sizeof(no) },
+		{ CKA_SENSITIVE, &no, sizeof(no) },
+		{ CKA_EXTRACTABLE, &yes, sizeof(yes) },
+		{ CKA_VALUE, value, sizeof(value) },
+	};
+	CK_MECHANISM mech = { CKM_AES_KEY_WRAP_PAD, NULL, 0 };
+	CK_OBJECT_HANDLE obj;
+	CK_ULONG outlen = KEYID_KCV_MAX;
+	CK_RV rv;
+
+	memcpy(value, KEYID_KCV_KWP_VALUE, sizeof(value));
+	rv = fn->C_CreateObject(s, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &obj);
+	if (rv != CKR_OK)
+		return rv;
+	rv = fn->C_WrapKey(s, &mech, key, obj, kcv, &outlen);
+	(void)fn->C_DestroyObject(s, obj);
+	if (rv != CKR_OK)
+		return rv;
+	if (outlen != sizeof(value) + 8)
+		return CKR_GENERAL_ERROR;
+	*kcvlen = outlen;
+	return CKR_OK;
+}
+
 CK_RV
 keyid_check_value(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s,
     CK_OBJECT_HANDLE key, enum keyid_kcv_mode mode, uint8_t *kcv,
@@ -91,7 +132,51 @@ keyid_check_value(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s,
 		    rv != CKR_ATTRIBUTE_SENSITIVE)
 			return rv;
 	}
-	return kcv_gcm(fn, s, key, kcv, kcvlen);
+	if (mode == KEYID_KCV_KWP)
+		return kcv_kwp(fn, s, key, kcv, kcvlen);
+	rv = kcv_gcm(fn, s, key, kcv, kcvlen);
+	/* Only a lasting refusal of GCM moves on to the wrap. */
+	if (mode == KEYID_KCV_AUTO && (rv == CKR_MECHANISM_INVALID ||
+	    rv == CKR_KEY_FUNCTION_NOT_PERMITTED))
+		rv = kcv_kwp(fn, s, key, kcv, kcvlen);
+	return rv;
+}
+
+static size_t
+skip_zeros(const uint8_t **p, size_t n)
+{
+	while (n > 0 && **p == 0) {
+		(*p)++;
+		n--;
+	}
+	return n;
+}
+
+int
+keyid_rsa_check_value(const uint8_t *n, size_t nlen, const uint8_t *e,
+    size_t elen, uint8_t kcv[KEYID_FP_LEN])
+{
+	EVP_MD_CTX *ctx;
+	unsigned int mdlen = 0;
+	int ret = -1;
+
+	nlen = skip_zeros(&n, nlen);
+	elen = skip_zeros(&e, elen);
+	if (nlen == 0 || elen == 0)
+		return -1;
+	if ((ctx = EVP_MD_CTX_new()) == NULL)
+		return -1;
+	if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1 ||
+	    EVP_DigestUpdate(ctx, n, nlen) != 1 ||
+	    EVP_DigestUpdate(ctx, e, elen) != 1 ||
+	    EVP_DigestFinal_ex(ctx, kcv, &mdlen) != 1 || mdlen != KEYID_FP_LEN)
+		goto out;
+
+	/* success */
+	ret = 0;
+out:
+	EVP_MD_CTX_free(ctx);
+	return ret;
 }
 
 static int

@@ -14,6 +14,18 @@
  *   keyring_seal/open     one operation on a worker's session.
  *
  * The first key encrypts; every key decrypts.
+ *
+ * Mechanisms (chosen per key from what the token offers and the key's
+ * attributes allow, each checked by a round trip at load):
+ *   "aes-gcm"   AES-256 key, CKM_AES_GCM (the default where it works)
+ *   "aes-kwp"   AES-256 key, CKM_AES_KEY_WRAP_PAD (RFC 5649) through
+ *               C_WrapKey/C_UnwrapKey, for tokens without GCM
+ *   "rsa-oaep"  RSA key pair (URI type=private), CKM_RSA_PKCS_OAEP with
+ *               SHA-256 where the token takes it, else SHA-1
+ * Seal uses the key's preferred mechanism; open follows the envelope.
+ *
+ * Key tools (p11kms keygen/keys): keyring_keygen() and keyring_list(),
+ * each on its own token connection, independent of any loaded keyring.
  */
 #ifndef P11KMS_KEYRING_H
 #define P11KMS_KEYRING_H
@@ -26,6 +38,11 @@
 #define KEYRING_MAX_CIPHERTEXT	1024	/* apiserver's limit on ciphertext */
 #define KEYRING_KEY_ID_MAX	64	/* key_id string incl. NUL, with room */
 #define KEYRING_MAX_KEYS	16
+#define KEYRING_LABEL_MAX	65	/* printable CKA_LABEL incl. NUL */
+#define KEYRING_ID_HEX_MAX	67	/* CKA_ID hex incl. NUL ("..." if cut) */
+#define KEYRING_REASON_MAX	640
+#define KEYRING_URI_MAX		256
+#define KEYRING_LIST_MAX	256	/* keys keyring_list reports */
 
 /*
  * Status codes. Every function returns one of these; 0 is success.
@@ -43,6 +60,7 @@ enum keyring_status {
 	KEYRING_E_TOOBIG = -6,		/* plaintext over KEYRING_MAX_PLAINTEXT */
 	KEYRING_E_CONFIG = -7,		/* bad URI, key not found, unfit key */
 	KEYRING_E_PIN = -8,		/* PIN wrong, locked or unreadable */
+	KEYRING_E_SESSION = -9,		/* this worker's session is gone */
 };
 
 /* Short fixed English text for a status ("ciphertext is malformed"). */
@@ -63,7 +81,18 @@ struct keyring_config {
 	 * pin-value is refused: a PIN must never be on a command line.
 	 */
 	const char *pin_file;
+	/*
+	 * How the first key seals: NULL or "auto" (per key: aes-gcm, else
+	 * aes-kwp; rsa-oaep for an RSA key), or "aes-gcm", "aes-kwp",
+	 * "rsa-oaep", which the first key must be able to do. Older keys
+	 * seal (self-tests only) with it when they can, else their own
+	 * best. Opening always follows the envelope, whatever this says.
+	 */
+	const char *mechanism;
 };
+
+/* 1 when name is a value keyring_config.mechanism accepts. */
+int keyring_mechanism_valid(const char *name);
 
 struct keyring;
 struct keyring_worker;
@@ -84,6 +113,11 @@ size_t keyring_nkeys(const struct keyring *kr);
 const char *keyring_key_id(const struct keyring *kr, size_t i);
 /* Human label for logs: "token 'kms' object 'kek1'" (no PIN, no handle). */
 const char *keyring_key_desc(const struct keyring *kr, size_t i);
+/* Mechanism key i seals with: "aes-gcm", "aes-kwp", "rsa-oaep-sha256",
+ * "rsa-oaep-sha1". */
+const char *keyring_key_mechanism(const struct keyring *kr, size_t i);
+/* Every mechanism key i can open with, comma-separated ("aes-gcm,aes-kwp"). */
+const char *keyring_key_mechanisms(const struct keyring *kr, size_t i);
 /* Token's ulMaxSessionCount, 0 when the token says "no limit"/unknown. */
 unsigned long keyring_max_sessions(const struct keyring *kr);
 
@@ -99,6 +133,15 @@ void keyring_worker_free(struct keyring_worker *w);
  */
 int keyring_seal(struct keyring_worker *w, const uint8_t *pt, size_t ptlen,
     uint8_t *ct, size_t ctcap, size_t *ctlen, char *key_id);
+/*
+ * Same with configured key i (0 = primary), with that key's mechanism:
+ * for `p11kms selftest`, which proves every key works. The daemon never
+ * seals with an older key. An RSA key seals at most (modulus bytes - 2 hash
+ * - 12) bytes (RSA-2048: 204 with SHA-1, 180 with SHA-256): KEYRING_E_TOOBIG
+ * beyond.
+ */
+int keyring_seal_with(struct keyring_worker *w, size_t i, const uint8_t *pt,
+    size_t ptlen, uint8_t *ct, size_t ctcap, size_t *ctlen, char *key_id);
 
 /*
  * Opens an envelope. key_id: NULL to take the key from the envelope itself
@@ -110,5 +153,78 @@ int keyring_seal(struct keyring_worker *w, const uint8_t *pt, size_t ptlen,
 int keyring_open(struct keyring_worker *w, const char *key_id,
     const uint8_t *ct, size_t ctlen, uint8_t *pt, size_t ptcap, size_t *ptlen,
     char *key_id_seen);
+
+/* ---- key tools -------------------------------------------------------- */
+
+struct keyring_tool_config {
+	const char *module;	/* as in keyring_config */
+	/*
+	 * RFC 7512 URI. keyring_list: selects the token (and, with object=,
+	 * id= or type=, filters the keys). keyring_keygen: the token and
+	 * the new key's object= label (required), optional id= (else a
+	 * random 16-byte CKA_ID) and type= (secret-key, or private for
+	 * rsa-oaep).
+	 */
+	const char *uri;
+	const char *pin_file;	/* as in keyring_config */
+	/*
+	 * keygen: "aes-gcm" (default): AES-256 with CKA_ENCRYPT/CKA_DECRYPT
+	 * only; "aes-kwp": AES-256 with CKA_WRAP/CKA_UNWRAP only;
+	 * "rsa-oaep": an RSA key pair, private CKA_DECRYPT only, public
+	 * CKA_ENCRYPT only. Every key: CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE,
+	 * CKA_EXTRACTABLE=false, no sign/verify/derive, and
+	 * CKA_ALLOWED_MECHANISMS set to its one mechanism where the token
+	 * takes that attribute.
+	 */
+	const char *mechanism;
+	unsigned rsa_bits;	/* rsa-oaep: 2048..4096, 0 = 3072 */
+};
+
+/* One key as keyring_list and keyring_keygen report it (no secrets). */
+struct keyring_key_info {
+	char label[KEYRING_LABEL_MAX];	/* printable CKA_LABEL */
+	char id_hex[KEYRING_ID_HEX_MAX];	/* CKA_ID, lowercase hex */
+	char key_id[KEYRING_KEY_ID_MAX];	/* "" when it cannot be made */
+	char type[32];			/* "aes-256", "rsa-3072", ... */
+	char mechanisms[64];		/* what it passed: "aes-gcm,aes-kwp" */
+	int fit;			/* 1: usable as a p11kms KEK */
+	char reason[KEYRING_REASON_MAX];	/* why not fit; "" when fit */
+	char uri[KEYRING_URI_MAX];	/* RFC 7512 URI selecting it */
+};
+
+/*
+ * Creates a key in the token (see keyring_tool_config.mechanism), refusing
+ * a label (or id=) the token already holds, then judges it as
+ * keyring_load would (a key that fails its round trip is destroyed again).
+ * On success fills *out. Statuses as keyring_load; err says why.
+ */
+int keyring_keygen(const struct keyring_tool_config *cfg,
+    struct keyring_key_info *out, char *err, size_t errlen);
+
+/*
+ * Lists the secret keys and private keys of the token cfg->uri names
+ * (at most KEYRING_LIST_MAX), each judged as keyring_load would, in the
+ * token's order. Logs in when a PIN is given, else lists only what the
+ * token shows without login. *out (caller frees with free()) and *n are
+ * set only on success; *truncated (may be NULL) is 1 when keys were left
+ * out.
+ */
+int keyring_list(const struct keyring_tool_config *cfg,
+    struct keyring_key_info **out, size_t *n, int *truncated, char *err,
+    size_t errlen);
+
+/* Room for keyring_worker_error() text. */
+#define KEYRING_ERROR_MAX	96
+
+/*
+ * The token's own words for the last failed call on this worker, e.g.
+ * "C_Encrypt: CKR_DEVICE_REMOVED", or "" when there is none.
+ */
+const char *keyring_worker_error(const struct keyring_worker *w);
+/*
+ * Closes the worker's session and opens a new one (after
+ * KEYRING_E_SESSION). Returns KEYRING_OK or KEYRING_E_TOKEN.
+ */
+int keyring_worker_reopen(struct keyring_worker *w);
 
 #endif

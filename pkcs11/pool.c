@@ -19,6 +19,7 @@ struct pool {
 	struct pool_job *head, *tail;	/* queued, FIFO; under lock */
 	struct pool_job *done;		/* finished, LIFO; under lock */
 	unsigned inflight;		/* queued + running; under lock */
+	unsigned busy;			/* running; under lock */
 	unsigned max_queued;
 	int stopping;			/* under lock */
 	int efd;
@@ -89,9 +90,8 @@ probe(struct keyring_worker *w, struct pool_job *job)
 }
 
 static void
-run_job(struct keyring_worker *w, struct pool_job *job)
+run_op(struct keyring_worker *w, struct pool_job *job)
 {
-	job->started = now_ns();
 	switch (job->op) {
 	case POOL_SEAL:
 		job->status = keyring_seal(w, job->in, job->in_len, job->out,
@@ -109,6 +109,25 @@ run_job(struct keyring_worker *w, struct pool_job *job)
 	default:
 		job->status = KEYRING_E_INVALID;
 	}
+}
+
+static void
+run_job(struct keyring_worker *w, struct pool_job *job)
+{
+	job->started = now_ns();
+	run_op(w, job);
+	if (job->status == KEYRING_E_SESSION) {
+		/* Only this session is gone: a new one, then once more. */
+		snprintf(job->detail, sizeof(job->detail), "%s",
+		    keyring_worker_error(w));
+		if (keyring_worker_reopen(w) == KEYRING_OK)
+			run_op(w, job);
+		if (job->status == KEYRING_E_SESSION)
+			job->status = KEYRING_E_TOKEN;
+	}
+	if (job->status == KEYRING_E_TOKEN)
+		snprintf(job->detail, sizeof(job->detail), "%s",
+		    keyring_worker_error(w));
 	job->finished = now_ns();
 	/* The input is not needed any more; do not keep a plaintext around. */
 	OPENSSL_cleanse(job->in, sizeof(job->in));
@@ -136,6 +155,7 @@ worker_main(void *varg)
 		if ((p->head = job->next) == NULL)
 			p->tail = NULL;
 		job->next = NULL;
+		p->busy++;
 		pthread_mutex_unlock(&p->lock);
 
 		if (p->stopping || atomic_load(&job->cancelled))
@@ -146,6 +166,7 @@ worker_main(void *varg)
 			run_job(w, job);
 
 		pthread_mutex_lock(&p->lock);
+		p->busy--;
 		job->next = p->done;
 		p->done = job;
 		pthread_mutex_unlock(&p->lock);
@@ -307,6 +328,17 @@ unsigned
 pool_workers(const struct pool *p)
 {
 	return p->nworkers;
+}
+
+unsigned
+pool_busy(struct pool *p)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&p->lock);
+	n = p->busy;
+	pthread_mutex_unlock(&p->lock);
+	return n;
 }
 
 unsigned

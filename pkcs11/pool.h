@@ -2,7 +2,9 @@
  * pool: token worker threads. Each worker owns one logged-in session
  * (keyring_worker) and runs jobs from a bounded FIFO; finished jobs are
  * handed back to the event loop through an eventfd, so the loop never
- * blocks on the token.
+ * blocks on the token. A worker whose session fails (KEYRING_E_SESSION)
+ * opens a new one and runs the job once more; a failure beyond the session
+ * comes back as KEYRING_E_TOKEN, for the daemon to recover the keyring.
  *
  * Threading contract: pool_submit, pool_fd, pool_reap and pool_free are
  * called from the loop thread only. A job belongs to the pool from
@@ -50,6 +52,7 @@ struct pool_job {
 	uint8_t out[KEYRING_MAX_CIPHERTEXT];
 	size_t out_len;
 	char key_id_out[KEYRING_KEY_ID_MAX];
+	char detail[KEYRING_ERROR_MAX];	/* token failure, "" if none */
 	uint64_t started, finished;	/* loop_now() clock; 0 = never ran */
 
 	atomic_int cancelled;
@@ -88,5 +91,7 @@ void pool_reap(struct pool *p);
 unsigned pool_workers(const struct pool *p);
 /* Jobs queued or running right now. */
 unsigned pool_inflight(struct pool *p);
+/* Workers inside a token call right now (hung ones included). */
+unsigned pool_busy(struct pool *p);
 
 #endif

@@ -831,18 +831,55 @@ out:
 	return ret;
 }
 
+CK_RV
+token_find_all(struct token *t, CK_ATTRIBUTE *tmpl, CK_ULONG ntmpl,
+    CK_OBJECT_HANDLE *out, size_t max, size_t *n, int *more)
+{
+	CK_OBJECT_HANDLE h;
+	CK_ULONG got;
+	CK_RV rv, rv2;
+	size_t total = 0;
+
+	*n = 0;
+	if (more != NULL)
+		*more = 0;
+	if ((rv = t->fn->C_FindObjectsInit(t->session, tmpl, ntmpl)) != CKR_OK)
+		return rv;
+	/* A module may return fewer than asked per call: loop until 0. */
+	for (;;) {
+		got = 0;
+		if ((rv = t->fn->C_FindObjects(t->session, &h, 1,
+		    &got)) != CKR_OK)
+			break;
+		if (got == 0)
+			break;
+		if (total == max) {
+			if (more != NULL)
+				*more = 1;
+			break;
+		}
+		out[total++] = h;
+	}
+	rv2 = t->fn->C_FindObjectsFinal(t->session);
+	if (rv == CKR_OK)
+		rv = rv2;
+	*n = total;
+	return rv;
+}
+
 int
 token_find_key(struct token *t, P11KitUri *uri, const char *uri_text,
-    CK_OBJECT_HANDLE *out, char *err, size_t errlen)
+    CK_OBJECT_HANDLE *out, CK_OBJECT_CLASS *clsp, char *err, size_t errlen)
 {
 	CK_OBJECT_CLASS cls = CKO_SECRET_KEY, ucls;
 	CK_BBOOL yes = CK_TRUE;
 	CK_ATTRIBUTE tmpl[16], *a;
-	CK_OBJECT_HANDLE found[2], h;
-	CK_ULONG nattrs, i, n, total = 0;
+	CK_OBJECT_HANDLE found[2];
+	CK_ULONG nattrs, i;
 	CK_RV rv;
-	size_t k = 0;
-	int named = 0, active = 0, ret = KEYRING_E_CONFIG;
+	size_t k = 0, total = 0;
+	int named = 0, more = 0, ret = KEYRING_E_CONFIG;
+	const char *what;
 
 	*out = CK_INVALID_HANDLE;
 	a = p11_kit_uri_get_attributes(uri, &nattrs);
@@ -852,12 +889,14 @@ token_find_key(struct token *t, P11KitUri *uri, const char *uri_text,
 			if (a[i].ulValueLen != sizeof(ucls))
 				break;
 			memcpy(&ucls, a[i].pValue, sizeof(ucls));
-			if (ucls != CKO_SECRET_KEY) {
+			if (ucls != CKO_SECRET_KEY && ucls != CKO_PRIVATE_KEY) {
 				token_err(err, errlen, "key URI %s names an "
-				    "object type other than secret-key",
+				    "object type other than secret-key (an AES "
+				    "key) or private (an RSA key pair)",
 				    uri_text);
 				goto out;
 			}
+			cls = ucls;
 			continue;	/* added below in any case */
 		case CKA_LABEL:
 		case CKA_ID:
@@ -880,43 +919,34 @@ token_find_key(struct token *t, P11KitUri *uri, const char *uri_text,
 	tmpl[k].pValue = &yes;
 	tmpl[k++].ulValueLen = sizeof(yes);
 
-	rv = t->fn->C_FindObjectsInit(t->session, tmpl, k);
-	if (rv != CKR_OK)
-		goto rv_fail;
-	active = 1;
-	/* A module may return fewer than asked per call: loop until 0. */
-	while (total < 2) {
-		n = 0;
-		rv = t->fn->C_FindObjects(t->session, &h, 1, &n);
-		if (rv != CKR_OK)
-			goto rv_fail;
-		if (n == 0)
-			break;
-		found[total++] = h;
-	}
-	if (total == 0) {
-		token_err(err, errlen, "no secret key matching %s on token "
-		    "'%s' (searched after login; check object= and id=)",
-		    uri_text, t->label);
+	rv = token_find_all(t, tmpl, k, found, 1, &total, &more);
+	if (rv != CKR_OK) {
+		ret = token_rv_is_fault(rv) ? KEYRING_E_TOKEN :
+		    KEYRING_E_CONFIG;
+		token_err(err, errlen, "searching token '%s' for %s failed: "
+		    "%s", t->label, uri_text, token_rv_name(rv));
 		goto out;
 	}
-	if (total > 1) {
+	what = cls == CKO_PRIVATE_KEY ? "private key" : "secret key";
+	if (total == 0) {
+		token_err(err, errlen, "no %s matching %s on token '%s' "
+		    "(searched after login; check object= and id=%s)", what,
+		    uri_text, t->label, cls == CKO_SECRET_KEY ? "; an RSA key "
+		    "pair needs type=private" : "");
+		goto out;
+	}
+	if (more) {
 		token_err(err, errlen, "key URI %s is ambiguous: several "
-		    "secret keys on token '%s' match; add id= or a unique "
-		    "object=", uri_text, t->label);
+		    "%ss on token '%s' match; add id= or a unique object=",
+		    uri_text, what, t->label);
 		goto out;
 	}
 
 	/* success */
 	*out = found[0];
+	if (clsp != NULL)
+		*clsp = cls;
 	ret = KEYRING_OK;
-	goto out;
-rv_fail:
-	ret = token_rv_is_fault(rv) ? KEYRING_E_TOKEN : KEYRING_E_CONFIG;
-	token_err(err, errlen, "searching token '%s' for %s failed: %s",
-	    t->label, uri_text, token_rv_name(rv));
 out:
-	if (active)
-		(void)t->fn->C_FindObjectsFinal(t->session);
 	return ret;
 }

@@ -131,12 +131,22 @@ int token_login(struct token *t, const char *pin_file, const char *pin_source,
     char *err, size_t errlen);
 
 /*
- * Finds the one secret key on t's token that uri names (its object/id/type
- * attributes, always with CKA_TOKEN=true so session copies never match).
- * Zero or several matches are config errors naming uri_text.
+ * Finds the one key on t's token that uri names (its object/id/type
+ * attributes, always with CKA_TOKEN=true so session copies never match):
+ * a secret key, or with type=private an (RSA) private key; other types are
+ * refused. *cls (may be NULL) receives the class searched. Zero or several
+ * matches are config errors naming uri_text.
  */
 int token_find_key(struct token *t, P11KitUri *uri, const char *uri_text,
-    CK_OBJECT_HANDLE *out, char *err, size_t errlen);
+    CK_OBJECT_HANDLE *out, CK_OBJECT_CLASS *cls, char *err, size_t errlen);
+
+/*
+ * Runs one search on t->session: up to max handles into out, their number
+ * into *n; *more (may be NULL) is 1 when the token holds further matches.
+ * Returns CKR_OK or the failing CK_RV; the search is always finalized.
+ */
+CK_RV token_find_all(struct token *t, CK_ATTRIBUTE *tmpl, CK_ULONG ntmpl,
+    CK_OBJECT_HANDLE *out, size_t max, size_t *n, int *more);
 
 /* Closes t->session and finalizes/releases the module. NULL ok. */
 void token_close(struct token *t);

@@ -27,6 +27,7 @@ struct kms {
 	int healthy;
 	uint64_t last_ok;		/* loop_now() of the last good probe */
 	time_t down_since;		/* wall clock, for the message */
+	char key_id[KEYRING_KEY_ID_MAX];	/* primary; kept while recovering */
 	char why[256];			/* the failure, while unhealthy */
 	char healthz[400];
 	void (*token_fault)(void *arg);
@@ -53,12 +54,17 @@ kms_set_down(struct kms *k, const char *why)
 	set_down(k, why);
 }
 
+/* detail: the token's own words ("C_Encrypt: CKR_DEVICE_REMOVED"), or "". */
 static void
-health_fail(struct kms *k, const char *what, int status)
+health_fail(struct kms *k, const char *what, int status, const char *detail)
 {
 	char why[256];
 
-	snprintf(why, sizeof(why), "%s: %s", what, keyring_strerror(status));
+	if (detail != NULL && detail[0] != '\0')
+		snprintf(why, sizeof(why), "%s: %s", what, detail);
+	else
+		snprintf(why, sizeof(why), "%s: %s", what,
+		    keyring_strerror(status));
 	set_down(k, why);
 	if (status == KEYRING_E_TOKEN && k->token_fault != NULL)
 		k->token_fault(k->fault_arg);
@@ -86,9 +92,10 @@ probe_done(struct pool_job *job)
 		k->last_ok = job->finished;
 	} else if (job->status == POOL_E_DEADLINE) {
 		health_fail(k, "health probe waited longer than the probe "
-		    "interval for a token session", KEYRING_E_TOKEN);
+		    "interval for a token session", KEYRING_E_TOKEN, NULL);
 	} else if (job->status != POOL_E_CANCELLED) {
-		health_fail(k, "seal/open round trip failed", job->status);
+		health_fail(k, "seal/open round trip failed", job->status,
+		    job->detail);
 	}
 	pool_job_free(job);
 	next = k->interval;
@@ -107,6 +114,8 @@ kms_probe(struct kms *k)
 	if (k->probe_job != NULL)
 		return;
 	loop_timer_stop(k->loop, &k->timer);
+	if (k->pool == NULL)		/* recovering: the daemon reports */
+		return;
 	if ((job = pool_job_new(POOL_PROBE)) == NULL) {
 		(void)loop_timer_start(k->loop, &k->timer,
 		    loop_now() + NS_PER_S);
@@ -176,6 +185,8 @@ kms_new(struct loop *l, struct keyring *kr, struct pool *pool,
 	k->loop = l;
 	k->kr = kr;
 	k->pool = pool;
+	snprintf(k->key_id, sizeof(k->key_id), "%s",
+	    keyring_primary_key_id(kr));
 	k->version = cfg->version;
 	k->interval = (uint64_t)cfg->probe_interval_s * NS_PER_S;
 	k->timer.cb = probe_timer;
@@ -196,6 +207,13 @@ kms_set_keyring(struct kms *k, struct keyring *kr, struct pool *pool)
 	}
 	k->kr = kr;
 	k->pool = pool;
+	if (kr == NULL) {
+		/* Recovering: no token until the daemon hands a new one. */
+		loop_timer_stop(k->loop, &k->timer);
+		return;
+	}
+	snprintf(k->key_id, sizeof(k->key_id), "%s",
+	    keyring_primary_key_id(kr));
 	if (!k->healthy)
 		log_info("token healthy: keyring reloaded");
 	k->probed = 1;
@@ -236,7 +254,7 @@ key_configured(const struct kms *k, const char *key_id)
 {
 	size_t i;
 
-	for (i = 0; i < keyring_nkeys(k->kr); i++)
+	for (i = 0; k->kr != NULL && i < keyring_nkeys(k->kr); i++)
 		if (strcmp(keyring_key_id(k->kr, i), key_id) == 0)
 			return 1;
 	return 0;
@@ -271,7 +289,7 @@ fail_job(struct kms *k, struct grpc_call *call, struct pool_job *job,
 		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "ciphertext does "
 		    "not authenticate under key_id %s: it was altered or "
 		    "belongs to another key", want_key != NULL ? want_key :
-		    keyring_primary_key_id(k->kr));
+		    k->key_id);
 		break;
 	case KEYRING_E_INVALID:
 		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "ciphertext is not "
@@ -283,9 +301,11 @@ fail_job(struct kms *k, struct grpc_call *call, struct pool_job *job,
 		break;
 	case KEYRING_E_TOKEN:
 	case KEYRING_E_PIN:
-		health_fail(k, "token operation failed", job->status);
+		health_fail(k, "token operation failed", job->status,
+		    job->detail);
 		kms_probe(k);
 		grpc_call_fail(call, GRPC_UNAVAILABLE, "token error: %s",
+		    job->detail[0] ? job->detail :
 		    keyring_strerror(job->status));
 		break;
 	default:
@@ -299,7 +319,7 @@ static void
 submit(struct kms *k, struct grpc_call *call, struct pool_job *job,
     pool_done_cb done)
 {
-	if (k->probed && !k->healthy) {
+	if (k->pool == NULL || (k->probed && !k->healthy)) {
 		/* Fail now rather than at the deadline; the probe and the
 		 * daemon's recovery bring the token back. */
 		grpc_call_fail(call, GRPC_UNAVAILABLE, "token unavailable: "
@@ -358,7 +378,7 @@ status_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
 	v2__status_request__free_unpacked(req, &mem_protobuf_allocator);
 	resp.version = (char *)k->version;
 	resp.healthz = (char *)kms_healthz(k);
-	resp.key_id = (char *)keyring_primary_key_id(k->kr);
+	resp.key_id = k->key_id;
 	grpc_call_reply(call, &resp.base);
 }
 

@@ -38,7 +38,9 @@ void kms_free(struct kms *k);
 /*
  * Switches to a new keyring and pool (a reload or a recovery). They were
  * just loaded, which includes a round trip with every key, so the token
- * counts as healthy now. Calls in flight finish on the old pool.
+ * counts as healthy now. Calls in flight finish on the old pool. NULL, NULL
+ * while the daemon recovers the token: requests get UNAVAILABLE, Status
+ * keeps the last key_id and the reason given to kms_set_down().
  */
 void kms_set_keyring(struct kms *k, struct keyring *kr, struct pool *pool);
 /* Marks the token down with a reason; new requests get UNAVAILABLE. */

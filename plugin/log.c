@@ -1,50 +1,323 @@
 #include "plugin/log.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+
+#define MSG_MAX		1024	/* formatted message before escaping */
+#define KEY_MAX		64
+/* Kept free for what closes a line: quote, truncation mark, "}\n". */
+#define RESERVE		32
 
 int log_level = LOG_INFO;
+int log_format = LOG_FORMAT_LOGFMT;
+int log_fd = 2;
 
-static const char *const names[] = { "error", "warn", "info", "debug" };
+static const char *const level_names[] = { "error", "warn", "info", "debug" };
+static const char *const format_names[] = { "logfmt", "json" };
+
+static int
+find(const char *const *names, int n, const char *s)
+{
+	int i;
+
+	if (s == NULL)
+		return -1;
+	for (i = 0; i < n; i++)
+		if (strcmp(s, names[i]) == 0)
+			return i;
+	return -1;
+}
 
 int
 log_level_parse(const char *s)
 {
+	return find(level_names, 4, s);
+}
+
+int
+log_format_parse(const char *s)
+{
+	return find(format_names, 2, s);
+}
+
+/* ---- line building ---- */
+
+struct line {
+	char b[LOG_LINE_MAX];
+	size_t len;
+	int trunc;
+};
+
+/* Appends n bytes if they fit before the reserve; else marks truncation. */
+static int
+put(struct line *l, const char *s, size_t n)
+{
+	if (n > sizeof(l->b) - RESERVE - l->len) {
+		l->trunc = 1;
+		return -1;
+	}
+	memcpy(l->b + l->len, s, n);
+	l->len += n;
+	return 0;
+}
+
+static int
+put_str(struct line *l, const char *s)
+{
+	return put(l, s, strlen(s));
+}
+
+/* Appends into the reserve: only for the fixed closing bytes of a line. */
+static void
+put_close(struct line *l, const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n <= sizeof(l->b) - l->len) {
+		memcpy(l->b + l->len, s, n);
+		l->len += n;
+	}
+}
+
+/*
+ * Length of the valid UTF-8 sequence at s (n bytes available) that is not
+ * a C1 control; 0 when invalid (overlong, surrogate, > U+10FFFF, cut).
+ */
+static size_t
+utf8_seq(const unsigned char *s, size_t n)
+{
+	unsigned char c = s[0];
+	size_t len, i;
+	unsigned char lo = 0x80, hi = 0xbf;
+
+	if (c >= 0xc2 && c <= 0xdf)
+		len = 2;
+	else if (c >= 0xe0 && c <= 0xef)
+		len = 3;
+	else if (c >= 0xf0 && c <= 0xf4)
+		len = 4;
+	else
+		return 0;
+	if (c == 0xe0)
+		lo = 0xa0;
+	else if (c == 0xed)
+		hi = 0x9f;
+	else if (c == 0xf0)
+		lo = 0x90;
+	else if (c == 0xf4)
+		hi = 0x8f;
+	if (n < len || s[1] < lo || s[1] > hi)
+		return 0;
+	for (i = 2; i < len; i++)
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+	return len;
+}
+
+/*
+ * Appends s escaped as the inside of a JSON string (also valid in a quoted
+ * logfmt value). Stops at an escape boundary when the line is full.
+ */
+static int
+put_escaped(struct line *l, const char *str)
+{
+	const unsigned char *s = (const unsigned char *)str;
+	size_t n = strlen(str), i = 0, k;
+	char esc[8];
+
+	while (i < n) {
+		unsigned char c = s[i];
+
+		if (c == '"' || c == '\\') {
+			esc[0] = '\\';
+			esc[1] = (char)c;
+			k = 2;
+		} else if (c == '\n' || c == '\r' || c == '\t') {
+			esc[0] = '\\';
+			esc[1] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
+			k = 2;
+		} else if (c < 0x20 || c == 0x7f) {
+			k = (size_t)snprintf(esc, sizeof(esc), "\\u%04x", c);
+		} else if (c < 0x80) {
+			esc[0] = (char)c;
+			k = 1;
+		} else if (c == 0xc2 && i + 1 < n && s[i + 1] >= 0x80 &&
+		    s[i + 1] <= 0x9f) {
+			/* C1 control (U+0080..U+009F): CSI and friends. */
+			k = (size_t)snprintf(esc, sizeof(esc), "\\u%04x",
+			    s[i + 1]);
+			if (put(l, esc, k) != 0)
+				return -1;
+			i += 2;
+			continue;
+		} else if ((k = utf8_seq(s + i, n - i)) != 0) {
+			if (put(l, str + i, k) != 0)
+				return -1;
+			i += k;
+			continue;
+		} else {
+			memcpy(esc, "\\ufffd", 6);
+			k = 6;
+		}
+		if (put(l, esc, k) != 0)
+			return -1;
+		i++;
+	}
+	return 0;
+}
+
+/* logfmt values that need no quotes: non-empty, only these bytes. */
+static int
+logfmt_bare(const char *s)
+{
+	if (*s == '\0')
+		return 0;
+	for (; *s != '\0'; s++)
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+		    (*s >= '0' && *s <= '9') || strchr("-._:/@+,%", *s)))
+			return 0;
+	return 1;
+}
+
+static void
+clean_key(const char *key, char *out)
+{
 	size_t i;
 
-	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-		if (strcmp(s, names[i]) == 0)
-			return (int)i;
-	return -1;
+	for (i = 0; key[i] != '\0' && i < KEY_MAX - 1; i++) {
+		char c = key[i];
+		out[i] = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		    (c >= '0' && c <= '9') || c == '_' || c == '.' ||
+		    c == '-' ? c : '_';
+	}
+	if (i == 0)
+		out[i++] = '_';
+	out[i] = '\0';
+}
+
+/* Appends one whole key/value field, or nothing (line marked truncated). */
+static void
+put_field(struct line *l, const char *key, const char *val)
+{
+	size_t save = l->len;
+	char k[KEY_MAX];
+	int r;
+
+	clean_key(key, k);
+	if (val == NULL)
+		val = "";
+	if (log_format == LOG_FORMAT_JSON) {
+		r = put_str(l, ",\"") || put_str(l, k) || put_str(l, "\":\"") ||
+		    put_escaped(l, val) || put_str(l, "\"");
+	} else if (logfmt_bare(val)) {
+		r = put_str(l, " ") || put_str(l, k) || put_str(l, "=") ||
+		    put_str(l, val);
+	} else {
+		r = put_str(l, " ") || put_str(l, k) || put_str(l, "=\"") ||
+		    put_escaped(l, val) || put_str(l, "\"");
+	}
+	if (r != 0) {
+		l->len = save;
+		l->trunc = 1;
+	}
+}
+
+static void
+emit(int level, const char *msg, const char *const *kv, size_t nkv,
+    int dropped)
+{
+	struct line l;
+	struct timespec now;
+	struct tm tm;
+	char ts[48];
+	size_t i, off;
+	ssize_t w;
+	int json = log_format == LOG_FORMAT_JSON;
+
+	clock_gettime(CLOCK_REALTIME, &now);
+	gmtime_r(&now.tv_sec, &tm);
+	off = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(ts + off, sizeof(ts) - off, ".%03ldZ",
+	    now.tv_nsec / 1000000);
+
+	l.len = 0;
+	l.trunc = 0;
+	if (json) {
+		put_str(&l, "{\"ts\":\"");
+		put_str(&l, ts);
+		put_str(&l, "\",\"level\":\"");
+		put_str(&l, level_names[level]);
+		put_str(&l, "\",\"msg\":\"");
+	} else {
+		put_str(&l, "ts=");
+		put_str(&l, ts);
+		put_str(&l, " level=");
+		put_str(&l, level_names[level]);
+		put_str(&l, " msg=\"");
+	}
+	/* A message cut short still gets its closing quote (reserve). */
+	(void)put_escaped(&l, msg);
+	put_close(&l, "\"");
+	for (i = 0; i + 1 < nkv && !l.trunc; i += 2)
+		put_field(&l, kv[i], kv[i + 1]);
+	if (l.trunc || dropped)
+		put_close(&l, json ? ",\"truncated\":true" :
+		    " truncated=true");
+	put_close(&l, json ? "}\n" : "\n");
+
+	/* One write per line; retried only if a signal interrupts it. */
+	for (off = 0; off < l.len; off += (size_t)w) {
+		w = write(log_fd, l.b + off, l.len - off);
+		if (w < 0 && errno == EINTR) {
+			w = 0;
+			continue;
+		}
+		if (w <= 0)
+			break;
+	}
 }
 
 void
 log_msg(int level, const char *fmt, ...)
 {
-	char line[1024], ts[32];
-	struct timespec now;
-	struct tm tm;
+	char msg[MSG_MAX];
 	va_list ap;
-	size_t i;
-	int n;
 
-	if (level > log_level)
+	if (level < LOG_ERROR || level > log_level)
 		return;
-	clock_gettime(CLOCK_REALTIME, &now);
-	gmtime_r(&now.tv_sec, &tm);
-	strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
 	va_start(ap, fmt);
-	n = vsnprintf(line, sizeof(line), fmt, ap);
+	if (vsnprintf(msg, sizeof(msg), fmt, ap) < 0)
+		msg[0] = '\0';
 	va_end(ap);
-	if (n < 0)
+	emit(level, msg, NULL, 0, 0);
+}
+
+void
+log_kv(int level, const char *msg, ...)
+{
+	const char *kv[2 * LOG_KV_MAX];
+	const char *key;
+	size_t n = 0;
+	int dropped = 0;
+	va_list ap;
+
+	if (level < LOG_ERROR || level > log_level)
 		return;
-	/* One event, one line: a newline in a message would forge a record. */
-	for (i = 0; line[i] != '\0'; i++)
-		if (line[i] == '\n' || line[i] == '\r' || line[i] == '"')
-			line[i] = line[i] == '"' ? '\'' : ' ';
-	/* Single write per line so threads do not interleave. */
-	fprintf(stderr, "ts=%s.%03ldZ level=%s msg=\"%s\"\n", ts,
-	    now.tv_nsec / 1000000, names[level], line);
+	va_start(ap, msg);
+	while ((key = va_arg(ap, const char *)) != NULL) {
+		const char *val = va_arg(ap, const char *);
+
+		if (n == 2 * LOG_KV_MAX) {
+			dropped = 1;
+			continue;
+		}
+		kv[n++] = key;
+		kv[n++] = val;
+	}
+	va_end(ap);
+	emit(level, msg != NULL ? msg : "", kv, n, dropped);
 }

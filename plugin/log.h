@@ -1,19 +1,52 @@
 /*
- * log: one line per event on stderr, logfmt ("ts=… level=… msg=…").
+ * log: one line per event on stderr, as logfmt (the default)
+ *   ts=2024-05-01T10:00:00.123Z level=info msg="serving" socket=/run/p11kms/kms.sock
+ * or JSON (--log-format json)
+ *   {"ts":"2024-05-01T10:00:00.123Z","level":"info","msg":"serving","socket":"/run/p11kms/kms.sock"}
+ *
+ * Every line is written with one write(2) of at most LOG_LINE_MAX bytes
+ * (PIPE_BUF), so lines from different threads never interleave on a pipe.
+ * Strings are escaped, never trusted: quotes, backslashes, newlines and
+ * every other control character (C0, DEL, C1) come out as \" \\ \n \u001b…
+ * and invalid UTF-8 as \ufffd, so no message can forge a second record or
+ * reach a terminal as an escape sequence. An over-long line is cut at an
+ * escape boundary and marked truncated=true.
+ *
  * Never pass a PIN, plaintext, DEK or key handle value; print strings that
  * come from a peer bounded (%.100s).
+ *
+ * log_level and log_format are set once at start-up, before threads start.
  */
 #ifndef P11KMS_LOG_H
 #define P11KMS_LOG_H
 
 enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
+enum log_format { LOG_FORMAT_LOGFMT = 0, LOG_FORMAT_JSON };
+
+#define LOG_LINE_MAX	4096	/* bytes per line, newline included */
+#define LOG_KV_MAX	16	/* key/value pairs per log_kv line */
 
 extern int log_level;
+extern int log_format;
+/* Where lines go: stderr unless a test points it elsewhere. */
+extern int log_fd;
 
 /* Parses "error|warn|info|debug"; -1 when unknown. */
 int log_level_parse(const char *s);
+/* Parses "logfmt|json"; -1 when unknown. */
+int log_format_parse(const char *s);
+
 void log_msg(int level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/*
+ * A line with a fixed message and fields: key, value, key, value, …, NULL.
+ * Keys are code constants ([A-Za-z0-9_.-], other bytes become '_'); values
+ * are any strings (NULL prints as empty) and are escaped like messages.
+ * Pairs beyond LOG_KV_MAX are dropped and the line marked truncated.
+ *   log_kv(LOG_WARN, "request failed", "method", "Encrypt",
+ *       "code", "INVALID_ARGUMENT", NULL);
+ */
+void log_kv(int level, const char *msg, ...) __attribute__((sentinel));
 
 #define log_error(...)	log_msg(LOG_ERROR, __VA_ARGS__)
 #define log_warn(...)	log_msg(LOG_WARN, __VA_ARGS__)

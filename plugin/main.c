@@ -32,9 +32,20 @@
 #define RECOVER_MIN_S	1	/* first retry after a token fault */
 #define RECOVER_MAX_S	30	/* cap of the exponential backoff */
 
+/* What a running server cannot change; a reload keeps these. */
+struct fixed {
+	char *socket_path;
+	char *kms_version;
+	char *ops_listen;		/* NULL: none */
+	size_t max_request;
+	unsigned probe_interval_s;
+};
+
 struct daemon {
 	struct loop *loop;
-	struct gen *cur;		/* serving */
+	struct fixed fixed;
+	unsigned grace_s;
+	struct gen *cur;		/* serving; NULL while recovering */
 	struct gen *retired;		/* draining, freed when empty */
 	struct kms *kms;
 	struct grpc_server *srv;
@@ -85,11 +96,31 @@ log_keys(const struct gen *g)
 		    i == 0 ? " (encrypts)" : " (decrypts only)");
 }
 
+static int
+fixed_init(struct fixed *f, const struct config *c)
+{
+	f->socket_path = strdup(c->socket_path);
+	f->kms_version = strdup(c->kms_version);
+	f->ops_listen = c->ops_listen ? strdup(c->ops_listen) : NULL;
+	f->max_request = c->max_request;
+	f->probe_interval_s = c->probe_interval_s;
+	return f->socket_path == NULL || f->kms_version == NULL ||
+	    (c->ops_listen != NULL && f->ops_listen == NULL) ? -1 : 0;
+}
+
+static void
+fixed_free(struct fixed *f)
+{
+	free(f->socket_path);
+	free(f->kms_version);
+	free(f->ops_listen);
+}
+
 /* Settings a running server cannot change; a reload keeps the old ones. */
 static void
 keep_fixed(struct daemon *d, struct config *n)
 {
-	const struct config *o = &d->cur->cfg;
+	const struct fixed *o = &d->fixed;
 
 	if (strcmp(o->socket_path, n->socket_path) != 0)
 		log_warn("reload: socket changes need a restart; still "
@@ -105,6 +136,23 @@ keep_fixed(struct daemon *d, struct config *n)
 		log_warn("reload: ops-listen changes need a restart");
 	if (n->probe_interval_s != o->probe_interval_s)
 		log_warn("reload: probe-interval changes need a restart");
+}
+
+/*
+ * Backoff between recovery attempts: doubling from RECOVER_MIN_S, capped
+ * at RECOVER_MAX_S and at the probe interval, so a token that comes back
+ * is found again within one probe interval.
+ */
+static void
+backoff_grow(struct daemon *d)
+{
+	unsigned cap = RECOVER_MAX_S;
+
+	if (d->fixed.probe_interval_s < cap)
+		cap = d->fixed.probe_interval_s;
+	d->recover_s = d->recover_s * 2 > cap ? cap : d->recover_s * 2;
+	if (d->recover_s < RECOVER_MIN_S)
+		d->recover_s = RECOVER_MIN_S;
 }
 
 static void
@@ -124,6 +172,9 @@ on_loaded(void *arg, struct gen *g, int status, const char *err)
 	struct daemon *d = arg;
 	char why[600];
 
+	/* With no generation serving, any failed load is a recovery's. */
+	if (d->cur == NULL)
+		d->recovering = 1;
 	if (g == NULL) {
 		if (!d->recovering) {
 			log_error("reload failed, still serving the old "
@@ -136,15 +187,14 @@ on_loaded(void *arg, struct gen *g, int status, const char *err)
 			    "is fixed and p11kms gets SIGHUP", err);
 			log_error("%s", why);
 			kms_set_down(d->kms, why);
-		} else if (d->recovering) {
+		} else {
 			snprintf(why, sizeof(why), "token recovery failed: %s",
 			    err);
 			log_warn("%s; retrying in %u s", why, d->recover_s);
 			kms_set_down(d->kms, why);
 			(void)loop_timer_start(d->loop, &d->recover_timer,
 			    loop_now() + d->recover_s * NS_PER_S);
-			if (d->recover_s < RECOVER_MAX_S)
-				d->recover_s *= 2;
+			backoff_grow(d);
 		}
 		goto again;
 	}
@@ -155,12 +205,18 @@ on_loaded(void *arg, struct gen *g, int status, const char *err)
 		log_error("%s failed: epoll: %s", d->recovering ? "recovery" :
 		    "reload", strerror(errno));
 		gen_free(g);
+		if (d->cur == NULL)
+			(void)loop_timer_start(d->loop, &d->recover_timer,
+			    loop_now() + d->recover_s * NS_PER_S);
 		goto again;
 	}
 	/* In-flight calls finish on the generation they started with. */
-	d->cur->next = d->retired;
-	d->retired = d->cur;
+	if (d->cur != NULL) {
+		d->cur->next = d->retired;
+		d->retired = d->cur;
+	}
 	d->cur = g;
+	d->grace_s = g->cfg.grace_s;
 	log_level = g->cfg.log_level;
 	kms_set_keyring(d->kms, g->kr, g->pool);
 	d->pin_fault = 0;
@@ -194,17 +250,30 @@ on_token_fault(void *arg)
 	log_warn("token fault: reopening the keyring in %u s", d->recover_s);
 	(void)loop_timer_start(d->loop, &d->recover_timer,
 	    loop_now() + d->recover_s * NS_PER_S);
-	if (d->recover_s < RECOVER_MAX_S)
-		d->recover_s *= 2;
+	backoff_grow(d);
 }
 
+/*
+ * Recovery closes the failed generation before loading the next one, so
+ * its module is finalized and initialized afresh (a module loaded twice is
+ * only finalized when both let go). Calls still inside the old pool, such
+ * as one hung in the token, keep it alive; then the new load shares it.
+ */
 static void
 on_recover_timer(void *arg)
 {
 	struct daemon *d = arg;
 
-	if (!d->pin_fault && !d->stopping)
-		start_load(d, 1);
+	if (d->pin_fault || d->stopping || d->loader.running)
+		return;
+	if (d->cur != NULL) {
+		kms_set_keyring(d->kms, NULL, NULL);
+		d->cur->next = d->retired;
+		d->retired = d->cur;
+		d->cur = NULL;
+		reap_retired(d);
+	}
+	start_load(d, 1);
 }
 
 static void
@@ -271,7 +340,7 @@ serve(struct daemon *d)
 	/* Stop accepting, tell clients, let in-flight calls finish. */
 	grpc_server_shutdown(d->srv);
 	grpc_server_tick(d->srv);
-	until = loop_now() + (uint64_t)d->cur->cfg.grace_s * NS_PER_S;
+	until = loop_now() + (uint64_t)d->grace_s * NS_PER_S;
 	while (grpc_server_active_calls(d->srv) > 0 && loop_now() < until) {
 		(void)loop_once(d->loop, 50);
 		grpc_server_tick(d->srv);
@@ -327,6 +396,11 @@ main(int argc, char **argv)
 		goto out;
 	}
 	d.cur = g;
+	d.grace_s = g->cfg.grace_s;
+	if (fixed_init(&d.fixed, &g->cfg) != 0) {
+		fprintf(stderr, "p11kms: out of memory\n");
+		goto out;
+	}
 	log_keys(g);
 	if (loop_new(&d.loop) != 0) {
 		fprintf(stderr, "p11kms: cannot create the event loop\n");
@@ -403,6 +477,7 @@ main(int argc, char **argv)
 	}
 	gen_free(d.cur);
 	loop_free(d.loop);
+	fixed_free(&d.fixed);
 	if (d.sig_watch.fd != -1)
 		close(d.sig_watch.fd);
 	return ret;

@@ -1,9 +1,396 @@
+/*
+ * tool: the key-management subcommands of the p11kms binary.
+ *
+ *   p11kms keygen   [--module M] [--pin-file F] [--mechanism X] [--bits N] URI
+ *   p11kms keys     [--module M] [--pin-file F] URI
+ *   p11kms selftest [daemon flags: --config F, --key URI..., --module M,
+ *                    --pin-file F, --mechanism X, ...]
+ *
+ * Exit status: 0 done (selftest: every key passed), 1 not ready or a
+ * runtime failure, 2 usage or configuration error. Errors go to stderr and
+ * start with "p11kms: "; results go to stdout. Nothing printed ever holds
+ * a PIN or a key value: the token work is behind keyring.h, which hands
+ * out names, ids and key_ids only.
+ */
 #include "plugin/tool.h"
 
+#include <getopt.h>
+#include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
-/* Placeholder until the key tools land. */
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include "pkcs11/keyring.h"
+#include "plugin/config.h"
+
+#define EXIT_OK		0
+#define EXIT_NOT_READY	1
+#define EXIT_USAGE	2
+#define SELFTEST_PT	32	/* a KMS v2 seed / v1 DEK is 32 bytes */
+
+enum { OPT_BITS = 256, OPT_TYPE };
+
+static const struct option tool_opts[] = {
+	{ "module",	required_argument, NULL, 'm' },
+	{ "pin-file",	required_argument, NULL, 'p' },
+	{ "mechanism",	required_argument, NULL, 'M' },
+	{ "type",	required_argument, NULL, OPT_TYPE },
+	{ "bits",	required_argument, NULL, OPT_BITS },
+	{ "help",	no_argument,	   NULL, 'h' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static void
+keygen_usage(FILE *fp)
+{
+	fprintf(fp,
+"Usage: p11kms keygen [OPTIONS] URI\n"
+"Creates a key-encryption key inside the token, e.g.\n"
+"  p11kms keygen --pin-file /etc/p11kms/pin 'pkcs11:token=kms;object=kek2'\n"
+"URI names the token and the new key's label (object=); id= is optional\n"
+"(default: a random 16-byte CKA_ID). An existing label is never\n"
+"overwritten. Every key is CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE,\n"
+"CKA_EXTRACTABLE=false, without sign/verify/derive.\n"
+"\n"
+"  -m, --module PATH|NAME   PKCS#11 module (.so path or p11-kit name)\n"
+"  -p, --pin-file FILE      file holding the token user PIN\n"
+"      --mechanism M        aes-gcm (default): AES-256, encrypt/decrypt\n"
+"                           only; aes-kwp: AES-256, wrap/unwrap only, for\n"
+"                           tokens without AES-GCM; rsa-oaep: an RSA key\n"
+"                           pair (private: decrypt only; public: encrypt\n"
+"                           only); select it with type=private\n"
+"      --type aes|rsa       rsa is --mechanism rsa-oaep\n"
+"      --bits N             RSA modulus size, 2048 to 4096 (default 3072)\n"
+"  -h, --help               this text\n"
+"\n"
+"Prints the new key's label, id, key_id and the URI for --key.\n"
+"Exit status: 0 created, 1 token failure, 2 bad flags, URI, PIN, or the\n"
+"label exists.\n");
+}
+
+static void
+keys_usage(FILE *fp)
+{
+	fprintf(fp,
+"Usage: p11kms keys [OPTIONS] URI\n"
+"Lists the secret keys and RSA private keys of the token URI names\n"
+"(object=, id= and type= filter), each with its label, id, key_id, type,\n"
+"and whether p11kms accepts it as a KEK: with the mechanisms it passed a\n"
+"round trip with, or why not.\n"
+"\n"
+"  -m, --module PATH|NAME   PKCS#11 module (.so path or p11-kit name)\n"
+"  -p, --pin-file FILE      file holding the token user PIN (without it,\n"
+"                           keys needing login are not shown)\n"
+"  -h, --help               this text\n"
+"\n"
+"Exit status: 0 listed, 1 token failure, 2 bad flags, URI or PIN.\n");
+}
+
+static void
+selftest_usage(FILE *fp)
+{
+	fprintf(fp,
+"Usage: p11kms selftest [DAEMON OPTIONS]\n"
+"Loads the keys exactly as the daemon would (same flags, same --config\n"
+"file), then seals and opens a random 32-byte value with EVERY configured\n"
+"key inside the token. Prints one line per key (key_id, mechanism, OK or\n"
+"FAIL with the reason). The daemon's socket options are accepted and\n"
+"ignored.\n"
+"\n"
+"Exit status: 0 every key passed (the deployment is ready), 1 a key or\n"
+"the token failed, 2 bad flags or configuration (a key missing or unfit,\n"
+"a PIN refused).\n"
+"\n"
+"The daemon's options:\n");
+	config_usage(fp);
+}
+
+static int
+status_exit(int status)
+{
+	return status == KEYRING_E_CONFIG || status == KEYRING_E_PIN ?
+	    EXIT_USAGE : EXIT_NOT_READY;
+}
+
+/*
+ * Parses keygen/keys flags into cfg; the one positional argument is the
+ * URI. Returns -1 to go on, else the exit status.
+ */
+static int
+parse_tool_args(const char *cmd, int argc, char **argv, int with_gen,
+    struct keyring_tool_config *cfg, void (*usage)(FILE *))
+{
+	unsigned long v;
+	char *end;
+	int c;
+
+	memset(cfg, 0, sizeof(*cfg));
+	optind = 0;	/* glibc: full re-initialisation */
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":m:p:h", tool_opts,
+	    NULL)) != -1) {
+		switch (c) {
+		case 'm':
+			cfg->module = optarg;
+			break;
+		case 'p':
+			cfg->pin_file = optarg;
+			break;
+		case 'M':
+		case OPT_TYPE:
+		case OPT_BITS:
+			if (!with_gen)
+				goto unknown;
+			if (c == 'M')
+				cfg->mechanism = optarg;
+			else if (c == OPT_TYPE && strcmp(optarg, "rsa") == 0)
+				cfg->mechanism = "rsa-oaep";
+			else if (c == OPT_TYPE && strcmp(optarg, "aes") != 0) {
+				fprintf(stderr, "p11kms: %s: --type '%.40s': "
+				    "use aes or rsa\n", cmd, optarg);
+				return EXIT_USAGE;
+			} else if (c == OPT_BITS) {
+				v = strtoul(optarg, &end, 10);
+				if (*optarg < '0' || *optarg > '9' ||
+				    *end != '\0' || v < 2048 || v > 4096) {
+					fprintf(stderr, "p11kms: %s: --bits "
+					    "'%.40s': use 2048 to 4096\n", cmd,
+					    optarg);
+					return EXIT_USAGE;
+				}
+				cfg->rsa_bits = (unsigned)v;
+			}
+			break;
+		case 'h':
+			usage(stdout);
+			return EXIT_OK;
+		case ':':
+			fprintf(stderr, "p11kms: %s: %.60s needs a value; see "
+			    "p11kms %s --help\n", cmd, argv[optind - 1], cmd);
+			return EXIT_USAGE;
+		default:
+		unknown:
+			fprintf(stderr, "p11kms: %s: unknown option '%.60s'; "
+			    "see p11kms %s --help\n", cmd, argv[optind - 1],
+			    cmd);
+			return EXIT_USAGE;
+		}
+	}
+	if (optind != argc - 1) {
+		fprintf(stderr, "p11kms: %s: %s; see p11kms %s --help\n", cmd,
+		    optind >= argc ? "give the token URI, e.g. "
+		    "'pkcs11:token=kms'" : "one URI only", cmd);
+		return EXIT_USAGE;
+	}
+	cfg->uri = argv[optind];
+	if (cfg->rsa_bits != 0 && (cfg->mechanism == NULL ||
+	    strcmp(cfg->mechanism, "rsa-oaep") != 0)) {
+		fprintf(stderr, "p11kms: %s: --bits is for RSA keys (--type "
+		    "rsa or --mechanism rsa-oaep)\n", cmd);
+		return EXIT_USAGE;
+	}
+	return -1;
+}
+
+static int
+cmd_keygen(int argc, char **argv)
+{
+	struct keyring_tool_config cfg;
+	struct keyring_key_info info;
+	char err[768] = "";
+	int r;
+
+	if ((r = parse_tool_args("keygen", argc, argv, 1, &cfg,
+	    keygen_usage)) >= 0)
+		return r;
+	if ((r = keyring_keygen(&cfg, &info, err, sizeof(err))) != 0) {
+		fprintf(stderr, "p11kms: keygen: %s\n", err[0] ? err :
+		    keyring_strerror(r));
+		return status_exit(r);
+	}
+	printf("created    %s key for %s\n", info.type,
+	    cfg.mechanism != NULL ? cfg.mechanism : "aes-gcm");
+	printf("label      %s\n", info.label);
+	printf("id         %s\n", info.id_hex);
+	printf("key_id     %s\n", info.key_id);
+	printf("mechanisms %s\n", info.mechanisms);
+	printf("uri        %s\n", info.uri);
+	if (info.reason[0] != '\0')
+		fprintf(stderr, "p11kms: keygen: note: %s\n", info.reason);
+	return EXIT_OK;
+}
+
+static int
+width(const struct keyring_key_info *v, size_t n, size_t off, int min)
+{
+	size_t i, w = (size_t)min, l;
+
+	for (i = 0; i < n; i++) {
+		l = strlen((const char *)&v[i] + off);
+		if (l > w)
+			w = l;
+	}
+	return w > 64 ? 64 : (int)w;
+}
+
+static int
+cmd_keys(int argc, char **argv)
+{
+	struct keyring_tool_config cfg;
+	struct keyring_key_info *v = NULL;
+	char err[768] = "";
+	size_t n = 0, i;
+	int r, truncated = 0, wl, wi, wt;
+
+	if ((r = parse_tool_args("keys", argc, argv, 0, &cfg,
+	    keys_usage)) >= 0)
+		return r;
+	if ((r = keyring_list(&cfg, &v, &n, &truncated, err,
+	    sizeof(err))) != 0) {
+		fprintf(stderr, "p11kms: keys: %s\n", err[0] ? err :
+		    keyring_strerror(r));
+		return status_exit(r);
+	}
+	if (err[0] != '\0')
+		fprintf(stderr, "p11kms: keys: %s\n", err);
+	wl = width(v, n, offsetof(struct keyring_key_info, label), 5);
+	wi = width(v, n, offsetof(struct keyring_key_info, id_hex), 2);
+	wt = width(v, n, offsetof(struct keyring_key_info, type), 4);
+	printf("%-*s  %-*s  %-32s  %-*s  %-3s  %s\n", wl, "LABEL", wi, "ID",
+	    "KEY_ID", wt, "TYPE", "FIT", "MECHANISMS / WHY NOT");
+	for (i = 0; i < n; i++)
+		printf("%-*s  %-*s  %-32s  %-*s  %-3s  %s\n", wl, v[i].label,
+		    wi, v[i].id_hex[0] ? v[i].id_hex : "-",
+		    v[i].key_id[0] ? v[i].key_id : "-", wt, v[i].type,
+		    v[i].fit ? "yes" : "no",
+		    v[i].fit ? v[i].mechanisms : v[i].reason);
+	if (n == 0)
+		printf("(no keys)\n");
+	if (truncated)
+		fprintf(stderr, "p11kms: keys: only the first %d keys are "
+		    "shown\n", KEYRING_LIST_MAX);
+	free(v);
+	return EXIT_OK;
+}
+
+/* Seal + open of a random value with key i. KEYRING_OK or the failure. */
+static int
+round_trip(struct keyring_worker *w, const struct keyring *kr, size_t i,
+    const char **step)
+{
+	uint8_t pt[SELFTEST_PT], ct[KEYRING_MAX_CIPHERTEXT];
+	uint8_t back[KEYRING_MAX_PLAINTEXT];
+	char key_id[KEYRING_KEY_ID_MAX];
+	size_t ctlen = 0, backlen = 0;
+	int r;
+
+	*step = "seal";
+	if (RAND_bytes(pt, sizeof(pt)) != 1)
+		return KEYRING_E_TOKEN;
+	r = keyring_seal_with(w, i, pt, sizeof(pt), ct, sizeof(ct), &ctlen,
+	    key_id);
+	if (r == KEYRING_OK && strcmp(key_id, keyring_key_id(kr, i)) != 0)
+		r = KEYRING_E_UNKNOWN_KEY;
+	if (r == KEYRING_OK) {
+		*step = "open";
+		r = keyring_open(w, key_id, ct, ctlen, back, sizeof(back),
+		    &backlen, NULL);
+	}
+	if (r == KEYRING_OK && (backlen != sizeof(pt) ||
+	    CRYPTO_memcmp(back, pt, sizeof(pt)) != 0)) {
+		*step = "compare";
+		r = KEYRING_E_AUTH;
+	}
+	if (r == KEYRING_OK && ctlen > KEYRING_MAX_CIPHERTEXT) {
+		*step = "size";
+		r = KEYRING_E_TOOBIG;
+	}
+	OPENSSL_cleanse(pt, sizeof(pt));
+	OPENSSL_cleanse(back, sizeof(back));
+	return r;
+}
+
+static int
+cmd_selftest(int argc, char **argv)
+{
+	struct config cfg;
+	struct keyring_config kcfg;
+	struct keyring *kr = NULL;
+	struct keyring_worker *w = NULL;
+	const char *step;
+	char err[768] = "";
+	size_t i, nok = 0;
+	int r, ret = EXIT_NOT_READY;
+
+	for (i = 1; i < (size_t)argc; i++) {
+		if (strcmp(argv[i], "--") == 0)
+			break;
+		if (strcmp(argv[i], "-h") == 0 ||
+		    strcmp(argv[i], "--help") == 0) {
+			selftest_usage(stdout);
+			return EXIT_OK;
+		}
+	}
+	config_defaults(&cfg);
+	r = config_parse_args(&cfg, argc, argv, err, sizeof(err));
+	if (r == CONFIG_EXIT) {
+		ret = EXIT_OK;
+		goto out;
+	}
+	if (r != CONFIG_OK) {
+		fprintf(stderr, "p11kms: selftest: %s\n", err);
+		ret = EXIT_USAGE;
+		goto out;
+	}
+	memset(&kcfg, 0, sizeof(kcfg));
+	kcfg.module = cfg.module;
+	kcfg.key_uris = cfg.keys;
+	kcfg.nkeys = cfg.nkeys;
+	kcfg.pin_file = cfg.pin_file;
+	kcfg.mechanism = cfg.mechanism;
+	err[0] = '\0';
+	if ((r = keyring_load(&kcfg, &kr, err, sizeof(err))) != KEYRING_OK) {
+		fprintf(stderr, "p11kms: selftest: NOT READY: %s\n", err[0] ?
+		    err : keyring_strerror(r));
+		ret = status_exit(r);
+		goto out;
+	}
+	if ((r = keyring_worker_new(kr, &w)) != KEYRING_OK) {
+		fprintf(stderr, "p11kms: selftest: NOT READY: cannot open a "
+		    "token session: %s\n", keyring_strerror(r));
+		goto out;
+	}
+	for (i = 0; i < keyring_nkeys(kr); i++) {
+		r = round_trip(w, kr, i, &step);
+		printf("key %zu  %s  %-15s  %s  %s%s", i, keyring_key_id(kr, i),
+		    keyring_key_mechanism(kr, i), r == KEYRING_OK ? "OK  " :
+		    "FAIL", keyring_key_desc(kr, i),
+		    i == 0 ? " (encrypts)" : " (decrypts)");
+		if (r != KEYRING_OK)
+			printf(": %s failed: %s", step, keyring_strerror(r));
+		printf("\n");
+		nok += r == KEYRING_OK;
+	}
+	if (nok != keyring_nkeys(kr)) {
+		fprintf(stderr, "p11kms: selftest: NOT READY: %zu of %zu keys "
+		    "failed the seal/open round trip\n",
+		    keyring_nkeys(kr) - nok, keyring_nkeys(kr));
+		goto out;
+	}
+	printf("p11kms: ready: %zu key%s passed a seal/open round trip in "
+	    "the token\n", nok, nok == 1 ? "" : "s");
+	ret = EXIT_OK;
+out:
+	fflush(stdout);
+	keyring_worker_free(w);
+	keyring_free(kr);
+	config_free(&cfg);
+	return ret;
+}
+
 int
 tool_is_subcommand(const char *name)
 {
@@ -14,7 +401,12 @@ tool_is_subcommand(const char *name)
 int
 tool_main(int argc, char **argv)
 {
-	(void)argc;
-	fprintf(stderr, "p11kms: '%s' is not implemented yet\n", argv[0]);
-	return 2;
+	if (strcmp(argv[0], "keygen") == 0)
+		return cmd_keygen(argc, argv);
+	if (strcmp(argv[0], "keys") == 0)
+		return cmd_keys(argc, argv);
+	if (strcmp(argv[0], "selftest") == 0)
+		return cmd_selftest(argc, argv);
+	fprintf(stderr, "p11kms: unknown subcommand '%.40s'\n", argv[0]);
+	return EXIT_USAGE;
 }

@@ -29,10 +29,10 @@ CONF
 	openssl rand -hex 16 >"$var/pin.new"
 	softhsm2-util --init-token --free --label "$label" \
 	    --so-pin "$(cat "$var/so-pin")" --pin "$(cat "$var/pin.new")" >/dev/null
-	# Sensitive, private and (pkcs11-tool's default) non-extractable.
-	pkcs11-tool --module "$module" --token-label "$label" --login \
-	    --pin "$(cat "$var/pin.new")" --keygen --key-type AES:32 \
-	    --label "$key" --id 01 --sensitive --private >/dev/null
+	# AES-256 KEK made by p11kms itself: sensitive, private,
+	# non-extractable, encrypt/decrypt only (AES-GCM).
+	"$bin" keygen --module "$module" --pin-file "$var/pin.new" \
+	    "pkcs11:token=$label;object=$key" >/dev/null
 	mv "$var/pin.new" "$var/pin"
 fi
 

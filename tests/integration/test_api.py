@@ -201,7 +201,7 @@ def test_key_id_compared_exactly(client, mangle):
     bad = mangle(r.key_id)
     assert bad != r.key_id
     try:
-        d = client.decrypt(r.ciphertext, bad, r.annotations)
+        client.decrypt(r.ciphertext, bad, r.annotations)
     except grpc.RpcError as e:
         assert e.code() in (C.NOT_FOUND, C.INVALID_ARGUMENT), "%s %r" % (
             e.code(), e.details())
@@ -400,6 +400,17 @@ def test_concurrent_mixed_calls(client, pb):
             assert e is not None and e.code() == C.INVALID_ARGUMENT
 
 
+# grpcio 1.51 (C core) has a quirk: when a deadline expires after the
+# client picked a stream id but before it wrote the HEADERS, it sends
+# RST_STREAM on that idle stream. RFC 7540 section 5.1 makes that a connection
+# error, so nghttp2 answers GOAWAY(PROTOCOL_ERROR) and every call on that
+# connection fails UNAVAILABLE ("Broken pipe"). That is the client's fault,
+# so grpc-client tests with tiny deadlines also accept UNAVAILABLE; the
+# strict "OK or DEADLINE_EXCEEDED" check is done with raw HTTP/2 in
+# test_transport.py (test_grpc_timeout_values, test_deadline_storm_raw).
+TINY_DEADLINE_CODES = (C.DEADLINE_EXCEEDED, C.UNAVAILABLE)
+
+
 @pytest.mark.parametrize("timeout", [0.000001, 0.001, 0.01])
 def test_tiny_deadline(client, pb, timeout):
     pb2 = pb[0]
@@ -408,27 +419,34 @@ def test_tiny_deadline(client, pb, timeout):
             client.stub.Encrypt(pb2.EncryptRequest(plaintext=os.urandom(32)),
                                 timeout=timeout)
         except grpc.RpcError as e:
-            assert e.code() == C.DEADLINE_EXCEEDED, "%s %r" % (e.code(),
-                                                            e.details())
+            assert e.code() in TINY_DEADLINE_CODES, "%s %r" % (e.code(),
+                                                             e.details())
     assert_healthy(client.daemon, pb, "after tiny deadlines")
 
 
-def test_deadline_storm(client, pb):
-    """Many calls whose deadlines expire while queued or on the token."""
+def test_deadline_storm(kms, pb):
+    """Many calls whose deadlines expire while queued or on the token (the
+    daemon must not touch a call the deadline already ended)."""
+    from conftest import Client
     pb2 = pb[0]
     deadlines = [0.0001, 0.0005, 0.001, 0.002, 0.005]
     for rnd in range(40):
-        fs = [client.stub.Encrypt.future(
-            pb2.EncryptRequest(plaintext=os.urandom(32)),
-            timeout=deadlines[i % len(deadlines)]) for i in range(100)]
-        for f in fs:
-            e = f.exception(timeout=15)
-            if e is not None:
-                assert e.code() == C.DEADLINE_EXCEEDED, \
-                    "round %d: %s %r (daemon alive: %s)" % (
-                        rnd, e.code(), e.details(), client.daemon.alive())
-        assert client.daemon.alive(), "p11kms died in round %d" % rnd
-    assert_healthy(client.daemon, pb, "after a deadline storm")
+        c = Client(kms, pb)     # a fresh connection per round, see above
+        try:
+            fs = [c.stub.Encrypt.future(
+                pb2.EncryptRequest(plaintext=os.urandom(32)),
+                timeout=deadlines[i % len(deadlines)]) for i in range(100)]
+            for f in fs:
+                e = f.exception(timeout=15)
+                if e is not None:
+                    assert e.code() in TINY_DEADLINE_CODES, \
+                        "round %d: %s %r (daemon alive: %s)" % (
+                            rnd, e.code(), e.details(), kms.alive())
+        finally:
+            c.close()
+        assert kms.alive(), "p11kms died in round %d: %s" % (
+            rnd, kms.stderr()[-2000:])
+    assert_healthy(kms, pb, "after a deadline storm")
 
 
 def test_many_cancelled_calls(client, pb):

@@ -1,0 +1,516 @@
+#include "plugin/metrics.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "plugin/version.h"
+
+#define N(a)		(sizeof(a) / sizeof((a)[0]))
+#define RELAXED		memory_order_relaxed
+
+/* ---- label tables (fixed: they bound the number of series) ---- */
+
+static const char *const services[] = {
+	"v2.KeyManagementService", "v1beta1.KeyManagementService", "other",
+};
+static const char *const methods[] = {
+	"Status", "Encrypt", "Decrypt", "Version", "other",
+};
+static const char *const codes[] = {
+	"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
+	"NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
+	"RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+	"UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+	"UNAUTHENTICATED",
+};
+#define CODE_UNKNOWN	2
+
+static const char *const functions[] = {
+	"C_Initialize", "C_Finalize", "C_GetInfo", "C_GetSlotList",
+	"C_GetSlotInfo", "C_GetTokenInfo", "C_GetMechanismList",
+	"C_GetMechanismInfo", "C_OpenSession", "C_CloseSession", "C_Login",
+	"C_Logout", "C_FindObjectsInit", "C_FindObjects", "C_FindObjectsFinal",
+	"C_GetAttributeValue", "C_CopyObject", "C_DestroyObject",
+	"C_GenerateKey", "C_GenerateRandom", "C_EncryptInit", "C_Encrypt",
+	"C_EncryptUpdate", "C_EncryptFinal", "C_DecryptInit", "C_Decrypt",
+	"C_DecryptUpdate", "C_DecryptFinal", "C_SignInit", "C_Sign",
+	"C_VerifyInit", "C_Verify", "C_WrapKey", "C_UnwrapKey", "other",
+};
+
+#define NSVC	N(services)
+#define NMETH	N(methods)
+#define NCODE	N(codes)
+#define NFUNC	N(functions)
+#define NRV	(METRICS_RV_SLOTS + 1)	/* last: "other" */
+
+/* ---- histograms ---- */
+
+/* Upper bounds: from a fast local token (~100 µs) to a hung one (10 s). */
+static const uint64_t bucket_ns[] = {
+	100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000,
+	25000000, 50000000, 100000000, 250000000, 500000000, 1000000000,
+	2500000000u, 5000000000u, 10000000000u,
+};
+static const char *const bucket_le[] = {
+	"0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01",
+	"0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10",
+};
+#define NBUCKET	N(bucket_ns)
+
+_Static_assert(N(bucket_ns) == N(bucket_le), "one le label per bound");
+
+struct hist {
+	/* Not cumulative: [i] counts values in (bound[i-1], bound[i]];
+	 * [NBUCKET] those above the last bound. */
+	_Atomic uint64_t bucket[NBUCKET + 1];
+	_Atomic uint64_t sum_ns;
+};
+
+/* ---- the registry (static: recording never allocates) ---- */
+
+static struct {
+	_Atomic uint64_t requests[NSVC][NMETH][NCODE];
+	struct hist req_hist[NSVC][NMETH];
+	struct hist tok_hist[NFUNC][NRV];
+	/* rv + 1 of each claimed slot; 0 = free. Claimed once, never freed. */
+	_Atomic uint64_t rv_slot[METRICS_RV_SLOTS];
+	_Atomic int token_up;
+	_Atomic uint64_t token_changes;
+	_Atomic unsigned pool_workers, pool_busy, pool_queued;
+	_Atomic unsigned grpc_conns, grpc_calls;
+} reg;
+
+static _Atomic(const char *(*)(unsigned long)) rv_namer;
+
+static pthread_mutex_t key_lock = PTHREAD_MUTEX_INITIALIZER;
+static char key_id[128];		/* under key_lock */
+
+static double start_time;
+
+__attribute__((constructor)) static void
+metrics_init(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	start_time = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static uint64_t
+to_ns(double seconds)
+{
+	/* NaN and negatives (a clock hiccup) count as 0. */
+	if (!(seconds > 0))
+		return 0;
+	if (seconds >= 1e9)
+		return UINT64_C(1000000000) * UINT64_C(1000000000);
+	return (uint64_t)(seconds * 1e9);
+}
+
+static void
+hist_observe(struct hist *h, double seconds)
+{
+	uint64_t ns = to_ns(seconds);
+	size_t i;
+
+	for (i = 0; i < NBUCKET && ns > bucket_ns[i]; i++)
+		;
+	atomic_fetch_add_explicit(&h->bucket[i], 1, RELAXED);
+	atomic_fetch_add_explicit(&h->sum_ns, ns, RELAXED);
+}
+
+/* Index of s in table (last entry "other" on no match or NULL). */
+static size_t
+lookup(const char *const *table, size_t n, const char *s, size_t len)
+{
+	size_t i;
+
+	if (s != NULL)
+		for (i = 0; i + 1 < n; i++)
+			if (strlen(table[i]) == len &&
+			    memcmp(table[i], s, len) == 0)
+				return i;
+	return n - 1;
+}
+
+static size_t
+code_index(int code)
+{
+	return code >= 0 && (size_t)code < NCODE ? (size_t)code : CODE_UNKNOWN;
+}
+
+static void
+record_request(size_t svc, size_t meth, int grpc_code, double seconds)
+{
+	/* "other" is one bucket: a known method of an unknown service (or the
+	 * reverse) must not create a series of its own. */
+	if (svc == NSVC - 1 || meth == NMETH - 1) {
+		svc = NSVC - 1;
+		meth = NMETH - 1;
+	}
+	atomic_fetch_add_explicit(&reg.requests[svc][meth][code_index(
+	    grpc_code)], 1, RELAXED);
+	hist_observe(&reg.req_hist[svc][meth], seconds);
+}
+
+void
+metrics_request(const char *service, const char *method, int grpc_code,
+    double seconds)
+{
+	record_request(lookup(services, NSVC, service,
+	    service ? strlen(service) : 0), lookup(methods, NMETH, method,
+	    method ? strlen(method) : 0), grpc_code, seconds);
+}
+
+void
+metrics_request_path(const char *path, int grpc_code, double seconds)
+{
+	const char *slash;
+	size_t svc = NSVC - 1, meth = NMETH - 1;
+
+	if (path != NULL && path[0] == '/' &&
+	    (slash = strchr(path + 1, '/')) != NULL) {
+		svc = lookup(services, NSVC, path + 1,
+		    (size_t)(slash - path - 1));
+		meth = lookup(methods, NMETH, slash + 1, strlen(slash + 1));
+	}
+	record_request(svc, meth, grpc_code, seconds);
+}
+
+/* Slot of rv, claiming a free one on first sight; NRV - 1 when full. */
+static size_t
+rv_index(unsigned long rv)
+{
+	uint64_t want = (uint64_t)rv + 1, cur;
+	size_t i;
+
+	if (want == 0)			/* rv == ULONG_MAX */
+		return NRV - 1;
+	for (i = 0; i < METRICS_RV_SLOTS; i++) {
+		cur = atomic_load_explicit(&reg.rv_slot[i], memory_order_acquire);
+		if (cur == want)
+			return i;
+		if (cur != 0)
+			continue;
+		if (atomic_compare_exchange_strong(&reg.rv_slot[i], &cur, want))
+			return i;
+		if (cur == want)	/* another thread claimed it for rv */
+			return i;
+	}
+	return NRV - 1;
+}
+
+void
+metrics_token_call(const char *function, unsigned long rv, double seconds)
+{
+	size_t f = lookup(functions, NFUNC, function,
+	    function ? strlen(function) : 0);
+
+	hist_observe(&reg.tok_hist[f][rv_index(rv)], seconds);
+}
+
+void
+metrics_set_rv_namer(const char *(*namer)(unsigned long rv))
+{
+	atomic_store(&rv_namer, namer);
+}
+
+void
+metrics_set_token_up(int up)
+{
+	int old = atomic_exchange(&reg.token_up, up ? 1 : 0);
+
+	if (old != (up ? 1 : 0))
+		atomic_fetch_add_explicit(&reg.token_changes, 1, RELAXED);
+}
+
+void
+metrics_set_pool(unsigned workers, unsigned busy, unsigned queued)
+{
+	atomic_store_explicit(&reg.pool_workers, workers, RELAXED);
+	atomic_store_explicit(&reg.pool_busy, busy, RELAXED);
+	atomic_store_explicit(&reg.pool_queued, queued, RELAXED);
+}
+
+void
+metrics_set_grpc(unsigned connections, unsigned active_calls)
+{
+	atomic_store_explicit(&reg.grpc_conns, connections, RELAXED);
+	atomic_store_explicit(&reg.grpc_calls, active_calls, RELAXED);
+}
+
+void
+metrics_set_key_id(const char *id)
+{
+	pthread_mutex_lock(&key_lock);
+	snprintf(key_id, sizeof(key_id), "%s", id != NULL ? id : "");
+	pthread_mutex_unlock(&key_lock);
+}
+
+void
+metrics_reset(void)
+{
+	memset(&reg, 0, sizeof(reg));
+	atomic_store(&rv_namer, NULL);
+	metrics_set_key_id(NULL);
+}
+
+/* ---- rendering ---- */
+
+struct sb {
+	char *p;
+	size_t len, cap;
+	int oom;
+};
+
+static void sb_printf(struct sb *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+sb_printf(struct sb *b, const char *fmt, ...)
+{
+	va_list ap;
+	size_t ncap;
+	char *np;
+	int n;
+
+	if (b->oom)
+		return;
+	for (;;) {
+		va_start(ap, fmt);
+		n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+		va_end(ap);
+		if (n < 0) {
+			b->oom = 1;
+			return;
+		}
+		if ((size_t)n < b->cap - b->len) {
+			b->len += (size_t)n;
+			return;
+		}
+		ncap = b->cap * 2 + (size_t)n;
+		if ((np = realloc(b->p, ncap)) == NULL) {
+			b->oom = 1;
+			return;
+		}
+		b->p = np;
+		b->cap = ncap;
+	}
+}
+
+static void
+sb_header(struct sb *b, const char *name, const char *type, const char *help)
+{
+	sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* Label value escaping of the text format: \\, \" and \n. */
+static void
+escape_label(const char *s, char *out, size_t cap)
+{
+	size_t o = 0;
+
+	for (; *s != '\0' && o + 3 < cap; s++) {
+		if (*s == '\\' || *s == '"') {
+			out[o++] = '\\';
+			out[o++] = *s;
+		} else if (*s == '\n') {
+			out[o++] = '\\';
+			out[o++] = 'n';
+		} else {
+			out[o++] = *s;
+		}
+	}
+	out[o] = '\0';
+}
+
+static uint64_t
+load64(_Atomic uint64_t *v)
+{
+	return atomic_load_explicit(v, RELAXED);
+}
+
+static void
+render_hist(struct sb *b, const char *name, const char *labels,
+    struct hist *h)
+{
+	uint64_t cum = 0, sum = load64(&h->sum_ns);
+	size_t i;
+
+	for (i = 0; i < NBUCKET; i++) {
+		cum += load64(&h->bucket[i]);
+		sb_printf(b, "%s_bucket{%s,le=\"%s\"} %llu\n", name, labels,
+		    bucket_le[i], (unsigned long long)cum);
+	}
+	cum += load64(&h->bucket[NBUCKET]);
+	sb_printf(b, "%s_bucket{%s,le=\"+Inf\"} %llu\n", name, labels,
+	    (unsigned long long)cum);
+	sb_printf(b, "%s_sum{%s} %llu.%09llu\n", name, labels,
+	    (unsigned long long)(sum / 1000000000u),
+	    (unsigned long long)(sum % 1000000000u));
+	sb_printf(b, "%s_count{%s} %llu\n", name, labels,
+	    (unsigned long long)cum);
+}
+
+static uint64_t
+hist_count(struct hist *h)
+{
+	uint64_t n = 0;
+	size_t i;
+
+	for (i = 0; i <= NBUCKET; i++)
+		n += load64(&h->bucket[i]);
+	return n;
+}
+
+static void
+rv_label(size_t slot, char *out, size_t cap)
+{
+	const char *(*namer)(unsigned long) = atomic_load(&rv_namer);
+	const char *name = NULL;
+	unsigned long rv;
+	char tmp[64];
+
+	if (slot == NRV - 1) {
+		snprintf(out, cap, "other");
+		return;
+	}
+	rv = (unsigned long)(load64(&reg.rv_slot[slot]) - 1);
+	if (namer != NULL)
+		name = namer(rv);
+	if (name == NULL) {
+		snprintf(tmp, sizeof(tmp), "0x%08lx", rv);
+		name = tmp;
+	}
+	escape_label(name, out, cap);
+}
+
+static void
+render_requests(struct sb *b)
+{
+	char labels[256];
+	size_t s, m, c;
+	uint64_t n;
+
+	sb_header(b, "p11kms_grpc_requests_total", "counter",
+	    "gRPC calls finished, by service, method and status code.");
+	for (s = 0; s < NSVC; s++)
+		for (m = 0; m < NMETH; m++)
+			for (c = 0; c < NCODE; c++) {
+				n = load64(&reg.requests[s][m][c]);
+				if (n == 0)
+					continue;
+				sb_printf(b, "p11kms_grpc_requests_total{"
+				    "service=\"%s\",method=\"%s\",code=\"%s\"} "
+				    "%llu\n", services[s], methods[m], codes[c],
+				    (unsigned long long)n);
+			}
+	sb_header(b, "p11kms_grpc_request_duration_seconds", "histogram",
+	    "Time from a complete gRPC request to its reply being queued.");
+	for (s = 0; s < NSVC; s++)
+		for (m = 0; m < NMETH; m++) {
+			if (hist_count(&reg.req_hist[s][m]) == 0)
+				continue;
+			snprintf(labels, sizeof(labels), "service=\"%s\","
+			    "method=\"%s\"", services[s], methods[m]);
+			render_hist(b, "p11kms_grpc_request_duration_seconds",
+			    labels, &reg.req_hist[s][m]);
+		}
+}
+
+static void
+render_token(struct sb *b)
+{
+	char labels[256], rv[96];
+	size_t f, r;
+
+	sb_header(b, "p11kms_pkcs11_call_duration_seconds", "histogram",
+	    "PKCS#11 call latency, by function and CK_RV returned.");
+	for (f = 0; f < NFUNC; f++)
+		for (r = 0; r < NRV; r++) {
+			if (hist_count(&reg.tok_hist[f][r]) == 0)
+				continue;
+			rv_label(r, rv, sizeof(rv));
+			snprintf(labels, sizeof(labels), "function=\"%s\","
+			    "rv=\"%s\"", functions[f], rv);
+			render_hist(b, "p11kms_pkcs11_call_duration_seconds",
+			    labels, &reg.tok_hist[f][r]);
+		}
+	sb_header(b, "p11kms_token_up", "gauge",
+	    "1 when the last token health round trip succeeded, else 0.");
+	sb_printf(b, "p11kms_token_up %d\n", atomic_load(&reg.token_up));
+	sb_header(b, "p11kms_token_state_changes_total", "counter",
+	    "Times the token went up or down.");
+	sb_printf(b, "p11kms_token_state_changes_total %llu\n",
+	    (unsigned long long)load64(&reg.token_changes));
+}
+
+static void
+render_gauges(struct sb *b)
+{
+	char id[sizeof(key_id) * 2];
+
+	sb_header(b, "p11kms_grpc_requests_in_flight", "gauge",
+	    "gRPC calls accepted and not yet answered.");
+	sb_printf(b, "p11kms_grpc_requests_in_flight %u\n",
+	    atomic_load_explicit(&reg.grpc_calls, RELAXED));
+	sb_header(b, "p11kms_grpc_connections", "gauge",
+	    "Open client connections on the KMS socket.");
+	sb_printf(b, "p11kms_grpc_connections %u\n",
+	    atomic_load_explicit(&reg.grpc_conns, RELAXED));
+	sb_header(b, "p11kms_pool_workers", "gauge",
+	    "Token worker threads, each with its own session.");
+	sb_printf(b, "p11kms_pool_workers %u\n",
+	    atomic_load_explicit(&reg.pool_workers, RELAXED));
+	sb_header(b, "p11kms_pool_busy_workers", "gauge",
+	    "Token worker threads running a job.");
+	sb_printf(b, "p11kms_pool_busy_workers %u\n",
+	    atomic_load_explicit(&reg.pool_busy, RELAXED));
+	sb_header(b, "p11kms_pool_queued_jobs", "gauge",
+	    "Token jobs waiting for a free worker.");
+	sb_printf(b, "p11kms_pool_queued_jobs %u\n",
+	    atomic_load_explicit(&reg.pool_queued, RELAXED));
+
+	pthread_mutex_lock(&key_lock);
+	escape_label(key_id, id, sizeof(id));
+	pthread_mutex_unlock(&key_lock);
+	sb_header(b, "p11kms_active_key_info", "gauge",
+	    "The key_id of the key that encrypts; the value is always 1.");
+	if (id[0] != '\0')
+		sb_printf(b, "p11kms_active_key_info{key_id=\"%s\"} 1\n", id);
+}
+
+int
+metrics_render(char **buf, size_t *len)
+{
+	struct sb b = { NULL, 0, 0, 0 };
+
+	*buf = NULL;
+	*len = 0;
+	if ((b.p = malloc(16384)) == NULL)
+		return -1;
+	b.cap = 16384;
+	sb_header(&b, "p11kms_build_info", "gauge",
+	    "Build information; the value is always 1.");
+	sb_printf(&b, "p11kms_build_info{version=\"%s\"} 1\n", P11KMS_VERSION);
+	sb_header(&b, "p11kms_start_time_seconds", "gauge",
+	    "Start time of the process, seconds since the Unix epoch.");
+	sb_printf(&b, "p11kms_start_time_seconds %.3f\n", start_time);
+	render_requests(&b);
+	render_token(&b);
+	render_gauges(&b);
+	if (b.oom) {
+		free(b.p);
+		return -1;
+	}
+	/* success */
+	*buf = b.p;
+	*len = b.len;
+	return 0;
+}
