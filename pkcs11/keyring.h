@@ -227,4 +227,7 @@ const char *keyring_worker_error(const struct keyring_worker *w);
  */
 int keyring_worker_reopen(struct keyring_worker *w);
 
+/* "CKR_DEVICE_REMOVED" for a CK_RV value; for metrics and logs. */
+const char *keyring_rv_name(unsigned long rv);
+
 #endif

@@ -16,6 +16,7 @@
 
 #include "plugin/log.h"
 #include "plugin/mem.h"
+#include "plugin/metrics.h"
 
 #define READ_CHUNK		16384
 #define READS_PER_WAKEUP	4
@@ -23,6 +24,7 @@
 #define MAX_HEADER_LIST		16384
 #define OUT_HIGH_WATER		(256 * 1024)	/* stop generating output */
 #define GRPC_MESSAGE_MAX	512		/* grpc-message, encoded */
+#define MAX_BUFFERED		(32u * 1024 * 1024)	/* all request bodies */
 #define RST_BURST		8192		/* RST_STREAMs at once */
 #define RST_RATE		2048		/* RST_STREAMs per second */
 
@@ -39,6 +41,7 @@ struct grpc_call {
 	const struct grpc_method *method;
 	int path_known, path_seen, post, ct_ok, ct_seen, timeout_bad;
 	uint64_t deadline;
+	uint64_t started;		/* loop_now() at dispatch; 0 before */
 	struct loop_timer timer;
 	uint8_t *body;			/* secret: may hold a DEK */
 	size_t len, cap;
@@ -94,6 +97,7 @@ struct grpc_server {
 	struct conn *conns;
 	struct conn *dirty;
 	size_t nconns, ncalls;
+	size_t buffered;		/* bytes of request buffers, all calls */
 	nghttp2_session_callbacks *cbs;
 	nghttp2_option *opt;
 };
@@ -101,6 +105,23 @@ struct grpc_server {
 static void conn_close(struct conn *c);
 
 /* ---- small parsers (also unit-tested) ---- */
+
+const char *
+grpc_code_name(enum grpc_code code)
+{
+	static const char *const names[] = {
+		"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
+		"DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+		"PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
+		"FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+		"UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+		"UNAUTHENTICATED",
+	};
+
+	if ((unsigned)code < sizeof(names) / sizeof(names[0]))
+		return names[code];
+	return "UNKNOWN";
+}
 
 int
 grpc_parse_timeout(const char *v, size_t len, uint64_t *ns)
@@ -255,6 +276,16 @@ call_timeout(void *arg)
 	    "deadline passed before the token answered");
 }
 
+/* Frees the request buffer and gives its bytes back to the budget. */
+static void
+call_drop_body(struct grpc_call *call)
+{
+	call->conn->srv->buffered -= call->cap;
+	mem_free_secret(call->body);
+	call->body = NULL;
+	call->len = call->cap = 0;
+}
+
 static void
 call_free(struct grpc_call *call)
 {
@@ -271,7 +302,7 @@ call_free(struct grpc_call *call)
 	if (call->state == CALL_RUNNING)
 		c->srv->ncalls--;
 	loop_timer_stop(c->srv->loop, &call->timer);
-	mem_free_secret(call->body);
+	call_drop_body(call);
 	mem_free_secret(call->resp);
 	free(call);
 }
@@ -289,6 +320,17 @@ grpc_call_on_cancel(struct grpc_call *call, grpc_cancel_cb cb, void *arg)
 	call->cancel_arg = arg;
 }
 
+/* Counts the call in the metrics by method and status. */
+static void
+call_record(const struct grpc_call *call, enum grpc_code code)
+{
+	double secs = call->started != 0 ?
+	    (double)(loop_now() - call->started) / 1e9 : 0.0;
+
+	metrics_request_path(call->method != NULL ? call->method->path : NULL,
+	    (int)code, secs);
+}
+
 /* Ends the handler's ownership; the stream stays until nghttp2 closes it. */
 static void
 call_finish(struct grpc_call *call)
@@ -298,9 +340,7 @@ call_finish(struct grpc_call *call)
 	call->state = CALL_DONE;
 	call->cancel = NULL;
 	loop_timer_stop(call->conn->srv->loop, &call->timer);
-	mem_free_secret(call->body);
-	call->body = NULL;
-	call->len = call->cap = 0;
+	call_drop_body(call);
 	conn_mark_dirty(call->conn);
 }
 
@@ -331,6 +371,7 @@ respond_status(struct grpc_call *call, const char *http_status,
 		hdr[3].valuelen = strlen(enc);
 		n = 4;
 	}
+	call_record(call, code);
 	/* Trailers-only response: one HEADERS frame with END_STREAM. */
 	rv = nghttp2_submit_response(c->h2, call->id, hdr, n, NULL);
 	if (rv != 0)
@@ -352,7 +393,11 @@ grpc_call_fail(struct grpc_call *call, enum grpc_code code, const char *fmt,
 	vsnprintf(text, sizeof(text), fmt, ap);
 	va_end(ap);
 	utf8_sanitize(text);
-	log_debug("stream %d: grpc-status %d: %s", call->id, (int)code, text);
+	/* One line per failed request; the text holds no secret (key_ids and
+	 * bounded, escaped peer strings at most). */
+	log_kv(LOG_WARN, "request failed", "method", call->method != NULL ?
+	    call->method->path : "(unknown)", "code", grpc_code_name(code),
+	    "error", text, NULL);
 	respond_status(call, "200", code, text);
 }
 
@@ -408,6 +453,7 @@ grpc_call_reply(struct grpc_call *call, const ProtobufCMessage *msg)
 	protobuf_c_message_pack(msg, call->resp + GRPC_FRAME_HDR);
 	call->resp_len = GRPC_FRAME_HDR + n;
 	call->resp_off = 0;
+	call_record(call, GRPC_OK);
 	prd.source.ptr = call;
 	prd.read_callback = resp_read;
 	rv = nghttp2_submit_response(call->conn->h2, call->id, hdr,
@@ -440,6 +486,7 @@ call_dispatch(struct grpc_call *call)
 		return;
 	}
 	call->state = CALL_RUNNING;
+	call->started = loop_now();
 	s->ncalls++;
 	if (call->deadline != 0) {
 		call->timer.cb = call_timeout;
@@ -584,6 +631,14 @@ on_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t id,
 			ncap *= 2;
 		if (ncap > limit)
 			ncap = limit;
+		/* Unfinished requests on all connections share one budget:
+		 * many half-sent ones must not pin unbounded memory. */
+		if (ncap - call->cap > MAX_BUFFERED - c->srv->buffered) {
+			grpc_call_fail(call, GRPC_RESOURCE_EXHAUSTED,
+			    "too many unfinished requests are buffered; "
+			    "retry later");
+			return 0;
+		}
 		if ((nb = mem_alloc_secret(ncap)) == NULL) {
 			grpc_call_fail(call, GRPC_RESOURCE_EXHAUSTED,
 			    "out of memory reading the request");
@@ -592,6 +647,7 @@ on_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t id,
 		if (call->len > 0)
 			memcpy(nb, call->body, call->len);
 		mem_free_secret(call->body);
+		c->srv->buffered += ncap - call->cap;
 		call->body = nb;
 		call->cap = ncap;
 	}

@@ -86,6 +86,9 @@ void grpc_call_reply(struct grpc_call *call, const ProtobufCMessage *msg);
 void grpc_call_fail(struct grpc_call *call, enum grpc_code code,
     const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* "INVALID_ARGUMENT" for GRPC_INVALID_ARGUMENT. */
+const char *grpc_code_name(enum grpc_code code);
+
 /* Helpers exposed for unit tests and fuzzing. */
 /* Parses a grpc-timeout value ("100m", "3S"); -1 when malformed. */
 int grpc_parse_timeout(const char *v, size_t len, uint64_t *ns);

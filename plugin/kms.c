@@ -31,20 +31,32 @@ struct kms {
 	char why[256];			/* the failure, while unhealthy */
 	char healthz[400];
 	void (*token_fault)(void *arg);
+	void (*health_changed)(void *arg);
 	void *fault_arg;
 };
+
+static void
+health_notify(struct kms *k)
+{
+	if (k->health_changed != NULL)
+		k->health_changed(k->fault_arg);
+}
 
 /* ---- health ---- */
 
 static void
 set_down(struct kms *k, const char *why)
 {
-	if (k->healthy || k->why[0] == '\0') {
+	int was = k->healthy || k->why[0] == '\0';
+
+	if (was) {
 		k->down_since = time(NULL);
 		log_warn("token unhealthy: %s", why);
 	}
 	k->healthy = 0;
 	snprintf(k->why, sizeof(k->why), "%s", why);
+	if (was)
+		health_notify(k);
 }
 
 void
@@ -83,13 +95,17 @@ probe_done(struct pool_job *job)
 	k->probe_job = NULL;
 	k->probed = 1;
 	if (job->status == KEYRING_OK) {
-		if (!k->healthy)
+		int was = k->healthy;
+
+		if (!was)
 			log_info("token healthy: seal/open round trip "
 			    "succeeded in %.3f ms",
 			    (double)(job->finished - job->started) / 1e6);
 		k->healthy = 1;
 		k->why[0] = '\0';
 		k->last_ok = job->finished;
+		if (!was)
+			health_notify(k);
 	} else if (job->status == POOL_E_DEADLINE) {
 		health_fail(k, "health probe waited longer than the probe "
 		    "interval for a token session", KEYRING_E_TOKEN, NULL);
@@ -192,6 +208,7 @@ kms_new(struct loop *l, struct keyring *kr, struct pool *pool,
 	k->timer.cb = probe_timer;
 	k->timer.arg = k;
 	k->token_fault = cfg->token_fault;
+	k->health_changed = cfg->health_changed;
 	k->fault_arg = cfg->fault_arg;
 	*out = k;
 	return 0;

@@ -26,7 +26,9 @@ struct kms_config {
 	/* Called on the loop thread when the token fails (a probe or a
 	 * request got a token-level error); the daemon recovers. */
 	void (*token_fault)(void *arg);
-	void *fault_arg;
+	/* Called when healthz turns "ok" or stops being "ok". */
+	void (*health_changed)(void *arg);
+	void *fault_arg;		/* for both callbacks */
 };
 
 /* kr and pool must outlive the kms. */

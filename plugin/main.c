@@ -22,6 +22,8 @@
 #include "plugin/kms.h"
 #include "plugin/log.h"
 #include "plugin/loop.h"
+#include "plugin/metrics.h"
+#include "plugin/ops.h"
 #include "plugin/tool.h"
 #include "plugin/version.h"
 
@@ -57,7 +59,55 @@ struct daemon {
 	int reload_again;		/* SIGHUP arrived during a load */
 	int pin_fault;			/* PIN refused: no logins until SIGHUP */
 	int stopping;
+	struct ops *ops;		/* --ops-listen, or NULL */
+	struct loop_timer ops_timer;	/* 1 s: heartbeat, health, gauges */
 };
+
+/*
+ * Publishes what the ops thread serves: a heartbeat (the loop turns), the
+ * health verdict and the gauges. Runs on the loop thread.
+ */
+static void
+publish(struct daemon *d)
+{
+	const char *h;
+	unsigned w, n, busy;
+
+	ops_heartbeat();
+	if (d->kms != NULL) {
+		h = kms_healthz(d->kms);
+		ops_set_ready(strcmp(h, "ok") == 0, h);
+		metrics_set_token_up(strcmp(h, "ok") == 0);
+	}
+	if (d->cur != NULL) {
+		w = pool_workers(d->cur->pool);
+		n = pool_inflight(d->cur->pool);
+		busy = pool_busy(d->cur->pool);
+		metrics_set_pool(w, busy, n > busy ? n - busy : 0);
+		metrics_set_key_id(keyring_primary_key_id(d->cur->kr));
+	} else {
+		metrics_set_pool(0, 0, 0);
+	}
+	if (d->srv != NULL)
+		metrics_set_grpc((unsigned)grpc_server_connections(d->srv),
+		    (unsigned)grpc_server_active_calls(d->srv));
+}
+
+static void
+on_ops_timer(void *arg)
+{
+	struct daemon *d = arg;
+
+	publish(d);
+	(void)loop_timer_start(d->loop, &d->ops_timer, loop_now() + NS_PER_S);
+}
+
+/* kms: the token's health changed; readyz follows at once. */
+static void
+on_health(void *arg)
+{
+	publish(arg);
+}
 
 static void
 on_pool(void *arg, uint32_t events)
@@ -83,6 +133,25 @@ reap_retired(struct daemon *d)
 		loop_unwatch(d->loop, &g->watch);
 		gen_free(g);
 	}
+}
+
+/* The start-up configuration, without secrets (no PIN, only its file). */
+static void
+log_config(const struct config *c, const struct gen *g)
+{
+	char workers[16], inflight[16], probe[16];
+
+	snprintf(workers, sizeof(workers), "%u", g->workers);
+	snprintf(inflight, sizeof(inflight), "%u", g->inflight);
+	snprintf(probe, sizeof(probe), "%u", c->probe_interval_s);
+	log_kv(LOG_INFO, "configuration", "config", c->config_file ?
+	    c->config_file : "(flags only)", "socket", c->socket_path,
+	    "module", c->module ? c->module : "(from URI or p11-kit)",
+	    "pin_file", c->pin_file ? c->pin_file : "(URI pin-source)",
+	    "mechanism", c->mechanism, "kms_version", c->kms_version,
+	    "workers", workers, "max_inflight", inflight,
+	    "probe_interval_s", probe, "ops_listen", c->ops_listen ?
+	    c->ops_listen : "(off)", "log_format", c->log_format, NULL);
 }
 
 static void
@@ -220,6 +289,7 @@ on_loaded(void *arg, struct gen *g, int status, const char *err)
 	log_level = g->cfg.log_level;
 	kms_set_keyring(d->kms, g->kr, g->pool);
 	d->pin_fault = 0;
+	publish(d);
 	if (d->recovering) {
 		log_info("token recovered: keyring reopened, key_id=%s",
 		    keyring_primary_key_id(g->kr));
@@ -381,6 +451,8 @@ main(int argc, char **argv)
 		return EXIT_CONFIG;
 	}
 	log_level = cfg.log_level;
+	log_format = log_format_parse(cfg.log_format);
+	metrics_set_rv_namer(keyring_rv_name);
 	/* Before the PIN is read or a key is touched. */
 	harden_process(err, sizeof(err));
 	log_info("%s", err);
@@ -397,6 +469,7 @@ main(int argc, char **argv)
 	}
 	d.cur = g;
 	d.grace_s = g->cfg.grace_s;
+	log_config(&g->cfg, g);
 	if (fixed_init(&d.fixed, &g->cfg) != 0) {
 		fprintf(stderr, "p11kms: out of memory\n");
 		goto out;
@@ -420,11 +493,24 @@ main(int argc, char **argv)
 	mcfg.version = g->cfg.kms_version;
 	mcfg.probe_interval_s = g->cfg.probe_interval_s;
 	mcfg.token_fault = on_token_fault;
+	mcfg.health_changed = on_health;
 	mcfg.fault_arg = &d;
 	if (kms_new(d.loop, g->kr, g->pool, &mcfg, &d.kms) != 0) {
 		fprintf(stderr, "p11kms: out of memory\n");
 		goto out;
 	}
+	if (g->cfg.ops_listen != NULL) {
+		struct ops_config oc = { g->cfg.ops_listen, 0 };
+
+		if (ops_start(&oc, &d.ops, err, sizeof(err)) != 0) {
+			fprintf(stderr, "p11kms: %s\n", err);
+			ret = EXIT_CONFIG;
+			goto out;
+		}
+	}
+	d.ops_timer.cb = on_ops_timer;
+	d.ops_timer.arg = &d;
+	on_ops_timer(&d);
 	/* Serve only once the token has done a real round trip, so the
 	 * apiserver's first Status already says "ok". */
 	kms_probe(d.kms);
@@ -466,6 +552,8 @@ main(int argc, char **argv)
 	ret = 0;
 
  out:
+	ops_stop(d.ops);
+	loop_timer_stop(d.loop, &d.ops_timer);
 	gen_loader_fini(&d.loader);
 	loop_timer_stop(d.loop, &d.recover_timer);
 	grpc_server_free(d.srv);

@@ -53,8 +53,9 @@ resources:
           timeout: 3s
       - identity: {}
 
+Health and metrics: http://${P11KMS_OPS:-127.0.0.1:8787}/healthz and /metrics
 Serving in the foreground; stop with Ctrl-C.
 EOF_CONF
 exec "$bin" --socket "$sock" --module "$module" \
     --key "pkcs11:token=$label;object=$key;type=secret-key" \
-    --pin-file "$var/pin"
+    --pin-file "$var/pin" --ops-listen "${P11KMS_OPS:-127.0.0.1:8787}"
