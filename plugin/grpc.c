@@ -855,7 +855,7 @@ conn_io(void *arg, uint32_t events)
 			if (rv < 0) {
 				/* Bad preface, protocol error: nghttp2 has
 				 * queued a GOAWAY; send it, then close. */
-				log_debug("connection: %s",
+				log_warn("closing a connection: %s",
 				    nghttp2_strerror((int)rv));
 				(void)nghttp2_session_terminate_session(c->h2,
 				    NGHTTP2_PROTOCOL_ERROR);

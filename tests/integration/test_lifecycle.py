@@ -386,3 +386,51 @@ def test_sigterm_with_open_idle_channel_and_stuck_stream(token, spawn, client_fo
         assert took < 10
     finally:
         h.sock.close()
+
+
+def test_half_open_streams_memory_bounded(token, spawn, pb):
+    """Peers opening many streams that never finish (each with a request body
+    just under --max-request-bytes) must not pin unbounded memory. Four
+    connections x 1100 streams x 60 kB is ~260 MB if nothing limits it; the
+    daemon must cap concurrent streams or buffered request bytes overall
+    (--max-inflight 1024 x 64 KiB suggests ~64 MB), so growth must stay
+    under 128 MB."""
+    from h2client import H2
+    d = spawn(token, "halfopen")
+    rss0 = _rss_kb(d.proc.pid)
+    conns, opened = [], 0
+    chunk = b"\x00\x00\x00\xff\x00" + os.urandom(60000)
+    try:
+        for _ in range(4):
+            h = H2(d.sockaddr(), timeout=10)
+            conns.append(h)
+            for _ in range(1100):
+                if h.goaway is not None or h.closed:
+                    break
+                try:
+                    sid = h.headers("/v2.KeyManagementService/Encrypt")
+                    if not h.data(sid, chunk):     # no END_STREAM, ever
+                        continue                   # refused/reset: fine
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                except Exception as e:   # h2 refuses past the peer's limit
+                    if type(e).__name__ in ("TooManyStreamsError",
+                                            "ProtocolError",
+                                            "StreamClosedError"):
+                        break
+                    raise
+                opened += 1
+                h.pump(0)
+            h.pump(0.1)
+        grew_mb = (_rss_kb(d.proc.pid) - rss0) / 1024.0
+        assert d.alive(), d.stderr()[-2000:]
+        assert grew_mb < 128, (
+            "%d never-finished 60 kB requests on %d connections pinned %.0f "
+            "MB in p11kms: buffered request bytes are not bounded overall "
+            "(per-connection max_concurrent_streams=%s)" % (
+                opened, len(conns), grew_mb,
+                conns[0].conn.remote_settings.max_concurrent_streams))
+    finally:
+        for h in conns:
+            h.sock.close()
+    assert_healthy(d, pb, "after half-open streams")
