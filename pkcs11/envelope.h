@@ -35,11 +35,14 @@
  * Mechanism bytes. A value is never reused or reinterpreted: envelopes
  * already stored in etcd say how they open.
  */
-#define ENVELOPE_MECH_AES_GCM	0x01	/* CKM_AES_GCM, 96-bit IV, 128-bit tag */
-#define ENVELOPE_MECH_AES_KWP	0x02	/* CKM_AES_KEY_WRAP_PAD (RFC 5649), frame */
-#define ENVELOPE_MECH_RSA_OAEP_SHA256 0x03 /* CKM_RSA_PKCS_OAEP, SHA-256 and
-					   MGF1-SHA-256, empty label, frame */
-#define ENVELOPE_MECH_RSA_OAEP_SHA1 0x04 /* same with SHA-1, MGF1-SHA-1 */
+/* CKM_AES_GCM, 96-bit IV, 128-bit tag */
+#define ENVELOPE_MECH_AES_GCM		0x01
+/* CKM_AES_KEY_WRAP_PAD (RFC 5649) of the frame */
+#define ENVELOPE_MECH_AES_KWP		0x02
+/* CKM_RSA_PKCS_OAEP of the frame, SHA-256 and MGF1-SHA-256, empty label */
+#define ENVELOPE_MECH_RSA_OAEP_SHA256	0x03
+/* the same with SHA-1 and MGF1-SHA-1 */
+#define ENVELOPE_MECH_RSA_OAEP_SHA1	0x04
 #define ENVELOPE_KEYREF_LEN	16
 #define ENVELOPE_IV_MAX		16
 #define ENVELOPE_FIXED_LEN	19	/* header without the IV */

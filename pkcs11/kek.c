@@ -280,7 +280,7 @@ selftest(struct token *t, struct kek *k, uint8_t mech, char *err,
 	uint8_t pt[32], ct[KEYRING_MAX_CIPHERTEXT], back[KEYRING_MAX_PLAINTEXT];
 	struct envelope e, d;
 	size_t hlen, blen = 0, backlen = 0;
-	CK_RV rv = CKR_OK;
+	struct mech_err me = mech_err_start();
 	const char *step = "seal";
 	int r, ret = KEYRING_E_TOKEN;
 
@@ -294,12 +294,12 @@ selftest(struct token *t, struct kek *k, uint8_t mech, char *err,
 	}
 	hlen = envelope_encode_header(&e, ct, sizeof(ct));
 	r = mech_seal(t->fn, t->session, &k->mk, &e, pt, sizeof(pt),
-	    ct + hlen, sizeof(ct) - hlen, &blen, &rv);
+	    ct + hlen, sizeof(ct) - hlen, &blen, &me);
 	if (r == KEYRING_OK) {
 		step = "open";
 		r = envelope_decode(ct, hlen + blen, &d) != 0 ?
 		    KEYRING_E_INVALID : mech_open(t->fn, t->session, &k->mk,
-		    &d, back, sizeof(back), &backlen, &rv);
+		    &d, back, sizeof(back), &backlen, &me);
 	}
 	if (r == KEYRING_OK && (backlen != sizeof(pt) ||
 	    CRYPTO_memcmp(back, pt, sizeof(pt)) != 0))
@@ -308,17 +308,17 @@ selftest(struct token *t, struct kek *k, uint8_t mech, char *err,
 		ret = KEYRING_OK;
 		goto out;
 	}
-	if (rv != CKR_OK && !mech_rv_refusal(rv)) {
+	if (me.rv != CKR_OK && !mech_rv_refusal(me.rv)) {
 		token_err(err, errlen, "key %s: %s self-test (%s) in token "
-		    "'%s' failed: %s", k->uri, mech_title[mech], step,
-		    t->label, token_rv_name(rv));
+		    "'%s' failed: %s: %s", k->uri, mech_title[mech], step,
+		    t->label, me.call, token_rv_name(me.rv));
 		ret = KEYRING_E_TOKEN;	/* not a lasting refusal: no verdict */
 		goto out;
 	}
-	if (rv != CKR_OK)
+	if (me.rv != CKR_OK)
 		snprintf(k->why[mech], KEK_WHY_MAX, "the token refused its "
-		    "%s self-test (%s: %s)", mech_title[mech], step,
-		    token_rv_name(rv));
+		    "%s self-test (%s: %s: %s)", mech_title[mech], step,
+		    me.call, token_rv_name(me.rv));
 	else
 		snprintf(k->why[mech], KEK_WHY_MAX, "its %s self-test did "
 		    "not give the plaintext back", mech_title[mech]);
@@ -655,8 +655,8 @@ eval_rsa(struct token *t, const struct kek_tokmechs *tm, struct kek *k,
 	what = "CKA_ENCRYPT of the public key";
 	if ((rv = get_bool(t, k->mk.pub, CKA_ENCRYPT, &enc)) != CKR_OK)
 		goto rv_fail;
-	for (m = ENVELOPE_MECH_RSA_OAEP_SHA256; m <= ENVELOPE_MECH_RSA_OAEP_SHA1;
-	    m++) {
+	for (m = ENVELOPE_MECH_RSA_OAEP_SHA256;
+	    m <= ENVELOPE_MECH_RSA_OAEP_SHA1; m++) {
 		if (!tm->oaep)
 			snprintf(k->why[m], KEK_WHY_MAX, "token '%s' does not "
 			    "offer CKM_RSA_PKCS_OAEP for encrypt and decrypt",

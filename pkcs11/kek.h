@@ -24,7 +24,7 @@
 #include "pkcs11/mech.h"
 #include "pkcs11/token.h"
 
-#define KEK_NMECH	5		/* mechanism bytes 1..4, indexed as is */
+#define KEK_NMECH	5	/* mechanism bytes 1..4, indexed as is */
 #define KEK_CAP(m)	(1u << (m))
 #define KEK_WHY_MAX	256
 #define KEK_RSA_MIN_BITS 2048
@@ -39,7 +39,7 @@ struct kek_tokmechs {
 
 struct kek {
 	CK_OBJECT_CLASS cls;		/* CKO_SECRET_KEY or CKO_PRIVATE_KEY */
-	CK_OBJECT_HANDLE token_obj;	/* the key (RSA: private) on the token */
+	CK_OBJECT_HANDLE token_obj;	/* the key (RSA: private key) */
 	/*
 	 * What seal/open use. AES: a session copy of the key on the login
 	 * session (same value, still sensitive and non-extractable, inside

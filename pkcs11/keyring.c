@@ -38,6 +38,7 @@ struct keyring {
 struct keyring_worker {
 	struct keyring *kr;		/* borrowed; outlives the worker */
 	CK_SESSION_HANDLE s;
+	char err[KEYRING_ERROR_MAX];	/* last failed call, "" if none */
 };
 
 /* keyring_config.mechanism names; 0 = auto. */
@@ -56,6 +57,35 @@ static const uint8_t auto_order[] = {
 	ENVELOPE_MECH_AES_GCM, ENVELOPE_MECH_AES_KWP,
 	ENVELOPE_MECH_RSA_OAEP_SHA256, ENVELOPE_MECH_RSA_OAEP_SHA1,
 };
+
+/*
+ * The status of a token failure on a worker, with its words in w->err.
+ * Only a session the token forgot, or one left with an operation active,
+ * is the session's fault (KEYRING_E_SESSION: a new session cures it);
+ * anything else concerns the token or the keyring's own login session
+ * (the KEK copies live there), which only a keyring reload cures.
+ */
+static int
+worker_fault(struct keyring_worker *w, int r, const struct mech_err *me)
+{
+	if (r != KEYRING_E_TOKEN)
+		return r;
+	if (me->call == NULL) {
+		snprintf(w->err, sizeof(w->err), "the token gave an answer "
+		    "of the wrong size");
+		return r;
+	}
+	snprintf(w->err, sizeof(w->err), "%s: %s", me->call,
+	    token_rv_name(me->rv));
+	switch (me->rv) {
+	case CKR_SESSION_HANDLE_INVALID:
+	case CKR_SESSION_CLOSED:
+	case CKR_OPERATION_ACTIVE:
+	case CKR_BUFFER_TOO_SMALL:
+		return KEYRING_E_SESSION;
+	}
+	return r;
+}
 
 const char *
 keyring_strerror(int status)
@@ -403,9 +433,11 @@ keyring_seal_with(struct keyring_worker *w, size_t i, const uint8_t *pt,
 	const struct kek *k;
 	struct envelope e;
 	size_t hlen, blen = 0;
+	struct mech_err me = mech_err_start();
 	int r;
 
 	*ctlen = 0;
+	w->err[0] = '\0';
 	if (i >= w->kr->nkeys)
 		return KEYRING_E_UNKNOWN_KEY;
 	k = &w->kr->keys[i];
@@ -419,8 +451,10 @@ keyring_seal_with(struct keyring_worker *w, size_t i, const uint8_t *pt,
 	e.mech = k->seal_mech;
 	memcpy(e.keyref, k->keyref, sizeof(e.keyref));
 	/* A RAND failure is not the request's fault: a fault that may pass. */
-	if (mech_set_iv(&e) != 0)
+	if (mech_set_iv(&e) != 0) {
+		snprintf(w->err, sizeof(w->err), "RAND_bytes failed");
 		return KEYRING_E_TOKEN;
+	}
 	hlen = envelope_encode_header(&e, ct, ctcap);
 	if (hlen == 0)
 		return KEYRING_E_TOOBIG;
@@ -429,9 +463,9 @@ keyring_seal_with(struct keyring_worker *w, size_t i, const uint8_t *pt,
 	    ctcap - hlen < mech_body_len(e.mech, &k->mk, ptlen))
 		return KEYRING_E_TOOBIG;
 	r = mech_seal(w->kr->tok->fn, w->s, &k->mk, &e, pt, ptlen, ct + hlen,
-	    ctcap - hlen, &blen, NULL);
+	    ctcap - hlen, &blen, &me);
 	if (r != KEYRING_OK)
-		return r;
+		return worker_fault(w, r, &me);
 
 	/* success */
 	*ctlen = hlen + blen;
@@ -448,9 +482,12 @@ keyring_open(struct keyring_worker *w, const char *key_id,
 	const struct keyring *kr = w->kr;
 	const struct kek *k = NULL;
 	struct envelope e;
+	struct mech_err me = mech_err_start();
 	size_t i;
+	int r;
 
 	*ptlen = 0;
+	w->err[0] = '\0';
 	if (key_id_seen != NULL)
 		key_id_seen[0] = '\0';
 	if (envelope_decode(ct, ctlen, &e) != 0 ||
@@ -479,15 +516,14 @@ keyring_open(struct keyring_worker *w, const char *key_id,
 		return KEYRING_E_INVALID;
 	if (!(k->caps & KEK_CAP(e.mech)))
 		return KEYRING_E_AUTH;
-	return mech_open(kr->tok->fn, w->s, &k->mk, &e, pt, ptcap, ptlen,
-	    NULL);
+	r = mech_open(kr->tok->fn, w->s, &k->mk, &e, pt, ptcap, ptlen, &me);
+	return worker_fault(w, r, &me);
 }
 
 const char *
 keyring_worker_error(const struct keyring_worker *w)
 {
-	(void)w;
-	return "";
+	return w->err;
 }
 
 int
@@ -499,8 +535,25 @@ keyring_worker_reopen(struct keyring_worker *w)
 	(void)w->kr->tok->fn->C_CloseSession(w->s);
 	rv = w->kr->tok->fn->C_OpenSession(w->kr->tok->slot,
 	    CKF_SERIAL_SESSION, NULL, NULL, &s);
-	if (rv != CKR_OK)
+	if (rv != CKR_OK) {
+		/* The next use fails as a lost session and tries again. */
+		w->s = CK_INVALID_HANDLE;
+		snprintf(w->err, sizeof(w->err), "C_OpenSession: %s",
+		    token_rv_name(rv));
 		return KEYRING_E_TOKEN;
+	}
 	w->s = s;
 	return KEYRING_OK;
+}
+
+const char *
+keyring_rv_name(unsigned long rv)
+{
+	return token_rv_name((CK_RV)rv);
+}
+
+void
+keyring_set_call_observer(void (*cb)(const char *, unsigned long, double))
+{
+	token_set_observer(cb);
 }

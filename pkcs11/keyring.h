@@ -39,7 +39,7 @@
 #define KEYRING_KEY_ID_MAX	64	/* key_id string incl. NUL, with room */
 #define KEYRING_MAX_KEYS	16
 #define KEYRING_LABEL_MAX	65	/* printable CKA_LABEL incl. NUL */
-#define KEYRING_ID_HEX_MAX	67	/* CKA_ID hex incl. NUL ("..." if cut) */
+#define KEYRING_ID_HEX_MAX	67	/* CKA_ID hex + NUL, "..." if cut */
 #define KEYRING_REASON_MAX	640
 #define KEYRING_URI_MAX		256
 #define KEYRING_LIST_MAX	256	/* keys keyring_list reports */
@@ -229,5 +229,13 @@ int keyring_worker_reopen(struct keyring_worker *w);
 
 /* "CKR_DEVICE_REMOVED" for a CK_RV value; for metrics and logs. */
 const char *keyring_rv_name(unsigned long rv);
+
+/*
+ * Reports every token call on the seal/open path (function name, CK_RV,
+ * seconds) to cb, for metrics. Set once, before any keyring is loaded; cb
+ * runs on worker threads and must be thread-safe.
+ */
+void keyring_set_call_observer(void (*cb)(const char *function,
+    unsigned long rv, double seconds));
 
 #endif

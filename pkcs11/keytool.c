@@ -455,8 +455,8 @@ keyring_keygen(const struct keyring_tool_config *cfg,
 	else if (strcmp(mname, "rsa-oaep") == 0)
 		mech = ENVELOPE_MECH_RSA_OAEP_SHA256;
 	else {
-		token_err(err, errlen, "unknown mechanism '%.40s': use aes-gcm, "
-		    "aes-kwp or rsa-oaep", mname);
+		token_err(err, errlen, "unknown mechanism '%.40s': use "
+		    "aes-gcm, aes-kwp or rsa-oaep", mname);
 		goto out;
 	}
 	bits = cfg->rsa_bits != 0 ? cfg->rsa_bits : RSA_DEFAULT_BITS;

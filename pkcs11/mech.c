@@ -71,6 +71,30 @@ mech_rv_refusal(CK_RV rv)
 	return 0;
 }
 
+/* Records a token call's outcome in me; returns rv. */
+static CK_RV
+note(struct mech_err *me, const char *call, CK_RV rv)
+{
+	uint64_t now = token_now_ns();
+
+	/* Calls of one operation follow each other: each one began when the
+	 * previous one was noted (or when the operation started). */
+	token_observe(call, rv, me->t != 0 ? now - me->t : 0);
+	me->t = now;
+	me->call = call;
+	me->rv = rv;
+	return rv;
+}
+
+struct mech_err
+mech_err_start(void)
+{
+	struct mech_err me = { CKR_OK, NULL, 0 };
+
+	me.t = token_now_ns();
+	return me;
+}
+
 static size_t
 oaep_hash_len(uint8_t mech)
 {
@@ -171,7 +195,7 @@ oaep_params(CK_RSA_PKCS_OAEP_PARAMS *p, CK_MECHANISM *m, uint8_t mech)
 static int
 seal_gcm(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
     const struct envelope *e, const uint8_t *pt, size_t ptlen, uint8_t *body,
-    size_t want, CK_RV *rv)
+    size_t want, struct mech_err *me)
 {
 	uint8_t iv[MECH_GCM_IV_LEN], aad[ENVELOPE_AAD_MAX];
 	CK_GCM_PARAMS gcm;
@@ -183,10 +207,12 @@ seal_gcm(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
 	    (aadlen = envelope_aad(e, aad, sizeof(aad))) == 0)
 		return KEYRING_E_INVALID;
 	gcm_params(&gcm, &m, e, iv, aad, aadlen);
-	if ((*rv = fn->C_EncryptInit(s, &m, k->obj)) != CKR_OK)
+	if (note(me, "C_EncryptInit", fn->C_EncryptInit(s, &m,
+	    k->obj)) != CKR_OK)
 		return KEYRING_E_TOKEN;
-	*rv = fn->C_Encrypt(s, (CK_BYTE_PTR)pt, ptlen, body, &outlen);
-	if (*rv != CKR_OK)
+	(void)note(me, "C_Encrypt", fn->C_Encrypt(s, (CK_BYTE_PTR)pt, ptlen,
+	    body, &outlen));
+	if (me->rv != CKR_OK)
 		return KEYRING_E_TOKEN;
 	return outlen == want ? KEYRING_OK : KEYRING_E_TOKEN;
 }
@@ -195,7 +221,7 @@ seal_gcm(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
 static int
 seal_kwp(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
     const uint8_t *frame, size_t framelen, uint8_t *body, size_t want,
-    CK_RV *rv)
+    struct mech_err *me)
 {
 	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
 	CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
@@ -216,13 +242,14 @@ seal_kwp(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
 	CK_ULONG outlen = want;
 	int ret = KEYRING_E_TOKEN;
 
-	*rv = fn->C_CreateObject(s, tmpl, sizeof(tmpl) / sizeof(tmpl[0]),
-	    &obj);
-	if (*rv != CKR_OK) {
+	(void)note(me, "C_CreateObject", fn->C_CreateObject(s, tmpl,
+	    sizeof(tmpl) / sizeof(tmpl[0]), &obj));
+	if (me->rv != CKR_OK) {
 		obj = CK_INVALID_HANDLE;
 		goto out;
 	}
-	if ((*rv = fn->C_WrapKey(s, &m, k->obj, obj, body, &outlen)) != CKR_OK)
+	if (note(me, "C_WrapKey", fn->C_WrapKey(s, &m, k->obj, obj, body,
+	    &outlen)) != CKR_OK)
 		goto out;
 	if (outlen != want)
 		goto out;
@@ -238,17 +265,19 @@ out:
 static int
 seal_rsa(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
     uint8_t mech, const uint8_t *frame, size_t framelen, uint8_t *body,
-    size_t want, CK_RV *rv)
+    size_t want, struct mech_err *me)
 {
 	CK_RSA_PKCS_OAEP_PARAMS p;
 	CK_MECHANISM m;
 	CK_ULONG outlen = want;
 
 	oaep_params(&p, &m, mech);
-	if ((*rv = fn->C_EncryptInit(s, &m, k->pub)) != CKR_OK)
+	if (note(me, "C_EncryptInit", fn->C_EncryptInit(s, &m,
+	    k->pub)) != CKR_OK)
 		return KEYRING_E_TOKEN;
-	*rv = fn->C_Encrypt(s, (CK_BYTE_PTR)frame, framelen, body, &outlen);
-	if (*rv != CKR_OK)
+	(void)note(me, "C_Encrypt", fn->C_Encrypt(s, (CK_BYTE_PTR)frame,
+	    framelen, body, &outlen));
+	if (me->rv != CKR_OK)
 		return KEYRING_E_TOKEN;
 	return outlen == want ? KEYRING_OK : KEYRING_E_TOKEN;
 }
@@ -256,11 +285,12 @@ seal_rsa(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
 int
 mech_seal(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s,
     const struct mech_key *k, const struct envelope *e, const uint8_t *pt,
-    size_t ptlen, uint8_t *body, size_t cap, size_t *bodylen, CK_RV *rvp)
+    size_t ptlen, uint8_t *body, size_t cap, size_t *bodylen,
+    struct mech_err *mep)
 {
 	uint8_t frame[FRAME_MAX];
 	size_t want, framelen = 0;
-	CK_RV rv = CKR_OK;
+	struct mech_err me = mech_err_start();
 	int ret = KEYRING_E_TOOBIG;
 
 	*bodylen = 0;
@@ -278,15 +308,15 @@ mech_seal(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s,
 	}
 	switch (e->mech) {
 	case ENVELOPE_MECH_AES_GCM:
-		ret = seal_gcm(fn, s, k, e, pt, ptlen, body, want, &rv);
+		ret = seal_gcm(fn, s, k, e, pt, ptlen, body, want, &me);
 		break;
 	case ENVELOPE_MECH_AES_KWP:
-		ret = seal_kwp(fn, s, k, frame, framelen, body, want, &rv);
+		ret = seal_kwp(fn, s, k, frame, framelen, body, want, &me);
 		break;
 	case ENVELOPE_MECH_RSA_OAEP_SHA256:
 	case ENVELOPE_MECH_RSA_OAEP_SHA1:
 		ret = seal_rsa(fn, s, k, e->mech, frame, framelen, body, want,
-		    &rv);
+		    &me);
 		break;
 	default:
 		ret = KEYRING_E_INVALID;
@@ -296,8 +326,8 @@ mech_seal(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s,
 		*bodylen = want;
 out:
 	OPENSSL_cleanse(frame, sizeof(frame));
-	if (rvp != NULL)
-		*rvp = rv;
+	if (mep != NULL)
+		*mep = me;
 	return ret;
 }
 
@@ -310,7 +340,7 @@ open_status(CK_RV rv)
 
 static int
 open_gcm(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
-    const struct envelope *e, uint8_t *buf, size_t *len, CK_RV *rv)
+    const struct envelope *e, uint8_t *buf, size_t *len, struct mech_err *me)
 {
 	uint8_t iv[MECH_GCM_IV_LEN], aad[ENVELOPE_AAD_MAX];
 	CK_GCM_PARAMS gcm;
@@ -324,7 +354,8 @@ open_gcm(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
 		return KEYRING_E_INVALID;
 	gcm_params(&gcm, &m, e, iv, aad, aadlen);
 	/* Nothing the request controls can fail DecryptInit: a fault. */
-	if ((*rv = fn->C_DecryptInit(s, &m, k->obj)) != CKR_OK)
+	if (note(me, "C_DecryptInit", fn->C_DecryptInit(s, &m,
+	    k->obj)) != CKR_OK)
 		return KEYRING_E_TOKEN;
 	/*
 	 * Sized for the whole body (SoftHSM checks against the input size),
@@ -332,10 +363,10 @@ open_gcm(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
 	 * a bad tag.
 	 */
 	outlen = e->body_len;
-	*rv = fn->C_Decrypt(s, (CK_BYTE_PTR)e->body, e->body_len, buf,
-	    &outlen);
-	if (*rv != CKR_OK)
-		return open_status(*rv);
+	(void)note(me, "C_Decrypt", fn->C_Decrypt(s, (CK_BYTE_PTR)e->body,
+	    e->body_len, buf, &outlen));
+	if (me->rv != CKR_OK)
+		return open_status(me->rv);
 	/* The token misbehaves: never pass it on. */
 	if (outlen != e->body_len - MECH_GCM_TAG_LEN)
 		return KEYRING_E_TOKEN;
@@ -346,7 +377,7 @@ open_gcm(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
 static int
 open_kwp(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
     const struct envelope *e, uint8_t *buf, size_t cap, size_t *len,
-    CK_RV *rv)
+    struct mech_err *me)
 {
 	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
 	CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
@@ -369,15 +400,17 @@ open_kwp(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
 	if (e->iv_len != 0 || e->body_len % 8 != 0 || e->body_len < 16 ||
 	    e->body_len > KWP_MAX || e->body_len > cap)
 		goto out;
-	*rv = fn->C_UnwrapKey(s, &m, k->obj, (CK_BYTE_PTR)e->body,
-	    e->body_len, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &obj);
-	if (*rv != CKR_OK) {
+	(void)note(me, "C_UnwrapKey", fn->C_UnwrapKey(s, &m, k->obj,
+	    (CK_BYTE_PTR)e->body, e->body_len, tmpl,
+	    sizeof(tmpl) / sizeof(tmpl[0]), &obj));
+	if (me->rv != CKR_OK) {
 		obj = CK_INVALID_HANDLE;
-		ret = open_status(*rv);
+		ret = open_status(me->rv);
 		goto out;
 	}
 	ret = KEYRING_E_TOKEN;
-	if ((*rv = fn->C_GetAttributeValue(s, obj, &val, 1)) != CKR_OK)
+	if (note(me, "C_GetAttributeValue", fn->C_GetAttributeValue(s, obj,
+	    &val, 1)) != CKR_OK)
 		goto out;
 	/* The value cannot be longer than what was wrapped. */
 	if (val.ulValueLen == CK_UNAVAILABLE_INFORMATION ||
@@ -396,7 +429,7 @@ out:
 static int
 open_rsa(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
     const struct envelope *e, uint8_t *buf, size_t cap, size_t *len,
-    CK_RV *rv)
+    struct mech_err *me)
 {
 	CK_RSA_PKCS_OAEP_PARAMS p;
 	CK_MECHANISM m;
@@ -406,12 +439,13 @@ open_rsa(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
 	    cap < k->rsa_len)
 		return KEYRING_E_INVALID;
 	oaep_params(&p, &m, e->mech);
-	if ((*rv = fn->C_DecryptInit(s, &m, k->obj)) != CKR_OK)
+	if (note(me, "C_DecryptInit", fn->C_DecryptInit(s, &m,
+	    k->obj)) != CKR_OK)
 		return KEYRING_E_TOKEN;
-	*rv = fn->C_Decrypt(s, (CK_BYTE_PTR)e->body, e->body_len, buf,
-	    &outlen);
-	if (*rv != CKR_OK)
-		return open_status(*rv);
+	(void)note(me, "C_Decrypt", fn->C_Decrypt(s, (CK_BYTE_PTR)e->body,
+	    e->body_len, buf, &outlen));
+	if (me->rv != CKR_OK)
+		return open_status(me->rv);
 	if (outlen > k->rsa_len)
 		return KEYRING_E_TOKEN;
 	*len = outlen;
@@ -421,25 +455,25 @@ open_rsa(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
 int
 mech_open(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s,
     const struct mech_key *k, const struct envelope *e, uint8_t *pt,
-    size_t ptcap, size_t *ptlen, CK_RV *rvp)
+    size_t ptcap, size_t *ptlen, struct mech_err *mep)
 {
 	uint8_t buf[ENVELOPE_MAX_LEN];
 	const uint8_t *p = buf;
 	size_t len = 0;
-	CK_RV rv = CKR_OK;
+	struct mech_err me = mech_err_start();
 	int ret;
 
 	*ptlen = 0;
 	switch (e->mech) {
 	case ENVELOPE_MECH_AES_GCM:
-		ret = open_gcm(fn, s, k, e, buf, &len, &rv);
+		ret = open_gcm(fn, s, k, e, buf, &len, &me);
 		break;
 	case ENVELOPE_MECH_AES_KWP:
-		ret = open_kwp(fn, s, k, e, buf, sizeof(buf), &len, &rv);
+		ret = open_kwp(fn, s, k, e, buf, sizeof(buf), &len, &me);
 		break;
 	case ENVELOPE_MECH_RSA_OAEP_SHA256:
 	case ENVELOPE_MECH_RSA_OAEP_SHA1:
-		ret = open_rsa(fn, s, k, e, buf, sizeof(buf), &len, &rv);
+		ret = open_rsa(fn, s, k, e, buf, sizeof(buf), &len, &me);
 		break;
 	default:
 		ret = KEYRING_E_INVALID;
@@ -472,7 +506,7 @@ mech_open(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s,
 	ret = KEYRING_OK;
 out:
 	OPENSSL_cleanse(buf, sizeof(buf));
-	if (rvp != NULL)
-		*rvp = rv;
+	if (mep != NULL)
+		*mep = me;
 	return ret;
 }

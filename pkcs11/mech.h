@@ -25,6 +25,16 @@
 #define MECH_KWP_ICV_LEN	8	/* RFC 5649 integrity value */
 #define MECH_RSA_MAX_BYTES	512	/* RSA-4096: 19 + 512 <= 1024 */
 
+/* The failing token call of a seal or open ({ CKR_OK, NULL } if none). */
+struct mech_err {
+	CK_RV rv;
+	const char *call;	/* "C_Encrypt", static */
+	uint64_t t;		/* CLOCK_MONOTONIC ns when the call began */
+};
+
+/* A fresh error and timing record for one operation. */
+struct mech_err mech_err_start(void);
+
 struct mech_key {
 	CK_OBJECT_HANDLE obj;	/* AES key, or RSA private key (opens) */
 	CK_OBJECT_HANDLE pub;	/* RSA public key (seals); AES: unused */
@@ -54,22 +64,24 @@ int mech_set_iv(struct envelope *e);
  * Seals pt for the envelope header e (complete: the AAD and the frame are
  * made from it) on session s, writing the body into body (cap bytes).
  * Returns KEYRING_OK, KEYRING_E_TOOBIG (ptlen does not fit mech or cap) or
- * KEYRING_E_TOKEN; *rv (may be NULL) receives the failing CK_RV, or CKR_OK.
+ * KEYRING_E_TOKEN; *me (may be NULL) receives the failing call and CK_RV.
  */
 int mech_seal(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s,
     const struct mech_key *k, const struct envelope *e, const uint8_t *pt,
-    size_t ptlen, uint8_t *body, size_t cap, size_t *bodylen, CK_RV *rv);
+    size_t ptlen, uint8_t *body, size_t cap, size_t *bodylen,
+    struct mech_err *me);
 
 /*
  * Opens the envelope e (decoded; e->body set) on session s into pt (ptcap
  * bytes). Returns KEYRING_OK; KEYRING_E_INVALID when the body cannot be
  * this mechanism's output; KEYRING_E_AUTH when the token or the frame
  * check refuses it; KEYRING_E_TOOBIG when ptcap is short; KEYRING_E_TOKEN
- * on a session or token fault. Every intermediate buffer is wiped.
+ * on a session or token fault (*me, may be NULL, says which call). Every
+ * intermediate buffer is wiped.
  */
 int mech_open(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s,
     const struct mech_key *k, const struct envelope *e, uint8_t *pt,
-    size_t ptcap, size_t *ptlen, CK_RV *rv);
+    size_t ptcap, size_t *ptlen, struct mech_err *me);
 
 /*
  * 1 when rv, from a first use of a mechanism, means "this token or key

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -949,4 +950,28 @@ token_find_key(struct token *t, P11KitUri *uri, const char *uri_text,
 	ret = KEYRING_OK;
 out:
 	return ret;
+}
+
+static void (*observer)(const char *, unsigned long, double);
+
+uint64_t
+token_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void
+token_observe(const char *function, CK_RV rv, uint64_t ns)
+{
+	if (observer != NULL)
+		observer(function, (unsigned long)rv, (double)ns / 1e9);
+}
+
+void
+token_set_observer(void (*cb)(const char *, unsigned long, double))
+{
+	observer = cb;
 }

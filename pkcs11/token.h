@@ -151,4 +151,15 @@ CK_RV token_find_all(struct token *t, CK_ATTRIBUTE *tmpl, CK_ULONG ntmpl,
 /* Closes t->session and finalizes/releases the module. NULL ok. */
 void token_close(struct token *t);
 
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t token_now_ns(void);
+/*
+ * Reports one token call to the observer set with token_set_observer (the
+ * daemon's metrics); does nothing without one. ns: how long it took.
+ */
+void token_observe(const char *function, CK_RV rv, uint64_t ns);
+/* Set once, before any worker thread starts. */
+void token_set_observer(void (*cb)(const char *function, unsigned long rv,
+    double seconds));
+
 #endif

@@ -51,6 +51,7 @@ gen_open(struct config *cfg, struct gen **out, char *err, size_t errlen)
 	kcfg.key_uris = g->cfg.keys;
 	kcfg.nkeys = g->cfg.nkeys;
 	kcfg.pin_file = g->cfg.pin_file;
+	kcfg.mechanism = g->cfg.mechanism;
 	err[0] = '\0';
 	if ((r = keyring_load(&kcfg, &g->kr, err, errlen)) != KEYRING_OK) {
 		if (err[0] == '\0')

@@ -25,7 +25,9 @@ harden_process(char *msg, size_t len)
 {
 	struct rlimit rl = { 0, 0 };
 	const char *core, *dump, *lock;
+#ifndef UNDER_SANITIZER
 	char lockbuf[128];
+#endif
 
 	core = setrlimit(RLIMIT_CORE, &rl) == 0 ? "core dumps off" :
 	    "core dumps NOT disabled";

@@ -453,6 +453,7 @@ main(int argc, char **argv)
 	log_level = cfg.log_level;
 	log_format = log_format_parse(cfg.log_format);
 	metrics_set_rv_namer(keyring_rv_name);
+	keyring_set_call_observer(metrics_token_call);
 	/* Before the PIN is read or a key is touched. */
 	harden_process(err, sizeof(err));
 	log_info("%s", err);

@@ -7,11 +7,15 @@
 #   make fuzz        builds each target with clang and libFuzzer
 #                    (-fsanitize=fuzzer,address,undefined) into $(BUILD)/fuzz/
 #                    and runs each for FUZZ_SECONDS against a copy of its
-#                    corpus. FUZZ_MERGE=1 merges new inputs back into
-#                    tests/fuzz/corpus/NAME (libFuzzer -merge=1, which
-#                    keeps only inputs that add coverage).
-#                    FUZZ_TARGETS=request runs one; FUZZ_FLAGS adds flags.
-# Crashes are left in $(BUILD)/fuzz/; once fixed, add them to the corpus.
+#                    corpus (in $(BUILD)/fuzz/corpus-NAME). FUZZ_MERGE=1
+#                    then merges the inputs that add coverage into
+#                    tests/fuzz/corpus/NAME (libFuzzer -merge=1): that can
+#                    be hundreds of files; keep the few that matter.
+#                    FUZZ_TARGETS=request runs one; FUZZ_FLAGS adds flags
+#                    (e.g. -jobs=2, -max_len=16384).
+# Needs clang and libFuzzer (Debian: clang, libclang-rt-14-dev); make test
+# needs neither. Crashes are left in $(BUILD)/fuzz/NAME-crash-*; add them
+# to the corpus as crash-WHAT (once fixed, they guard against regressions).
 
 FUZZ_NAMES	= $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_TARGETS	?= $(FUZZ_NAMES)
@@ -23,17 +27,19 @@ FUZZ_REPLAY	= $(patsubst %,$(BUILD)/fuzz-replay/fuzz_%,$(FUZZ_NAMES))
 
 EXTRA_TEST_BIN	+= $(FUZZ_REPLAY)
 
-.PHONY: fuzz
+FUZZ_REPLAY_MAIN = $(patsubst %,$(BUILD)/fuzz-replay/main_%.o,$(FUZZ_NAMES))
+FUZZ_BIN	= $(patsubst %,$(FUZZ_DIR)/fuzz_%,$(FUZZ_NAMES))
+
+.PHONY: fuzz fuzz-toolchain
 # Objects of chained pattern rules: keep them (no rebuild, no "rm").
 .SECONDARY: $(patsubst %,$(BUILD)/tests/fuzz/fuzz_%.o,$(FUZZ_NAMES)) \
 	    $(FUZZ_REPLAY_MAIN) \
-	    $(patsubst %,$(BUILD)/fuzz/obj/tests/fuzz/fuzz_%.o,$(FUZZ_NAMES))
+	    $(patsubst %,$(FUZZ_DIR)/obj/tests/fuzz/fuzz_%.o,$(FUZZ_NAMES))
 
 # ---- replay (make test), with the project's CC and CFLAGS ----
 
 # Static pattern rules: a pattern with a fixed source would also match the
 # .d files the Makefile includes (main_NAME.d).
-FUZZ_REPLAY_MAIN = $(patsubst %,$(BUILD)/fuzz-replay/main_%.o,$(FUZZ_NAMES))
 
 $(FUZZ_REPLAY_MAIN): $(BUILD)/fuzz-replay/main_%.o: tests/fuzz/replay_main.c \
     | $(GEN_H)
@@ -55,13 +61,19 @@ FUZZ_CFLAGS	= -std=gnu11 -g -O1 -fno-omit-frame-pointer \
 FUZZ_LIB_OBJ	= $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(LIB_SRC)) \
 		  $(patsubst $(BUILD)/gen/%.c,$(FUZZ_DIR)/obj/gen/%.o,$(GEN_C))
 
-$(FUZZ_DIR)/obj/gen/%.o: $(BUILD)/gen/%.c $(GEN_H)
+fuzz-toolchain:
+	$(Q)d=$$($(FUZZ_CC) -print-runtime-dir 2>/dev/null); \
+	ls "$$d"/libclang_rt.fuzzer-*.a >/dev/null 2>&1 || { \
+	    echo "make fuzz: $(FUZZ_CC) has no libFuzzer runtime; install" \
+	        "clang and libclang-rt-14-dev (or set FUZZ_CC)" >&2; exit 1; }
+
+$(FUZZ_DIR)/obj/gen/%.o: $(BUILD)/gen/%.c $(GEN_H) | fuzz-toolchain
 	$(E) FUZZCC $@
 	$(Q)mkdir -p $(dir $@)
 	$(Q)$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link \
 	    -c -o $@ $<
 
-$(FUZZ_DIR)/obj/%.o: %.c $(GEN_H)
+$(FUZZ_DIR)/obj/%.o: %.c $(GEN_H) | fuzz-toolchain
 	$(E) FUZZCC $@
 	$(Q)mkdir -p $(dir $@)
 	$(Q)$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link \
@@ -70,8 +82,6 @@ $(FUZZ_DIR)/obj/%.o: %.c $(GEN_H)
 $(FUZZ_DIR)/libp11kms.a: $(FUZZ_LIB_OBJ)
 	$(E) AR $@
 	$(Q)rm -f $@ && ar rcs $@ $^
-
-FUZZ_BIN	= $(patsubst %,$(FUZZ_DIR)/fuzz_%,$(FUZZ_NAMES))
 
 $(FUZZ_BIN): $(FUZZ_DIR)/fuzz_%: $(FUZZ_DIR)/obj/tests/fuzz/fuzz_%.o \
     $(FUZZ_DIR)/libp11kms.a
@@ -95,8 +105,9 @@ fuzz: $(patsubst %,$(FUZZ_DIR)/fuzz_%,$(FUZZ_TARGETS))
 	        fail=1; \
 	        echo "!! fuzz $$t failed: the input is in" \
 	            "$(FUZZ_DIR)/$$t-crash-* (or -leak-, -timeout-, -oom-);"; \
-	        echo "!! reproduce: $(FUZZ_DIR)/fuzz_$$t FILE; once fixed," \
-	            "add it to tests/fuzz/corpus/$$t/"; \
+	        echo "!! reproduce: $(FUZZ_DIR)/fuzz_$$t FILE; add it to" \
+	            "tests/fuzz/corpus/$$t/ as crash-WHAT, so make check" \
+	            "replays it"; \
 	        continue; \
 	    fi; \
 	    if [ "$(FUZZ_MERGE)" = 1 ]; then \

@@ -12,6 +12,7 @@
  * token_uri_parse() accepts has no pin-value, no slot-id and nothing
  * p11-kit does not know; a config accepted has its values in range.
  */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

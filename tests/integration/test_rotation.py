@@ -21,6 +21,13 @@ from conftest import REPO, MODULE, make_token, RPC_TIMEOUT
 _V1 = None
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _v1_stubs_cleanup():
+    yield
+    if _V1 is not None:
+        shutil.rmtree(_V1[2], ignore_errors=True)
+
+
 def v1_stubs():
     """kms_v1beta1 python stubs, generated once into a temp dir."""
     global _V1
@@ -36,8 +43,8 @@ def v1_stubs():
         sys.path.insert(0, out)
         import kms_v1beta1_pb2
         import kms_v1beta1_pb2_grpc
-        _V1 = (kms_v1beta1_pb2, kms_v1beta1_pb2_grpc)
-    return _V1
+        _V1 = (kms_v1beta1_pb2, kms_v1beta1_pb2_grpc, out)
+    return _V1[:2]
 
 
 def write_config(path, token, keys, pin_file=None, extra=""):

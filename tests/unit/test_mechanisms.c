@@ -579,7 +579,8 @@ test_rsa_tamper(void **state)
 static void
 test_rsa_key_id(void **state)
 {
-	static const char *const by_id_fmt = "pkcs11:token=kms;id=%s;type=private";
+	static const char *const by_id_fmt =
+	    "pkcs11:token=kms;id=%s;type=private";
 	struct keyring *kr;
 	struct token *t = NULL;
 	P11KitUri *uri = NULL;
@@ -673,7 +674,8 @@ test_preference_change(void **state)
 {
 	struct keyring *kr;
 	struct keyring_worker *w = NULL;
-	uint8_t pt[32], gcm[KEYRING_MAX_CIPHERTEXT], kwp[KEYRING_MAX_CIPHERTEXT];
+	uint8_t pt[32], gcm[KEYRING_MAX_CIPHERTEXT];
+	uint8_t kwp[KEYRING_MAX_CIPHERTEXT];
 	uint8_t out[KEYRING_MAX_PLAINTEXT];
 	char id_auto[KEYRING_KEY_ID_MAX];
 	size_t gcmlen, kwplen, outlen;
@@ -1230,7 +1232,8 @@ test_sizes(void **state)
 	    204);
 	/* Over 4096 bits would pass the apiserver's limit: refused. */
 	k.rsa_len = 513;
-	assert_int_equal(mech_max_plaintext(ENVELOPE_MECH_RSA_OAEP_SHA1, &k), 0);
+	assert_int_equal(mech_max_plaintext(ENVELOPE_MECH_RSA_OAEP_SHA1, &k),
+	    0);
 	assert_int_equal(mech_body_len(ENVELOPE_MECH_RSA_OAEP_SHA1, &k, 32), 0);
 	assert_false(mech_known(0));
 	assert_false(mech_known(5));
