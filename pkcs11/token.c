@@ -212,17 +212,43 @@ token_printable(const unsigned char *s, size_t n, char *out, size_t cap)
 }
 
 static int
+hexval(int c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	c = tolower(c);
+	return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/*
+ * 1 when the segment's attribute name is pin-value or pin-source, however
+ * it is spelled: any case, percent-encoded ("pin%2Dvalue"). White space is
+ * already gone (token_uri_redact drops it, as p11-kit's parser does).
+ */
+static int
 is_pin_attr(const char *seg, size_t n)
 {
 	static const char *const names[] = { "pin-value", "pin-source" };
-	size_t i, k;
+	char name[16];
+	size_t i, k = 0;
+	int hi, lo;
 
-	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		k = strlen(names[i]);
-		if (n >= k && strncasecmp(seg, names[i], k) == 0 &&
-		    (n == k || seg[k] == '='))
-			return 1;
+	for (i = 0; i < n && seg[i] != '=' && k < sizeof(name) - 1; i++) {
+		if (seg[i] == '%' && n - i > 2 &&
+		    (hi = hexval((unsigned char)seg[i + 1])) >= 0 &&
+		    (lo = hexval((unsigned char)seg[i + 2])) >= 0) {
+			name[k++] = (char)tolower(hi << 4 | lo);
+			i += 2;
+		} else {
+			name[k++] = (char)tolower((unsigned char)seg[i]);
+		}
 	}
+	name[k] = '\0';
+	if (i < n && seg[i] != '=')
+		return 0;	/* longer than any PIN attribute name */
+	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (strcmp(name, names[i]) == 0)
+			return 1;
 	return 0;
 }
 
@@ -237,17 +263,31 @@ append(char *out, size_t cap, size_t *o, const char *p, size_t n)
 }
 
 void
-token_uri_redact(const char *s, char *out, size_t cap)
+token_uri_redact(const char *in, char *out, size_t cap)
 {
-	const char *p, *end;
-	size_t o = 0, n, scheme;
+	char clean[TOKEN_URI_TEXT_MAX];
+	const char *p, *end, *s = clean;
+	size_t o = 0, n, scheme, c = 0;
 	int in_query = 0, nseg = 0;
 
 	if (cap == 0)
 		return;
 	out[0] = '\0';
-	if (s == NULL)
+	if (in == NULL)
 		return;
+	/*
+	 * p11-kit ignores white space anywhere in a URI, so "; pin-value=…"
+	 * is a PIN too: drop it first. Other control bytes become '?', so a
+	 * URI cannot break a log line.
+	 */
+	for (; *in != '\0' && c < sizeof(clean) - 1; in++) {
+		unsigned char ch = (unsigned char)*in;
+
+		if (isspace(ch))
+			continue;
+		clean[c++] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
+	}
+	clean[c] = '\0';
 	scheme = strncasecmp(s, "pkcs11:", 7) == 0 ? 7 : 0;
 	append(out, cap, &o, s, scheme);
 	/*

@@ -12,6 +12,7 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <p11-kit/p11-kit.h>
 #include <p11-kit/pkcs11.h>

@@ -491,7 +491,7 @@ main(int argc, char **argv)
 	}
 
 	memset(&mcfg, 0, sizeof(mcfg));
-	mcfg.version = g->cfg.kms_version;
+	mcfg.version = d.fixed.kms_version;	/* outlives any config */
 	mcfg.probe_interval_s = g->cfg.probe_interval_s;
 	mcfg.token_fault = on_token_fault;
 	mcfg.health_changed = on_health;

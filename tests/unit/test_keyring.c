@@ -1122,6 +1122,17 @@ test_uri_redact(void **state)
 		{ "pkcs11:pin-value=9", "pkcs11:" },
 		{ "pkcs11:object=a?pin-source=x", "pkcs11:object=a" },
 		{ "not-a-uri;pin-value=9", "not-a-uri" },
+		/* p11-kit ignores white space, so these are PINs too. */
+		{ "pkcs11:token=kms;object=k; pin-value=1234",
+		    "pkcs11:token=kms;object=k" },
+		{ "pkcs11:token=kms;p\nin-value=1234;object=k",
+		    "pkcs11:token=kms;object=k" },
+		{ "pkcs11:token=kms?pin -value=1234", "pkcs11:token=kms" },
+		{ "pkcs11:token=kms?pin%2Dvalue=1234", "pkcs11:token=kms" },
+		{ "pkcs11:token=kms?pin%2dsource=/p", "pkcs11:token=kms" },
+		/* Control bytes cannot break a log line. */
+		{ "pkcs11:token=k\x01ms", "pkcs11:token=k?ms" },
+		{ "pkcs11:pin-valuex=1", "pkcs11:pin-valuex=1" },
 	};
 	char out[TOKEN_URI_TEXT_MAX], tiny[8];
 	size_t i;
