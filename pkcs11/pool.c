@@ -8,6 +8,10 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+
+#define POOL_WORKER_NICE	5
 
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
@@ -158,8 +162,19 @@ worker_main(void *varg)
 	struct keyring_worker *w = p->workers[wa->idx];
 	struct pool_job *job;
 	uint64_t one = 1;
+	int nice_now;
 
 	free(wa);
+	/*
+	 * Workers run a notch below the event loop: with a software token
+	 * they are CPU-bound, and the loop must win the core at once to
+	 * answer Status while they work (Linux nice values are per thread).
+	 */
+	errno = 0;
+	nice_now = getpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid));
+	if (errno == 0)
+		(void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid),
+		    nice_now + POOL_WORKER_NICE);
 	for (;;) {
 		pthread_mutex_lock(&p->lock);
 		while (p->head == NULL && !p->stopping)
