@@ -1,4 +1,5 @@
 #include "pkcs11/pool.h"
+#include "pkcs11/token.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -37,16 +38,6 @@ struct worker_arg {
 	struct pool *p;
 	unsigned idx;
 };
-
-/* Same clock as loop_now(); pkcs11/ does not include plugin/ headers. */
-static uint64_t
-now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 struct pool_job *
 pool_job_new(enum pool_op op)
@@ -135,7 +126,7 @@ run_op(struct keyring_worker *w, struct pool_job *job)
 static void
 run_job(struct keyring_worker *w, struct pool_job *job)
 {
-	job->started = now_ns();
+	job->started = token_now_ns();
 	run_op(w, job);
 	if (job->status == KEYRING_E_SESSION) {
 		/* Only this session is gone: a new one, then once more. */
@@ -149,7 +140,7 @@ run_job(struct keyring_worker *w, struct pool_job *job)
 	if (job->status == KEYRING_E_TOKEN)
 		snprintf(job->detail, sizeof(job->detail), "%s",
 		    keyring_worker_error(w));
-	job->finished = now_ns();
+	job->finished = token_now_ns();
 	/* The input is not needed any more; do not keep a plaintext around. */
 	OPENSSL_cleanse(job->in, job->in_len);
 }
@@ -192,7 +183,7 @@ worker_main(void *varg)
 
 		if (p->stopping || atomic_load(&job->cancelled))
 			job->status = POOL_E_CANCELLED;
-		else if (job->deadline != 0 && now_ns() >= job->deadline)
+		else if (job->deadline != 0 && token_now_ns() >= job->deadline)
 			job->status = POOL_E_DEADLINE;
 		else
 			run_job(w, job);

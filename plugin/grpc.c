@@ -17,6 +17,7 @@
 #include "plugin/log.h"
 #include "plugin/mem.h"
 #include "plugin/metrics.h"
+#include "plugin/unixsock.h"
 
 #define READ_CHUNK		16384
 #define READS_PER_WAKEUP	4
@@ -1029,109 +1030,14 @@ grpc_server_new(struct loop *l, const struct grpc_method *methods,
 	return 0;
 }
 
-/*
- * Fills addr for path or @name. Returns the address length, or 0 when the
- * name does not fit.
- */
-static socklen_t
-make_addr(const char *path, struct sockaddr_un *addr)
-{
-	size_t n = strlen(path);
-
-	memset(addr, 0, sizeof(*addr));
-	addr->sun_family = AF_UNIX;
-	if (path[0] == '@') {
-		/* Abstract: a leading NUL, then the name, not terminated. */
-		if (n > sizeof(addr->sun_path))
-			return 0;
-		memcpy(addr->sun_path + 1, path + 1, n - 1);
-		return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
-	}
-	if (n >= sizeof(addr->sun_path))
-		return 0;
-	memcpy(addr->sun_path, path, n);
-	return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
-}
-
-/* 1: something answers at addr; 0: nobody (stale); -1: cannot tell. */
-static int
-socket_is_live(const struct sockaddr_un *addr, socklen_t alen)
-{
-	int fd, r;
-
-	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) == -1)
-		return -1;
-	r = connect(fd, (const struct sockaddr *)addr, alen);
-	if (r == 0)
-		r = 1;
-	else if (errno == ECONNREFUSED)
-		r = 0;
-	else
-		r = -1;
-	close(fd);
-	return r;
-}
-
 int
 grpc_server_listen(struct grpc_server *s, const char *path, char *err,
     size_t errlen)
 {
-	struct sockaddr_un addr;
-	struct stat st;
-	socklen_t alen;
-	mode_t old;
-	int fd = -1, r, e;
+	int fd;
 
-	if ((alen = make_addr(path, &addr)) == 0) {
-		snprintf(err, errlen, "socket path '%.200s' is longer than "
-		    "%zu bytes; choose a shorter --socket", path,
-		    sizeof(addr.sun_path) - 1);
+	if ((fd = unixsock_listen(path, "--socket", 128, err, errlen)) == -1)
 		return -1;
-	}
-	if (path[0] != '@' && lstat(path, &st) == 0) {
-		if (!S_ISSOCK(st.st_mode)) {
-			snprintf(err, errlen, "'%.200s' exists and is not a "
-			    "socket; remove it or choose another --socket",
-			    path);
-			return -1;
-		}
-		r = socket_is_live(&addr, alen);
-		if (r == 1) {
-			snprintf(err, errlen, "another process is serving on "
-			    "'%.200s'; stop it or choose another --socket",
-			    path);
-			return -1;
-		}
-		if (r == 0) {
-			log_info("removing stale socket %s", path);
-			(void)unlink(path);
-		}
-	}
-	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
-	    0)) == -1) {
-		snprintf(err, errlen, "socket: %s", strerror(errno));
-		return -1;
-	}
-	/* umask, not chmod: the socket is never reachable by others. */
-	old = umask(0177);
-	r = bind(fd, (struct sockaddr *)&addr, alen);
-	e = errno;
-	umask(old);
-	if (r == -1) {
-		if (e == EADDRINUSE && path[0] == '@')
-			snprintf(err, errlen, "abstract socket '%.200s' is in "
-			    "use by another process", path);
-		else
-			snprintf(err, errlen, "cannot bind '%.200s': %s%s",
-			    path, strerror(e), e == ENOENT ?
-			    " (create the directory first)" : "");
-		close(fd);
-		return -1;
-	}
-	if (listen(fd, 128) == -1) {
-		snprintf(err, errlen, "listen: %s", strerror(errno));
-		goto fail;
-	}
 	if (path[0] != '@' && (s->sock_path = strdup(path)) == NULL) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;

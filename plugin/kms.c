@@ -358,41 +358,106 @@ submit(struct kms *k, struct grpc_call *call, struct pool_job *job,
 }
 
 /*
- * Refuses a request whose string fields hide a NUL (protobuf-c would cut
- * them short, so "id\0junk" would pass for "id"). Returns 0 when clean.
+ * Unpacks a request through the wiping allocator, refusing what protobuf-c
+ * would accept wrongly: string fields with a hidden NUL ("id\0junk" would
+ * pass for "id"). Returns the message, or NULL with the call failed. Free
+ * with release().
  */
-static int
-strings_clean(struct grpc_call *call, const ProtobufCMessageDescriptor *d,
+static ProtobufCMessage *
+unpack(struct grpc_call *call, const ProtobufCMessageDescriptor *d,
     const uint8_t *msg, size_t len)
 {
+	ProtobufCMessage *m = NULL;
 	int f = pbscan_nul_in_strings(d, msg, len);
 
 	if (f == 0)
-		return 0;
-	if (f < 0)
-		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "%s is not valid "
-		    "protobuf", d->short_name);
-	else
+		m = protobuf_c_message_unpack(d, &mem_protobuf_allocator, len,
+		    msg);
+	if (f > 0)
 		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "%s field %d "
 		    "contains a NUL byte", d->short_name, f);
-	return -1;
+	else if (m == NULL)
+		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "%s is not valid "
+		    "protobuf", d->short_name);
+	return m;
 }
+
+static void
+release(void *m)
+{
+	protobuf_c_message_free_unpacked(m, &mem_protobuf_allocator);
+}
+
+/* 1 when in holds 1..max bytes; else fails call naming the field. */
+static int
+size_ok(struct grpc_call *call, const ProtobufCBinaryData *in, size_t max,
+    const char *what)
+{
+	if (in->len > 0 && in->len <= max)
+		return 1;
+	grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "%s must be 1 to %zu "
+	    "bytes, got %zu", what, max, in->len);
+	return 0;
+}
+
+/*
+ * Queues a seal or open of in (1..max bytes, `what` names the field in
+ * the error) for call; key_id: the key a v2 open must use, or NULL.
+ */
+static void
+queue(struct kms *k, struct grpc_call *call, enum pool_op op,
+    const ProtobufCBinaryData *in, size_t max, const char *what,
+    const char *key_id, pool_done_cb done)
+{
+	struct pool_job *job;
+
+	if (!size_ok(call, in, max, what))
+		return;
+	if ((job = pool_job_new(op)) == NULL) {
+		grpc_call_fail(call, GRPC_RESOURCE_EXHAUSTED, "out of memory");
+		return;
+	}
+	memcpy(job->in, in->data, in->len);
+	job->in_len = in->len;
+	if (key_id != NULL)
+		memcpy(job->key_id, key_id, strlen(key_id) + 1);
+	submit(k, call, job, done);
+}
+
+/*
+ * The call a finished job should answer with its output, or NULL when the
+ * call is gone or the job failed (the call then got its error status);
+ * on NULL the job is freed.
+ */
+static struct grpc_call *
+job_answer(struct pool_job *job)
+{
+	struct grpc_call *call = job->arg;
+
+	if (call != NULL && job->status != KEYRING_OK) {
+		fail_job(job->ctx, call, job, job->key_id[0] != '\0' ?
+		    job->key_id : NULL);
+		call = NULL;
+	}
+	if (call == NULL)
+		pool_job_free(job);
+	return call;
+}
+
+/* ---- KMS v2 ---- */
 
 static void
 status_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
     size_t len)
 {
 	struct kms *k = ctx;
-	V2__StatusRequest *req;
 	V2__StatusResponse resp = V2__STATUS_RESPONSE__INIT;
+	ProtobufCMessage *req;
 
-	req = v2__status_request__unpack(&mem_protobuf_allocator, len, msg);
-	if (req == NULL) {
-		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "StatusRequest is "
-		    "not valid protobuf");
+	if ((req = unpack(call, &v2__status_request__descriptor, msg,
+	    len)) == NULL)
 		return;
-	}
-	v2__status_request__free_unpacked(req, &mem_protobuf_allocator);
+	release(req);
 	resp.version = (char *)k->version;
 	resp.healthz = (char *)kms_healthz(k);
 	resp.key_id = k->key_id;
@@ -402,22 +467,14 @@ status_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
 static void
 encrypt_done(struct pool_job *job)
 {
-	struct grpc_call *call = job->arg;
-	struct kms *k = job->ctx;
+	struct grpc_call *call = job_answer(job);
 	V2__EncryptResponse resp = V2__ENCRYPT_RESPONSE__INIT;
 	V2__EncryptResponse__AnnotationsEntry ann =
 	    V2__ENCRYPT_RESPONSE__ANNOTATIONS_ENTRY__INIT;
 	V2__EncryptResponse__AnnotationsEntry *anns[1] = { &ann };
 
-	if (call == NULL) {
-		pool_job_free(job);
+	if (call == NULL)
 		return;
-	}
-	if (job->status != KEYRING_OK) {
-		fail_job(k, call, job, NULL);
-		pool_job_free(job);
-		return;
-	}
 	resp.ciphertext.data = job->out;
 	resp.ciphertext.len = job->out_len;
 	resp.key_id = job->key_id_out;
@@ -434,58 +491,52 @@ static void
 encrypt_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
     size_t len)
 {
-	struct kms *k = ctx;
 	V2__EncryptRequest *req;
-	struct pool_job *job = NULL;
 
-	if (strings_clean(call, &v2__encrypt_request__descriptor, msg, len) != 0)
+	if ((req = (V2__EncryptRequest *)unpack(call,
+	    &v2__encrypt_request__descriptor, msg, len)) == NULL)
 		return;
-	req = v2__encrypt_request__unpack(&mem_protobuf_allocator, len, msg);
-	if (req == NULL) {
-		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "EncryptRequest "
-		    "is not valid protobuf");
-		return;
-	}
-	if (req->plaintext.len == 0 ||
-	    req->plaintext.len > KEYRING_MAX_PLAINTEXT) {
-		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "plaintext must "
-		    "be 1 to %d bytes, got %zu", KEYRING_MAX_PLAINTEXT,
-		    req->plaintext.len);
-		goto out;
-	}
-	if ((job = pool_job_new(POOL_SEAL)) == NULL) {
-		grpc_call_fail(call, GRPC_RESOURCE_EXHAUSTED, "out of memory");
-		goto out;
-	}
-	memcpy(job->in, req->plaintext.data, req->plaintext.len);
-	job->in_len = req->plaintext.len;
 	log_debug("Encrypt uid=%.100s bytes=%zu", req->uid,
 	    req->plaintext.len);
-	submit(k, call, job, encrypt_done);
- out:
-	v2__encrypt_request__free_unpacked(req, &mem_protobuf_allocator);
+	queue(ctx, call, POOL_SEAL, &req->plaintext, KEYRING_MAX_PLAINTEXT,
+	    "plaintext", NULL, encrypt_done);
+	release(req);
+}
+
+/* Answers Decrypt (v2) and v1beta1 Decrypt: both carry one bytes field. */
+static void
+open_done(struct pool_job *job, int v1)
+{
+	struct grpc_call *call = job_answer(job);
+	V2__DecryptResponse r2 = V2__DECRYPT_RESPONSE__INIT;
+	V1beta1__DecryptResponse r1 = V1BETA1__DECRYPT_RESPONSE__INIT;
+	ProtobufCBinaryData *pt = v1 ? &r1.plain : &r2.plaintext;
+
+	if (call == NULL)
+		return;
+	pt->data = job->out;
+	pt->len = job->out_len;
+	grpc_call_reply(call, v1 ? &r1.base : &r2.base);
+	pool_job_free(job);		/* wipes the plaintext */
 }
 
 static void
 decrypt_done(struct pool_job *job)
 {
-	struct grpc_call *call = job->arg;
-	struct kms *k = job->ctx;
-	V2__DecryptResponse resp = V2__DECRYPT_RESPONSE__INIT;
+	open_done(job, 0);
+}
 
-	if (call == NULL) {
-		pool_job_free(job);
-		return;
-	}
-	if (job->status != KEYRING_OK) {
-		fail_job(k, call, job, job->key_id);
-		pool_job_free(job);
-		return;
-	}
-	resp.plaintext.data = job->out;
-	resp.plaintext.len = job->out_len;
-	grpc_call_reply(call, &resp.base);
-	pool_job_free(job);		/* wipes the plaintext */
+/* A key_id that could be configured; else fails call with NOT_FOUND. */
+static int
+key_id_ok(struct grpc_call *call, const char *key_id)
+{
+	size_t n = strlen(key_id);
+
+	if (n > 0 && n < KEYRING_KEY_ID_MAX)
+		return 1;
+	grpc_call_fail(call, GRPC_NOT_FOUND, "key_id '%.100s' is not "
+	    "configured in this plugin", key_id);
+	return 0;
 }
 
 /* The annotations must be exactly what Encrypt returned. */
@@ -528,46 +579,21 @@ static void
 decrypt_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
     size_t len)
 {
-	struct kms *k = ctx;
 	V2__DecryptRequest *req;
-	struct pool_job *job = NULL;
-	size_t idlen;
 
-	if (strings_clean(call, &v2__decrypt_request__descriptor, msg, len) != 0)
+	if ((req = (V2__DecryptRequest *)unpack(call,
+	    &v2__decrypt_request__descriptor, msg, len)) == NULL)
 		return;
-	req = v2__decrypt_request__unpack(&mem_protobuf_allocator, len, msg);
-	if (req == NULL) {
-		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "DecryptRequest "
-		    "is not valid protobuf");
-		return;
-	}
-	if (req->ciphertext.len == 0 ||
-	    req->ciphertext.len > KEYRING_MAX_CIPHERTEXT) {
-		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "ciphertext must "
-		    "be 1 to %d bytes, got %zu", KEYRING_MAX_CIPHERTEXT,
+	if (size_ok(call, &req->ciphertext, KEYRING_MAX_CIPHERTEXT,
+	    "ciphertext") && key_id_ok(call, req->key_id) &&
+	    check_annotations(req, call) == 0) {
+		log_debug("Decrypt uid=%.100s bytes=%zu", req->uid,
 		    req->ciphertext.len);
-		goto out;
+		queue(ctx, call, POOL_OPEN, &req->ciphertext,
+		    KEYRING_MAX_CIPHERTEXT, "ciphertext", req->key_id,
+		    decrypt_done);
 	}
-	idlen = strlen(req->key_id);
-	if (idlen == 0 || idlen >= KEYRING_KEY_ID_MAX) {
-		grpc_call_fail(call, GRPC_NOT_FOUND, "key_id '%.100s' is not "
-		    "configured in this plugin", req->key_id);
-		goto out;
-	}
-	if (check_annotations(req, call) != 0)
-		goto out;
-	if ((job = pool_job_new(POOL_OPEN)) == NULL) {
-		grpc_call_fail(call, GRPC_RESOURCE_EXHAUSTED, "out of memory");
-		goto out;
-	}
-	memcpy(job->in, req->ciphertext.data, req->ciphertext.len);
-	job->in_len = req->ciphertext.len;
-	memcpy(job->key_id, req->key_id, idlen + 1);
-	log_debug("Decrypt uid=%.100s bytes=%zu", req->uid,
-	    req->ciphertext.len);
-	submit(k, call, job, decrypt_done);
- out:
-	v2__decrypt_request__free_unpacked(req, &mem_protobuf_allocator);
+	release(req);
 }
 
 /* ---- KMS v1beta1 ---- */
@@ -593,41 +619,29 @@ v1_version_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
 	V1beta1__VersionResponse resp = V1BETA1__VERSION_RESPONSE__INIT;
 
 	(void)ctx;
-	if (strings_clean(call, &v1beta1__version_request__descriptor, msg, len) != 0)
+	if ((req = (V1beta1__VersionRequest *)unpack(call,
+	    &v1beta1__version_request__descriptor, msg, len)) == NULL)
 		return;
-	req = v1beta1__version_request__unpack(&mem_protobuf_allocator, len,
-	    msg);
-	if (req == NULL) {
-		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "VersionRequest "
-		    "is not valid protobuf");
-		return;
-	}
 	if (v1_version_ok(req->version, call)) {
 		resp.version = (char *)V1_VERSION;
 		resp.runtime_name = (char *)"p11kms";
 		resp.runtime_version = (char *)P11KMS_VERSION;
 		grpc_call_reply(call, &resp.base);
 	}
-	v1beta1__version_request__free_unpacked(req, &mem_protobuf_allocator);
+	release(req);
 }
 
 static void
 v1_encrypt_done(struct pool_job *job)
 {
-	struct grpc_call *call = job->arg;
+	struct grpc_call *call = job_answer(job);
 	V1beta1__EncryptResponse resp = V1BETA1__ENCRYPT_RESPONSE__INIT;
 
-	if (call == NULL) {
-		pool_job_free(job);
+	if (call == NULL)
 		return;
-	}
-	if (job->status != KEYRING_OK) {
-		fail_job(job->ctx, call, job, NULL);
-	} else {
-		resp.cipher.data = job->out;
-		resp.cipher.len = job->out_len;
-		grpc_call_reply(call, &resp.base);
-	}
+	resp.cipher.data = job->out;
+	resp.cipher.len = job->out_len;
+	grpc_call_reply(call, &resp.base);
 	pool_job_free(job);
 }
 
@@ -636,54 +650,20 @@ v1_encrypt_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
     size_t len)
 {
 	V1beta1__EncryptRequest *req;
-	struct pool_job *job;
 
-	if (strings_clean(call, &v1beta1__encrypt_request__descriptor, msg, len) != 0)
+	if ((req = (V1beta1__EncryptRequest *)unpack(call,
+	    &v1beta1__encrypt_request__descriptor, msg, len)) == NULL)
 		return;
-	req = v1beta1__encrypt_request__unpack(&mem_protobuf_allocator, len,
-	    msg);
-	if (req == NULL) {
-		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "EncryptRequest "
-		    "is not valid protobuf");
-		return;
-	}
-	if (!v1_version_ok(req->version, call))
-		goto out;
-	if (req->plain.len == 0 || req->plain.len > KEYRING_MAX_PLAINTEXT) {
-		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "plain must be 1 "
-		    "to %d bytes, got %zu", KEYRING_MAX_PLAINTEXT,
-		    req->plain.len);
-		goto out;
-	}
-	if ((job = pool_job_new(POOL_SEAL)) == NULL) {
-		grpc_call_fail(call, GRPC_RESOURCE_EXHAUSTED, "out of memory");
-		goto out;
-	}
-	memcpy(job->in, req->plain.data, req->plain.len);
-	job->in_len = req->plain.len;
-	submit(ctx, call, job, v1_encrypt_done);
- out:
-	v1beta1__encrypt_request__free_unpacked(req, &mem_protobuf_allocator);
+	if (v1_version_ok(req->version, call))
+		queue(ctx, call, POOL_SEAL, &req->plain,
+		    KEYRING_MAX_PLAINTEXT, "plain", NULL, v1_encrypt_done);
+	release(req);
 }
 
 static void
 v1_decrypt_done(struct pool_job *job)
 {
-	struct grpc_call *call = job->arg;
-	V1beta1__DecryptResponse resp = V1BETA1__DECRYPT_RESPONSE__INIT;
-
-	if (call == NULL) {
-		pool_job_free(job);
-		return;
-	}
-	if (job->status != KEYRING_OK) {
-		fail_job(job->ctx, call, job, NULL);
-	} else {
-		resp.plain.data = job->out;
-		resp.plain.len = job->out_len;
-		grpc_call_reply(call, &resp.base);
-	}
-	pool_job_free(job);		/* wipes the plaintext */
+	open_done(job, 1);
 }
 
 static void
@@ -691,35 +671,15 @@ v1_decrypt_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
     size_t len)
 {
 	V1beta1__DecryptRequest *req;
-	struct pool_job *job;
 
-	if (strings_clean(call, &v1beta1__decrypt_request__descriptor, msg, len) != 0)
+	if ((req = (V1beta1__DecryptRequest *)unpack(call,
+	    &v1beta1__decrypt_request__descriptor, msg, len)) == NULL)
 		return;
-	req = v1beta1__decrypt_request__unpack(&mem_protobuf_allocator, len,
-	    msg);
-	if (req == NULL) {
-		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "DecryptRequest "
-		    "is not valid protobuf");
-		return;
-	}
-	if (!v1_version_ok(req->version, call))
-		goto out;
-	if (req->cipher.len == 0 || req->cipher.len > KEYRING_MAX_CIPHERTEXT) {
-		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "cipher must be 1 "
-		    "to %d bytes, got %zu", KEYRING_MAX_CIPHERTEXT,
-		    req->cipher.len);
-		goto out;
-	}
-	if ((job = pool_job_new(POOL_OPEN)) == NULL) {
-		grpc_call_fail(call, GRPC_RESOURCE_EXHAUSTED, "out of memory");
-		goto out;
-	}
 	/* No key_id in v1: the envelope names its key. */
-	memcpy(job->in, req->cipher.data, req->cipher.len);
-	job->in_len = req->cipher.len;
-	submit(ctx, call, job, v1_decrypt_done);
- out:
-	v1beta1__decrypt_request__free_unpacked(req, &mem_protobuf_allocator);
+	if (v1_version_ok(req->version, call))
+		queue(ctx, call, POOL_OPEN, &req->cipher,
+		    KEYRING_MAX_CIPHERTEXT, "cipher", NULL, v1_decrypt_done);
+	release(req);
 }
 
 static const struct grpc_method methods[] = {

@@ -1,4 +1,5 @@
 #include "plugin/ops.h"
+#include "plugin/unixsock.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -216,56 +217,6 @@ ops_listen_check(const char *addr, char *err, size_t errlen)
 
 /* ---- listening socket ---- */
 
-/* 1: something answers at the unix address; 0: nobody (stale); -1: unsure. */
-static int
-unix_is_live(const struct listen_addr *a)
-{
-	int fd, r;
-
-	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) == -1)
-		return -1;
-	r = connect(fd, (const struct sockaddr *)&a->ss, a->len);
-	if (r == 0)
-		r = 1;
-	else if (errno == ECONNREFUSED)
-		r = 0;
-	else
-		r = -1;
-	close(fd);
-	return r;
-}
-
-static int
-prepare_unix(const struct listen_addr *a, char *err,
-    size_t errlen)
-{
-	struct stat st;
-
-	if (a->path[0] == '@')
-		return 0;
-	if (lstat(a->path, &st) != 0)
-		return 0;
-	if (!S_ISSOCK(st.st_mode)) {
-		snprintf(err, errlen, "--ops-listen: '%.200s' exists and is not "
-		    "a socket; remove it or choose another path", a->path);
-		return -1;
-	}
-	switch (unix_is_live(a)) {
-	case 1:
-		snprintf(err, errlen, "--ops-listen: another process is "
-		    "serving on '%.200s'; stop it or choose another path",
-		    a->path);
-		return -1;
-	case 0:
-		log_info("removing stale ops socket %s", a->path);
-		(void)unlink(a->path);
-		break;
-	default:
-		break;		/* bind will say what is wrong */
-	}
-	return 0;
-}
-
 static void
 format_addr(const struct listen_addr *a, int fd, char *out, size_t cap)
 {
@@ -292,7 +243,7 @@ format_addr(const struct listen_addr *a, int fd, char *out, size_t cap)
 	}
 }
 
-/* Creates, binds and listens; returns the fd or -1 with err. */
+/* Creates, binds and listens on a TCP address; the fd or -1 with err. */
 static int
 open_listener(const struct listen_addr *a, const char *text, char *err,
     size_t errlen)
@@ -305,32 +256,18 @@ open_listener(const struct listen_addr *a, const char *text, char *err,
 		    strerror(errno));
 		return -1;
 	}
-	if (a->family == AF_UNIX) {
-		/*
-		 * Linux gives a unix socket the mode of its inode at bind
-		 * (less the umask): set it here rather than through umask(),
-		 * which is process-wide and would race other threads.
-		 */
-		if (fchmod(fd, 0600) != 0) {
-			e = errno;
-			goto fail_errno;
-		}
-	} else if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one,
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one,
 	    sizeof(one)) != 0) {
 		e = errno;
 		goto fail_errno;
 	}
 	if (bind(fd, (const struct sockaddr *)&a->ss, a->len) != 0) {
 		e = errno;
-		if (e == EADDRINUSE && a->family == AF_UNIX)
-			snprintf(err, errlen, "--ops-listen '%.120s': abstract "
-			    "socket in use by another process; choose another "
-			    "name", text);
-		else if (e == EADDRINUSE)
+		if (e == EADDRINUSE)
 			snprintf(err, errlen, "--ops-listen '%.120s': address "
 			    "in use (another p11kms?); choose another port or "
 			    "path", text);
-		else if (e == EACCES && a->family != AF_UNIX)
+		else if (e == EACCES)
 			snprintf(err, errlen, "--ops-listen '%.120s': "
 			    "permission denied; ports below 1024 need "
 			    "CAP_NET_BIND_SERVICE, use a higher one", text);
@@ -338,9 +275,6 @@ open_listener(const struct listen_addr *a, const char *text, char *err,
 			snprintf(err, errlen, "--ops-listen '%.120s': not an "
 			    "address of this host; use 127.0.0.1 or an "
 			    "address of one of its interfaces", text);
-		else if (e == ENOENT)
-			snprintf(err, errlen, "--ops-listen '%.120s': the "
-			    "directory does not exist; create it first", text);
 		else
 			goto fail_errno;
 		close(fd);
@@ -348,8 +282,6 @@ open_listener(const struct listen_addr *a, const char *text, char *err,
 	}
 	if (listen(fd, OPS_BACKLOG) != 0) {
 		e = errno;
-		if (a->family == AF_UNIX && a->path[0] != '@')
-			(void)unlink(a->path);
 		goto fail_errno;
 	}
 	return fd;
@@ -511,9 +443,10 @@ ops_start(const struct ops_config *cfg, struct ops **out, char *err,
 	}
 	o->stale = (uint64_t)(cfg->stale_s ? cfg->stale_s :
 	    OPS_STALE_S_DEFAULT) * NS_PER_S;
-	if (a.family == AF_UNIX && prepare_unix(&a, err, errlen) != 0)
-		goto fail;
-	if ((fd = open_listener(&a, cfg->listen, err, errlen)) == -1)
+	fd = a.family == AF_UNIX ?
+	    unixsock_listen(a.path, "--ops-listen", OPS_BACKLOG, err, errlen) :
+	    open_listener(&a, cfg->listen, err, errlen);
+	if (fd == -1)
 		goto fail;
 	if (a.family == AF_UNIX && a.path[0] != '@')
 		memcpy(o->unlink_path, a.path, sizeof(o->unlink_path));

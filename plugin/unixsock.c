@@ -1,0 +1,137 @@
+#include "plugin/unixsock.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
+#include "plugin/log.h"
+
+socklen_t
+unixsock_addr(const char *path, struct sockaddr_un *addr)
+{
+	size_t n = strlen(path);
+
+	memset(addr, 0, sizeof(*addr));
+	addr->sun_family = AF_UNIX;
+	if (path[0] == '@') {
+		/* Abstract: a leading NUL, then the name, not terminated. */
+		if (n > sizeof(addr->sun_path))
+			return 0;
+		memcpy(addr->sun_path + 1, path + 1, n - 1);
+		return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+	}
+	if (n == 0 || n >= sizeof(addr->sun_path))
+		return 0;
+	memcpy(addr->sun_path, path, n);
+	return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+}
+
+/* 1: something answers at addr; 0: nobody (stale); -1: cannot tell. */
+static int
+is_live(const struct sockaddr_un *addr, socklen_t alen)
+{
+	int fd, r;
+
+	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) == -1)
+		return -1;
+	r = connect(fd, (const struct sockaddr *)addr, alen);
+	if (r == 0)
+		r = 1;
+	else if (errno == ECONNREFUSED)
+		r = 0;
+	else
+		r = -1;
+	close(fd);
+	return r;
+}
+
+/* A socket file already at path: refuse it if live or not a socket. */
+static int
+clear_path(const char *path, const struct sockaddr_un *addr, socklen_t alen,
+    const char *flag, char *err, size_t errlen)
+{
+	struct stat st;
+
+	if (lstat(path, &st) != 0)
+		return 0;
+	if (!S_ISSOCK(st.st_mode)) {
+		snprintf(err, errlen, "%s: '%.200s' exists and is not a "
+		    "socket; remove it or choose another path", flag, path);
+		return -1;
+	}
+	switch (is_live(addr, alen)) {
+	case 1:
+		snprintf(err, errlen, "%s: another process is serving on "
+		    "'%.200s'; stop it or choose another path", flag, path);
+		return -1;
+	case 0:
+		log_info("removing stale socket %s", path);
+		(void)unlink(path);
+		break;
+	default:
+		break;		/* bind will say what is wrong */
+	}
+	return 0;
+}
+
+int
+unixsock_listen(const char *path, const char *flag, int backlog,
+    char *err, size_t errlen)
+{
+	struct sockaddr_un addr;
+	socklen_t alen;
+	int fd, e;
+
+	if ((alen = unixsock_addr(path, &addr)) == 0) {
+		snprintf(err, errlen, "%s: socket path '%.200s' is empty or "
+		    "longer than %zu bytes; choose a shorter one", flag, path,
+		    sizeof(addr.sun_path) - 1);
+		return -1;
+	}
+	if (path[0] != '@' &&
+	    clear_path(path, &addr, alen, flag, err, errlen) != 0)
+		return -1;
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd == -1) {
+		snprintf(err, errlen, "%s: socket: %s", flag, strerror(errno));
+		return -1;
+	}
+	/*
+	 * Linux creates the socket file with the mode of the unbound socket's
+	 * inode (less the umask): 0600 from the first instant.
+	 */
+	if (fchmod(fd, 0600) != 0) {
+		e = errno;
+		snprintf(err, errlen, "%s: fchmod: %s", flag, strerror(e));
+		goto fail;
+	}
+	if (bind(fd, (struct sockaddr *)&addr, alen) != 0) {
+		e = errno;
+		if (e == EADDRINUSE && path[0] == '@')
+			snprintf(err, errlen, "%s: abstract socket '%.200s' is "
+			    "in use by another process; choose another name",
+			    flag, path);
+		else if (e == ENOENT)
+			snprintf(err, errlen, "%s: cannot bind '%.200s': the "
+			    "directory does not exist; create it first", flag,
+			    path);
+		else
+			snprintf(err, errlen, "%s: cannot bind '%.200s': %s",
+			    flag, path, strerror(e));
+		goto fail;
+	}
+	if (listen(fd, backlog) != 0) {
+		e = errno;
+		snprintf(err, errlen, "%s: listen: %s", flag, strerror(e));
+		if (path[0] != '@')
+			(void)unlink(path);
+		goto fail;
+	}
+	return fd;
+
+ fail:
+	close(fd);
+	return -1;
+}
