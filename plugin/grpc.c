@@ -26,6 +26,9 @@
 #define OUT_HIGH_WATER		(256 * 1024)	/* stop generating output */
 #define GRPC_MESSAGE_MAX	512		/* grpc-message, encoded */
 #define MAX_BUFFERED		(32u * 1024 * 1024)	/* all request bodies */
+#define MAX_CONN_BUFFERED	(4u * 1024 * 1024)	/* one connection's */
+#define REQUEST_READ_S		10	/* to send a whole request */
+#define ACCEPT_PAUSE_MS		100	/* after EMFILE/ENFILE/ENOMEM */
 #define RST_BURST		8192		/* RST_STREAMs at once */
 #define RST_RATE		2048		/* RST_STREAMs per second */
 
@@ -43,6 +46,7 @@ struct grpc_call {
 	int path_known, path_seen, post, ct_ok, ct_seen, timeout_bad;
 	uint64_t deadline;
 	uint64_t started;		/* loop_now() at dispatch; 0 before */
+	size_t hdr_bytes;		/* header list size, RFC 9113 6.5.2 */
 	struct loop_timer timer;
 	uint8_t *body;			/* secret: may hold a DEK */
 	size_t len, cap;
@@ -81,6 +85,7 @@ struct conn {
 	uint8_t *out;			/* bytes nghttp2 produced, unsent */
 	size_t out_len, out_cap;
 	uint32_t events;
+	size_t buffered;		/* bytes of this conn's request buffers */
 	int dead, dirty;
 	struct grpc_call *calls;
 	struct conn *prev, *next;	/* srv->conns */
@@ -94,6 +99,7 @@ struct grpc_server {
 	void *ctx;
 	size_t max_request;
 	struct loop_watch lwatch;
+	struct loop_timer accept_timer;	/* resumes accepts after EMFILE */
 	char *sock_path;		/* NULL for abstract; unlinked at end */
 	struct conn *conns;
 	struct conn *dirty;
@@ -272,6 +278,17 @@ call_timeout(void *arg)
 
 	if (call->state == CALL_DONE)
 		return;
+	if (call->state == CALL_HEADERS) {
+		/* The client did not finish its request in time: free its
+		 * share of the request budget for others. */
+		if (call->deadline != 0 && loop_now() >= call->deadline)
+			grpc_call_fail(call, GRPC_DEADLINE_EXCEEDED, "deadline "
+			    "passed before the request was read");
+		else
+			grpc_call_fail(call, GRPC_RESOURCE_EXHAUSTED, "request "
+			    "not completed within %d s", REQUEST_READ_S);
+		return;
+	}
 	call_cancel(call);
 	grpc_call_fail(call, GRPC_DEADLINE_EXCEEDED,
 	    "deadline passed before the token answered");
@@ -282,6 +299,7 @@ static void
 call_drop_body(struct grpc_call *call)
 {
 	call->conn->srv->buffered -= call->cap;
+	call->conn->buffered -= call->cap;
 	mem_free_secret(call->body);
 	call->body = NULL;
 	call->len = call->cap = 0;
@@ -489,9 +507,8 @@ call_dispatch(struct grpc_call *call)
 	call->state = CALL_RUNNING;
 	call->started = loop_now();
 	s->ncalls++;
+	loop_timer_stop(s->loop, &call->timer);	/* the read timeout */
 	if (call->deadline != 0) {
-		call->timer.cb = call_timeout;
-		call->timer.arg = call;
 		if (loop_timer_start(s->loop, &call->timer,
 		    call->deadline) != 0) {
 			grpc_call_fail(call, GRPC_RESOURCE_EXHAUSTED,
@@ -557,6 +574,13 @@ on_begin_headers(nghttp2_session *h2, const nghttp2_frame *frame, void *user)
 		c->calls->prev = call;
 	c->calls = call;
 	nghttp2_session_set_stream_user_data(h2, call->id, call);
+	/* Until dispatch the timer bounds how long the request may take to
+	 * arrive (a slow or stalled client holds buffer budget); then it is
+	 * the call's deadline. */
+	call->timer.cb = call_timeout;
+	call->timer.arg = call;
+	(void)loop_timer_start(c->srv->loop, &call->timer,
+	    loop_now() + REQUEST_READ_S * 1000000000ull);
 	return 0;
 }
 
@@ -570,12 +594,21 @@ on_header(nghttp2_session *h2, const nghttp2_frame *frame,
 	size_t i;
 
 	(void)flags;
-	(void)c;
-	if (frame->hd.type != NGHTTP2_HEADERS ||
-	    frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+	if (frame->hd.type != NGHTTP2_HEADERS)
 		return 0;
 	call = nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id);
 	if (call == NULL)
+		return 0;
+	/*
+	 * Enforce the SETTINGS_MAX_HEADER_LIST_SIZE we advertise (nghttp2
+	 * does not): a few KB of HPACK can name a dynamic-table entry
+	 * thousands of times. Past the limit nghttp2 resets the stream and
+	 * stops handing us its fields.
+	 */
+	call->hdr_bytes += namelen + valuelen + 32;
+	if (call->hdr_bytes > MAX_HEADER_LIST)
+		return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+	if (frame->headers.cat != NGHTTP2_HCAT_REQUEST)
 		return 0;
 #define IS(s) (namelen == sizeof(s) - 1 && memcmp(name, s, namelen) == 0)
 	if (IS(":path")) {
@@ -634,7 +667,8 @@ on_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t id,
 			ncap = limit;
 		/* Unfinished requests on all connections share one budget:
 		 * many half-sent ones must not pin unbounded memory. */
-		if (ncap - call->cap > MAX_BUFFERED - c->srv->buffered) {
+		if (ncap - call->cap > MAX_BUFFERED - c->srv->buffered ||
+		    ncap - call->cap > MAX_CONN_BUFFERED - c->buffered) {
 			grpc_call_fail(call, GRPC_RESOURCE_EXHAUSTED,
 			    "too many unfinished requests are buffered; "
 			    "retry later");
@@ -649,6 +683,7 @@ on_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t id,
 			memcpy(nb, call->body, call->len);
 		mem_free_secret(call->body);
 		c->srv->buffered += ncap - call->cap;
+		c->buffered += ncap - call->cap;
 		call->body = nb;
 		call->cap = ncap;
 	}
@@ -962,13 +997,33 @@ on_accept(void *arg, uint32_t events)
 		fd = accept4(s->lwatch.fd, NULL, NULL,
 		    SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd == -1) {
-			if (errno != EAGAIN && errno != EINTR &&
-			    errno != ECONNABORTED)
-				log_warn("accept: %s", strerror(errno));
+			if (errno == EAGAIN || errno == EINTR ||
+			    errno == ECONNABORTED)
+				return;
+			/*
+			 * Out of fds or memory: the socket stays readable, so
+			 * stop watching it for a while instead of spinning;
+			 * clients wait in the backlog meanwhile.
+			 */
+			log_warn("accept: %s (%zu connections open); pausing "
+			    "accepts for %d ms", strerror(errno), s->nconns,
+			    ACCEPT_PAUSE_MS);
+			loop_unwatch(s->loop, &s->lwatch);
+			(void)loop_timer_start(s->loop, &s->accept_timer,
+			    loop_now() + ACCEPT_PAUSE_MS * 1000000ull);
 			return;
 		}
 		(void)conn_add(s, fd);
 	}
+}
+
+static void
+accept_resume(void *arg)
+{
+	struct grpc_server *s = arg;
+
+	if (s->lwatch.fd != -1)
+		(void)loop_watch(s->loop, &s->lwatch, EPOLLIN);
 }
 
 int
@@ -1002,6 +1057,8 @@ grpc_server_new(struct loop *l, const struct grpc_method *methods,
 	s->ctx = ctx;
 	s->max_request = max_request;
 	s->lwatch.fd = -1;
+	s->accept_timer.cb = accept_resume;
+	s->accept_timer.arg = s;
 	if (nghttp2_session_callbacks_new(&s->cbs) != 0 ||
 	    nghttp2_option_new(&s->opt) != 0) {
 		grpc_server_free(s);
@@ -1066,6 +1123,7 @@ grpc_server_shutdown(struct grpc_server *s)
 {
 	struct conn *c;
 
+	loop_timer_stop(s->loop, &s->accept_timer);
 	if (s->lwatch.fd != -1) {
 		loop_unwatch(s->loop, &s->lwatch);
 		close(s->lwatch.fd);
