@@ -132,10 +132,11 @@ run_job(struct keyring_worker *w, struct pool_job *job)
 		/* Only this session is gone: a new one, then once more. */
 		snprintf(job->detail, sizeof(job->detail), "%s",
 		    keyring_worker_error(w));
-		if (keyring_worker_reopen(w) == KEYRING_OK)
-			run_op(w, job);
-		if (job->status == KEYRING_E_SESSION)
-			job->status = KEYRING_E_TOKEN;
+		if (keyring_worker_reopen(w) != KEYRING_OK)
+			job->status = KEYRING_E_TOKEN;	/* beyond a session */
+		else
+			run_op(w, job);	/* may still say SESSION: this one
+					 * failed too, but the next may not */
 	}
 	if (job->status == KEYRING_E_TOKEN)
 		snprintf(job->detail, sizeof(job->detail), "%s",

@@ -3,8 +3,9 @@
  * (keyring_worker) and runs jobs from a bounded FIFO; finished jobs are
  * handed back to the event loop through an eventfd, so the loop never
  * blocks on the token. A worker whose session fails (KEYRING_E_SESSION)
- * opens a new one and runs the job once more; a failure beyond the session
- * comes back as KEYRING_E_TOKEN, for the daemon to recover the keyring.
+ * opens a new one and runs the job once more; if the new session fails too
+ * the job says KEYRING_E_SESSION; if no session can be opened it says
+ * KEYRING_E_TOKEN, for the daemon to recover the keyring.
  *
  * Threading contract: pool_submit, pool_fd, pool_reap and pool_free are
  * called from the loop thread only. A job belongs to the pool from

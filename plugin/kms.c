@@ -14,6 +14,8 @@
 
 #define NS_PER_S		1000000000ull
 #define PROBE_RETRY_S		2	/* after a failure, probe this soon */
+#define PROBE_SESSION_TRIES	3	/* lost sessions before "down" */
+#define PROBE_SESSION_RETRY_NS	100000000ull	/* 100 ms */
 
 struct kms {
 	struct loop *loop;
@@ -24,6 +26,7 @@ struct kms {
 	struct loop_timer timer;
 	struct pool_job *probe_job;	/* running probe, or NULL */
 	int probed;			/* a probe has finished */
+	unsigned session_fails;		/* probes in a row that lost a session */
 	int healthy;
 	uint64_t last_ok;		/* loop_now() of the last good probe */
 	time_t down_since;		/* wall clock, for the message */
@@ -104,8 +107,21 @@ probe_done(struct pool_job *job)
 		k->healthy = 1;
 		k->why[0] = '\0';
 		k->last_ok = job->finished;
+		k->session_fails = 0;
 		if (!was)
 			health_notify(k);
+	} else if (job->status == KEYRING_E_SESSION &&
+	    ++k->session_fails < PROBE_SESSION_TRIES) {
+		/* The worker has a new session already: try again soon
+		 * rather than call the token down for one lost session. */
+		pool_job_free(job);
+		(void)loop_timer_start(k->loop, &k->timer,
+		    loop_now() + PROBE_SESSION_RETRY_NS);
+		return;
+	} else if (job->status == KEYRING_E_SESSION) {
+		/* Sessions keep failing: treat it as the token's fault. */
+		health_fail(k, "seal/open round trip failed on fresh sessions",
+		    KEYRING_E_TOKEN, job->detail);
 	} else if (job->status == POOL_E_DEADLINE) {
 		health_fail(k, "health probe waited longer than the probe "
 		    "interval for a token session", KEYRING_E_TOKEN, NULL);
@@ -227,6 +243,8 @@ kms_set_keyring(struct kms *k, struct keyring *kr, struct pool *pool)
 	if (kr == NULL) {
 		/* Recovering: no token until the daemon hands a new one. */
 		loop_timer_stop(k->loop, &k->timer);
+		if (k->healthy)
+			set_down(k, "reopening the token after a fault");
 		return;
 	}
 	snprintf(k->key_id, sizeof(k->key_id), "%s",
@@ -315,6 +333,12 @@ fail_job(struct kms *k, struct grpc_call *call, struct pool_job *job,
 	case KEYRING_E_TOOBIG:
 		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "plaintext is "
 		    "larger than %d bytes", KEYRING_MAX_PLAINTEXT);
+		break;
+	case KEYRING_E_SESSION:
+		/* A new session is already open: only this request fails. */
+		grpc_call_fail(call, GRPC_UNAVAILABLE, "token session lost "
+		    "(%s); retry", job->detail[0] ? job->detail :
+		    keyring_strerror(job->status));
 		break;
 	case KEYRING_E_TOKEN:
 	case KEYRING_E_PIN:

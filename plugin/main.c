@@ -102,11 +102,21 @@ on_ops_timer(void *arg)
 	(void)loop_timer_start(d->loop, &d->ops_timer, loop_now() + NS_PER_S);
 }
 
-/* kms: the token's health changed; readyz follows at once. */
+/*
+ * kms: the token's health changed; readyz follows at once. Healthy again
+ * (a probe got through): a recovery still pending is not needed.
+ */
 static void
 on_health(void *arg)
 {
-	publish(arg);
+	struct daemon *d = arg;
+	int ok;
+
+	if (kms_probe_done(d->kms, &ok) && ok && d->cur != NULL) {
+		loop_timer_stop(d->loop, &d->recover_timer);
+		d->recover_s = RECOVER_MIN_S;
+	}
+	publish(d);
 }
 
 static void

@@ -305,6 +305,36 @@ def test_session_fault_reopens_session(fdaemon, faults, rv):
     chk.done()
 
 
+def test_repeated_session_fault_stays_session_level(fdaemon, faults):
+    """A request, or the health probe, that meets a lost session twice (on
+    its session and on the fresh one) must not call the token down nor
+    re-initialize the module: a new session is all it takes."""
+    d, c = fdaemon()
+    round_trip(c)
+    before = faults.counts()
+    chk = Checks()
+    faults.set("C_Encrypt CKR_SESSION_HANDLE_INVALID 2")
+    r, dt = timed(c.encrypt, os.urandom(32), timeout=10)
+    chk.check(not isinstance(r, grpc.RpcError) or
+              r.code() == C.UNAVAILABLE, "got %s" % rpc_desc(r))
+    # Let the probe (every PROBE s) meet the fault too, on an idle daemon.
+    faults.set("C_Encrypt CKR_SESSION_HANDLE_INVALID 2")
+    deadline = time.monotonic() + 2.5 * PROBE
+    while time.monotonic() < deadline:
+        h = chk.status(c)
+        chk.check(h == "ok", "Status went %r over a lost session" % h)
+        time.sleep(0.05)
+    faults.clear()
+    chk.serves(c, 1.0, "after repeated session faults")
+    after = faults.counts()
+    chk.check(after.get("C_Initialize", 0) == before.get("C_Initialize", 0),
+              "a session fault re-initialized the module")
+    chk.check(after.get("C_OpenSession", 0) > before.get("C_OpenSession", 0),
+              "no new session after the fault")
+    assert d.alive(), d.stderr()[-2000:]
+    chk.done()
+
+
 # The token restarted: our sessions are logged out, the module still works.
 LOGGED_OUT = "\n".join("%s CKR_USER_NOT_LOGGED_IN" % f for f in (
     "C_EncryptInit", "C_Encrypt", "C_DecryptInit", "C_Decrypt"))
