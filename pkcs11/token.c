@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #include <openssl/crypto.h>
 #include <p11-kit/p11-kit.h>
@@ -684,6 +685,7 @@ int
 token_read_pin(const char *path, char *pin, size_t cap, size_t *len,
     char *err, size_t errlen)
 {
+	struct stat st;
 	size_t n = 0;
 	ssize_t r;
 	int fd = -1, ret = KEYRING_E_PIN;
@@ -697,6 +699,23 @@ token_read_pin(const char *path, char *pin, size_t cap, size_t *len,
 	if (fd < 0) {
 		token_err(err, errlen, "cannot open PIN file %s: %s", path,
 		    strerror(errno));
+		goto out;
+	}
+	/*
+	 * Like ssh with a private key: a PIN others can read, or others or
+	 * the group can change, is refused. Group read stays allowed, for
+	 * the root:p11kms 0440 layout conf/README.md describes.
+	 */
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		token_err(err, errlen, "PIN file %s is not a regular file",
+		    path);
+		goto out;
+	}
+	if (st.st_mode & (S_IROTH | S_IWOTH | S_IWGRP)) {
+		token_err(err, errlen, "PIN file %s has mode %04o: others may "
+		    "read or change it; chmod 0400 (or 0440 with the p11kms "
+		    "group) and rotate the PIN", path,
+		    (unsigned)(st.st_mode & 07777));
 		goto out;
 	}
 	/* Read one byte more than a PIN plus CRLF may take, to see excess. */

@@ -181,3 +181,13 @@ def test_unusable_uri_refused(tmp_path, uri_extra):
     args = base_args(tok, str(tmp_path / "s.sock"))
     args[args.index("-k") + 1] = "pkcs11:token=kms;object=kek1" + uri_extra
     assert_usage_error(run_p11kms(args, env=tok.env()))
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o666, 0o620])
+def test_pin_file_others_can_read_or_change_refused(tmp_path, mode):
+    tok = make_token(str(tmp_path / "tok"))
+    os.chmod(tok.pin_file, mode)
+    r = run_p11kms(base_args(tok, str(tmp_path / "kms.sock")), env=tok.env())
+    assert_usage_error(r, "pin file", "chmod 0400")
+    assert tok.pin not in r.stderr.replace(str(tmp_path), "")
+    assert not os.path.exists(str(tmp_path / "kms.sock"))

@@ -281,6 +281,7 @@ def test_no_pin_in_any_output(tmp_path):
     # A wrong PIN is refused once, named without its value.
     bad = tmp_path / "badpin"
     bad.write_text("24680\n")
+    bad.chmod(0o600)
     r = tool(tok, "keys", "--module", MODULE, "--pin-file", str(bad),
              "pkcs11:token=kms")
     assert r.returncode == 2 and "CKR_PIN_INCORRECT" in r.stderr

@@ -137,6 +137,7 @@ write_file(const char *path, const char *text)
 	assert_non_null(f);
 	assert_int_equal(fputs(text, f) >= 0, 1);
 	assert_int_equal(fclose(f), 0);
+	assert_int_equal(chmod(path, 0600), 0);	/* PIN files must be */
 }
 
 static void
@@ -580,6 +581,47 @@ test_wrong_pin(void **state)
 	assert_int_equal(load(&URI_KEK1, 1, pin, &kr, err, sizeof(err)),
 	    KEYRING_OK);
 	keyring_free(kr);
+}
+
+/* A PIN file others can read or change is refused, whatever it holds. */
+static void
+test_pin_file_mode(void **state)
+{
+	static const struct {
+		mode_t mode;
+		int ok;
+	} cases[] = {
+		{ 0600, 1 }, { 0400, 1 }, { 0440, 1 }, { 0640, 1 },
+		{ 0644, 0 }, { 0604, 0 }, { 0620, 0 }, { 0602, 0 }, { 0666, 0 },
+	};
+	struct keyring *kr = NULL;
+	char pin[PATH_MAX], err[512];
+	size_t i;
+
+	(void)state;
+	PATHF(pin, "%s/modepin", main_dir);
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		write_file(pin, "1234\n");
+		assert_int_equal(chmod(pin, cases[i].mode), 0);
+		err[0] = '\0';
+		if (cases[i].ok) {
+			assert_int_equal(load(&URI_KEK1, 1, pin, &kr, err,
+			    sizeof(err)), KEYRING_OK);
+			keyring_free(kr);
+			kr = NULL;
+		} else {
+			assert_int_equal(load(&URI_KEK1, 1, pin, &kr, err,
+			    sizeof(err)), KEYRING_E_PIN);
+			assert_null(kr);
+			assert_has(err, "chmod 0400");
+			assert_lacks(err, "1234\n");
+		}
+	}
+	unlink(pin);
+	/* Not a regular file. */
+	assert_int_equal(load(&URI_KEK1, 1, "/dev/null", &kr, err,
+	    sizeof(err)), KEYRING_E_PIN);
+	assert_has(err, "not a regular file");
 }
 
 static void
@@ -1170,6 +1212,7 @@ main(void)
 		cmocka_unit_test_setup(test_pin_value_refused, setup),
 		cmocka_unit_test_setup(test_wrong_pin, setup),
 		cmocka_unit_test_setup(test_pin_sources, setup),
+		cmocka_unit_test_setup(test_pin_file_mode, setup),
 		cmocka_unit_test_setup(test_missing_key, setup),
 		cmocka_unit_test_setup(test_bad_uris, setup),
 		cmocka_unit_test_setup(test_duplicate_keys, setup),
