@@ -19,6 +19,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "tests/unit/tokentest.h"
+
 #include <ftw.h>
 #include <limits.h>
 #include <pthread.h>
@@ -36,18 +38,11 @@
 #include "pkcs11/token.h"
 
 #define HDR_LEN	(ENVELOPE_FIXED_LEN + 12)
-/* snprintf into an array, failing the test on truncation. */
-#define PATHF(buf, ...) \
-	assert_true(snprintf((buf), sizeof(buf), __VA_ARGS__) < \
-	    (int)sizeof(buf))
 #define TAG_LEN	16
 
-static char srcdir[1024];
-static char base[1024];		/* mkdtemp; everything under it */
 static char main_dir[PATH_MAX];		/* token "kms" with all test keys */
 static char main_conf[PATH_MAX];
 static char main_pin[PATH_MAX];
-static const char *module;
 
 static const char *const URI_KEK1 =
     "pkcs11:token=kms;object=kek1;type=secret-key";
@@ -56,36 +51,15 @@ static const char *const URI_K2 =
 
 /* ------------------------------------------------------------------ */
 
-static int
-mktoken(const char *dir, const char *args)
-{
-	char cmd[3 * PATH_MAX];
-	int r;
-
-	snprintf(cmd, sizeof(cmd), "sh '%s/tests/mktoken.sh' '%s' %s",
-	    srcdir, dir, args);
-	r = system(cmd);
-	if (r != 0)
-		fprintf(stderr, "mktoken failed (%d): %s\n", r, cmd);
-	return r;
-}
 
 /* A new token directory under base: base/name. */
 static void
 make_dir_token(const char *name, const char *args, char *dir, size_t cap)
 {
-	assert_true(snprintf(dir, cap, "%s/%s", base, name) < (int)cap);
-	assert_int_equal(mktoken(dir, args), 0);
+	assert_true(snprintf(dir, cap, "%s/%s", tt_base, name) < (int)cap);
+	assert_int_equal(tt_mktoken(dir, args), 0);
 }
 
-static void
-use_conf(const char *dir)
-{
-	char conf[PATH_MAX];
-
-	PATHF(conf, "%s/softhsm2.conf", dir);
-	assert_int_equal(setenv("SOFTHSM2_CONF", conf, 1), 0);
-}
 
 static int
 load(const char *const *uris, size_t n, const char *pin_file,
@@ -94,7 +68,7 @@ load(const char *const *uris, size_t n, const char *pin_file,
 	struct keyring_config cfg;
 
 	memset(&cfg, 0, sizeof(cfg));
-	cfg.module = module;
+	cfg.module = tt_module;
 	cfg.key_uris = uris;
 	cfg.nkeys = n;
 	cfg.pin_file = pin_file;
@@ -115,19 +89,7 @@ load_ok(const char *const *uris, size_t n)
 	return kr;
 }
 
-static void
-assert_has(const char *msg, const char *needle)
-{
-	if (strstr(msg, needle) == NULL)
-		fail_msg("message \"%s\" lacks \"%s\"", msg, needle);
-}
 
-static void
-assert_lacks(const char *msg, const char *needle)
-{
-	if (strstr(msg, needle) != NULL)
-		fail_msg("message \"%s\" contains \"%s\"", msg, needle);
-}
 
 static void
 write_file(const char *path, const char *text)
@@ -151,61 +113,32 @@ assert_key_id_form(const char *id)
 		    (id[i] >= 'a' && id[i] <= 'f'));
 }
 
-static int
-rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	(void)sb;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
 
 static int
 group_teardown(void **state)
 {
 	(void)state;
-	if (base[0] != '\0')
-		nftw(base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	tokentest_teardown();
 	return 0;
 }
 
 static int
 group_setup(void **state)
 {
-	const char *s, *tmp;
-	char script[1100];
-
 	(void)state;
-	s = getenv("P11KMS_SRCDIR");
-	snprintf(srcdir, sizeof(srcdir), "%s", s != NULL && *s ? s : ".");
-	if (snprintf(script, sizeof(script), "%s/tests/mktoken.sh", srcdir) >=
-	    (int)sizeof(script) || access(script, R_OK) != 0) {
-		fprintf(stderr, "%s not found: run from the repo root or set "
-		    "P11KMS_SRCDIR\n", script);
+	if (tokentest_setup("p11kms-test") != 0)
 		return -1;
-	}
-	module = getenv("P11KMS_TEST_MODULE");
-	if (module == NULL || *module == '\0')
-		module = "/usr/lib/softhsm/libsofthsm2.so";
-	tmp = getenv("TMPDIR");
-	snprintf(base, sizeof(base), "%s/p11kms-test-XXXXXX",
-	    tmp != NULL && *tmp ? tmp : "/tmp");
-	if (mkdtemp(base) == NULL) {
-		perror("mkdtemp");
-		base[0] = '\0';
-		return -1;
-	}
-	PATHF(main_dir, "%s/main", base);
+	PATHF(main_dir, "%s/main", tt_base);
 	PATHF(main_conf, "%s/softhsm2.conf", main_dir);
 	PATHF(main_pin, "%s/pin", main_dir);
-	if (mktoken(main_dir, "--label kek1 --id 01") != 0 ||
-	    mktoken(main_dir, "--add-key-only --label k2 --id 02") != 0 ||
-	    mktoken(main_dir, "--add-key-only --label kx --id 09 "
+	if (tt_mktoken(main_dir, "--label kek1 --id 01") != 0 ||
+	    tt_mktoken(main_dir, "--add-key-only --label k2 --id 02") != 0 ||
+	    tt_mktoken(main_dir, "--add-key-only --label kx --id 09 "
 	    "--extractable") != 0 ||
-	    mktoken(main_dir, "--add-key-only --label k128 --id 0a "
+	    tt_mktoken(main_dir, "--add-key-only --label k128 --id 0a "
 	    "--len 16") != 0 ||
-	    mktoken(main_dir, "--add-key-only --label dup --id 0b") != 0 ||
-	    mktoken(main_dir, "--add-key-only --label dup --id 0c") != 0 ||
+	    tt_mktoken(main_dir, "--add-key-only --label dup --id 0b") != 0 ||
+	    tt_mktoken(main_dir, "--add-key-only --label dup --id 0c") != 0 ||
 	    setenv("SOFTHSM2_CONF", main_conf, 1) != 0) {
 		/* cmocka skips the group teardown when the setup fails. */
 		group_teardown(state);
@@ -493,7 +426,7 @@ test_same_names_other_value(void **state)
 	/* Same token label, key label and id; another key value. */
 	make_dir_token("twin", "--label kek1 --id 01", dir, sizeof(dir));
 	PATHF(pin, "%s/pin", dir);
-	use_conf(dir);
+	tt_use_conf(dir);
 	kr = NULL;
 	assert_int_equal(load(&URI_KEK1, 1, pin, &kr, err, sizeof(err)),
 	    KEYRING_OK);
@@ -567,7 +500,7 @@ test_wrong_pin(void **state)
 	(void)state;
 	/* Its own token: a refused PIN counts against the token. */
 	make_dir_token("wrongpin", "", dir, sizeof(dir));
-	use_conf(dir);
+	tt_use_conf(dir);
 	PATHF(pin, "%s/badpin", dir);
 	write_file(pin, "97531\n");
 	assert_int_equal(load(&URI_KEK1, 1, pin, &kr, err, sizeof(err)),
@@ -643,7 +576,7 @@ test_pin_sources(void **state)
 	keyring_free(kr);
 
 	/* CRLF and no newline at all are both fine. */
-	PATHF(path, "%s/pin-crlf", base);
+	PATHF(path, "%s/pin-crlf", tt_base);
 	write_file(path, "1234\r\n");
 	assert_int_equal(load(&URI_KEK1, 1, path, &kr, err, sizeof(err)),
 	    KEYRING_OK);
@@ -661,11 +594,11 @@ test_pin_sources(void **state)
 	assert_has(err, "--pin-file");
 
 	/* Unreadable, empty. */
-	PATHF(path, "%s/no-such-pin", base);
+	PATHF(path, "%s/no-such-pin", tt_base);
 	assert_int_equal(load(&URI_KEK1, 1, path, &kr, err, sizeof(err)),
 	    KEYRING_E_PIN);
 	assert_has(err, "no-such-pin");
-	PATHF(path, "%s/pin-empty", base);
+	PATHF(path, "%s/pin-empty", tt_base);
 	write_file(path, "\n");
 	assert_int_equal(load(&URI_KEK1, 1, path, &kr, err, sizeof(err)),
 	    KEYRING_E_PIN);
@@ -867,7 +800,7 @@ test_key_never_leaves(void **state)
 	/* A live keyring, so its session copies of the KEK exist too. */
 	kr = load_ok(&URI_KEK1, 1);
 	assert_int_equal(token_uri_parse(URI_KEK1, &uri, err, sizeof(err)), 0);
-	assert_int_equal(token_open(module, uri, "test", &t, err,
+	assert_int_equal(token_open(tt_module, uri, "test", &t, err,
 	    sizeof(err)), 0);
 	assert_int_equal(token_login(t, main_pin, NULL, err, sizeof(err)), 0);
 	assert_int_equal(token_find_key(t, uri, "test", &kek, NULL, err,
@@ -906,7 +839,7 @@ test_no_gcm(void **state)
 
 	(void)state;
 	make_dir_token("nogcm", "--no-gcm", dir, sizeof(dir));
-	use_conf(dir);
+	tt_use_conf(dir);
 	PATHF(pin, "%s/pin", dir);
 	if (load(&URI_KEK1, 1, pin, &kr, err, sizeof(err)) != KEYRING_OK)
 		fail_msg("no-GCM token: %s", err);
@@ -916,7 +849,7 @@ test_no_gcm(void **state)
 	kr = NULL;
 
 	memset(&cfg, 0, sizeof(cfg));
-	cfg.module = module;
+	cfg.module = tt_module;
 	cfg.key_uris = &URI_KEK1;
 	cfg.nkeys = 1;
 	cfg.pin_file = pin;
@@ -937,8 +870,8 @@ test_two_tokens_same_label(void **state)
 
 	(void)state;
 	make_dir_token("twotokens", "", dir, sizeof(dir));
-	assert_int_equal(mktoken(dir, ""), 0);	/* a second "kms" token */
-	use_conf(dir);
+	assert_int_equal(tt_mktoken(dir, ""), 0);	/* a second "kms" token */
+	tt_use_conf(dir);
 	PATHF(pin, "%s/pin", dir);
 	assert_int_equal(load(&uri, 1, pin, &kr, err, sizeof(err)),
 	    KEYRING_E_CONFIG);
@@ -966,14 +899,14 @@ test_module_lookup(void **state)
 	cfg.pin_file = main_pin;
 
 	/* module-path in the URI. */
-	snprintf(uri, sizeof(uri), "%s?module-path=%s", URI_KEK1, module);
+	snprintf(uri, sizeof(uri), "%s?module-path=%s", URI_KEK1, tt_module);
 	kr = NULL;
 	if (keyring_load(&cfg, &kr, err, sizeof(err)) != KEYRING_OK)
 		fail_msg("module-path: %s", err);
 	assert_string_equal(keyring_primary_key_id(kr), id);
 	keyring_free(kr);
 
-	/* A bad module path names the path. */
+	/* A bad tt_module path names the path. */
 	cfg.module = "/nonexistent/libnothing.so";
 	assert_int_equal(keyring_load(&cfg, &kr, err, sizeof(err)),
 	    KEYRING_E_CONFIG);
@@ -984,7 +917,7 @@ test_module_lookup(void **state)
 	assert_has(err, "no-such-p11-kit-module");
 	cfg.module = NULL;
 
-	/* By p11-kit module name, then by searching every module. */
+	/* By p11-kit tt_module name, then by searching every module. */
 	if (access("/usr/share/p11-kit/modules/softhsm2.module", R_OK) != 0) {
 		print_message("softhsm2 not registered with p11-kit: "
 		    "name and search lookups skipped\n");
@@ -1102,7 +1035,7 @@ test_key_identity(void **state)
 	for (i = 0; i < sizeof(key); i++)
 		key[i] = (uint8_t)(0x80 + i);
 	assert_int_equal(token_uri_parse(URI_KEK1, &uri, err, sizeof(err)), 0);
-	assert_int_equal(token_open(module, uri, "test", &t, err,
+	assert_int_equal(token_open(tt_module, uri, "test", &t, err,
 	    sizeof(err)), 0);
 	assert_int_equal(token_login(t, main_pin, NULL, err, sizeof(err)), 0);
 	assert_int_equal(t->fn->C_CreateObject(t->session, tmpl,

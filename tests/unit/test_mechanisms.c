@@ -21,6 +21,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "tests/unit/tokentest.h"
+
 #include <ftw.h>
 #include <limits.h>
 #include <stdio.h>
@@ -37,15 +39,9 @@
 #include "pkcs11/mech.h"
 #include "pkcs11/token.h"
 
-#define PATHF(buf, ...) \
-	assert_true(snprintf((buf), sizeof(buf), __VA_ARGS__) < \
-	    (int)sizeof(buf))
 #define HDR	ENVELOPE_FIXED_LEN	/* KWP and RSA carry no IV */
 
-static char srcdir[1024];
-static char base[1024];
 static char main_dir[PATH_MAX], main_conf[PATH_MAX], main_pin[PATH_MAX];
-static const char *module;
 
 static const char *const URI_KEK1 =	/* enc/dec/wrap/unwrap (mktoken) */
     "pkcs11:token=kms;object=kek1;type=secret-key";
@@ -60,35 +56,8 @@ static const char *const URI_RSA4K =	/* keygen rsa-oaep 4096 */
 
 /* ------------------------------------------------------------------ */
 
-static int
-mktoken(const char *dir, const char *args)
-{
-	char cmd[3 * PATH_MAX];
-	int r;
 
-	snprintf(cmd, sizeof(cmd), "sh '%s/tests/mktoken.sh' '%s' %s",
-	    srcdir, dir, args);
-	r = system(cmd);
-	if (r != 0)
-		fprintf(stderr, "mktoken failed (%d): %s\n", r, cmd);
-	return r;
-}
 
-static void
-use_conf(const char *dir)
-{
-	char conf[PATH_MAX];
-
-	PATHF(conf, "%s/softhsm2.conf", dir);
-	assert_int_equal(setenv("SOFTHSM2_CONF", conf, 1), 0);
-}
-
-static void
-assert_has(const char *msg, const char *needle)
-{
-	if (strstr(msg, needle) == NULL)
-		fail_msg("message \"%s\" lacks \"%s\"", msg, needle);
-}
 
 static int
 load_mech(const char *const *uris, size_t n, const char *pin,
@@ -97,7 +66,7 @@ load_mech(const char *const *uris, size_t n, const char *pin,
 	struct keyring_config cfg;
 
 	memset(&cfg, 0, sizeof(cfg));
-	cfg.module = module;
+	cfg.module = tt_module;
 	cfg.key_uris = uris;
 	cfg.nkeys = n;
 	cfg.pin_file = pin;
@@ -125,7 +94,7 @@ keygen(const char *uri, const char *pin, const char *mechanism,
 	struct keyring_tool_config cfg;
 
 	memset(&cfg, 0, sizeof(cfg));
-	cfg.module = module;
+	cfg.module = tt_module;
 	cfg.uri = uri;
 	cfg.pin_file = pin;
 	cfg.mechanism = mechanism;
@@ -163,21 +132,12 @@ round_trip(struct keyring_worker *w, size_t i, const uint8_t *pt,
 	return ctlen;
 }
 
-static int
-rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	(void)sb;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
 
 static int
 group_teardown(void **state)
 {
 	(void)state;
-	if (base[0] != '\0')
-		nftw(base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	tokentest_teardown();
 	return 0;
 }
 
@@ -185,29 +145,11 @@ static int
 group_setup(void **state)
 {
 	struct keyring_key_info info;
-	const char *s, *tmp;
-	char script[1100], err[768] = "";
+	char err[768] = "";
 
-	s = getenv("P11KMS_SRCDIR");
-	snprintf(srcdir, sizeof(srcdir), "%s", s != NULL && *s ? s : ".");
-	if (snprintf(script, sizeof(script), "%s/tests/mktoken.sh", srcdir) >=
-	    (int)sizeof(script) || access(script, R_OK) != 0) {
-		fprintf(stderr, "%s not found: run from the repo root or set "
-		    "P11KMS_SRCDIR\n", script);
+	if (tokentest_setup("p11kms-mech") != 0)
 		return -1;
-	}
-	module = getenv("P11KMS_TEST_MODULE");
-	if (module == NULL || *module == '\0')
-		module = "/usr/lib/softhsm/libsofthsm2.so";
-	tmp = getenv("TMPDIR");
-	snprintf(base, sizeof(base), "%s/p11kms-mech-XXXXXX",
-	    tmp != NULL && *tmp ? tmp : "/tmp");
-	if (mkdtemp(base) == NULL) {
-		perror("mkdtemp");
-		base[0] = '\0';
-		return -1;
-	}
-	if (snprintf(main_dir, sizeof(main_dir), "%s/main", base) >=
+	if (snprintf(main_dir, sizeof(main_dir), "%s/main", tt_base) >=
 	    (int)sizeof(main_dir))
 		goto fail;
 	if (snprintf(main_conf, sizeof(main_conf), "%s/softhsm2.conf",
@@ -215,10 +157,10 @@ group_setup(void **state)
 	    snprintf(main_pin, sizeof(main_pin), "%s/pin", main_dir) >=
 	    (int)sizeof(main_pin))
 		goto fail;
-	if (mktoken(main_dir, "--label kek1 --id 01") != 0 ||
-	    mktoken(main_dir, "--add-key-only --label kx --id 09 "
+	if (tt_mktoken(main_dir, "--label kek1 --id 01") != 0 ||
+	    tt_mktoken(main_dir, "--add-key-only --label kx --id 09 "
 	    "--extractable") != 0 ||
-	    mktoken(main_dir, "--add-key-only --label k128 --id 0a "
+	    tt_mktoken(main_dir, "--add-key-only --label k128 --id 0a "
 	    "--len 16") != 0 ||
 	    setenv("SOFTHSM2_CONF", main_conf, 1) != 0)
 		goto fail;
@@ -463,7 +405,7 @@ test_kwp_wrong_key_and_no_leftovers(void **state)
 
 	/* No generic secrets left behind, in the worker's session or any. */
 	assert_int_equal(token_uri_parse(URI_KEK1, &uri, err, sizeof(err)), 0);
-	assert_int_equal(token_open(module, uri, "test", &t, err,
+	assert_int_equal(token_open(tt_module, uri, "test", &t, err,
 	    sizeof(err)), 0);
 	assert_int_equal(token_login(t, main_pin, NULL, err, sizeof(err)), 0);
 	assert_int_equal(token_find_all(t, tmpl, 2, hs, 4, &n, NULL), CKR_OK);
@@ -601,7 +543,7 @@ test_rsa_key_id(void **state)
 
 	(void)state;
 	assert_int_equal(token_uri_parse(URI_RSA, &uri, err, sizeof(err)), 0);
-	assert_int_equal(token_open(module, uri, "test", &t, err,
+	assert_int_equal(token_open(tt_module, uri, "test", &t, err,
 	    sizeof(err)), 0);
 	assert_int_equal(token_login(t, main_pin, NULL, err, sizeof(err)), 0);
 	assert_int_equal(token_find_key(t, uri, "test", &priv, NULL, err,
@@ -890,7 +832,7 @@ test_keygen_attributes(void **state)
 
 	(void)state;
 	assert_int_equal(token_uri_parse(URI_GCM, &uri, err, sizeof(err)), 0);
-	assert_int_equal(token_open(module, uri, "test", &t, err,
+	assert_int_equal(token_open(tt_module, uri, "test", &t, err,
 	    sizeof(err)), 0);
 	assert_int_equal(token_login(t, main_pin, NULL, err, sizeof(err)), 0);
 
@@ -1040,7 +982,7 @@ test_list(void **state)
 
 	(void)state;
 	memset(&cfg, 0, sizeof(cfg));
-	cfg.module = module;
+	cfg.module = tt_module;
 	cfg.uri = "pkcs11:token=kms";
 	cfg.pin_file = main_pin;
 	if (keyring_list(&cfg, &v, &n, &truncated, err, sizeof(err)) != 0)
@@ -1115,10 +1057,10 @@ test_no_gcm_token(void **state)
 	size_t ctlen, outlen;
 
 	(void)state;
-	PATHF(dir, "%s/nogcm", base);
-	assert_int_equal(mktoken(dir, "--no-gcm"), 0);
+	PATHF(dir, "%s/nogcm", tt_base);
+	assert_int_equal(tt_mktoken(dir, "--no-gcm"), 0);
 	PATHF(pin, "%s/pin", dir);
-	use_conf(dir);
+	tt_use_conf(dir);
 	assert_int_equal(keygen("pkcs11:token=kms;object=g1", pin, "aes-gcm",
 	    0, &info, err, sizeof(err)), KEYRING_E_CONFIG);
 	assert_has(err, "CKM_AES_GCM");
@@ -1171,7 +1113,7 @@ test_kcv_kwp(void **state)
 	for (i = 0; i < sizeof(key); i++)
 		key[i] = (uint8_t)(0x40 + i);
 	assert_int_equal(token_uri_parse(URI_KEK1, &uri, err, sizeof(err)), 0);
-	assert_int_equal(token_open(module, uri, "test", &t, err,
+	assert_int_equal(token_open(tt_module, uri, "test", &t, err,
 	    sizeof(err)), 0);
 	assert_int_equal(token_login(t, main_pin, NULL, err, sizeof(err)), 0);
 	assert_int_equal(t->fn->C_CreateObject(t->session, tmpl,
