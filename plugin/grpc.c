@@ -28,6 +28,7 @@
 #define MAX_BUFFERED		(32u * 1024 * 1024)	/* all request bodies */
 #define MAX_CONN_BUFFERED	(4u * 1024 * 1024)	/* one connection's */
 #define REQUEST_READ_S		10	/* to send a whole request */
+#define LOG_FAILURES_PER_S	50	/* "request failed" lines a second */
 #define ACCEPT_PAUSE_MS		100	/* after EMFILE/ENFILE/ENOMEM */
 #define RST_BURST		8192		/* RST_STREAMs at once */
 #define RST_RATE		2048		/* RST_STREAMs per second */
@@ -399,6 +400,35 @@ respond_status(struct grpc_call *call, const char *http_status,
 	call_finish(call);
 }
 
+/*
+ * At most LOG_FAILURES_PER_S "request failed" lines a second: while the
+ * token is down every request fails at once, and a line each would flood
+ * the log. The next failure after the second is over logs how many lines
+ * were left out.
+ * Loop thread only.
+ */
+static int
+log_failure_allowed(void)
+{
+	static uint64_t window;
+	static unsigned logged, dropped;
+	uint64_t now = loop_now();
+
+	if (now - window >= 1000000000ull) {
+		if (dropped > 0)
+			log_warn("%u failed requests were not logged (at most "
+			    "%d lines a second)", dropped, LOG_FAILURES_PER_S);
+		window = now;
+		logged = dropped = 0;
+	}
+	if (logged < LOG_FAILURES_PER_S) {
+		logged++;
+		return 1;
+	}
+	dropped++;
+	return 0;
+}
+
 void
 grpc_call_fail(struct grpc_call *call, enum grpc_code code, const char *fmt,
     ...)
@@ -414,9 +444,10 @@ grpc_call_fail(struct grpc_call *call, enum grpc_code code, const char *fmt,
 	utf8_sanitize(text);
 	/* One line per failed request; the text holds no secret (key_ids and
 	 * bounded, escaped peer strings at most). */
-	log_kv(LOG_WARN, "request failed", "method", call->method != NULL ?
-	    call->method->path : "(unknown)", "code", grpc_code_name(code),
-	    "error", text, NULL);
+	if (log_failure_allowed())
+		log_kv(LOG_WARN, "request failed", "method",
+		    call->method != NULL ? call->method->path : "(unknown)",
+		    "code", grpc_code_name(code), "error", text, NULL);
 	respond_status(call, "200", code, text);
 }
 

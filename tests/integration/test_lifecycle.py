@@ -2,6 +2,7 @@
 daemons (fresh tmp dir), all stopped by PID at teardown."""
 
 import os
+import re
 import signal
 import socket
 import time
@@ -434,3 +435,28 @@ def test_half_open_streams_memory_bounded(token, spawn, pb):
         for h in conns:
             h.sock.close()
     assert_healthy(d, pb, "after half-open streams")
+
+
+def test_failed_request_lines_are_rate_limited(token, spawn, client_for):
+    """Every failure is logged, but at most 50 lines a second: a token
+    outage fails every request at once and must not flood the log."""
+    d = spawn(token)
+    c = client_for(d)
+    for _ in range(300):
+        try:
+            c.encrypt(b"")              # INVALID_ARGUMENT, fails at once
+        except grpc.RpcError:
+            pass
+    time.sleep(1.1)
+    try:
+        c.encrypt(b"")                  # opens the next window
+    except grpc.RpcError:
+        pass
+    log = d.stderr()
+    lines = log.count("request failed")
+    dropped = [int(n) for n in
+               re.findall(r"(\d+) failed requests were not logged", log)]
+    assert dropped, log[-2000:]
+    assert lines + sum(dropped) == 301, (lines, dropped)
+    # At most 50 a second, in at most as many windows as the run took.
+    assert lines <= 50 * (len(dropped) + 1), (lines, dropped)
