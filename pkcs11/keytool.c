@@ -254,6 +254,21 @@ out:
 	return ret;
 }
 
+/* Copies a URI attribute of 1..LABEL_MAX bytes; name is "object" or "id". */
+static int
+copy_name(const CK_ATTRIBUTE *a, uint8_t *out, size_t *outlen,
+    const char *name, const char *uri_text, char *err, size_t errlen)
+{
+	if (a->ulValueLen == 0 || a->ulValueLen > LABEL_MAX) {
+		token_err(err, errlen, "URI %s: %s= must be 1 to %d bytes",
+		    uri_text, name, LABEL_MAX);
+		return KEYRING_E_CONFIG;
+	}
+	memcpy(out, a->pValue, a->ulValueLen);
+	*outlen = a->ulValueLen;
+	return KEYRING_OK;
+}
+
 /* Reads the label (required) and id (optional) keygen should use. */
 static int
 gen_names(P11KitUri *uri, const char *uri_text, uint8_t *label,
@@ -269,24 +284,14 @@ gen_names(P11KitUri *uri, const char *uri_text, uint8_t *label,
 	for (i = 0; i < n; i++) {
 		switch (a[i].type) {
 		case CKA_LABEL:
-			if (a[i].ulValueLen == 0 ||
-			    a[i].ulValueLen > LABEL_MAX) {
-				token_err(err, errlen, "URI %s: object= must "
-				    "be 1 to %d bytes", uri_text, LABEL_MAX);
+			if (copy_name(&a[i], label, labellen, "object",
+			    uri_text, err, errlen) != KEYRING_OK)
 				return KEYRING_E_CONFIG;
-			}
-			memcpy(label, a[i].pValue, a[i].ulValueLen);
-			*labellen = a[i].ulValueLen;
 			break;
 		case CKA_ID:
-			if (a[i].ulValueLen == 0 ||
-			    a[i].ulValueLen > LABEL_MAX) {
-				token_err(err, errlen, "URI %s: id= must be 1 "
-				    "to %d bytes", uri_text, LABEL_MAX);
+			if (copy_name(&a[i], id, idlen, "id", uri_text, err,
+			    errlen) != KEYRING_OK)
 				return KEYRING_E_CONFIG;
-			}
-			memcpy(id, a[i].pValue, a[i].ulValueLen);
-			*idlen = a[i].ulValueLen;
 			break;
 		case CKA_CLASS:
 			if (a[i].ulValueLen == sizeof(*cls))

@@ -451,31 +451,30 @@ render_token(struct sb *b)
 	    (unsigned long long)load64(&reg.token_changes));
 }
 
+/* One unlabelled gauge: its HELP/TYPE header and its value. */
+static void
+gauge(struct sb *b, const char *name, const char *help, atomic_uint *v)
+{
+	sb_header(b, name, "gauge", help);
+	sb_printf(b, "%s %u\n", name, atomic_load_explicit(v, RELAXED));
+}
+
 static void
 render_gauges(struct sb *b)
 {
 	char id[sizeof(key_id) * 2];
 
-	sb_header(b, "p11kms_grpc_requests_in_flight", "gauge",
-	    "gRPC calls accepted and not yet answered.");
-	sb_printf(b, "p11kms_grpc_requests_in_flight %u\n",
-	    atomic_load_explicit(&reg.grpc_calls, RELAXED));
-	sb_header(b, "p11kms_grpc_connections", "gauge",
-	    "Open client connections on the KMS socket.");
-	sb_printf(b, "p11kms_grpc_connections %u\n",
-	    atomic_load_explicit(&reg.grpc_conns, RELAXED));
-	sb_header(b, "p11kms_pool_workers", "gauge",
-	    "Token worker threads, each with its own session.");
-	sb_printf(b, "p11kms_pool_workers %u\n",
-	    atomic_load_explicit(&reg.pool_workers, RELAXED));
-	sb_header(b, "p11kms_pool_busy_workers", "gauge",
-	    "Token worker threads running a job.");
-	sb_printf(b, "p11kms_pool_busy_workers %u\n",
-	    atomic_load_explicit(&reg.pool_busy, RELAXED));
-	sb_header(b, "p11kms_pool_queued_jobs", "gauge",
-	    "Token jobs waiting for a free worker.");
-	sb_printf(b, "p11kms_pool_queued_jobs %u\n",
-	    atomic_load_explicit(&reg.pool_queued, RELAXED));
+	gauge(b, "p11kms_grpc_requests_in_flight",
+	    "gRPC calls accepted and not yet answered.", &reg.grpc_calls);
+	gauge(b, "p11kms_grpc_connections",
+	    "Open client connections on the KMS socket.", &reg.grpc_conns);
+	gauge(b, "p11kms_pool_workers",
+	    "Token worker threads, each with its own session.",
+	    &reg.pool_workers);
+	gauge(b, "p11kms_pool_busy_workers",
+	    "Token worker threads running a job.", &reg.pool_busy);
+	gauge(b, "p11kms_pool_queued_jobs",
+	    "Token jobs waiting for a free worker.", &reg.pool_queued);
 
 	pthread_mutex_lock(&key_lock);
 	escape_label(key_id, id, sizeof(id));
