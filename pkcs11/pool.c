@@ -154,7 +154,7 @@ worker_main(void *varg)
 	struct keyring_worker *w = p->workers[wa->idx];
 	struct pool_job *job;
 	uint64_t one = 1;
-	int nice_now;
+	int nice_now, wake;
 
 	free(wa);
 	/*
@@ -192,10 +192,17 @@ worker_main(void *varg)
 		pthread_mutex_lock(&p->lock);
 		p->busy--;
 		job->next = p->done;
+		wake = p->done == NULL;
 		p->done = job;
 		pthread_mutex_unlock(&p->lock);
-		/* A full counter cannot happen: the loop drains it. */
-		(void)!write(p->efd, &one, sizeof(one));
+		/*
+		 * Only the job that makes the list non-empty wakes the loop:
+		 * the others are taken with it by the pool_reap that wake-up
+		 * brings (it empties the list after reading the eventfd).
+		 * A full counter cannot happen: the loop drains it.
+		 */
+		if (wake)
+			(void)!write(p->efd, &one, sizeof(one));
 	}
 	return NULL;
 }
@@ -325,6 +332,7 @@ pool_reap(struct pool *p)
 {
 	struct pool_job *list, *job, *prev = NULL;
 	uint64_t v;
+	unsigned n;
 
 	(void)!read(p->efd, &v, sizeof(v));
 	pthread_mutex_lock(&p->lock);
@@ -338,12 +346,16 @@ pool_reap(struct pool *p)
 		job->next = prev;
 		prev = job;
 	}
+	for (job = prev, n = 0; job != NULL; job = job->next)
+		n++;
+	if (n > 0) {
+		pthread_mutex_lock(&p->lock);
+		p->inflight -= n;
+		pthread_mutex_unlock(&p->lock);
+	}
 	while ((job = prev) != NULL) {
 		prev = job->next;
 		job->next = NULL;
-		pthread_mutex_lock(&p->lock);
-		p->inflight--;
-		pthread_mutex_unlock(&p->lock);
 		job->done(job);		/* may free job */
 	}
 }

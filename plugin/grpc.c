@@ -23,7 +23,8 @@
 #define READS_PER_WAKEUP	4
 #define MAX_CONCURRENT_STREAMS	1024
 #define MAX_HEADER_LIST		16384
-#define OUT_HIGH_WATER		(256 * 1024)	/* stop generating output */
+#define OUT_GATHER		(64 * 1024)	/* output gathered per send;
+					 * unsent, it stops reading */
 #define GRPC_MESSAGE_MAX	512		/* grpc-message, encoded */
 #define MAX_BUFFERED		(32u * 1024 * 1024)	/* all request bodies */
 #define MAX_CONN_BUFFERED	(4u * 1024 * 1024)	/* one connection's */
@@ -839,7 +840,13 @@ conn_set_events(struct conn *c, uint32_t ev)
 	(void)loop_rewatch(c->srv->loop, &c->watch, ev);
 }
 
-/* Writes what is buffered, then what nghttp2 has, until the socket fills. */
+/*
+ * Gathers what nghttp2 has behind what is already buffered (up to
+ * OUT_GATHER), then writes it with one send: a reply's HEADERS, DATA and
+ * trailers, and every reply of one loop tick, go out together instead of as
+ * one send (and one peer wake-up) per frame. Sent bytes are wiped: they may
+ * hold Decrypt plaintexts.
+ */
 static void
 conn_flush(struct conn *c)
 {
@@ -849,7 +856,24 @@ conn_flush(struct conn *c)
 
 	if (c->dead)
 		return;
-	if (c->out_len > 0) {
+	do {
+		while (c->out_len < OUT_GATHER) {
+			n = nghttp2_session_mem_send(c->h2, &data);
+			if (n < 0) {
+				log_debug("connection: nghttp2 send: %s",
+				    nghttp2_strerror((int)n));
+				conn_close(c);
+				return;
+			}
+			if (n == 0)
+				break;
+			if (out_append(c, data, (size_t)n) != 0) {
+				conn_close(c);
+				return;
+			}
+		}
+		if (c->out_len == 0)
+			break;
 		w = send(c->watch.fd, c->out, c->out_len, MSG_NOSIGNAL);
 		if (w < 0 && errno != EAGAIN && errno != EINTR) {
 			conn_close(c);
@@ -857,30 +881,10 @@ conn_flush(struct conn *c)
 		}
 		off = w > 0 ? (size_t)w : 0;
 		memmove(c->out, c->out + off, c->out_len - off);
+		mem_wipe(c->out + c->out_len - off, off);
 		c->out_len -= off;
-	}
-	while (c->out_len == 0) {
-		n = nghttp2_session_mem_send(c->h2, &data);
-		if (n < 0) {
-			log_debug("connection: nghttp2 send: %s",
-			    nghttp2_strerror((int)n));
-			conn_close(c);
-			return;
-		}
-		if (n == 0)
-			break;
-		w = send(c->watch.fd, data, (size_t)n, MSG_NOSIGNAL);
-		if (w < 0 && errno != EAGAIN && errno != EINTR) {
-			conn_close(c);
-			return;
-		}
-		off = w > 0 ? (size_t)w : 0;
-		if (off < (size_t)n && out_append(c, data + off,
-		    (size_t)n - off) != 0) {
-			conn_close(c);
-			return;
-		}
-	}
+		/* All sent: nghttp2 may have more than one gather. */
+	} while (c->out_len == 0 && off > 0);
 	if (c->dead)
 		return;
 	if (c->out_len == 0 && !nghttp2_session_want_read(c->h2) &&
@@ -890,7 +894,7 @@ conn_flush(struct conn *c)
 	}
 	/* Stop reading while the peer does not read what we send. */
 	conn_set_events(c, (c->out_len > 0 ? EPOLLOUT : 0) |
-	    (c->out_len < OUT_HIGH_WATER ? EPOLLIN : 0));
+	    (c->out_len < OUT_GATHER ? EPOLLIN : 0));
 }
 
 static void

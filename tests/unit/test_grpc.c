@@ -6,7 +6,15 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include <errno.h>
+#include <unistd.h>
+#include <sys/socket.h>
+
+#include <nghttp2/nghttp2.h>
+
+#include "kms_v2.pb-c.h"
 #include "plugin/grpc.h"
+#include "plugin/loop.h"
 
 static void
 test_timeout_units(void **state)
@@ -118,6 +126,152 @@ test_frame_bad(void **state)
 	assert_null(msg);	/* never set on failure */
 }
 
+/* ---- a reply leaves in one send ---- */
+
+static void
+status_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
+    size_t len)
+{
+	V2__StatusResponse r = V2__STATUS_RESPONSE__INIT;
+
+	(void)ctx;
+	(void)msg;
+	(void)len;
+	r.version = (char *)"v2";
+	r.healthz = (char *)"ok";
+	r.key_id = (char *)"k1";
+	grpc_call_reply(call, &r.base);
+}
+
+static ssize_t
+empty_message(nghttp2_session *h2, int32_t sid, uint8_t *buf, size_t len,
+    uint32_t *flags, nghttp2_data_source *src, void *arg)
+{
+	(void)h2;
+	(void)sid;
+	(void)src;
+	(void)arg;
+	assert_true(len >= GRPC_FRAME_HDR);
+	memset(buf, 0, GRPC_FRAME_HDR);	/* uncompressed, length 0 */
+	*flags |= NGHTTP2_DATA_FLAG_EOF;
+	return GRPC_FRAME_HDR;
+}
+
+/* Everything the client session has to send, as one record. */
+static void
+client_send(nghttp2_session *cl, int fd)
+{
+	uint8_t out[4096];
+	const uint8_t *data;
+	size_t have = 0;
+	ssize_t n;
+
+	while ((n = nghttp2_session_mem_send(cl, &data)) > 0) {
+		assert_true((size_t)n <= sizeof(out) - have);
+		memcpy(out + have, data, (size_t)n);
+		have += (size_t)n;
+	}
+	assert_true(n == 0);
+	if (have > 0)
+		assert_int_equal(send(fd, out, have, 0), (ssize_t)have);
+}
+
+/*
+ * On a SOCK_SEQPACKET pair every send() is one record, so the records the
+ * client reads count the server's sends: a reply's HEADERS, DATA and
+ * trailers must all be in one (one peer wake-up per reply, not three).
+ */
+static void
+test_reply_is_one_send(void **state)
+{
+	static const struct grpc_method methods[] = {
+		{ "/v2.KeyManagementService/Status", status_handler },
+	};
+	nghttp2_session_callbacks *cbs;
+	nghttp2_session *cl;
+	nghttp2_data_provider dp = { .read_callback = empty_message };
+	nghttp2_nv hdrs[] = {
+#define NV(n, v) { (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, \
+	sizeof(v) - 1, NGHTTP2_NV_FLAG_NONE }
+		NV(":method", "POST"), NV(":scheme", "http"),
+		NV(":path", "/v2.KeyManagementService/Status"),
+		NV(":authority", "localhost"),
+		NV("content-type", "application/grpc"), NV("te", "trailers"),
+#undef NV
+	};
+	struct grpc_server *srv;
+	struct loop *l;
+	uint8_t rec[8192];
+	int sv[2], round, i, sid, first, nrec, types[3], flags[3], ntypes;
+	uint32_t fsid;
+	size_t off, flen;
+	ssize_t n;
+
+	(void)state;
+	assert_int_equal(loop_new(&l), 0);
+	assert_int_equal(grpc_server_new(l, methods, 1, NULL, 65536, &srv),
+	    0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC,
+	    0, sv), 0);
+	assert_int_equal(grpc_server_adopt(srv, sv[0]), 0);
+	assert_int_equal(nghttp2_session_callbacks_new(&cbs), 0);
+	assert_int_equal(nghttp2_session_client_new(&cl, cbs, NULL), 0);
+	assert_int_equal(nghttp2_submit_settings(cl, NGHTTP2_FLAG_NONE, NULL,
+	    0), 0);
+
+	for (round = 0; round < 3; round++) {
+		sid = nghttp2_submit_request(cl, NULL, hdrs,
+		    sizeof(hdrs) / sizeof(hdrs[0]), &dp, NULL);
+		assert_true(sid > 0);
+		client_send(cl, sv[1]);
+		/* Serve until the reply's trailers are read; note which
+		 * record held each of the reply's frames. */
+		first = -1;
+		ntypes = 0;
+		for (i = 0, nrec = 0; i < 200 && ntypes < 3; i++) {
+			assert_int_equal(loop_once(l, 10), 0);
+			grpc_server_tick(srv);
+			while ((n = recv(sv[1], rec, sizeof(rec),
+			    MSG_DONTWAIT)) > 0) {
+				for (off = 0; off + 9 <= (size_t)n;
+				    off += 9 + flen) {
+					flen = (size_t)rec[off] << 16 |
+					    (size_t)rec[off + 1] << 8 |
+					    rec[off + 2];
+					fsid = ((uint32_t)rec[off + 5] << 24 |
+					    (uint32_t)rec[off + 6] << 16 |
+					    (uint32_t)rec[off + 7] << 8 |
+					    rec[off + 8]) & 0x7fffffffu;
+					if (fsid != (uint32_t)sid)
+						continue;
+					if (first == -1)
+						first = nrec;
+					assert_int_equal(first, nrec);
+					assert_true(ntypes < 3);
+					types[ntypes] = rec[off + 3];
+					flags[ntypes++] = rec[off + 4];
+				}
+				nrec++;
+				assert_int_equal(nghttp2_session_mem_recv(cl,
+				    rec, (size_t)n), n);
+			}
+			assert_true(n == -1 && (errno == EAGAIN ||
+			    errno == EWOULDBLOCK));
+			client_send(cl, sv[1]);	/* acks */
+		}
+		assert_int_equal(ntypes, 3);
+		assert_int_equal(types[0], NGHTTP2_HEADERS);
+		assert_int_equal(types[1], NGHTTP2_DATA);
+		assert_int_equal(types[2], NGHTTP2_HEADERS);	/* trailers */
+		assert_true(flags[2] & NGHTTP2_FLAG_END_STREAM);
+	}
+	nghttp2_session_del(cl);
+	nghttp2_session_callbacks_del(cbs);
+	close(sv[1]);
+	grpc_server_free(srv);
+	loop_free(l);
+}
+
 int
 main(void)
 {
@@ -127,6 +281,7 @@ main(void)
 		cmocka_unit_test(test_percent_encode),
 		cmocka_unit_test(test_frame_ok),
 		cmocka_unit_test(test_frame_bad),
+		cmocka_unit_test(test_reply_is_one_send),
 	};
 
 	return cmocka_run_group_tests_name("grpc", tests, NULL, NULL);
