@@ -179,7 +179,7 @@ loop_once(struct loop *l, int max_wait_ms)
 	struct epoll_event ev[LOOP_EVENTS];
 	struct loop_watch *w;
 	uint64_t now, wait_ns;
-	int n, i, timeout = max_wait_ms;
+	int n, i, pass, timeout = max_wait_ms;
 
 	if (l->nheap > 0) {
 		now = loop_now();
@@ -192,9 +192,13 @@ loop_once(struct loop *l, int max_wait_ms)
 	n = epoll_wait(l->epfd, ev, LOOP_EVENTS, timeout);
 	if (n == -1)
 		return errno == EINTR ? 0 : -errno;
-	for (i = 0; i < n; i++) {
-		w = ev[i].data.ptr;
-		w->cb(w->arg, ev[i].events);
+	/* Two passes: the "late" watches see what the others did first. */
+	for (pass = 0; pass < 2; pass++) {
+		for (i = 0; i < n; i++) {
+			w = ev[i].data.ptr;
+			if ((w->late != 0) == pass)
+				w->cb(w->arg, ev[i].events);
+		}
 	}
 	run_timers(l);
 	return 0;

@@ -23,6 +23,7 @@ struct loop_watch {
 	int fd;
 	loop_io_cb cb;
 	void *arg;
+	int late;	/* run after the other watches ready at the same time */
 };
 
 struct loop_timer {

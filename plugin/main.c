@@ -128,6 +128,19 @@ on_pool(void *arg, uint32_t events)
 	pool_reap(g->pool);
 }
 
+/*
+ * The pool's eventfd watch. Finished jobs are taken after the connections'
+ * input of the same wake-up ("late"): a Status read then is answered and
+ * sent before the loop builds a burst of Encrypt/Decrypt replies.
+ */
+static void
+pool_watch_init(struct gen *g)
+{
+	g->watch.cb = on_pool;
+	g->watch.arg = g;
+	g->watch.late = 1;
+}
+
 /* Frees retired generations whose last call has finished. */
 static void
 reap_retired(struct daemon *d)
@@ -278,8 +291,7 @@ on_loaded(void *arg, struct gen *g, int status, const char *err)
 		goto again;
 	}
 	keep_fixed(d, &g->cfg);
-	g->watch.cb = on_pool;
-	g->watch.arg = g;
+	pool_watch_init(g);
 	if (loop_watch(d->loop, &g->watch, EPOLLIN) != 0) {
 		log_error("%s failed: epoll: %s", d->recovering ? "recovery" :
 		    "reload", strerror(errno));
@@ -490,8 +502,7 @@ main(int argc, char **argv)
 		fprintf(stderr, "p11kms: cannot create the event loop\n");
 		goto out;
 	}
-	g->watch.cb = on_pool;
-	g->watch.arg = g;
+	pool_watch_init(g);
 	if (loop_watch(d.loop, &g->watch, EPOLLIN) != 0 ||
 	    loop_watch(d.loop, &d.sig_watch, EPOLLIN) != 0 ||
 	    gen_loader_init(&d.loader, d.loop, argc, argv, on_loaded,

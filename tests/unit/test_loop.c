@@ -6,6 +6,10 @@
 #include <stdlib.h>
 #include <cmocka.h>
 
+#include <unistd.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+
 #include "plugin/loop.h"
 
 #define NT 200
@@ -61,11 +65,67 @@ test_timer_order(void **state)
 	loop_free(l);
 }
 
+/* ---- late watches ---- */
+
+static char order[8];
+static size_t norder;
+
+static void
+on_ready(void *arg, uint32_t events)
+{
+	struct loop_watch *w = arg;
+	uint64_t v;
+
+	(void)events;
+	assert_int_equal(read(w->fd, &v, sizeof(v)), (ssize_t)sizeof(v));
+	assert_true(norder < sizeof(order));
+	order[norder++] = w->late ? 'L' : 'n';
+}
+
+/*
+ * Watches ready in the same wake-up: every "late" one runs after every
+ * other, whatever order epoll returns them in (both registration orders).
+ */
+static void
+test_late_watch_runs_last(void **state)
+{
+	struct loop_watch w[4];
+	struct loop *l;
+	uint64_t one = 1;
+	int i, round;
+
+	(void)state;
+	for (round = 0; round < 2; round++) {
+		assert_int_equal(loop_new(&l), 0);
+		norder = 0;
+		for (i = 0; i < 4; i++) {
+			w[i].fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+			assert_true(w[i].fd >= 0);
+			w[i].cb = on_ready;
+			w[i].arg = &w[i];
+			/* round 0: late ones registered first; 1: last */
+			w[i].late = round == 0 ? i < 2 : i >= 2;
+			assert_int_equal(loop_watch(l, &w[i], EPOLLIN), 0);
+			assert_int_equal(write(w[i].fd, &one, sizeof(one)),
+			    (ssize_t)sizeof(one));
+		}
+		assert_int_equal(loop_once(l, 1000), 0);
+		assert_int_equal(norder, 4);
+		assert_memory_equal(order, "nnLL", 4);
+		for (i = 0; i < 4; i++) {
+			loop_unwatch(l, &w[i]);
+			close(w[i].fd);
+		}
+		loop_free(l);
+	}
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_timer_order),
+		cmocka_unit_test(test_late_watch_runs_last),
 	};
 
 	return cmocka_run_group_tests_name("loop", tests, NULL, NULL);
