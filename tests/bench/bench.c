@@ -6,7 +6,10 @@
  * poll loop, C requests kept in flight), checks every answer, and in the
  * same run measures the raw baseline: the same seal/open through the
  * keyring API in this process, on the same token and key, with as many
- * threads as the daemon has workers. See tests/bench/README.md.
+ * threads as the daemon has workers. The two sides run in interleaved
+ * rounds (a slice served, the same slice raw, the order alternating), and
+ * /proc/stat's steal time is read around each, so that a ratio compares
+ * both under the same conditions. See tests/bench/README.md.
  *
  * A benchmark, not a test: targets are printed, never asserted. Exit status
  * 0 when every request succeeded and every plaintext matched, 1 on any wrong
@@ -52,6 +55,8 @@
 #define MAX_SLOW	8
 #define MAX_SHOWN	10		/* wrong answers printed */
 #define MAX_WRAP	16		/* words in --wrap */
+#define MAX_ROUNDS	32		/* --rounds */
+#define STEAL_MIN_TICKS	20		/* fewer /proc/stat ticks: steal n/a */
 #define STALL_NS	(30 * NS_PER_S)	/* no answer for this long: give up */
 #define READY_NS	(30 * NS_PER_S)	/* daemon must serve by then */
 #define STOP_NS		(10 * NS_PER_S)	/* SIGTERM, then SIGKILL */
@@ -64,6 +69,7 @@
 static struct {
 	const char *daemon, *mktoken, *module, *fault_module;
 	unsigned workers, conc, conns, cold_starts, status_interval_us;
+	unsigned rounds;	/* served/raw rounds per paired scenario */
 	size_t n1, n64, storm;
 	unsigned slow_delay_ms, slow_secs, grpc_timeout_s;
 	unsigned slow_workers[MAX_SLOW];
@@ -378,6 +384,8 @@ struct lane {
 	unsigned conc;
 	size_t total;		/* requests to send; 0: background lane that
 				   runs until every counted lane is done */
+	size_t first;		/* index of its first request (a round's
+				   slice of a scenario starts there) */
 	int conn_fixed;		/* -1: slots spread over connections */
 	uint64_t pt_seed;	/* encrypt: plaintext i = make_pt(seed, i) */
 	struct ctset *in;	/* decrypt: ciphertext i % in->n */
@@ -816,7 +824,7 @@ slot_submit(struct slot *sl)
 	nghttp2_data_provider dp;
 	int32_t sid;
 
-	sl->idx = ln->issued++;
+	sl->idx = ln->first + ln->issued++;
 	build_request(sl, sl->idx);
 	sl->rlen = 0;
 	sl->http_status = sl->grpc_status = -1;
@@ -1494,6 +1502,73 @@ daemon_wait_ready(uint64_t t0)
 	return ms;
 }
 
+/* ---- hypervisor steal: /proc/stat's aggregate cpu line ---- */
+
+/* One reading of the aggregate "cpu" line, in ticks (all CPUs). */
+struct cpustat {
+	int ok;
+	uint64_t steal, total;
+};
+
+/* Steal and all ticks summed over one or more intervals. */
+struct steal {
+	int bad;		/* a reading failed: n/a */
+	uint64_t steal, total;
+};
+
+static void
+cpustat_read(struct cpustat *c)
+{
+	unsigned long long v[8];
+	char line[512];
+	FILE *f;
+	int i;
+
+	memset(c, 0, sizeof(*c));
+	if ((f = fopen("/proc/stat", "r")) == NULL)
+		return;
+	/* cpu user nice system idle iowait irq softirq steal [guest ...]:
+	 * guest time is already in user, so the first eight are the total. */
+	if (fgets(line, sizeof(line), f) != NULL &&
+	    sscanf(line, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0],
+	    &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) == 8) {
+		for (i = 0; i < 8; i++)
+			c->total += v[i];
+		c->steal = v[7];
+		c->ok = 1;
+	}
+	fclose(f);
+}
+
+/* Adds the interval from a to b. */
+static void
+steal_add(struct steal *s, const struct cpustat *a, const struct cpustat *b)
+{
+	if (!a->ok || !b->ok || b->total < a->total || b->steal < a->steal) {
+		s->bad = 1;
+		return;
+	}
+	s->steal += b->steal - a->steal;
+	s->total += b->total - a->total;
+}
+
+static void
+steal_sum(struct steal *s, const struct steal *t)
+{
+	s->bad |= t->bad;
+	s->steal += t->steal;
+	s->total += t->total;
+}
+
+/* Steal as a % of every tick, NAN (n/a) under STEAL_MIN_TICKS ticks. */
+static double
+steal_pct(const struct steal *s)
+{
+	if (s->bad || s->total < STEAL_MIN_TICKS)
+		return NAN;
+	return 100.0 * (double)s->steal / (double)s->total;
+}
+
 /* ---- results ---- */
 
 struct base {
@@ -1501,6 +1576,16 @@ struct base {
 	unsigned threads;
 	size_t n, failed;
 	double secs, ops, p50, p99, max, cpu;	/* µs; cpu per op */
+	struct steal steal;
+};
+
+/* One round of a paired scenario: a slice served, the same slice raw. */
+struct round {
+	int raw_first;		/* raw side ran first in this round */
+	size_t n, bn;		/* answers / raw operations */
+	double secs, bsecs;	/* served / raw time */
+	double srv_cpu, bcpu;	/* µs per request / per raw operation */
+	struct steal steal, bsteal;
 };
 
 struct row {
@@ -1510,8 +1595,11 @@ struct row {
 	size_t n, failed;
 	double secs, ops, p50, p99, max;	/* µs */
 	double srv_cpu, cli_cpu;		/* µs per request */
+	struct steal steal;			/* served side */
 	struct base base;
 	double ideal;		/* slow token: workers / delay */
+	struct round rnd[MAX_ROUNDS];
+	unsigned nrnd;		/* 0: not a paired scenario */
 };
 
 static struct row g_rows[MAX_ROWS];
@@ -1569,6 +1657,34 @@ row_from_lane(struct row *r, struct lane *ln)
 }
 
 /*
+ * Runs lanes on the daemon; adds the daemon's and the bench's CPU (ns) and
+ * the machine's steal over the run. Returns the answers of every lane.
+ */
+static size_t
+serve_run(struct client *cl, struct lane *const *lanes, size_t nl,
+    uint64_t *srv_ns, uint64_t *cli_ns, struct steal *st)
+{
+	struct cpustat p0, p1;
+	uint64_t s0, c0, s1, c1;
+	size_t i, total = 0;
+
+	cpustat_read(&p0);
+	s0 = daemon_cpu_ns();
+	c0 = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
+	if (run_lanes(cl, lanes, nl) != 0)
+		die_run("load failed");
+	s1 = daemon_cpu_ns();
+	c1 = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
+	cpustat_read(&p1);
+	steal_add(st, &p0, &p1);
+	*srv_ns += s1 - s0;
+	*cli_ns += c1 - c0;
+	for (i = 0; i < nl; i++)
+		total += lanes[i]->done;
+	return total;
+}
+
+/*
  * Runs lanes on the daemon as one scenario; the daemon's and the bench's
  * CPU over the whole scenario is divided by every request of every lane.
  */
@@ -1576,22 +1692,15 @@ static void
 serve(struct client *cl, struct lane *const *lanes, size_t nl,
     struct row *r, size_t main_lane)
 {
-	uint64_t s0, c0, s1, c1;
-	size_t i, total = 0;
+	uint64_t srv = 0, cli = 0;
+	size_t total;
 
 	g_scen = r->label;
-	s0 = daemon_cpu_ns();
-	c0 = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
-	if (run_lanes(cl, lanes, nl) != 0)
-		die_run("load failed");
-	s1 = daemon_cpu_ns();
-	c1 = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
-	for (i = 0; i < nl; i++)
-		total += lanes[i]->done;
+	total = serve_run(cl, lanes, nl, &srv, &cli, &r->steal);
 	row_from_lane(r, lanes[main_lane]);
 	if (total > 0) {
-		r->srv_cpu = (double)(s1 - s0) / 1e3 / (double)total;
-		r->cli_cpu = (double)(c1 - c0) / 1e3 / (double)total;
+		r->srv_cpu = (double)srv / 1e3 / (double)total;
+		r->cli_cpu = (double)cli / 1e3 / (double)total;
 	}
 }
 
@@ -1608,15 +1717,26 @@ serve1(struct client *cl, struct lane *ln, const char *key, const char *label)
 
 enum bop { B_SEAL, B_OPEN_V2, B_OPEN_V1 };
 
+/*
+ * The raw side of one scenario. Operation i seals make_pt(seed, i) or opens
+ * in->b[i % in->n]; base_slice runs operations [lo, hi) on `threads`
+ * sessions, and the sums over every slice make the row's baseline.
+ */
 struct bctx {
 	struct keyring *kr;
 	enum bop op;
-	size_t total;
+	unsigned threads;
+	size_t total;		/* operations over every slice */
 	const struct ctset *in;
 	uint64_t seed;
 	atomic_size_t next, failed;
-	uint64_t *lat;
+	size_t end;		/* this slice: next .. end - 1 */
+	uint64_t *lat;		/* [total], ns */
 	pthread_barrier_t bar;
+	/* sums over the slices run so far */
+	size_t done;
+	uint64_t ns, cpu;
+	struct steal steal;
 };
 
 struct bthread {
@@ -1645,7 +1765,7 @@ base_main(void *arg)
 		return NULL;
 	c0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
 	bt->t_start = now_ns();
-	while ((i = atomic_fetch_add(&b->next, 1)) < b->total && !g_stop) {
+	while ((i = atomic_fetch_add(&b->next, 1)) < b->end && !g_stop) {
 		const struct blob *bl = b->in ? &b->in->b[i % b->in->n] : NULL;
 
 		t0 = now_ns();
@@ -1673,36 +1793,48 @@ base_main(void *arg)
 	return NULL;
 }
 
-/* The same work as a server scenario, in process, on `threads` sessions. */
 static void
-baseline(struct keyring *kr, struct row *r, enum bop op, unsigned threads,
+base_begin(struct bctx *b, struct keyring *kr, enum bop op, unsigned threads,
     size_t total, const struct ctset *in)
 {
-	struct bctx b;
-	struct bthread *bt = xcalloc(threads, sizeof(*bt));
-	struct stats s;
+	memset(b, 0, sizeof(*b));
+	b->kr = kr;
+	b->op = op;
+	b->threads = threads;
+	b->total = total;
+	b->in = in;
+	if (getrandom(&b->seed, sizeof(b->seed), 0) != sizeof(b->seed))
+		b->seed = now_ns();
+	atomic_init(&b->next, 0);
+	atomic_init(&b->failed, 0);
+	b->lat = xcalloc(total, sizeof(*b->lat));
+}
+
+/*
+ * Operations [lo, hi), in process, on b->threads sessions; time is from the
+ * first thread's start to the last one's end. Adds to b's sums and, when rd
+ * is not NULL, fills the round's raw side.
+ */
+static void
+base_slice(struct bctx *b, size_t lo, size_t hi, struct round *rd)
+{
+	struct bthread *bt = xcalloc(b->threads, sizeof(*bt));
+	struct cpustat p0, p1;
+	struct steal st = { 0, 0, 0 };
 	uint64_t t0 = UINT64_MAX, t1 = 0, cpu = 0;
 	unsigned i;
 
-	memset(&b, 0, sizeof(b));
-	b.kr = kr;
-	b.op = op;
-	b.total = total;
-	b.in = in;
-	if (getrandom(&b.seed, sizeof(b.seed), 0) != sizeof(b.seed))
-		b.seed = now_ns();
-	atomic_init(&b.next, 0);
-	atomic_init(&b.failed, 0);
-	b.lat = xcalloc(total, sizeof(*b.lat));
-	pthread_barrier_init(&b.bar, NULL, threads + 1);
-	for (i = 0; i < threads; i++) {
-		bt[i].b = &b;
+	atomic_store(&b->next, lo);
+	b->end = hi;
+	pthread_barrier_init(&b->bar, NULL, b->threads + 1);
+	for (i = 0; i < b->threads; i++) {
+		bt[i].b = b;
 		if (pthread_create(&bt[i].t, NULL, base_main, &bt[i]) != 0)
 			die("pthread_create failed");
 	}
-	pthread_barrier_wait(&b.bar);
-	/* From the first thread's start to the last one's end. */
-	for (i = 0; i < threads; i++) {
+	pthread_barrier_wait(&b->bar);
+	cpustat_read(&p0);
+	for (i = 0; i < b->threads; i++) {
 		pthread_join(bt[i].t, NULL);
 		if (bt[i].err != KEYRING_OK)
 			die("baseline: cannot open a token session: %s",
@@ -1713,28 +1845,128 @@ baseline(struct keyring *kr, struct row *r, enum bop op, unsigned threads,
 			t1 = bt[i].t_end;
 		cpu += bt[i].cpu;
 	}
-	pthread_barrier_destroy(&b.bar);
+	cpustat_read(&p1);
+	pthread_barrier_destroy(&b->bar);
+	free(bt);
 	if (g_stop)
 		die("interrupted");
-	stats_of(b.lat, total, &s);
+	steal_add(&st, &p0, &p1);
+	steal_sum(&b->steal, &st);
+	b->done += hi - lo;
+	b->ns += t1 - t0;
+	b->cpu += cpu;
+	if (rd != NULL) {
+		rd->bn = hi - lo;
+		rd->bsecs = (double)(t1 - t0) / 1e9;
+		rd->bcpu = hi > lo ? (double)cpu / 1e3 / (double)(hi - lo) :
+		    NAN;
+		rd->bsteal = st;
+	}
+}
+
+/* The sums over every slice make r's baseline; frees b. */
+static void
+base_end(struct bctx *b, struct row *r)
+{
+	struct stats s;
+
+	stats_of(b->lat, b->done, &s);
 	r->base.has = 1;
-	r->base.threads = threads;
-	r->base.n = total;
-	r->base.failed = atomic_load(&b.failed);
-	r->base.secs = (double)(t1 - t0) / 1e9;
-	r->base.ops = (double)total / r->base.secs;
+	r->base.threads = b->threads;
+	r->base.n = b->done;
+	r->base.failed = atomic_load(&b->failed);
+	r->base.secs = (double)b->ns / 1e9;
+	r->base.ops = r->base.secs > 0 ? (double)b->done / r->base.secs :
+	    NAN;
 	r->base.p50 = s.p50;
 	r->base.p99 = s.p99;
 	r->base.max = s.max;
-	r->base.cpu = (double)cpu / 1e3 / (double)total;
+	r->base.cpu = b->done ? (double)b->cpu / 1e3 / (double)b->done : NAN;
+	r->base.steal = b->steal;
 	if (r->base.failed != 0) {
 		g_errors += r->base.failed;
 		fprintf(stderr, "p11kms-bench: baseline for %s: %zu of %zu "
 		    "operations failed or gave back other bytes\n", r->label,
-		    r->base.failed, total);
+		    r->base.failed, b->done);
 	}
-	free(b.lat);
-	free(bt);
+	free(b->lat);
+	b->lat = NULL;
+}
+
+/*
+ * A scenario with a raw baseline, in interleaved rounds. ln is set up for
+ * the whole scenario (kind, conc, total N, pt_seed, in, out); its N
+ * requests are cut into --rounds slices, and each round runs one slice on
+ * the daemon and the same slice raw (op on `threads` sessions, opening
+ * bin's ciphertexts), served first in even rounds and raw first in odd
+ * ones, so that both sides see the same machine. Request i is the same
+ * request whatever the slicing: Encrypt answers land in ln->out->b[i], a
+ * Decrypt sends ln->in->b[i % n] once. ops/s per side = requests / the sum
+ * of its rounds' times; latencies over every request of the side; CPU per
+ * request summed over the rounds.
+ */
+static void
+paired(struct client *cl, struct keyring *kr, struct lane *ln,
+    const char *key, const char *label, enum bop op, unsigned threads,
+    const struct ctset *bin)
+{
+	struct row *r = row_new(key, label);
+	struct lane *lp = ln;
+	struct bctx b;
+	struct stats s;
+	size_t N = ln->total, lo, hi, done = 0;
+	uint64_t srv = 0, cli = 0, srv_ns = 0, cli_ns = 0, secs_ns = 0;
+	unsigned k, K = opt.rounds, side;
+
+	if (K > N)
+		K = (unsigned)N;
+	g_scen = r->label;
+	base_begin(&b, kr, op, threads, N, bin);
+	for (k = 0; k < K; k++) {
+		struct round *rd = &r->rnd[k];
+
+		lo = N * k / K;
+		hi = N * (k + 1) / K;
+		rd->raw_first = k % 2;
+		for (side = 0; side < 2; side++) {
+			if ((side == 0) == rd->raw_first) {
+				base_slice(&b, lo, hi, rd);
+				continue;
+			}
+			/* The slice on the daemon; latencies and failures
+			 * pile up in ln over the rounds. */
+			ln->first = lo;
+			ln->total = hi - lo;
+			ln->issued = ln->done = 0;
+			ln->t_first = ln->t_last = 0;
+			srv = cli = 0;
+			rd->n = serve_run(cl, &lp, 1, &srv, &cli, &rd->steal);
+			rd->secs = (double)(ln->t_last - ln->t_first) / 1e9;
+			rd->srv_cpu = rd->n ? (double)srv / 1e3 /
+			    (double)rd->n : NAN;
+			steal_sum(&r->steal, &rd->steal);
+			done += rd->n;
+			srv_ns += srv;
+			cli_ns += cli;
+			secs_ns += ln->t_last - ln->t_first;
+		}
+	}
+	r->nrnd = K;
+	ln->first = 0;
+	ln->total = N;
+	stats_of(ln->lat.v, ln->lat.n, &s);
+	r->n = done;
+	r->failed = ln->failed;
+	r->secs = (double)secs_ns / 1e9;
+	r->ops = r->secs > 0 ? (double)done / r->secs : NAN;
+	r->p50 = s.p50;
+	r->p99 = s.p99;
+	r->max = s.max;
+	if (done > 0) {
+		r->srv_cpu = (double)srv_ns / 1e3 / (double)done;
+		r->cli_cpu = (double)cli_ns / 1e3 / (double)done;
+	}
+	base_end(&b, r);
 }
 
 /* ---- temp dir, token, signals ---- */
@@ -1882,6 +2114,7 @@ slow_scenario(void)
 		    opt.slow_delay_ms, w, status_pace());
 		rs = row_new(key, label);
 		row_from_lane(rs, &stat);
+		rs->steal = re->steal;
 		lane_free(&enc);
 		lane_free(&stat);
 		client_close(&cl);
@@ -1971,33 +2204,33 @@ server_scenarios(struct keyring *kr)
 		lane_init(&ln, K_V2ENC, 1, opt.n1);
 		ln.pt_seed = e1->seed;
 		ln.out = e1;
-		serve1(&cl, &ln, "v2_encrypt_c1", "v2 Encrypt c=1");
+		paired(&cl, kr, &ln, "v2_encrypt_c1", "v2 Encrypt c=1",
+		    B_SEAL, 1, NULL);
 		lane_free(&ln);
-		baseline(kr, &g_rows[g_nrows - 1], B_SEAL, 1, opt.n1, NULL);
 
 		e64 = ctset_new(opt.n64);
 		snprintf(label, sizeof(label), "v2 Encrypt c=%u", C);
 		lane_init(&ln, K_V2ENC, C, opt.n64);
 		ln.pt_seed = e64->seed;
 		ln.out = e64;
-		serve1(&cl, &ln, "v2_encrypt_c64", label);
+		paired(&cl, kr, &ln, "v2_encrypt_c64", label, B_SEAL, T,
+		    NULL);
 		lane_free(&ln);
-		baseline(kr, &g_rows[g_nrows - 1], B_SEAL, T, opt.n64, NULL);
 	}
 
 	if (want(S_DECRYPT)) {
 		lane_init(&ln, K_V2DEC, 1, opt.n1);
 		ln.in = e1;
-		serve1(&cl, &ln, "v2_decrypt_c1", "v2 Decrypt c=1");
+		paired(&cl, kr, &ln, "v2_decrypt_c1", "v2 Decrypt c=1",
+		    B_OPEN_V2, 1, e1);
 		lane_free(&ln);
-		baseline(kr, &g_rows[g_nrows - 1], B_OPEN_V2, 1, opt.n1, e1);
 
 		snprintf(label, sizeof(label), "v2 Decrypt c=%u", C);
 		lane_init(&ln, K_V2DEC, C, opt.n64);
 		ln.in = e64;
-		serve1(&cl, &ln, "v2_decrypt_c64", label);
+		paired(&cl, kr, &ln, "v2_decrypt_c64", label, B_OPEN_V2, T,
+		    e64);
 		lane_free(&ln);
-		baseline(kr, &g_rows[g_nrows - 1], B_OPEN_V2, T, opt.n64, e64);
 	}
 
 	/* Status next to Encrypt load, same connection. */
@@ -2012,6 +2245,7 @@ server_scenarios(struct keyring *kr)
 		snprintf(label, sizeof(label), "Status %s under Encrypt c=%u",
 		    status_pace(), C);
 		row_from_lane(row_new("mixed_status", label), &stat);
+		g_rows[g_nrows - 1].steal = r->steal;
 		lane_free(&enc);
 		lane_free(&stat);
 	}
@@ -2025,18 +2259,16 @@ server_scenarios(struct keyring *kr)
 			row_na("v1_encrypt_c64", label, g_v1_na);
 		} else {
 			lane_init(&ln, K_V1ENC, 1, opt.n1);
-			serve1(&cl, &ln, "v1_encrypt_c1", "v1 Encrypt c=1");
+			paired(&cl, kr, &ln, "v1_encrypt_c1", "v1 Encrypt c=1",
+			    B_SEAL, 1, NULL);
 			lane_free(&ln);
-			baseline(kr, &g_rows[g_nrows - 1], B_SEAL, 1, opt.n1,
-			    NULL);
 			v64 = ctset_new(opt.n64);
 			lane_init(&ln, K_V1ENC, C, opt.n64);
 			ln.pt_seed = v64->seed;
 			ln.out = v64;
-			serve1(&cl, &ln, "v1_encrypt_c64", label);
+			paired(&cl, kr, &ln, "v1_encrypt_c64", label, B_SEAL,
+			    T, NULL);
 			lane_free(&ln);
-			baseline(kr, &g_rows[g_nrows - 1], B_SEAL, T, opt.n64,
-			    NULL);
 		}
 	}
 
@@ -2058,12 +2290,10 @@ server_scenarios(struct keyring *kr)
 			fprintf(stderr, "p11kms-bench: --storm %zu > "
 			    "--requests %zu: storm ciphertexts repeat\n",
 			    opt.storm, opt.n64);
-		serve1(&cl, &ln, "storm", label);
-		lane_free(&ln);
 		/* The raw work of a v1 Decrypt: open, the envelope names
 		 * the key. */
-		baseline(kr, &g_rows[g_nrows - 1], B_OPEN_V1, T, opt.storm,
-		    e64);
+		paired(&cl, kr, &ln, "storm", label, B_OPEN_V1, T, e64);
+		lane_free(&ln);
 	}
 
 	g_rss_peak = proc_status_kib(g_daemon, "VmHWM");
@@ -2088,14 +2318,55 @@ fmt_num(char *buf, size_t cap, double v, int prec)
 		snprintf(buf, cap, "%.*f", prec, v);
 }
 
+/* Ratio of a round: served ops/s / raw ops/s. */
+static double
+round_ratio(const struct round *rd)
+{
+	if (rd->secs <= 0 || rd->bsecs <= 0 || rd->bn == 0)
+		return NAN;
+	return ((double)rd->n / rd->secs) / ((double)rd->bn / rd->bsecs);
+}
+
+/* Steal % for the table: "n/a" under STEAL_MIN_TICKS ticks. */
+static void
+fmt_steal(char *buf, size_t cap, const struct steal *st)
+{
+	double v = steal_pct(st);
+
+	if (isnan(v))
+		snprintf(buf, cap, "n/a");
+	else
+		snprintf(buf, cap, "%.1f", v);
+}
+
+/* "  rounds: 0.84 0.81 ..." for n values. */
+static void
+print_rounds(const char *indent, const double *v, unsigned n, int prec)
+{
+	unsigned k;
+
+	printf("%srounds:", indent);
+	for (k = 0; k < n; k++)
+		if (isnan(v[k]))
+			printf(" -");
+		else
+			printf(" %.*f", prec, v[k]);
+	printf("\n");
+}
+
 static void
 print_table(void)
 {
 	char ops[16], p50[16], p99[16], mx[16], cpu[16], bops[16], ratio[16];
+	char steal[16];
+	double rr[MAX_ROUNDS];
 	size_t i;
+	unsigned k;
+	int any = 0;
 
-	printf("\n%-36s %9s %8s %8s %9s %9s %10s %6s\n", "scenario", "ops/s",
-	    "p50 us", "p99 us", "max us", "srvCPU/rq", "base ops/s", "ratio");
+	printf("\n%-36s %9s %8s %8s %9s %9s %10s %6s %6s\n", "scenario",
+	    "ops/s", "p50 us", "p99 us", "max us", "srvCPU/rq", "base ops/s",
+	    "ratio", "steal%");
 	for (i = 0; i < g_nrows; i++) {
 		struct row *r = &g_rows[i];
 		double b = r->base.has ? r->base.ops : r->ideal;
@@ -2113,14 +2384,36 @@ print_table(void)
 		if (!r->base.has && !isnan(b))
 			strcat(bops, "*");	/* ideal, not measured */
 		fmt_num(ratio, sizeof(ratio), isnan(b) ? NAN : r->ops / b, 2);
-		printf("%-36s %9s %8s %8s %9s %9s %10s %6s%s\n", r->label, ops,
-		    p50, p99, mx, cpu, bops, ratio,
+		fmt_steal(steal, sizeof(steal), &r->steal);
+		printf("%-36s %9s %8s %8s %9s %9s %10s %6s %6s%s\n", r->label,
+		    ops, p50, p99, mx, cpu, bops, ratio, steal,
 		    r->failed ? "  FAILED" : "");
+	}
+	for (i = 0; i < g_nrows; i++) {
+		struct row *r = &g_rows[i];
+
+		if (r->na || r->nrnd < 2)
+			continue;
+		if (!any++)
+			printf("\nratio per round (served ops/s / raw ops/s for "
+			    "the same slice; rounds alternate\n  served "
+			    "first, raw first, ...):\n");
+		for (k = 0; k < r->nrnd; k++)
+			rr[k] = round_ratio(&r->rnd[k]);
+		printf("  %-36s", r->label);
+		print_rounds(" ", rr, r->nrnd, 2);
 	}
 	printf("\nbaseline: the same seal/open in-process (keyring API, same "
 	    "token and key),\n  1 thread for c=1, %u threads (= daemon "
 	    "workers) otherwise; ratio = ops/s / baseline ops/s.\n",
 	    g_daemon_workers);
+	printf("rounds: %u per scenario with a baseline (at most one per "
+	    "request), each a slice\n  served then the same slice raw, or "
+	    "raw then served; ops/s = requests / time\n  summed over the "
+	    "side's rounds.\n", opt.rounds);
+	printf("steal%%: the hypervisor's share of all CPU ticks (/proc/stat) "
+	    "while the served side\n  ran; n/a under %d ticks.\n",
+	    STEAL_MIN_TICKS);
 	if (strcmp(g_storm_mode, "v1") != 0)
 		printf("storm*: v1 is n/a (%s); v2 Decrypt stands in.\n",
 		    g_v1_na);
@@ -2136,6 +2429,8 @@ struct target {
 	const char *key, *what, *unit;
 	double value, limit;
 	int le;			/* value must be <= limit (else >=) */
+	double rounds[MAX_ROUNDS];	/* the figure per round, if paired */
+	unsigned nrounds;
 };
 
 static struct target g_t[16];
@@ -2147,12 +2442,36 @@ target(const char *key, const char *what, const char *unit, double value,
 {
 	struct target *t = &g_t[g_nt++];
 
+	memset(t, 0, sizeof(*t));
 	t->key = key;
 	t->what = what;
 	t->unit = unit;
 	t->value = value;
 	t->limit = limit;
 	t->le = le;
+}
+
+/* The last target's figure per round. */
+static void
+target_rounds(const double *v, unsigned n)
+{
+	struct target *t = &g_t[g_nt - 1];
+
+	if (n < 2)
+		return;
+	memcpy(t->rounds, v, n * sizeof(*v));
+	t->nrounds = n;
+}
+
+/* Two rows' rounds can be paired up: both paired, same count. */
+static unsigned
+common_rounds(const struct row *a, const struct row *b)
+{
+	if (a == NULL || !a->base.has || a->nrnd == 0)
+		return 0;
+	if (b != NULL && (!b->base.has || b->nrnd != a->nrnd))
+		return 0;
+	return a->nrnd;
 }
 
 static double
@@ -2177,8 +2496,9 @@ compute_targets(void)
 {
 	struct row *e = row_find("v2_encrypt_c64"), *d = row_find("v2_decrypt_c64");
 	struct row *ms = row_find("mixed_status"), *st = row_find("storm");
-	double cold[16], srv, raw, ratio = NAN;
+	double cold[16], srv, raw, ratio = NAN, rv[MAX_ROUNDS];
 	size_t i;
+	unsigned k, nr;
 
 	if (e && d && e->base.has && d->base.has) {
 		srv = (double)(e->n + d->n) / (e->secs + d->secs);
@@ -2188,12 +2508,29 @@ compute_targets(void)
 	}
 	target("encdec_ratio", "v2 Encrypt+Decrypt c=64 ops/s / raw baseline",
 	    "x", ratio, 0.8, 0);
+	/* Round k of Encrypt with round k of Decrypt. */
+	nr = d != NULL ? common_rounds(e, d) : 0;
+	for (k = 0; k < nr; k++) {
+		const struct round *a = &e->rnd[k], *b = &d->rnd[k];
+
+		rv[k] = ((double)(a->n + b->n) / (a->secs + b->secs)) /
+		    ((double)(a->bn + b->bn) / (a->bsecs + b->bsecs));
+	}
+	target_rounds(rv, nr);
 	target("overhead_encrypt_us", "server overhead, Encrypt c=64 "
 	    "(srv CPU/req - raw CPU/op)", "us", e && e->base.has ?
 	    e->srv_cpu - e->base.cpu : NAN, 10, 1);
+	nr = common_rounds(e, NULL);
+	for (k = 0; k < nr; k++)
+		rv[k] = e->rnd[k].srv_cpu - e->rnd[k].bcpu;
+	target_rounds(rv, nr);
 	target("overhead_decrypt_us", "server overhead, Decrypt c=64 "
 	    "(srv CPU/req - raw CPU/op)", "us", d && d->base.has ?
 	    d->srv_cpu - d->base.cpu : NAN, 10, 1);
+	nr = common_rounds(d, NULL);
+	for (k = 0; k < nr; k++)
+		rv[k] = d->rnd[k].srv_cpu - d->rnd[k].bcpu;
+	target_rounds(rv, nr);
 	target("status_p99_under_encrypt_us", "Status p99 under Encrypt c=64, "
 	    "same connection", "us", ms ? ms->p99 : NAN, 200, 1);
 	target("rss_peak_mib", "daemon peak RSS (VmHWM) incl. SoftHSM", "MiB",
@@ -2205,6 +2542,11 @@ compute_targets(void)
 	    "v1 storm time / raw baseline time" :
 	    "storm time / raw baseline (v2 stand-in, v1 n/a)", "x",
 	    st && st->base.has ? st->secs / st->base.secs : NAN, 1.25, 1);
+	nr = common_rounds(st, NULL);
+	for (k = 0; k < nr; k++)
+		rv[k] = st->rnd[k].bsecs > 0 ? st->rnd[k].secs /
+		    st->rnd[k].bsecs : NAN;
+	target_rounds(rv, nr);
 	if (g_nslow > 0) {
 		double worst = NAN;
 
@@ -2244,6 +2586,9 @@ print_targets(void)
 			printf("  %-58s %10.*f %-3s (%s %g) %s\n", t->what,
 			    strcmp(t->unit, "x") == 0 ? 3 : 1, t->value,
 			    t->unit, t->le ? "<=" : ">=", t->limit, v);
+		if (t->nrounds > 0)
+			print_rounds("      ", t->rounds, t->nrounds,
+			    strcmp(t->unit, "x") == 0 ? 2 : 1);
 	}
 	if (g_nslow > 0) {
 		printf("  slow token (%u ms/call): Encrypt ops/s by workers:",
@@ -2259,6 +2604,29 @@ print_targets(void)
 		}
 		printf("\n");
 	}
+}
+
+static struct steal g_run_steal;	/* the whole run */
+static double g_run_secs;
+
+/* The whole run's steal, and a plain warning when it is high. */
+static void
+print_run_steal(void)
+{
+	double v = steal_pct(&g_run_steal);
+
+	if (isnan(v)) {
+		printf("\nsteal over the whole run: n/a (/proc/stat %s)\n",
+		    g_run_steal.bad ? "unreadable" : "gave too few ticks");
+		return;
+	}
+	printf("\nsteal over the whole run: %.1f %% of all CPU ticks "
+	    "(%.1f s, %ld CPUs)\n", v, g_run_secs,
+	    sysconf(_SC_NPROCESSORS_ONLN));
+	if (v > 5.0)
+		printf("note: the hypervisor took %.1f %% of this machine's CPU "
+		    "during the run; absolute latencies are inflated, ratios "
+		    "less so\n", v);
 }
 
 struct jbuf {
@@ -2345,6 +2713,23 @@ jobj(struct jbuf *j, const char *k)
 		jprintf(j, "{");
 }
 
+/* "k":[v0,v1,...] */
+static void
+jarr(struct jbuf *j, const char *k, const double *v, unsigned n)
+{
+	unsigned i;
+
+	jsep(j);
+	jprintf(j, "\"%s\":[", k);
+	for (i = 0; i < n; i++) {
+		if (isnan(v[i]) || isinf(v[i]))
+			jprintf(j, "%snull", i ? "," : "");
+		else
+			jprintf(j, "%s%.3f", i ? "," : "", v[i]);
+	}
+	jprintf(j, "]");
+}
+
 static void
 print_json(void)
 {
@@ -2364,6 +2749,7 @@ print_json(void)
 	jint(&j, "requests_c1", (long long)opt.n1);
 	jint(&j, "requests", (long long)opt.n64);
 	jint(&j, "storm", (long long)opt.storm);
+	jint(&j, "rounds", opt.rounds);
 	jint(&j, "plaintext_bytes", PT_LEN);
 	jstr(&j, "module", opt.module);
 	jstr(&j, "server_cpu_source", g_cpu_src);
@@ -2388,6 +2774,12 @@ print_json(void)
 	jnum(&j, "cpu_total_ms_proc_stat", (double)g_cpu_stat_total / 1e6);
 	jint(&j, "exit_status_after_sigterm", g_exit_status);
 	jprintf(&j, "}");
+	jobj(&j, "machine");
+	jnum(&j, "steal_pct", steal_pct(&g_run_steal));
+	jint(&j, "steal_ticks", (long long)g_run_steal.steal);
+	jint(&j, "total_ticks", (long long)g_run_steal.total);
+	jnum(&j, "run_secs", g_run_secs);
+	jprintf(&j, "}");
 
 	jobj(&j, "scenarios");
 	for (i = 0; i < g_nrows; i++) {
@@ -2409,6 +2801,7 @@ print_json(void)
 		jnum(&j, "max_us", r->max);
 		jnum(&j, "server_cpu_us_per_req", r->srv_cpu);
 		jnum(&j, "client_cpu_us_per_req", r->cli_cpu);
+		jnum(&j, "steal_pct", steal_pct(&r->steal));
 		if (r->base.has) {
 			jobj(&j, "baseline");
 			jint(&j, "threads", r->base.threads);
@@ -2420,9 +2813,44 @@ print_json(void)
 			jnum(&j, "p99_us", r->base.p99);
 			jnum(&j, "max_us", r->base.max);
 			jnum(&j, "cpu_us_per_op", r->base.cpu);
+			jnum(&j, "steal_pct", steal_pct(&r->base.steal));
 			jprintf(&j, "}");
 			jnum(&j, "ratio_ops", r->ops / r->base.ops);
 			jnum(&j, "overhead_cpu_us", r->srv_cpu - r->base.cpu);
+		}
+		if (r->nrnd > 0) {
+			double rr[MAX_ROUNDS];
+			unsigned k;
+
+			for (k = 0; k < r->nrnd; k++)
+				rr[k] = round_ratio(&r->rnd[k]);
+			jarr(&j, "round_ratios", rr, r->nrnd);
+			jsep(&j);
+			jprintf(&j, "\"round_detail\":[");
+			for (k = 0; k < r->nrnd; k++) {
+				const struct round *rd = &r->rnd[k];
+
+				jobj(&j, NULL);
+				jstr(&j, "order", rd->raw_first ?
+				    "raw-served" : "served-raw");
+				jint(&j, "n", (long long)rd->n);
+				jnum(&j, "secs", rd->secs);
+				jnum(&j, "ops", rd->secs > 0 ?
+				    (double)rd->n / rd->secs : NAN);
+				jnum(&j, "server_cpu_us_per_req",
+				    rd->srv_cpu);
+				jnum(&j, "steal_pct", steal_pct(&rd->steal));
+				jint(&j, "base_n", (long long)rd->bn);
+				jnum(&j, "base_secs", rd->bsecs);
+				jnum(&j, "base_ops", rd->bsecs > 0 ?
+				    (double)rd->bn / rd->bsecs : NAN);
+				jnum(&j, "base_cpu_us_per_op", rd->bcpu);
+				jnum(&j, "base_steal_pct",
+				    steal_pct(&rd->bsteal));
+				jnum(&j, "ratio", round_ratio(rd));
+				jprintf(&j, "}");
+			}
+			jprintf(&j, "]");
 		}
 		if (!isnan(r->ideal)) {
 			jnum(&j, "ideal_ops", r->ideal);
@@ -2454,6 +2882,8 @@ print_json(void)
 		jnum(&j, "value", t->value);
 		jnum(&j, "limit", t->limit);
 		jstr(&j, "cmp", t->le ? "<=" : ">=");
+		if (t->nrounds > 0)
+			jarr(&j, "rounds", t->rounds, t->nrounds);
 		if (isnan(t->value))
 			jprintf(&j, ",\"met\":null");
 		else
@@ -2491,6 +2921,11 @@ usage(FILE *fp)
 "  --requests-c1 N      requests per c=1 scenario (5000)\n"
 "  --storm N            distinct Decrypts in the restart storm (10000)\n"
 "  --cold-starts N      daemon starts timed, median reported (3)\n"
+"  --rounds K           split each scenario that has a raw baseline into K\n"
+"                       slices, each run served then raw (alternating\n"
+"                       which goes first), so both sides share the\n"
+"                       machine's conditions (5; 1: one served run, then\n"
+"                       one raw run; at most %d)\n"
 "  --status-interval-us U  under load, one Status every U us, one in\n"
 "                       flight (1000; 0: back to back)\n"
 "  --grpc-timeout S     grpc-timeout sent with every request (30)\n"
@@ -2506,7 +2941,7 @@ usage(FILE *fp)
 "  --wrap 'CMD ARGS'    start the daemon under CMD (profiling, e.g.\n"
 "                       'valgrind --tool=callgrind'); figures then measure\n"
 "                       the wrapper too\n"
-"  -h, --help           this text\n");
+"  -h, --help           this text\n", MAX_ROUNDS);
 }
 
 static unsigned long
@@ -2542,7 +2977,7 @@ parse_args(int argc, char **argv)
 		O_DAEMON = 256, O_MKTOKEN, O_MODULE, O_FAULT, O_WORKERS,
 		O_CONC, O_CONNS, O_REQ, O_REQ1, O_STORM, O_COLD, O_MIXED,
 		O_TIMEOUT, O_SLOWW, O_SLOWD, O_SLOWS, O_NOSLOW, O_QUICK,
-		O_KEEP, O_ONLY, O_WRAP,
+		O_KEEP, O_ONLY, O_WRAP, O_ROUNDS,
 	};
 	static const struct option lo[] = {
 		{ "daemon", required_argument, NULL, O_DAEMON },
@@ -2556,6 +2991,7 @@ parse_args(int argc, char **argv)
 		{ "requests-c1", required_argument, NULL, O_REQ1 },
 		{ "storm", required_argument, NULL, O_STORM },
 		{ "cold-starts", required_argument, NULL, O_COLD },
+		{ "rounds", required_argument, NULL, O_ROUNDS },
 		{ "status-interval-us", required_argument, NULL, O_MIXED },
 		{ "grpc-timeout", required_argument, NULL, O_TIMEOUT },
 		{ "slow-workers", required_argument, NULL, O_SLOWW },
@@ -2582,6 +3018,7 @@ parse_args(int argc, char **argv)
 	opt.status_interval_us = 1000;
 	opt.grpc_timeout_s = 30;
 	opt.slow_delay_ms = 50;
+	opt.rounds = 5;
 	opt.workers = ncpu > 0 ? (unsigned)ncpu : 1;
 	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		switch (c) {
@@ -2613,6 +3050,10 @@ parse_args(int argc, char **argv)
 		case O_COLD:
 			opt.cold_starts = (unsigned)num_arg("cold-starts",
 			    optarg, 1, 16);
+			break;
+		case O_ROUNDS:
+			opt.rounds = (unsigned)num_arg("rounds", optarg, 1,
+			    MAX_ROUNDS);
 			break;
 		case O_MIXED:
 			opt.status_interval_us = (unsigned)num_arg(
@@ -2730,11 +3171,14 @@ main(int argc, char **argv)
 	struct keyring *kr = NULL;
 	const char *uris[1] = { KEY_URI };
 	char err[512];
-	uint64_t t0;
+	struct cpustat run_start, run_end;
+	uint64_t t0, run_t0;
 	unsigned k;
 	int r;
 
 	parse_args(argc, argv);
+	cpustat_read(&run_start);
+	run_t0 = now_ns();
 	g_clk_tck = sysconf(_SC_CLK_TCK);
 	if (g_clk_tck <= 0)
 		g_clk_tck = 100;
@@ -2750,9 +3194,9 @@ main(int argc, char **argv)
 
 	make_token();
 	printf("p11kms-bench: daemon %s, token %s, %u workers, c=%u, "
-	    "%u connection(s), %zu requests (c=1: %zu), storm %zu\n",
-	    opt.daemon, g_dir, opt.workers, opt.conc, opt.conns, opt.n64,
-	    opt.n1, opt.storm);
+	    "%u connection(s), %zu requests (c=1: %zu), storm %zu, "
+	    "%u round(s)\n", opt.daemon, g_dir, opt.workers, opt.conc,
+	    opt.conns, opt.n64, opt.n1, opt.storm, opt.rounds);
 
 	/* Cold starts: the last daemon stays up for the load. */
 	for (k = 0; k < opt.cold_starts; k++) {
@@ -2796,9 +3240,13 @@ main(int argc, char **argv)
 	else if (g_slow_na[0] == '\0')
 		snprintf(g_slow_na, sizeof(g_slow_na), "not selected (--only)");
 
+	cpustat_read(&run_end);
+	steal_add(&g_run_steal, &run_start, &run_end);
+	g_run_secs = (double)(now_ns() - run_t0) / 1e9;
 	compute_targets();
 	print_table();
 	print_targets();
+	print_run_steal();
 	print_json();
 	if (g_errors != 0)
 		fprintf(stderr, "p11kms-bench: %lu wrong answers\n", g_errors);
