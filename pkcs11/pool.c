@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,9 @@ struct pool {
 	pthread_cond_t cond;
 	struct pool_job *head, *tail;	/* queued, FIFO; under lock */
 	struct pool_job *done;		/* finished, LIFO; under lock */
+	struct pool_job *rhead, *rtail;	/* taken from done, not yet handed
+					   to their callbacks; loop only */
+	size_t rcount;			/* jobs from rhead to rtail */
 	unsigned inflight;		/* queued + running; under lock */
 	unsigned busy;			/* running; under lock */
 	unsigned max_queued;
@@ -327,12 +331,12 @@ pool_fd(const struct pool *p)
 	return p->efd;
 }
 
-void
-pool_reap(struct pool *p)
+size_t
+pool_reap_some(struct pool *p, size_t max)
 {
-	struct pool_job *list, *job, *prev = NULL;
-	uint64_t v;
-	unsigned n;
+	struct pool_job *list, *job, *prev = NULL, *first;
+	uint64_t v, one = 1;
+	size_t n, left;
 
 	(void)!read(p->efd, &v, sizeof(v));
 	pthread_mutex_lock(&p->lock);
@@ -346,18 +350,51 @@ pool_reap(struct pool *p)
 		job->next = prev;
 		prev = job;
 	}
-	for (job = prev, n = 0; job != NULL; job = job->next)
-		n++;
+	if (prev != NULL) {
+		for (job = prev, p->rcount++; job->next != NULL;
+		    job = job->next)
+			p->rcount++;
+		if (p->rtail != NULL)
+			p->rtail->next = prev;
+		else
+			p->rhead = prev;
+		p->rtail = job;
+	}
+	/* Detach at most max jobs, then run their callbacks. */
+	first = max > 0 ? p->rhead : NULL;
+	for (n = 0, job = NULL; n < max && p->rhead != NULL; n++) {
+		job = p->rhead;
+		p->rhead = job->next;
+	}
+	if (job != NULL)
+		job->next = NULL;
+	if (p->rhead == NULL)
+		p->rtail = NULL;
 	if (n > 0) {
 		pthread_mutex_lock(&p->lock);
-		p->inflight -= n;
+		p->inflight -= (unsigned)n;
 		pthread_mutex_unlock(&p->lock);
 	}
-	while ((job = prev) != NULL) {
-		prev = job->next;
+	left = p->rcount -= n;
+	/*
+	 * Jobs left over: keep the eventfd readable so the loop comes back
+	 * for them after it has looked at its other events.
+	 */
+	if (left > 0)
+		(void)!write(p->efd, &one, sizeof(one));
+	while ((job = first) != NULL) {
+		first = job->next;
 		job->next = NULL;
 		job->done(job);		/* may free job */
 	}
+	return left;
+}
+
+void
+pool_reap(struct pool *p)
+{
+	while (pool_reap_some(p, SIZE_MAX) > 0)
+		;
 }
 
 unsigned

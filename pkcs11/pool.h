@@ -88,6 +88,12 @@ int pool_submit(struct pool *p, struct pool_job *job);
 int pool_fd(const struct pool *p);
 /* Runs the done callback of every finished job. Loop thread only. */
 void pool_reap(struct pool *p);
+/*
+ * Runs the done callbacks of at most max finished jobs, oldest first, and
+ * returns how many are left; while some are, pool_fd() stays readable.
+ * Bounds the loop's work per wake-up. Loop thread only.
+ */
+size_t pool_reap_some(struct pool *p, size_t max);
 
 unsigned pool_workers(const struct pool *p);
 /* Jobs queued or running right now. */

@@ -55,6 +55,7 @@
 #define MAX_SLOW	8
 #define MAX_SHOWN	10		/* wrong answers printed */
 #define MAX_WRAP	16		/* words in --wrap */
+#define MAX_PACED	8		/* paced requests per connection */
 #define MAX_ROUNDS	32		/* --rounds */
 #define STEAL_MIN_TICKS	20		/* fewer /proc/stat ticks: steal n/a */
 #define STALL_NS	(30 * NS_PER_S)	/* no answer for this long: give up */
@@ -261,6 +262,63 @@ stats_of(uint64_t *v, size_t n, struct stats *s)
 	s->max = n ? (double)v[n - 1] / 1e3 : NAN;
 }
 
+/*
+ * Where a paced request's time went: from submit to the write that carried
+ * its last byte (the bench's own queueing), from that write to the read that
+ * carried its answer's last byte (the daemon, the socket and the scheduler),
+ * and from that read to the stream's close (the bench parsing the answers
+ * read with it).
+ */
+struct part {
+	uint64_t total, pre, mid, post;		/* ns */
+};
+
+struct parts {
+	struct part *v;
+	size_t n, cap;
+};
+
+static void
+parts_add(struct parts *p, const struct part *x)
+{
+	if (p->n == p->cap) {
+		p->cap = p->cap ? p->cap * 2 : 256;
+		if ((p->v = realloc(p->v, p->cap * sizeof(*p->v))) == NULL)
+			die("out of memory");
+	}
+	p->v[p->n++] = *x;
+}
+
+static int
+cmp_part(const void *a, const void *b)
+{
+	uint64_t x = ((const struct part *)a)->total;
+	uint64_t y = ((const struct part *)b)->total;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Mean of each part (µs) over the slowest 1% of requests (at least one). */
+static void
+parts_tail(struct parts *p, double out[3])
+{
+	size_t i, k;
+
+	out[0] = out[1] = out[2] = NAN;
+	if (p->n == 0)
+		return;
+	qsort(p->v, p->n, sizeof(*p->v), cmp_part);
+	k = (p->n + 99) / 100;
+	out[0] = out[1] = out[2] = 0;
+	for (i = p->n - k; i < p->n; i++) {
+		out[0] += (double)p->v[i].pre / 1e3;
+		out[1] += (double)p->v[i].mid / 1e3;
+		out[2] += (double)p->v[i].post / 1e3;
+	}
+	for (i = 0; i < 3; i++)
+		out[i] /= (double)k;
+}
+
 /* ---- request data: distinct plaintexts, ciphertext sets ---- */
 
 static uint64_t
@@ -371,6 +429,9 @@ struct conn {
 	uint8_t *pend;			/* produced by nghttp2, not yet sent */
 	size_t pend_off, pend_len, pend_cap;
 	struct slot *done_head, *done_tail; /* closed streams to finish */
+	uint64_t t_recv;		/* when the bytes being parsed were read */
+	struct slot *unsent[MAX_PACED];	/* paced requests not yet written */
+	size_t nunsent;
 	char why[160];
 };
 
@@ -396,6 +457,7 @@ struct lane {
 	size_t issued, done, failed;
 	int unimplemented;
 	struct lat lat;
+	struct parts parts;	/* paced lanes: where the time went */
 	uint64_t t_first, t_last;
 	struct slot *slots;
 };
@@ -408,6 +470,7 @@ struct slot {
 	uint64_t due;
 	size_t idx;
 	uint64_t t0, t1;
+	uint64_t t_sent, t_read;	/* paced lanes: request written, answer read */
 	uint8_t body[BODY_MAX];
 	size_t blen, boff;
 	uint8_t *resp;
@@ -490,6 +553,7 @@ on_close(nghttp2_session *s, int32_t sid, uint32_t error_code, void *ud)
 	if (sl == NULL)
 		return 0;
 	sl->t1 = now_ns();
+	sl->t_read = c->t_recv;
 	sl->rst = error_code;
 	sl->next_done = NULL;
 	if (c->done_tail != NULL)
@@ -511,8 +575,12 @@ read_body(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t len,
 		n = len;
 	memcpy(buf, sl->body + sl->boff, n);
 	sl->boff += n;
-	if (sl->boff == sl->blen)
+	if (sl->boff == sl->blen) {
 		*flags |= NGHTTP2_DATA_FLAG_EOF;
+		if (sl->lane->interval_ns > 0 &&
+		    sl->conn->nunsent < MAX_PACED)
+			sl->conn->unsent[sl->conn->nunsent++] = sl;
+	}
 	return (ssize_t)n;
 }
 
@@ -583,6 +651,21 @@ conn_close(struct conn *c)
 	c->pend_off = c->pend_len = c->pend_cap = 0;
 }
 
+/* Everything produced is written: so are the paced requests in it. */
+static void
+conn_stamp_sent(struct conn *c)
+{
+	uint64_t now;
+	size_t i;
+
+	if (c->nunsent == 0)
+		return;
+	now = now_ns();
+	for (i = 0; i < c->nunsent; i++)
+		c->unsent[i]->t_sent = now;
+	c->nunsent = 0;
+}
+
 /* Sends what nghttp2 has, batching it into one write. -1: connection lost. */
 static int
 conn_flush(struct conn *c)
@@ -614,8 +697,10 @@ conn_flush(struct conn *c)
 			memcpy(c->pend + c->pend_len, data, (size_t)n);
 			c->pend_len += (size_t)n;
 		}
-		if (c->pend_off == c->pend_len)
+		if (c->pend_off == c->pend_len) {
+			conn_stamp_sent(c);
 			return 0;
+		}
 		w = send(c->fd, c->pend + c->pend_off,
 		    c->pend_len - c->pend_off, MSG_NOSIGNAL);
 		if (w < 0) {
@@ -664,6 +749,7 @@ conn_read(struct conn *c)
 			    "the connection");
 			return -1;
 		}
+		c->t_recv = now_ns();
 		if ((n = nghttp2_session_mem_recv(c->h2, buf,
 		    (size_t)r)) < 0) {
 			snprintf(c->why, sizeof(c->why), "nghttp2: %s",
@@ -833,6 +919,7 @@ slot_submit(struct slot *sl)
 	sl->msg[0] = '\0';
 	dp.source.ptr = sl;
 	dp.read_callback = read_body;
+	sl->t_sent = sl->t_read = 0;
 	sl->t0 = now_ns();
 	if (ln->t_first == 0)
 		ln->t_first = sl->t0;
@@ -1027,6 +1114,13 @@ slot_finish(struct slot *sl)
 	if (sl->t1 > ln->t_last)
 		ln->t_last = sl->t1;
 	lat_add(&ln->lat, sl->t1 - sl->t0);
+	if (ln->interval_ns > 0 && sl->t_sent >= sl->t0 &&
+	    sl->t_read >= sl->t_sent && sl->t1 >= sl->t_read) {
+		struct part pt = { sl->t1 - sl->t0, sl->t_sent - sl->t0,
+		    sl->t_read - sl->t_sent, sl->t1 - sl->t_read };
+
+		parts_add(&ln->parts, &pt);
+	}
 	if (sl->rst != 0) {
 		wrong(sl->idx, "stream reset (%s)",
 		    nghttp2_http2_strerror(sl->rst));
@@ -1199,6 +1293,8 @@ run_lanes(struct client *cl, struct lane *const *lanes, size_t nl)
 			fprintf(stderr, "p11kms-bench: %s: connection %u: %s\n",
 			    g_scen, k, cl->c[k].why);
  out:
+	for (k = 0; k < cl->n; k++)
+		cl->c[k].nunsent = 0;	/* those slots are freed below */
 	for (i = 0; i < nl; i++) {
 		for (j = 0; j < lanes[i]->conc; j++)
 			free(lanes[i]->slots[j].resp);
@@ -1249,6 +1345,8 @@ lane_free(struct lane *ln)
 {
 	free(ln->lat.v);
 	ln->lat.v = NULL;
+	free(ln->parts.v);
+	ln->parts.v = NULL;
 }
 
 /* ---- the daemon ---- */
@@ -1600,6 +1698,8 @@ struct row {
 	double ideal;		/* slow token: workers / delay */
 	struct round rnd[MAX_ROUNDS];
 	unsigned nrnd;		/* 0: not a paired scenario */
+	double tail[3];		/* paced: parts of the slowest 1%, µs */
+	int has_tail;
 };
 
 static struct row g_rows[MAX_ROWS];
@@ -1654,6 +1754,10 @@ row_from_lane(struct row *r, struct lane *ln)
 	r->p50 = s.p50;
 	r->p99 = s.p99;
 	r->max = s.max;
+	if (ln->parts.n > 0) {
+		parts_tail(&ln->parts, r->tail);
+		r->has_tail = 1;
+	}
 }
 
 /*
@@ -2571,7 +2675,7 @@ compute_targets(void)
 static void
 print_targets(void)
 {
-	size_t i;
+	size_t i, k;
 
 	printf("\nTargets (reported, not asserted):\n");
 	for (i = 0; i < g_nt; i++) {
@@ -2589,6 +2693,19 @@ print_targets(void)
 		if (t->nrounds > 0)
 			print_rounds("      ", t->rounds, t->nrounds,
 			    strcmp(t->unit, "x") == 0 ? 2 : 1);
+	}
+	for (i = 0, k = 0; i < g_nrows; i++) {
+		const struct row *r = &g_rows[i];
+
+		if (r->na || !r->has_tail)
+			continue;
+		if (k++ == 0)
+			printf("  the slowest 1%% of paced Status calls, mean us: "
+			    "bench before its write / write to read\n"
+			    "  (daemon, socket, scheduler) / bench after "
+			    "its read:\n");
+		printf("      %-42s %6.0f / %6.0f / %6.0f\n", r->label,
+		    r->tail[0], r->tail[1], r->tail[2]);
 	}
 	if (g_nslow > 0) {
 		printf("  slow token (%u ms/call): Encrypt ops/s by workers:",
@@ -2802,6 +2919,13 @@ print_json(void)
 		jnum(&j, "server_cpu_us_per_req", r->srv_cpu);
 		jnum(&j, "client_cpu_us_per_req", r->cli_cpu);
 		jnum(&j, "steal_pct", steal_pct(&r->steal));
+		if (r->has_tail) {
+			jobj(&j, "slowest_1pct_mean_us");
+			jnum(&j, "before_write", r->tail[0]);
+			jnum(&j, "write_to_read", r->tail[1]);
+			jnum(&j, "after_read", r->tail[2]);
+			jprintf(&j, "}");
+		}
 		if (r->base.has) {
 			jobj(&j, "baseline");
 			jint(&j, "threads", r->base.threads);

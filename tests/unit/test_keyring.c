@@ -23,6 +23,7 @@
 
 #include <ftw.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,7 @@
 #include "pkcs11/envelope.h"
 #include "pkcs11/keyid.h"
 #include "pkcs11/keyring.h"
+#include "pkcs11/pool.h"
 #include "pkcs11/token.h"
 
 #define HDR_LEN	(ENVELOPE_FIXED_LEN + 12)
@@ -989,6 +991,83 @@ test_two_threads(void **state)
 	keyring_free(kr);
 }
 
+/* ---- pool: bounded reaping ---- */
+
+#define REAP_JOBS	40
+
+static int reaped[REAP_JOBS];
+static size_t nreaped;
+
+static void
+reap_cb(struct pool_job *job)
+{
+	assert_int_equal(job->status, KEYRING_OK);
+	assert_true(nreaped < REAP_JOBS);
+	reaped[nreaped++] = (int)(intptr_t)job->arg;
+	pool_job_free(job);
+}
+
+static int
+fd_readable(int fd)
+{
+	struct pollfd pfd = { .fd = fd, .events = POLLIN };
+
+	return poll(&pfd, 1, 0) == 1;
+}
+
+/*
+ * pool_reap_some hands over at most max finished jobs, oldest first, and
+ * keeps the pool's fd readable while some are left, so the loop comes back
+ * for them (a lost wake-up would strand them).
+ */
+static void
+test_pool_reap_some(void **state)
+{
+	struct pool_job *jobs[REAP_JOBS];
+	struct keyring *kr;
+	struct pool *p;
+	char err[256];
+	size_t i;
+
+	(void)state;
+	kr = load_ok(&URI_KEK1, 1);
+	assert_int_equal(pool_new(kr, 1, 1024, &p, err, sizeof(err)), 0);
+	nreaped = 0;
+	for (i = 0; i < REAP_JOBS; i++) {
+		assert_non_null(jobs[i] = pool_job_new(POOL_SEAL));
+		memset(jobs[i]->in, (int)i, 32);
+		jobs[i]->in_len = 32;
+		jobs[i]->done = reap_cb;
+		jobs[i]->arg = (void *)(intptr_t)i;
+		assert_int_equal(pool_submit(p, jobs[i]), 0);
+	}
+	/* One worker runs them in order: wait for the last to be done. */
+	for (i = 0; i < 10000; i++) {
+		if (__atomic_load_n(&jobs[REAP_JOBS - 1]->finished,
+		    __ATOMIC_ACQUIRE) != 0 && pool_busy(p) == 0)
+			break;
+		usleep(1000);
+	}
+	assert_true(i < 10000);
+	assert_true(fd_readable(pool_fd(p)));
+	assert_int_equal(pool_reap_some(p, 16), REAP_JOBS - 16);
+	assert_int_equal(nreaped, 16);
+	assert_true(fd_readable(pool_fd(p)));	/* 24 left */
+	assert_int_equal(pool_inflight(p), REAP_JOBS - 16);
+	assert_int_equal(pool_reap_some(p, 0), REAP_JOBS - 16);
+	assert_int_equal(nreaped, 16);
+	assert_int_equal(pool_reap_some(p, 16), REAP_JOBS - 32);
+	assert_true(fd_readable(pool_fd(p)));
+	assert_int_equal(pool_reap_some(p, 16), 0);
+	assert_int_equal(nreaped, REAP_JOBS);
+	assert_false(fd_readable(pool_fd(p)));
+	assert_int_equal(pool_inflight(p), 0);
+	for (i = 0; i < REAP_JOBS; i++)
+		assert_int_equal(reaped[i], (int)i);	/* finishing order */
+	pool_free(p);
+	keyring_free(kr);
+}
+
 /* Check values and fingerprint against values computed outside p11kms. */
 static void
 test_key_identity(void **state)
@@ -1155,6 +1234,7 @@ main(void)
 		cmocka_unit_test_setup(test_two_tokens_same_label, setup),
 		cmocka_unit_test_setup(test_module_lookup, setup),
 		cmocka_unit_test_setup(test_two_threads, setup),
+		cmocka_unit_test_setup(test_pool_reap_some, setup),
 		cmocka_unit_test_setup(test_key_identity, setup),
 		cmocka_unit_test(test_uri_redact),
 	};
