@@ -161,7 +161,7 @@ empty_message(nghttp2_session *h2, int32_t sid, uint8_t *buf, size_t len,
 static void
 client_send(nghttp2_session *cl, int fd)
 {
-	uint8_t out[4096];
+	static uint8_t out[65536];
 	const uint8_t *data;
 	size_t have = 0;
 	ssize_t n;
@@ -272,6 +272,114 @@ test_reply_is_one_send(void **state)
 	loop_free(l);
 }
 
+/* ---- a reply does not wait for the rest of the read ---- */
+
+static int peek_fd = -1;
+static int others, others_before_reply = -1;
+
+/* Notes how many "other" calls ran before the client could see bytes. */
+static void
+other_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
+    size_t len)
+{
+	uint8_t b;
+
+	(void)ctx;
+	(void)msg;
+	(void)len;
+	if (others_before_reply < 0 && recv(peek_fd, &b, 1,
+	    MSG_PEEK | MSG_DONTWAIT) == 1)
+		others_before_reply = others;
+	others++;
+	status_handler(ctx, call, msg, len);
+}
+
+/*
+ * One read holding a Status request and then 100 other requests: the
+ * Status reply is sent before the server has gone through the 100 (it is
+ * on the wire after at most one input slice more).
+ */
+static void
+test_reply_before_rest_of_read(void **state)
+{
+	static const struct grpc_method methods[] = {
+		{ "/v2.KeyManagementService/Status", status_handler },
+		{ "/v2.KeyManagementService/Other", other_handler },
+	};
+	nghttp2_session_callbacks *cbs;
+	nghttp2_session *cl;
+	nghttp2_data_provider dp = { .read_callback = empty_message };
+	nghttp2_nv st[] = {
+#define NV(n, v) { (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, \
+	sizeof(v) - 1, NGHTTP2_NV_FLAG_NONE }
+		NV(":method", "POST"), NV(":scheme", "http"),
+		NV(":path", "/v2.KeyManagementService/Status"),
+		NV(":authority", "localhost"),
+		NV("content-type", "application/grpc"), NV("te", "trailers"),
+	}, ot[] = {
+		NV(":method", "POST"), NV(":scheme", "http"),
+		NV(":path", "/v2.KeyManagementService/Other"),
+		NV(":authority", "localhost"),
+		NV("content-type", "application/grpc"), NV("te", "trailers"),
+#undef NV
+	};
+	struct grpc_server *srv;
+	struct loop *l;
+	uint8_t rec[16384];
+	ssize_t n;
+	int sv[2], i;
+
+	(void)state;
+	assert_int_equal(loop_new(&l), 0);
+	assert_int_equal(grpc_server_new(l, methods, 2, NULL, 65536, &srv),
+	    0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0,
+	    sv), 0);
+	assert_int_equal(grpc_server_adopt(srv, sv[0]), 0);
+	assert_int_equal(nghttp2_session_callbacks_new(&cbs), 0);
+	assert_int_equal(nghttp2_session_client_new(&cl, cbs, NULL), 0);
+	assert_int_equal(nghttp2_submit_settings(cl, NGHTTP2_FLAG_NONE, NULL,
+	    0), 0);
+	/* Settle the connection first: settings both ways, acks. */
+	client_send(cl, sv[1]);
+	for (i = 0; i < 5; i++) {
+		assert_int_equal(loop_once(l, 10), 0);
+		grpc_server_tick(srv);
+	}
+	while ((n = recv(sv[1], rec, sizeof(rec), MSG_DONTWAIT)) > 0)
+		assert_int_equal(nghttp2_session_mem_recv(cl, rec, (size_t)n),
+		    n);
+	client_send(cl, sv[1]);	/* acks the server's settings */
+	for (i = 0; i < 5; i++) {
+		assert_int_equal(loop_once(l, 10), 0);
+		grpc_server_tick(srv);
+	}
+	while (recv(sv[1], rec, sizeof(rec), MSG_DONTWAIT) > 0)
+		;
+	/* Status first, then 100 others, in one write. */
+	assert_true(nghttp2_submit_request(cl, NULL, st,
+	    sizeof(st) / sizeof(st[0]), &dp, NULL) > 0);
+	for (i = 0; i < 100; i++)
+		assert_true(nghttp2_submit_request(cl, NULL, ot,
+		    sizeof(ot) / sizeof(ot[0]), &dp, NULL) > 0);
+	peek_fd = sv[1];
+	others = 0;
+	others_before_reply = -1;
+	client_send(cl, sv[1]);
+	for (i = 0; i < 50 && others < 100; i++) {
+		assert_int_equal(loop_once(l, 10), 0);
+		grpc_server_tick(srv);
+	}
+	assert_int_equal(others, 100);
+	assert_true(others_before_reply >= 0);
+	assert_true(others_before_reply < 100);
+	nghttp2_session_del(cl);
+	nghttp2_session_callbacks_del(cbs);
+	close(sv[1]);
+	grpc_server_free(srv);
+	loop_free(l);
+}
+
 int
 main(void)
 {
@@ -282,6 +390,7 @@ main(void)
 		cmocka_unit_test(test_frame_ok),
 		cmocka_unit_test(test_frame_bad),
 		cmocka_unit_test(test_reply_is_one_send),
+		cmocka_unit_test(test_reply_before_rest_of_read),
 	};
 
 	return cmocka_run_group_tests_name("grpc", tests, NULL, NULL);
