@@ -21,7 +21,7 @@
 
 #define READ_CHUNK		16384
 #define READS_PER_WAKEUP	4
-#define RECV_SLICE		2048	/* input fed to nghttp2 at a time */
+#define RECV_SLICE		512	/* input fed to nghttp2 at a time */
 #define MAX_CONCURRENT_STREAMS	1024
 #define MAX_HEADER_LIST		16384
 #define OUT_GATHER		(64 * 1024)	/* output gathered per send;
