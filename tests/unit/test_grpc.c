@@ -176,6 +176,27 @@ client_send(nghttp2_session *cl, int fd)
 		assert_int_equal(send(fd, out, have, 0), (ssize_t)have);
 }
 
+/* Submits a unary call of path with an empty message; returns its id. */
+static int32_t
+submit_call(nghttp2_session *cl, const char *path)
+{
+	nghttp2_data_provider dp = { .read_callback = empty_message };
+	nghttp2_nv hdrs[] = {
+#define NV(n, v) { (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, \
+	strlen(v), NGHTTP2_NV_FLAG_NONE }
+		NV(":method", "POST"), NV(":scheme", "http"),
+		NV(":path", path), NV(":authority", "localhost"),
+		NV("content-type", "application/grpc"), NV("te", "trailers"),
+#undef NV
+	};
+	int32_t sid;
+
+	sid = nghttp2_submit_request(cl, NULL, hdrs,
+	    sizeof(hdrs) / sizeof(hdrs[0]), &dp, NULL);
+	assert_true(sid > 0);
+	return sid;
+}
+
 /*
  * On a SOCK_SEQPACKET pair every send() is one record, so the records the
  * client reads count the server's sends: a reply's HEADERS, DATA and
@@ -189,16 +210,6 @@ test_reply_is_one_send(void **state)
 	};
 	nghttp2_session_callbacks *cbs;
 	nghttp2_session *cl;
-	nghttp2_data_provider dp = { .read_callback = empty_message };
-	nghttp2_nv hdrs[] = {
-#define NV(n, v) { (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, \
-	sizeof(v) - 1, NGHTTP2_NV_FLAG_NONE }
-		NV(":method", "POST"), NV(":scheme", "http"),
-		NV(":path", "/v2.KeyManagementService/Status"),
-		NV(":authority", "localhost"),
-		NV("content-type", "application/grpc"), NV("te", "trailers"),
-#undef NV
-	};
 	struct grpc_server *srv;
 	struct loop *l;
 	uint8_t rec[8192];
@@ -220,9 +231,7 @@ test_reply_is_one_send(void **state)
 	    0), 0);
 
 	for (round = 0; round < 3; round++) {
-		sid = nghttp2_submit_request(cl, NULL, hdrs,
-		    sizeof(hdrs) / sizeof(hdrs[0]), &dp, NULL);
-		assert_true(sid > 0);
+		sid = submit_call(cl, "/v2.KeyManagementService/Status");
 		client_send(cl, sv[1]);
 		/* Serve until the reply's trailers are read; note which
 		 * record held each of the reply's frames. */
@@ -308,21 +317,6 @@ test_reply_before_rest_of_read(void **state)
 	};
 	nghttp2_session_callbacks *cbs;
 	nghttp2_session *cl;
-	nghttp2_data_provider dp = { .read_callback = empty_message };
-	nghttp2_nv st[] = {
-#define NV(n, v) { (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, \
-	sizeof(v) - 1, NGHTTP2_NV_FLAG_NONE }
-		NV(":method", "POST"), NV(":scheme", "http"),
-		NV(":path", "/v2.KeyManagementService/Status"),
-		NV(":authority", "localhost"),
-		NV("content-type", "application/grpc"), NV("te", "trailers"),
-	}, ot[] = {
-		NV(":method", "POST"), NV(":scheme", "http"),
-		NV(":path", "/v2.KeyManagementService/Other"),
-		NV(":authority", "localhost"),
-		NV("content-type", "application/grpc"), NV("te", "trailers"),
-#undef NV
-	};
 	struct grpc_server *srv;
 	struct loop *l;
 	uint8_t rec[16384];
@@ -357,11 +351,9 @@ test_reply_before_rest_of_read(void **state)
 	while (recv(sv[1], rec, sizeof(rec), MSG_DONTWAIT) > 0)
 		;
 	/* Status first, then 100 others, in one write. */
-	assert_true(nghttp2_submit_request(cl, NULL, st,
-	    sizeof(st) / sizeof(st[0]), &dp, NULL) > 0);
+	(void)submit_call(cl, "/v2.KeyManagementService/Status");
 	for (i = 0; i < 100; i++)
-		assert_true(nghttp2_submit_request(cl, NULL, ot,
-		    sizeof(ot) / sizeof(ot[0]), &dp, NULL) > 0);
+		(void)submit_call(cl, "/v2.KeyManagementService/Other");
 	peek_fd = sv[1];
 	others = 0;
 	others_before_reply = -1;
