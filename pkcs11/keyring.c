@@ -387,6 +387,12 @@ keyring_max_sessions(const struct keyring *kr)
 }
 
 int
+keyring_hw_slot(const struct keyring *kr)
+{
+	return (kr->tok->slot_flags & CKF_HW_SLOT) != 0;
+}
+
+int
 keyring_worker_new(struct keyring *kr, struct keyring_worker **out)
 {
 	struct keyring_worker *w;

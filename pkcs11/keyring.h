@@ -120,6 +120,12 @@ const char *keyring_key_mechanism(const struct keyring *kr, size_t i);
 const char *keyring_key_mechanisms(const struct keyring *kr, size_t i);
 /* Token's ulMaxSessionCount, 0 when the token says "no limit"/unknown. */
 unsigned long keyring_max_sessions(const struct keyring *kr);
+/*
+ * 1 when the token's slot says it is a hardware slot (CKF_HW_SLOT: a
+ * device such as a network or USB HSM, where a call mostly waits), 0 for a
+ * software slot (SoftHSM: the token computes on our CPUs).
+ */
+int keyring_hw_slot(const struct keyring *kr);
 
 /* Opens one session for one thread (login is already held by the keyring). */
 int keyring_worker_new(struct keyring *kr, struct keyring_worker **out);

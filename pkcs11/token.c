@@ -452,6 +452,7 @@ select_token(struct token *t, CK_FUNCTION_LIST **cand, P11KitUri *uri,
 {
 	CK_FUNCTION_LIST *fn, *found_fn = NULL;
 	CK_SLOT_ID *slots = NULL, found_slot = 0;
+	CK_FLAGS found_flags = 0;
 	CK_TOKEN_INFO ti, found_ti;
 	CK_SLOT_INFO si;
 	CK_INFO mi;
@@ -492,6 +493,7 @@ select_token(struct token *t, CK_FUNCTION_LIST **cand, P11KitUri *uri,
 			if (nmatch++ == 0) {
 				found_fn = fn;
 				found_slot = slots[j];
+				found_flags = si.flags;
 				found_ti = ti;
 			}
 		}
@@ -512,6 +514,7 @@ select_token(struct token *t, CK_FUNCTION_LIST **cand, P11KitUri *uri,
 	/* success */
 	t->fn = found_fn;
 	t->slot = found_slot;
+	t->slot_flags = found_flags;
 	t->info = found_ti;
 	token_printable(found_ti.label, sizeof(found_ti.label), t->label,
 	    sizeof(t->label));

@@ -61,6 +61,7 @@ struct token {
 	CK_FUNCTION_LIST *fn;	/* module holding the token; initialized */
 	CK_FUNCTION_LIST **mods; /* p11-kit list fn belongs to, or NULL */
 	CK_SLOT_ID slot;	/* process-local: never stored or printed */
+	CK_FLAGS slot_flags;	/* C_GetSlotInfo's, read at token_open */
 	CK_TOKEN_INFO info;
 	/*
 	 * Opened by token_open() and kept until token_close(): PKCS#11 login

@@ -1,6 +1,8 @@
 #include "plugin/gen.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,21 +14,78 @@
 
 #define DEFAULT_INFLIGHT	1024
 
+/* Appends to the NUL-terminated text in buf (cap bytes), truncating. */
+static void appendf(char *buf, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void
+appendf(char *buf, size_t cap, const char *fmt, ...)
+{
+	va_list ap;
+	size_t n;
+
+	if (cap == 0 || (n = strnlen(buf, cap)) + 1 >= cap)
+		return;
+	va_start(ap, fmt);
+	(void)vsnprintf(buf + n, cap - n, fmt, ap);
+	va_end(ap);
+}
+
+unsigned
+gen_choose_workers(unsigned requested, long ncpu, int hw_slot,
+    unsigned long max_sessions, int *capped, char *from, size_t fromlen)
+{
+	unsigned long w;
+
+	*capped = 0;
+	if (fromlen > 0)
+		from[0] = '\0';
+	if (ncpu < 1)
+		ncpu = 1;
+	if (requested > 0) {
+		w = requested;
+		appendf(from, fromlen, "--workers");
+	} else if (hw_slot) {
+		w = (unsigned long)ncpu > ULONG_MAX / GEN_HW_WORKERS_PER_CPU ?
+		    ULONG_MAX : GEN_HW_WORKERS_PER_CPU * (unsigned long)ncpu;
+		appendf(from, fromlen, "hardware slot: %d x %ld CPU%s",
+		    GEN_HW_WORKERS_PER_CPU, ncpu, ncpu == 1 ? "" : "s");
+		if (w < GEN_HW_WORKERS_MIN) {
+			w = GEN_HW_WORKERS_MIN;
+			appendf(from, fromlen, ", at least %d",
+			    GEN_HW_WORKERS_MIN);
+		} else if (w > GEN_HW_WORKERS_MAX) {
+			w = GEN_HW_WORKERS_MAX;
+			appendf(from, fromlen, ", at most %d",
+			    GEN_HW_WORKERS_MAX);
+		}
+	} else {
+		w = (unsigned long)ncpu;
+		appendf(from, fromlen, "software slot: CPU count");
+	}
+	/* One session is the keyring's own, holding the login. */
+	if (max_sessions > 1 && w > max_sessions - 1) {
+		w = max_sessions - 1;
+		*capped = 1;
+		appendf(from, fromlen, "; token allows %lu sessions",
+		    max_sessions);
+	}
+	return w > UINT_MAX ? UINT_MAX : (unsigned)w;
+}
+
 static unsigned
-choose_workers(const struct config *cfg, const struct keyring *kr)
+choose_workers(const struct config *cfg, const struct keyring *kr,
+    char *from, size_t fromlen)
 {
 	unsigned long max = keyring_max_sessions(kr);
-	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-	unsigned w = cfg->workers;
+	unsigned w;
+	int capped;
 
-	if (w == 0)
-		w = ncpu > 0 ? (unsigned)ncpu : 1;
-	/* One session is the keyring's own, holding the login. */
-	if (max > 1 && w > max - 1) {
-		log_warn("token allows %lu sessions: using %lu workers", max,
-		    max - 1);
-		w = (unsigned)(max - 1);
-	}
+	w = gen_choose_workers(cfg->workers, sysconf(_SC_NPROCESSORS_ONLN),
+	    keyring_hw_slot(kr), max, &capped, from, fromlen);
+	if (capped)
+		log_warn("token allows %lu sessions: using %u workers", max,
+		    w);
 	return w;
 }
 
@@ -58,7 +117,8 @@ gen_open(struct config *cfg, struct gen **out, char *err, size_t errlen)
 			snprintf(err, errlen, "%s", keyring_strerror(r));
 		goto fail;
 	}
-	g->workers = choose_workers(&g->cfg, g->kr);
+	g->workers = choose_workers(&g->cfg, g->kr, g->workers_from,
+	    sizeof(g->workers_from));
 	g->inflight = g->cfg.max_inflight ? g->cfg.max_inflight :
 	    DEFAULT_INFLIGHT;
 	if ((r = pool_new(g->kr, g->workers, g->inflight, &g->pool, err,

@@ -16,11 +16,18 @@
 #include "plugin/config.h"
 #include "plugin/loop.h"
 
+/* Default worker count on a hardware slot: 4 per CPU, 8 to 64. */
+#define GEN_HW_WORKERS_PER_CPU	4
+#define GEN_HW_WORKERS_MIN	8
+#define GEN_HW_WORKERS_MAX	64
+#define GEN_WORKERS_FROM_MAX	96	/* gen_choose_workers' from */
+
 struct gen {
 	struct config cfg;		/* owned (config_free) */
 	struct keyring *kr;
 	struct pool *pool;
 	unsigned workers, inflight;
+	char workers_from[GEN_WORKERS_FROM_MAX];	/* for the log */
 	struct loop_watch watch;	/* the pool's eventfd */
 	struct gen *next;		/* retired list */
 };
@@ -32,6 +39,21 @@ struct gen {
 int gen_open(struct config *cfg, struct gen **out, char *err, size_t errlen);
 /* Stops the pool (running its pending done callbacks), frees it all. */
 void gen_free(struct gen *g);
+
+/*
+ * How many workers (token sessions) a generation gets. requested is
+ * --workers (0: not given) and wins. Otherwise a hardware slot, where a
+ * worker mostly waits on the device, gets GEN_HW_WORKERS_PER_CPU per CPU,
+ * GEN_HW_WORKERS_MIN to GEN_HW_WORKERS_MAX; a software slot, which computes
+ * on our CPUs, gets one per CPU. ncpu < 1 counts as 1. Any count is cut to
+ * max_sessions - 1 when the token has a limit (max_sessions > 1): the
+ * keyring holds one session itself. *capped is 1 when that cut applied.
+ * from (fromlen bytes, GEN_WORKERS_FROM_MAX is enough) receives how the
+ * count was chosen, for the start-up log: "hardware slot: 4 x 2 CPUs, at
+ * least 8; token allows 6 sessions".
+ */
+unsigned gen_choose_workers(unsigned requested, long ncpu, int hw_slot,
+    unsigned long max_sessions, int *capped, char *from, size_t fromlen);
 
 /*
  * Loads a generation from argv on a helper thread; when it is done, the

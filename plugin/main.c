@@ -179,7 +179,8 @@ log_config(const struct config *c, const struct gen *g)
 	    "module", c->module ? c->module : "(from URI or p11-kit)",
 	    "pin_file", c->pin_file ? c->pin_file : "(URI pin-source)",
 	    "mechanism", c->mechanism, "kms_version", c->kms_version,
-	    "workers", workers, "max_inflight", inflight,
+	    "workers", workers, "workers_from", g->workers_from,
+	    "max_inflight", inflight,
 	    "probe_interval_s", probe, "ops_listen", c->ops_listen ?
 	    c->ops_listen : "(off)", "log_format", c->log_format, NULL);
 }

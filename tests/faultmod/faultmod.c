@@ -19,15 +19,23 @@
  *   FUNC delay MS              sleep MS milliseconds, then go on
  *   FUNC hang                  block until no hang rule matches any more
  *                              (the file is polled every 50 ms), then go on
+ *   C_GetSlotInfo hw-slot      report the slot as a hardware slot: a
+ *                              successful call returns CKF_HW_SLOT in flags
+ *   C_GetTokenInfo max-sessions N
+ *                              a successful call returns N (0..LONG_MAX) as
+ *                              ulMaxSessionCount (SoftHSM says "no limit")
  * FUNC is a CK_FUNCTION_LIST member name (C_Encrypt) or '*', which matches
  * every function except C_GetFunctionList and C_Finalize (name those to
  * hit them). For one call, every matching delay adds up, then the first
  * matching fail rule with calls left decides; a call that hangs consumes no
- * count. A failed call is not forwarded, except that an injected failure
- * of C_Encrypt, C_Decrypt, C_Sign, ... or their Final also ends the real
- * module's active operation (into a scratch buffer), as a real failure
- * does. Bad lines are reported once per file version on stderr
- * ("p11kms-fault: line N: ...") and skipped; the other lines apply.
+ * count. The two report rules (hw-slot, max-sessions) name only their own
+ * function, never '*', and change what a forwarded call that succeeded
+ * returns; the first max-sessions rule wins. A failed call is not
+ * forwarded, except that an injected failure of C_Encrypt, C_Decrypt,
+ * C_Sign, ... or their Final also ends the real module's active operation
+ * (into a scratch buffer), as a real failure does. Bad lines are reported
+ * once per file version on stderr ("p11kms-fault: line N: ...") and
+ * skipped; the other lines apply.
  * Write the file atomically (temp + rename) so that a reader never sees half
  * of it and two quick rewrites never share an inode and mtime.
  *
@@ -60,8 +68,9 @@
 #define FAULT_MAX_DELAY_MS	3600000UL
 
 /*
- * Every function of CK_FUNCTION_LIST (2.40) but the three handled by hand
- * (C_Initialize, C_Finalize, C_GetFunctionList), in struct order:
+ * Every function of CK_FUNCTION_LIST (2.40) but the five handled by hand
+ * (C_Initialize, C_Finalize, C_GetFunctionList, and C_GetSlotInfo and
+ * C_GetTokenInfo, whose answers the report rules change), in struct order:
  * X(name, end, parameter list, argument list). end says how an injected
  * failure ends the real module's active operation, as a real failure would
  * (PKCS#11: an error other than CKR_BUFFER_TOO_SMALL terminates it), so
@@ -74,10 +83,6 @@
 	X(C_GetInfo, END_NONE, (CK_INFO_PTR a), (a))			\
 	X(C_GetSlotList, END_NONE, (CK_BBOOL a, CK_SLOT_ID_PTR b,	\
 	    CK_ULONG_PTR c), (a, b, c))					\
-	X(C_GetSlotInfo, END_NONE, (CK_SLOT_ID a, CK_SLOT_INFO_PTR b),	\
-	    (a, b))							\
-	X(C_GetTokenInfo, END_NONE, (CK_SLOT_ID a,			\
-	    CK_TOKEN_INFO_PTR b), (a, b))				\
 	X(C_GetMechanismList, END_NONE, (CK_SLOT_ID a,			\
 	    CK_MECHANISM_TYPE_PTR b, CK_ULONG_PTR c), (a, b, c))	\
 	X(C_GetMechanismInfo, END_NONE, (CK_SLOT_ID a,			\
@@ -230,6 +235,8 @@ enum fault_fn {
 	FN_C_Initialize,
 	FN_C_Finalize,
 	FN_C_GetFunctionList,
+	FN_C_GetSlotInfo,
+	FN_C_GetTokenInfo,
 	FAULT_FORWARDED(FAULT_ENUM)
 	FN_COUNT
 };
@@ -238,6 +245,8 @@ static const char *const fault_names[FN_COUNT] = {
 	"C_Initialize",
 	"C_Finalize",
 	"C_GetFunctionList",
+	"C_GetSlotInfo",
+	"C_GetTokenInfo",
 	FAULT_FORWARDED(FAULT_NAME)
 };
 
@@ -279,7 +288,9 @@ static const struct {
 #undef RV
 };
 
-enum fault_kind { RULE_FAIL, RULE_DELAY, RULE_HANG };
+enum fault_kind {
+	RULE_FAIL, RULE_DELAY, RULE_HANG, RULE_HW_SLOT, RULE_MAX_SESSIONS
+};
 
 struct fault_rule {
 	int fn;			/* enum fault_fn or FN_ANY */
@@ -287,6 +298,7 @@ struct fault_rule {
 	CK_RV rv;		/* RULE_FAIL */
 	long left;		/* RULE_FAIL: calls left to fail; -1 = all */
 	unsigned long ms;	/* RULE_DELAY */
+	unsigned long n;	/* RULE_MAX_SESSIONS */
 };
 
 /* What one call has to do, decided under the lock. */
@@ -294,6 +306,9 @@ struct fault_verdict {
 	int hang;
 	unsigned long delay_ms;
 	CK_RV rv;		/* CKR_OK: forward */
+	int hw_slot;		/* C_GetSlotInfo: add CKF_HW_SLOT */
+	int set_max_sessions;	/* C_GetTokenInfo: report max_sessions */
+	CK_ULONG max_sessions;
 };
 
 /* Identity of the control file version the rules came from. */
@@ -435,8 +450,8 @@ fault_parse_line(char *line, struct fault_rule *r, char *why, size_t whylen)
 		return -1;
 	}
 	if (nt < 2) {
-		snprintf(why, whylen, "%.64s: missing CKR_... / delay / hang",
-		    tok[0]);
+		snprintf(why, whylen, "%.64s: missing CKR_... / delay / hang "
+		    "/ ...", tok[0]);
 		return -1;
 	}
 	if (strcmp(tok[1], "hang") == 0) {
@@ -455,6 +470,25 @@ fault_parse_line(char *line, struct fault_rule *r, char *why, size_t whylen)
 			return -1;
 		}
 		r->kind = RULE_DELAY;
+		return 1;
+	}
+	if (strcmp(tok[1], "hw-slot") == 0) {
+		if (r->fn != FN_C_GetSlotInfo || nt != 2) {
+			snprintf(why, whylen, "hw-slot is for C_GetSlotInfo "
+			    "only and takes no argument");
+			return -1;
+		}
+		r->kind = RULE_HW_SLOT;
+		return 1;
+	}
+	if (strcmp(tok[1], "max-sessions") == 0) {
+		if (r->fn != FN_C_GetTokenInfo || nt != 3 ||
+		    fault_num(tok[2], 0, LONG_MAX, &r->n) != 0) {
+			snprintf(why, whylen, "max-sessions is for "
+			    "C_GetTokenInfo only and wants a count");
+			return -1;
+		}
+		r->kind = RULE_MAX_SESSIONS;
 		return 1;
 	}
 	if (fault_rv_parse(tok[1], &r->rv) != 0) {
@@ -592,6 +626,13 @@ fault_decide_locked(int fn, struct fault_verdict *v)
 			continue;
 		if (r->kind == RULE_DELAY) {
 			v->delay_ms += r->ms;
+		} else if (r->kind == RULE_HW_SLOT) {
+			v->hw_slot = 1;
+		} else if (r->kind == RULE_MAX_SESSIONS) {
+			if (!v->set_max_sessions) {
+				v->set_max_sessions = 1;
+				v->max_sessions = r->n;
+			}
 		} else if (r->kind == RULE_FAIL && v->rv == CKR_OK &&
 		    r->left != 0) {
 			v->rv = r->rv;
@@ -643,11 +684,11 @@ out:
 
 /*
  * Runs the rules for one call of fn: counts it, hangs, sleeps. Returns the
- * CK_RV to fail with, or CKR_OK to forward. Never holds fault_mu while
- * sleeping.
+ * CK_RV to fail with, or CKR_OK to forward; *v receives the whole verdict
+ * (what to change in the answer). Never holds fault_mu while sleeping.
  */
 static CK_RV
-fault_enter(int fn)
+fault_enter_v(int fn, struct fault_verdict *vp)
 {
 	struct fault_verdict v;
 	int counts;
@@ -671,7 +712,16 @@ fault_enter(int fn)
 	}
 	if (v.delay_ms > 0)
 		fault_sleep_ms(v.delay_ms);
+	*vp = v;
 	return v.rv;
+}
+
+static CK_RV
+fault_enter(int fn)
+{
+	struct fault_verdict v;
+
+	return fault_enter_v(fn, &v);
 }
 
 /* The real module's list, or NULL before the first good C_Initialize. */
@@ -778,6 +828,39 @@ fault_C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out)
 	return CKR_OK;
 }
 
+static CK_RV
+fault_C_GetSlotInfo(CK_SLOT_ID id, CK_SLOT_INFO_PTR info)
+{
+	struct fault_verdict v;
+	CK_FUNCTION_LIST *r;
+	CK_RV rv;
+
+	if ((rv = fault_enter_v(FN_C_GetSlotInfo, &v)) != CKR_OK)
+		return rv;
+	if ((r = fault_target()) == NULL)
+		return CKR_CRYPTOKI_NOT_INITIALIZED;
+	if ((rv = r->C_GetSlotInfo(id, info)) == CKR_OK && v.hw_slot)
+		info->flags |= CKF_HW_SLOT;
+	return rv;
+}
+
+static CK_RV
+fault_C_GetTokenInfo(CK_SLOT_ID id, CK_TOKEN_INFO_PTR info)
+{
+	struct fault_verdict v;
+	CK_FUNCTION_LIST *r;
+	CK_RV rv;
+
+	if ((rv = fault_enter_v(FN_C_GetTokenInfo, &v)) != CKR_OK)
+		return rv;
+	if ((r = fault_target()) == NULL)
+		return CKR_CRYPTOKI_NOT_INITIALIZED;
+	if ((rv = r->C_GetTokenInfo(id, info)) == CKR_OK &&
+	    v.set_max_sessions)
+		info->ulMaxSessionCount = v.max_sessions;
+	return rv;
+}
+
 /*
  * Ending the real operation after an injected failure (see END_* above).
  * Output goes to a scratch buffer, wiped: the caller's buffers stay as a
@@ -854,6 +937,8 @@ static CK_FUNCTION_LIST fault_list = {
 	.C_Initialize = fault_C_Initialize,
 	.C_Finalize = fault_C_Finalize,
 	.C_GetFunctionList = fault_C_GetFunctionList,
+	.C_GetSlotInfo = fault_C_GetSlotInfo,
+	.C_GetTokenInfo = fault_C_GetTokenInfo,
 	FAULT_FORWARDED(FAULT_MEMBER)
 };
 

@@ -101,6 +101,40 @@ count_of(const char *name)
 	return v;
 }
 
+/*
+ * Sends this process's stderr to path until stderr_restore(saved); the
+ * module reports bad control lines there.
+ */
+static int
+stderr_to(const char *path)
+{
+	int saved, fd;
+
+	fflush(stderr);
+	assert_true((saved = dup(2)) >= 0);
+	assert_true((fd = open(path, O_WRONLY | O_CREAT | O_TRUNC,
+	    0600)) >= 0);
+	assert_true(dup2(fd, 2) == 2);
+	close(fd);
+	return saved;
+}
+
+/* Restores stderr and reads what went to path into text (cap bytes). */
+static void
+stderr_restore(int saved, const char *path, char *text, size_t cap)
+{
+	size_t len;
+	FILE *f;
+
+	fflush(stderr);
+	assert_true(dup2(saved, 2) == 2);
+	close(saved);
+	assert_non_null(f = fopen(path, "r"));
+	len = fread(text, 1, cap - 1, f);
+	fclose(f);
+	text[len] = '\0';
+}
+
 /* The slot holding token "kms" (slot ids are not stable: look it up). */
 static int
 find_slot(CK_SLOT_ID *out)
@@ -527,19 +561,12 @@ test_bad_lines_reported_once(void **state)
 {
 	char errpath[PATH_MAX + 16], text[4096];
 	CK_SESSION_HANDLE h;
-	size_t len;
-	FILE *f;
-	int saved, fd;
+	int saved;
 
 	(void)state;
 	h = open_session();
 	PATHF(errpath, "%s/stderr.txt", base);
-	fflush(stderr);
-	assert_true((saved = dup(2)) >= 0);
-	assert_true((fd = open(errpath, O_WRONLY | O_CREAT | O_TRUNC,
-	    0600)) >= 0);
-	assert_true(dup2(fd, 2) == 2);
-	close(fd);
+	saved = stderr_to(errpath);
 
 	control("C_Bogus CKR_DEVICE_ERROR\n"
 	    "C_GenerateRandom CKR_NOPE\n"
@@ -551,14 +578,7 @@ test_bad_lines_reported_once(void **state)
 	assert_int_equal(random16(h), CKR_DEVICE_ERROR);
 	assert_int_equal(random16(h), CKR_OK);
 	assert_int_equal(random16(h), CKR_OK);
-
-	fflush(stderr);
-	assert_true(dup2(saved, 2) == 2);
-	close(saved);
-	assert_non_null(f = fopen(errpath, "r"));
-	len = fread(text, 1, sizeof(text) - 1, f);
-	fclose(f);
-	text[len] = '\0';
+	stderr_restore(saved, errpath, text, sizeof(text));
 	assert_non_null(strstr(text, "p11kms-fault: line 1: "));
 	assert_non_null(strstr(text, "p11kms-fault: line 2: "));
 	assert_non_null(strstr(text, "p11kms-fault: line 3: "));
@@ -568,6 +588,107 @@ test_bad_lines_reported_once(void **state)
 	assert_null(strstr(strstr(text, "line 1: ") + 1, "line 1: "));
 	control("");
 	assert_int_equal(fn->C_CloseSession(h), CKR_OK);
+}
+
+/*
+ * The report rules: hw-slot adds CKF_HW_SLOT to C_GetSlotInfo's flags,
+ * max-sessions replaces C_GetTokenInfo's ulMaxSessionCount; the rest of
+ * the answer is the real module's.
+ */
+static void
+test_report_rules(void **state)
+{
+	CK_SLOT_INFO si0, si;
+	CK_TOKEN_INFO ti0, ti;
+
+	(void)state;
+	assert_int_equal(fn->C_GetSlotInfo(slot, &si0), CKR_OK);
+	assert_int_equal(fn->C_GetTokenInfo(slot, &ti0), CKR_OK);
+	/* SoftHSM: a software slot; a limit the tests can tell apart. */
+	assert_int_equal(si0.flags & CKF_HW_SLOT, 0);
+	assert_true(ti0.ulMaxSessionCount != 6 &&
+	    ti0.ulMaxSessionCount != 9);
+
+	control("C_GetSlotInfo hw-slot\n");
+	assert_int_equal(fn->C_GetSlotInfo(slot, &si), CKR_OK);
+	assert_int_equal(si.flags, si0.flags | CKF_HW_SLOT);
+	assert_memory_equal(si.slotDescription, si0.slotDescription,
+	    sizeof(si.slotDescription));
+	assert_int_equal(fn->C_GetTokenInfo(slot, &ti), CKR_OK);
+	assert_int_equal(ti.ulMaxSessionCount, ti0.ulMaxSessionCount);
+
+	control("C_GetTokenInfo max-sessions 6\n");
+	assert_int_equal(fn->C_GetTokenInfo(slot, &ti), CKR_OK);
+	assert_int_equal(ti.ulMaxSessionCount, 6);
+	assert_memory_equal(ti.label, ti0.label, sizeof(ti.label));
+	assert_int_equal(ti.flags, ti0.flags);
+	assert_int_equal(fn->C_GetSlotInfo(slot, &si), CKR_OK);
+	assert_int_equal(si.flags, si0.flags);
+
+	/* Both at once; the first max-sessions wins; 0 is a value too. */
+	control("C_GetTokenInfo max-sessions 6\nC_GetSlotInfo hw-slot\n"
+	    "C_GetTokenInfo max-sessions 9\n");
+	assert_int_equal(fn->C_GetSlotInfo(slot, &si), CKR_OK);
+	assert_int_equal(si.flags, si0.flags | CKF_HW_SLOT);
+	assert_int_equal(fn->C_GetTokenInfo(slot, &ti), CKR_OK);
+	assert_int_equal(ti.ulMaxSessionCount, 6);
+	control("C_GetTokenInfo max-sessions 0\n");
+	assert_int_equal(fn->C_GetTokenInfo(slot, &ti), CKR_OK);
+	assert_int_equal(ti.ulMaxSessionCount, 0);
+
+	/* A fail rule still fails the call; the next one is reported. */
+	control("C_GetSlotInfo hw-slot\nC_GetSlotInfo CKR_DEVICE_ERROR 1\n"
+	    "C_GetTokenInfo max-sessions 9\nC_GetTokenInfo "
+	    "CKR_DEVICE_REMOVED 1\n");
+	assert_int_equal(fn->C_GetSlotInfo(slot, &si), CKR_DEVICE_ERROR);
+	assert_int_equal(fn->C_GetSlotInfo(slot, &si), CKR_OK);
+	assert_int_equal(si.flags, si0.flags | CKF_HW_SLOT);
+	assert_int_equal(fn->C_GetTokenInfo(slot, &ti), CKR_DEVICE_REMOVED);
+	assert_int_equal(fn->C_GetTokenInfo(slot, &ti), CKR_OK);
+	assert_int_equal(ti.ulMaxSessionCount, 9);
+
+	/* Gone with the rule. */
+	control("");
+	assert_int_equal(fn->C_GetSlotInfo(slot, &si), CKR_OK);
+	assert_int_equal(si.flags, si0.flags);
+	assert_int_equal(fn->C_GetTokenInfo(slot, &ti), CKR_OK);
+	assert_int_equal(ti.ulMaxSessionCount, ti0.ulMaxSessionCount);
+}
+
+/* A report rule on the wrong function, or with a bad argument, is refused. */
+static void
+test_report_rules_bad_lines(void **state)
+{
+	char errpath[PATH_MAX + 16], text[4096], want[32];
+	CK_SLOT_INFO si0, si;
+	CK_TOKEN_INFO ti0, ti;
+	int saved, i;
+
+	(void)state;
+	assert_int_equal(fn->C_GetSlotInfo(slot, &si0), CKR_OK);
+	assert_int_equal(fn->C_GetTokenInfo(slot, &ti0), CKR_OK);
+	PATHF(errpath, "%s/stderr-report.txt", base);
+	saved = stderr_to(errpath);
+	control("* hw-slot\n"
+	    "C_GetTokenInfo hw-slot\n"
+	    "C_GetSlotInfo hw-slot 1\n"
+	    "* max-sessions 3\n"
+	    "C_GetSlotInfo max-sessions 3\n"
+	    "C_GetTokenInfo max-sessions\n"
+	    "C_GetTokenInfo max-sessions x\n"
+	    "C_GetTokenInfo max-sessions -1\n"
+	    "C_GetTokenInfo max-sessions 3 4\n");
+	assert_int_equal(fn->C_GetSlotInfo(slot, &si), CKR_OK);
+	assert_int_equal(fn->C_GetTokenInfo(slot, &ti), CKR_OK);
+	stderr_restore(saved, errpath, text, sizeof(text));
+	assert_int_equal(si.flags, si0.flags);
+	assert_int_equal(ti.ulMaxSessionCount, ti0.ulMaxSessionCount);
+	for (i = 1; i <= 9; i++) {
+		PATHF(want, "p11kms-fault: line %d: ", i);
+		if (strstr(text, want) == NULL)
+			fail_msg("line %d not reported: %s", i, text);
+	}
+	control("");
 }
 
 static void
@@ -667,6 +788,8 @@ main(void)
 		cmocka_unit_test_setup(test_hang_until_removed, setup),
 		cmocka_unit_test_setup(test_counts_file, setup),
 		cmocka_unit_test_setup(test_bad_lines_reported_once, setup),
+		cmocka_unit_test_setup(test_report_rules, setup),
+		cmocka_unit_test_setup(test_report_rules_bad_lines, setup),
 		cmocka_unit_test_setup(test_reinitialize_and_reload, setup),
 		cmocka_unit_test_setup(test_count_exact_under_threads, setup),
 	};

@@ -23,64 +23,16 @@ import time
 import grpc
 import pytest
 
-from conftest import Token, binary, rpc_error, run_p11kms
+from conftest import rpc_error, run_p11kms
+from faultctl import FAULT_SO, Faults, FaultToken
 from h2client import H2
 
 C = grpc.StatusCode
 
-FAULT_SO = os.path.join(os.path.dirname(binary()), "tests",
-                        "libp11kms-fault.so")
 PROBE = 1                 # --probe-interval of every daemon here (seconds)
 FAST = 1.0                # "at once": a refused request or a Status, seconds
 BACK = PROBE + 2.0        # token back -> Status "ok" again, seconds
 SVC = "/v2.KeyManagementService/"
-
-
-class Faults:
-    """The control and counts files of one test."""
-
-    def __init__(self, base):
-        self.control = os.path.join(base, "fault.control")
-        self.counts_path = os.path.join(base, "fault.counts")
-
-    def set(self, text):
-        """Replaces the rules atomically (new inode: the module sees it)."""
-        tmp = self.control + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text if text.endswith("\n") or not text else text + "\n")
-        os.rename(tmp, self.control)
-
-    def clear(self):
-        self.set("")
-
-    def counts(self):
-        d = {}
-        try:
-            with open(self.counts_path) as f:
-                for line in f:
-                    p = line.split()
-                    if len(p) == 2 and p[1].isdigit():
-                        d[p[0]] = int(p[1])
-        except FileNotFoundError:
-            pass
-        return d
-
-    def count(self, fn):
-        return self.counts().get(fn, 0)
-
-
-class FaultToken(Token):
-    """A token whose daemons get the fault module's environment."""
-
-    def __init__(self, tok, faults):
-        super().__init__(tok.dir, token=tok.token, pin=tok.pin)
-        self.faults = faults
-
-    def env(self):
-        e = super().env()
-        e["P11KMS_FAULT_CONTROL"] = self.faults.control
-        e["P11KMS_FAULT_COUNTS"] = self.faults.counts_path
-        return e
 
 
 @pytest.fixture

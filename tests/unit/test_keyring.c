@@ -178,6 +178,7 @@ test_round_trip(void **state)
 	assert_string_equal(keyring_key_desc(kr, 0),
 	    "token 'kms' object 'kek1'");
 	assert_int_equal(keyring_max_sessions(kr), 0);	/* SoftHSM: no limit */
+	assert_int_equal(keyring_hw_slot(kr), 0);	/* a software slot */
 	assert_int_equal(keyring_worker_new(kr, &w), KEYRING_OK);
 	for (i = 0; i < sizeof(pt); i++)
 		pt[i] = (uint8_t)(i * 7 + 3);

@@ -1,0 +1,132 @@
+"""The default worker count. A software slot (SoftHSM) computes on our CPUs:
+one worker per CPU. A hardware slot (an HSM: a call mostly waits on the
+device) gets 4 per CPU, at least 8, at most 64. Either way the token's
+session limit less one (the keyring's login session) caps it, with a
+warning, and --workers always wins.
+
+The fault module (tests/faultmod) in front of SoftHSM plays the HSM: its
+"C_GetSlotInfo hw-slot" rule reports CKF_HW_SLOT and "C_GetTokenInfo
+max-sessions N" a session limit. Both are read when the daemon opens the
+token, so the rules are in place before it starts. Each daemon is checked
+twice: p11kms_pool_workers on /metrics and the start-up "configuration"
+log line (workers, workers_from).
+"""
+
+import os
+import re
+
+import pytest
+
+from conftest import MODULE
+from faultctl import FAULT_SO, Faults, FaultToken
+from opsclient import free_port, scrape, wait_ops
+
+# The daemon counts online CPUs (sysconf), as os.cpu_count() does.
+NCPU = os.cpu_count() or 1
+HW_DEFAULT = min(max(4 * NCPU, 8), 64)
+# A session limit below the hardware default but above the CPU count where
+# there is room, so the old rule (CPU count, capped) gives another answer.
+CAP = max(2, min(HW_DEFAULT - 1, NCPU + 1))
+LIMIT = CAP + 1
+LOGFMT = re.compile(r'([A-Za-z0-9_.-]+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+@pytest.fixture
+def wfaults(tmp_path, spawn):
+    # Depends on spawn so that this teardown runs before spawn's.
+    if not os.path.exists(FAULT_SO):
+        pytest.skip("fault module %s not built (make TEST_DEPS builds it "
+                    "next to p11kms)" % FAULT_SO)
+    f = Faults(str(tmp_path))
+    f.clear()
+    yield f
+    f.clear()
+
+
+def logfmt(line):
+    out = {}
+    for k, v in LOGFMT.findall(line):
+        if v.startswith('"'):
+            v = re.sub(r'\\(.)', r'\1', v[1:-1])
+        out[k] = v
+    return out
+
+
+def config_line(d):
+    """Fields of the one start-up "configuration" line."""
+    lines = [logfmt(l) for l in d.stderr().splitlines()]
+    conf = [f for f in lines if f.get("msg") == "configuration"]
+    assert len(conf) == 1, "want one configuration line; stderr:\n%s" % (
+        d.stderr())
+    return conf[0]
+
+
+def start(spawn, token, faults=None, rules="", workers=None):
+    """A daemon on SoftHSM (faults None) or on the fault module with rules
+    in place from the start; returns (daemon, workers from /metrics)."""
+    port = free_port()
+    extra = ["--ops-listen", "127.0.0.1:%d" % port]
+    if workers is not None:
+        extra += ["--workers", str(workers)]
+    if faults is None:
+        d = spawn(token, "d", module=MODULE, extra=extra)
+    else:
+        faults.set(rules)
+        d = spawn(FaultToken(token, faults), "d", module=FAULT_SO,
+                  extra=extra)
+    wait_ops(d, port)
+    return d, scrape(port)["p11kms_pool_workers"]
+
+
+def check(d, metric, want, from_says):
+    conf = config_line(d)
+    assert metric == want, "p11kms_pool_workers %s, want %d; config %r" % (
+        metric, want, conf)
+    assert conf.get("workers") == str(want), conf
+    assert from_says in conf.get("workers_from", ""), conf
+
+
+def session_warning(d):
+    return [l for l in d.stderr().splitlines() if "level=warn" in l and
+            "token allows %d sessions" % LIMIT in l]
+
+
+def test_software_slot_gets_cpu_count(token, spawn):
+    d, w = start(spawn, token)
+    check(d, w, NCPU, "software slot")
+    assert not session_warning(d)
+
+
+def test_hardware_slot_gets_4_per_cpu(token, spawn, wfaults):
+    d, w = start(spawn, token, wfaults, "C_GetSlotInfo hw-slot")
+    check(d, w, HW_DEFAULT, "hardware slot: 4 x %d CPU" % NCPU)
+    assert not session_warning(d)
+
+
+def test_fault_module_alone_is_a_software_slot(token, spawn, wfaults):
+    # The hardware slot above comes from the rule, not from the module.
+    d, w = start(spawn, token, wfaults, "")
+    check(d, w, NCPU, "software slot")
+
+
+def test_hardware_slot_capped_by_session_limit(token, spawn, wfaults):
+    d, w = start(spawn, token, wfaults, "C_GetSlotInfo hw-slot\n"
+                 "C_GetTokenInfo max-sessions %d" % LIMIT)
+    check(d, w, LIMIT - 1, "token allows %d sessions" % LIMIT)
+    assert "hardware slot" in config_line(d)["workers_from"]
+    warn = session_warning(d)
+    assert len(warn) == 1 and "using %d workers" % (LIMIT - 1) in warn[0], \
+        d.stderr()
+
+
+@pytest.mark.parametrize("case", ["softhsm", "hw-slot", "hw-slot+limit"])
+def test_explicit_workers_win(token, spawn, wfaults, case):
+    if case == "softhsm":
+        d, w = start(spawn, token, workers=3)
+    else:
+        rules = "C_GetSlotInfo hw-slot\n"
+        if case == "hw-slot+limit":
+            rules += "C_GetTokenInfo max-sessions 6\n"   # room for 5
+        d, w = start(spawn, token, wfaults, rules, workers=3)
+    check(d, w, 3, "--workers")
+    assert "token allows" not in d.stderr(), d.stderr()
