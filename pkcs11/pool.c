@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -150,6 +151,26 @@ run_job(struct keyring_worker *w, struct pool_job *job)
 	OPENSSL_cleanse(job->in, job->in_len);
 }
 
+/*
+ * A software token computes on our CPUs: its workers are CPU-bound batch
+ * work, so they run SCHED_BATCH, which the kernel never lets preempt a
+ * running thread when they wake (a job handed over by the loop no longer
+ * pushes the loop, or the client it is answering, off its core; measured
+ * with `make bench`: lower Status p99 under load and fewer context
+ * switches). A hardware token's workers mostly wait on the device and keep
+ * the default policy, so its answers are picked up at once. Best effort.
+ */
+static void
+worker_sched(struct pool *p)
+{
+	struct sched_param sp;
+
+	if (keyring_hw_slot(p->kr))
+		return;
+	memset(&sp, 0, sizeof(sp));
+	(void)sched_setscheduler(0, SCHED_BATCH, &sp);
+}
+
 static void *
 worker_main(void *varg)
 {
@@ -161,6 +182,8 @@ worker_main(void *varg)
 	int nice_now, wake;
 
 	free(wa);
+	(void)pthread_setname_np(pthread_self(), "p11kms-worker");
+	worker_sched(p);
 	/*
 	 * Workers run a notch below the event loop: with a software token
 	 * they are CPU-bound, and the loop must win the core at once to

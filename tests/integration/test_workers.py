@@ -130,3 +130,40 @@ def test_explicit_workers_win(token, spawn, wfaults, case):
         d, w = start(spawn, token, wfaults, rules, workers=3)
     check(d, w, 3, "--workers")
     assert "token allows" not in d.stderr(), d.stderr()
+
+
+SCHED_OTHER, SCHED_BATCH = 0, 3
+
+
+def worker_threads(d):
+    """[(policy, nice)] of the daemon's worker threads (named
+    p11kms-worker), and the main thread's nice."""
+    base = "/proc/%d/task" % d.proc.pid
+    out, main_nice = [], None
+    for tid in os.listdir(base):
+        with open(os.path.join(base, tid, "stat")) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # fields[0] is field 3 (state): nice is field 19, policy 41.
+        nice, policy = int(fields[16]), int(fields[38])
+        if int(tid) == d.proc.pid:
+            main_nice = nice
+        with open(os.path.join(base, tid, "comm")) as f:
+            if f.read().strip() == "p11kms-worker":
+                out.append((policy, nice))
+    return out, main_nice
+
+
+@pytest.mark.parametrize("slot", ["software", "hardware"])
+def test_worker_scheduling_by_slot(token, spawn, wfaults, slot):
+    # A software token's workers are CPU-bound: SCHED_BATCH (a waking
+    # worker never preempts the loop), nice +5. A hardware token's wait on
+    # the device and keep SCHED_OTHER, so an answer is picked up at once.
+    d, w = start(spawn, token, wfaults,
+                 "C_GetSlotInfo hw-slot" if slot == "hardware" else "",
+                 workers=2)
+    threads, main_nice = worker_threads(d)
+    assert len(threads) == 2, threads
+    want = SCHED_BATCH if slot == "software" else SCHED_OTHER
+    for policy, nice in threads:
+        assert policy == want, (slot, threads)
+        assert nice == min(main_nice + 5, 19), (threads, main_nice)
