@@ -324,9 +324,9 @@ on_loaded(void *arg, struct gen *g, int status, const char *err)
 		log_info("token recovered: keyring reopened, key_id=%s",
 		    keyring_primary_key_id(g->kr));
 	} else {
-		log_info("reloaded: %zu key(s), key_id=%s, workers=%u",
+		log_info("reloaded: %zu key(s), key_id=%s, workers=%u (%s)",
 		    keyring_nkeys(g->kr), keyring_primary_key_id(g->kr),
-		    g->workers);
+		    g->workers, g->workers_from);
 		log_keys(g);
 	}
 	reap_retired(d);

@@ -14,6 +14,8 @@ log line (workers, workers_from).
 
 import os
 import re
+import signal
+import time
 
 import pytest
 
@@ -167,3 +169,17 @@ def test_worker_scheduling_by_slot(token, spawn, wfaults, slot):
     for policy, nice in threads:
         assert policy == want, (slot, threads)
         assert nice == min(main_nice + 5, 19), (threads, main_nice)
+
+
+def test_reload_line_says_where_workers_came_from(token, spawn, wfaults):
+    # A reload recomputes the count (the token may have changed): its log
+    # line gives the count and how it was chosen, as the start-up line does.
+    d, w = start(spawn, token, wfaults, "C_GetSlotInfo hw-slot")
+    d.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "reloaded:" not in d.stderr():
+        time.sleep(0.05)
+    line = [l for l in d.stderr().splitlines() if "reloaded:" in l]
+    assert line, d.stderr()
+    assert "workers=%d (hardware slot: 4 x %d CPU" % (HW_DEFAULT, NCPU) \
+        in line[0], line[0]
