@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +74,81 @@ gen_choose_workers(unsigned requested, long ncpu, int hw_slot,
 	return w > UINT_MAX ? UINT_MAX : (unsigned)w;
 }
 
+long
+gen_cpus_from_cpu_max(const char *text)
+{
+	unsigned long long quota, period;
+	char *end;
+
+	while (*text == ' ' || *text == '\t')
+		text++;
+	if (strncmp(text, "max", 3) == 0 || *text < '0' || *text > '9')
+		return 0;
+	errno = 0;
+	quota = strtoull(text, &end, 10);
+	if (errno != 0 || quota == 0 || (*end != ' ' && *end != '\t'))
+		return 0;
+	period = strtoull(end, &end, 10);
+	if (errno != 0 || period == 0 || (*end != '\0' && *end != '\n'))
+		return 0;
+	quota = quota / period + (quota % period != 0);
+	return quota > LONG_MAX ? LONG_MAX : (long)quota;
+}
+
+/* The quota of the cgroup at rel (below /sys/fs/cgroup), 0 if none. */
+static long
+cgroup_cpus(const char *rel)
+{
+	char path[PATH_MAX], text[64];
+	FILE *f;
+	long n = 0;
+
+	if (snprintf(path, sizeof(path), "/sys/fs/cgroup%s/cpu.max",
+	    strcmp(rel, "/") == 0 ? "" : rel) >= (int)sizeof(path) ||
+	    (f = fopen(path, "re")) == NULL)
+		return 0;
+	if (fgets(text, sizeof(text), f) != NULL)
+		n = gen_cpus_from_cpu_max(text);
+	fclose(f);
+	return n;
+}
+
+long
+gen_usable_cpus(void)
+{
+	cpu_set_t set;
+	char line[PATH_MAX], *slash;
+	long n = 0, q;
+	FILE *f;
+
+	if (sched_getaffinity(0, sizeof(set), &set) == 0)
+		n = CPU_COUNT(&set);
+	if (n <= 0)
+		n = sysconf(_SC_NPROCESSORS_ONLN);
+	/*
+	 * cgroup v2: the "0::/path" line; the quota of each level up to the
+	 * top applies (the root has none). cgroup v1 quotas are not read.
+	 */
+	if ((f = fopen("/proc/self/cgroup", "re")) != NULL) {
+		while (fgets(line, sizeof(line), f) != NULL) {
+			if (strncmp(line, "0::/", 4) != 0)
+				continue;
+			line[strcspn(line, "\n")] = '\0';
+			for (;;) {
+				if ((q = cgroup_cpus(line + 3)) > 0 &&
+				    (n <= 0 || q < n))
+					n = q;
+				if ((slash = strrchr(line + 3, '/')) == NULL ||
+				    slash == line + 3)
+					break;
+				*slash = '\0';
+			}
+		}
+		fclose(f);
+	}
+	return n > 0 ? n : 1;
+}
+
 static unsigned
 choose_workers(const struct config *cfg, const struct keyring *kr,
     char *from, size_t fromlen)
@@ -81,7 +157,7 @@ choose_workers(const struct config *cfg, const struct keyring *kr,
 	unsigned w;
 	int capped;
 
-	w = gen_choose_workers(cfg->workers, sysconf(_SC_NPROCESSORS_ONLN),
+	w = gen_choose_workers(cfg->workers, gen_usable_cpus(),
 	    keyring_hw_slot(kr), max, &capped, from, fromlen);
 	if (capped)
 		log_warn("token allows %lu sessions: using %u workers", max,

@@ -22,6 +22,17 @@
 #define GEN_HW_WORKERS_MAX	64
 #define GEN_WORKERS_FROM_MAX	96	/* gen_choose_workers' from */
 
+/*
+ * CPUs a cgroup v2 "cpu.max" text ("QUOTA PERIOD" or "max PERIOD") allows,
+ * rounded up; 0 when it sets no limit or does not parse.
+ */
+long gen_cpus_from_cpu_max(const char *text);
+/*
+ * CPUs this process may use: its affinity mask, lowered by the CPU quota of
+ * its cgroup and every cgroup above it (cgroup v2). At least 1.
+ */
+long gen_usable_cpus(void);
+
 struct gen {
 	struct config cfg;		/* owned (config_free) */
 	struct keyring *kr;

@@ -23,8 +23,31 @@ from conftest import MODULE
 from faultctl import FAULT_SO, Faults, FaultToken
 from opsclient import free_port, scrape, wait_ops
 
-# The daemon counts online CPUs (sysconf), as os.cpu_count() does.
-NCPU = os.cpu_count() or 1
+
+
+def usable_cpus():
+    """CPUs the daemon counts: this process's affinity, lowered by the
+    cgroup v2 CPU quota (cpu.max) of its cgroup and those above it."""
+    n = len(os.sched_getaffinity(0))
+    try:
+        with open("/proc/self/cgroup") as f:
+            rel = [l[3:].strip() for l in f if l.startswith("0::/")]
+    except OSError:
+        rel = []
+    path = rel[0] if rel else "/"
+    while path not in ("", "/"):
+        try:
+            with open("/sys/fs/cgroup%s/cpu.max" % path) as f:
+                quota, period = f.read().split()
+            if quota != "max" and int(quota) > 0 and int(period) > 0:
+                n = min(n, -(-int(quota) // int(period)))
+        except (OSError, ValueError):
+            pass
+        path = os.path.dirname(path)
+    return max(n, 1)
+
+
+NCPU = usable_cpus()
 HW_DEFAULT = min(max(4 * NCPU, 8), 64)
 # A session limit below the hardware default but above the CPU count where
 # there is room, so the old rule (CPU count, capped) gives another answer.
@@ -183,3 +206,21 @@ def test_reload_line_says_where_workers_came_from(token, spawn, wfaults):
     assert line, d.stderr()
     assert "workers=%d (hardware slot: 4 x %d CPU" % (HW_DEFAULT, NCPU) \
         in line[0], line[0]
+
+
+@pytest.mark.parametrize("slot", ["software", "hardware"])
+def test_counts_only_cpus_it_may_use(token, spawn, wfaults, slot):
+    # Pinned to one CPU (taskset, a container's cpuset), the daemon counts
+    # one: a software slot gets 1 worker, a hardware slot 8 (4 x 1, at
+    # least 8), whatever the machine has.
+    saved = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(saved)})   # the daemon inherits it
+        d, w = start(spawn, token, wfaults,
+                     "C_GetSlotInfo hw-slot" if slot == "hardware" else "")
+    finally:
+        os.sched_setaffinity(0, saved)
+    if slot == "software":
+        check(d, w, 1, "software slot")
+    else:
+        check(d, w, 8, "hardware slot: 4 x 1 CPU, at least 8")

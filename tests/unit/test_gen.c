@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "plugin/gen.h"
@@ -98,11 +99,45 @@ test_from_truncated(void **state)
 	assert_int_equal(capped, 0);
 }
 
+/* cgroup v2 cpu.max texts: a quota rounds up to whole CPUs. */
+static void
+test_cpus_from_cpu_max(void **state)
+{
+	(void)state;
+	assert_int_equal(gen_cpus_from_cpu_max("max 100000\n"), 0);
+	assert_int_equal(gen_cpus_from_cpu_max("100000 100000\n"), 1);
+	assert_int_equal(gen_cpus_from_cpu_max("150000 100000\n"), 2);
+	assert_int_equal(gen_cpus_from_cpu_max("50000 100000"), 1);
+	assert_int_equal(gen_cpus_from_cpu_max("400000 100000\n"), 4);
+	assert_int_equal(gen_cpus_from_cpu_max("0 100000\n"), 0);
+	assert_int_equal(gen_cpus_from_cpu_max("100000 0\n"), 0);
+	assert_int_equal(gen_cpus_from_cpu_max("100000\n"), 0);
+	assert_int_equal(gen_cpus_from_cpu_max(""), 0);
+	assert_int_equal(gen_cpus_from_cpu_max("-5 100000\n"), 0);
+	assert_int_equal(gen_cpus_from_cpu_max("12x 100000\n"), 0);
+	assert_int_equal(gen_cpus_from_cpu_max("200000 100000 junk"), 0);
+	assert_int_equal(gen_cpus_from_cpu_max(
+	    "99999999999999999999999 1\n"), 0);	/* overflow */
+}
+
+/* The usable count is at least 1 and at most the online CPUs. */
+static void
+test_usable_cpus(void **state)
+{
+	long n = gen_usable_cpus(), online = sysconf(_SC_NPROCESSORS_ONLN);
+
+	(void)state;
+	assert_true(n >= 1);
+	assert_true(n <= online);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_choose_workers),
+		cmocka_unit_test(test_cpus_from_cpu_max),
+		cmocka_unit_test(test_usable_cpus),
 		cmocka_unit_test(test_from_truncated),
 	};
 
