@@ -613,3 +613,20 @@ def b64variants(b):
     return {base64.b64encode(b).decode(), base64.urlsafe_b64encode(b).decode(),
             base64.b64encode(b).decode().rstrip("="),
             base64.urlsafe_b64encode(b).decode().rstrip("=")}
+
+
+@pytest.fixture
+def faults(tmp_path, spawn):
+    """The fault module's control and counts files for one test (see
+    faultctl.py); skips when the module is not built. Depends on spawn so
+    that this teardown (empty rules: nothing hangs) runs before spawn's,
+    which stops the daemons by PID."""
+    from faultctl import FAULT_SO, Faults   # it imports this module
+
+    if not os.path.exists(FAULT_SO):
+        pytest.skip("fault module %s not built (make TEST_DEPS builds it "
+                    "next to p11kms)" % FAULT_SO)
+    f = Faults(str(tmp_path))
+    f.clear()
+    yield f
+    f.clear()

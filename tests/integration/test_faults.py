@@ -24,7 +24,7 @@ import grpc
 import pytest
 
 from conftest import rpc_error, run_p11kms
-from faultctl import FAULT_SO, Faults, FaultToken
+from faultctl import FAULT_SO, FaultToken
 from h2client import H2
 
 C = grpc.StatusCode
@@ -33,19 +33,6 @@ PROBE = 1                 # --probe-interval of every daemon here (seconds)
 FAST = 1.0                # "at once": a refused request or a Status, seconds
 BACK = PROBE + 2.0        # token back -> Status "ok" again, seconds
 SVC = "/v2.KeyManagementService/"
-
-
-@pytest.fixture
-def faults(tmp_path, spawn):
-    # Depends on spawn so that this teardown (empty rules: nothing hangs)
-    # runs before spawn's, which stops the daemons by PID.
-    if not os.path.exists(FAULT_SO):
-        pytest.skip("fault module %s not built (make TEST_DEPS builds it "
-                    "next to p11kms)" % FAULT_SO)
-    f = Faults(str(tmp_path))
-    f.clear()
-    yield f
-    f.clear()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import time
 import pytest
 
 from conftest import MODULE
-from faultctl import FAULT_SO, Faults, FaultToken
+from faultctl import FAULT_SO, FaultToken
 from opsclient import free_port, scrape, wait_ops
 
 
@@ -54,18 +54,6 @@ HW_DEFAULT = min(max(4 * NCPU, 8), 64)
 CAP = max(2, min(HW_DEFAULT - 1, NCPU + 1))
 LIMIT = CAP + 1
 LOGFMT = re.compile(r'([A-Za-z0-9_.-]+)=("(?:[^"\\]|\\.)*"|\S*)')
-
-
-@pytest.fixture
-def wfaults(tmp_path, spawn):
-    # Depends on spawn so that this teardown runs before spawn's.
-    if not os.path.exists(FAULT_SO):
-        pytest.skip("fault module %s not built (make TEST_DEPS builds it "
-                    "next to p11kms)" % FAULT_SO)
-    f = Faults(str(tmp_path))
-    f.clear()
-    yield f
-    f.clear()
 
 
 def logfmt(line):
@@ -122,20 +110,20 @@ def test_software_slot_gets_cpu_count(token, spawn):
     assert not session_warning(d)
 
 
-def test_hardware_slot_gets_4_per_cpu(token, spawn, wfaults):
-    d, w = start(spawn, token, wfaults, "C_GetSlotInfo hw-slot")
+def test_hardware_slot_gets_4_per_cpu(token, spawn, faults):
+    d, w = start(spawn, token, faults, "C_GetSlotInfo hw-slot")
     check(d, w, HW_DEFAULT, "hardware slot: 4 x %d CPU" % NCPU)
     assert not session_warning(d)
 
 
-def test_fault_module_alone_is_a_software_slot(token, spawn, wfaults):
+def test_fault_module_alone_is_a_software_slot(token, spawn, faults):
     # The hardware slot above comes from the rule, not from the module.
-    d, w = start(spawn, token, wfaults, "")
+    d, w = start(spawn, token, faults, "")
     check(d, w, NCPU, "software slot")
 
 
-def test_hardware_slot_capped_by_session_limit(token, spawn, wfaults):
-    d, w = start(spawn, token, wfaults, "C_GetSlotInfo hw-slot\n"
+def test_hardware_slot_capped_by_session_limit(token, spawn, faults):
+    d, w = start(spawn, token, faults, "C_GetSlotInfo hw-slot\n"
                  "C_GetTokenInfo max-sessions %d" % LIMIT)
     check(d, w, LIMIT - 1, "token allows %d sessions" % LIMIT)
     assert "hardware slot" in config_line(d)["workers_from"]
@@ -145,14 +133,14 @@ def test_hardware_slot_capped_by_session_limit(token, spawn, wfaults):
 
 
 @pytest.mark.parametrize("case", ["softhsm", "hw-slot", "hw-slot+limit"])
-def test_explicit_workers_win(token, spawn, wfaults, case):
+def test_explicit_workers_win(token, spawn, faults, case):
     if case == "softhsm":
         d, w = start(spawn, token, workers=3)
     else:
         rules = "C_GetSlotInfo hw-slot\n"
         if case == "hw-slot+limit":
             rules += "C_GetTokenInfo max-sessions 6\n"   # room for 5
-        d, w = start(spawn, token, wfaults, rules, workers=3)
+        d, w = start(spawn, token, faults, rules, workers=3)
     check(d, w, 3, "--workers")
     assert "token allows" not in d.stderr(), d.stderr()
 
@@ -179,11 +167,11 @@ def worker_threads(d):
 
 
 @pytest.mark.parametrize("slot", ["software", "hardware"])
-def test_worker_scheduling_by_slot(token, spawn, wfaults, slot):
+def test_worker_scheduling_by_slot(token, spawn, faults, slot):
     # A software token's workers are CPU-bound: SCHED_BATCH (a waking
     # worker never preempts the loop), nice +5. A hardware token's wait on
     # the device and keep SCHED_OTHER, so an answer is picked up at once.
-    d, w = start(spawn, token, wfaults,
+    d, w = start(spawn, token, faults,
                  "C_GetSlotInfo hw-slot" if slot == "hardware" else "",
                  workers=2)
     threads, main_nice = worker_threads(d)
@@ -194,10 +182,10 @@ def test_worker_scheduling_by_slot(token, spawn, wfaults, slot):
         assert nice == min(main_nice + 5, 19), (threads, main_nice)
 
 
-def test_reload_line_says_where_workers_came_from(token, spawn, wfaults):
+def test_reload_line_says_where_workers_came_from(token, spawn, faults):
     # A reload recomputes the count (the token may have changed): its log
     # line gives the count and how it was chosen, as the start-up line does.
-    d, w = start(spawn, token, wfaults, "C_GetSlotInfo hw-slot")
+    d, w = start(spawn, token, faults, "C_GetSlotInfo hw-slot")
     d.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and "reloaded:" not in d.stderr():
@@ -209,14 +197,14 @@ def test_reload_line_says_where_workers_came_from(token, spawn, wfaults):
 
 
 @pytest.mark.parametrize("slot", ["software", "hardware"])
-def test_counts_only_cpus_it_may_use(token, spawn, wfaults, slot):
+def test_counts_only_cpus_it_may_use(token, spawn, faults, slot):
     # Pinned to one CPU (taskset, a container's cpuset), the daemon counts
     # one: a software slot gets 1 worker, a hardware slot 8 (4 x 1, at
     # least 8), whatever the machine has.
     saved = os.sched_getaffinity(0)
     try:
         os.sched_setaffinity(0, {min(saved)})   # the daemon inherits it
-        d, w = start(spawn, token, wfaults,
+        d, w = start(spawn, token, faults,
                      "C_GetSlotInfo hw-slot" if slot == "hardware" else "")
     finally:
         os.sched_setaffinity(0, saved)
