@@ -357,7 +357,7 @@ pool_fd(const struct pool *p)
 size_t
 pool_reap_some(struct pool *p, size_t max)
 {
-	struct pool_job *list, *job, *prev = NULL, *first;
+	struct pool_job *list, *job, *prev = NULL, *first, *newest;
 	uint64_t v, one = 1;
 	size_t n, left;
 
@@ -366,22 +366,24 @@ pool_reap_some(struct pool *p, size_t max)
 	list = p->done;
 	p->done = NULL;
 	pthread_mutex_unlock(&p->lock);
-	/* Reverse to finishing order, so replies keep their order. */
+	/*
+	 * Reverse to finishing order, so replies keep their order, and queue
+	 * behind what an earlier call left; the newest job ends up last.
+	 */
+	newest = list;
 	while (list != NULL) {
 		job = list;
 		list = job->next;
 		job->next = prev;
 		prev = job;
+		p->rcount++;
 	}
 	if (prev != NULL) {
-		for (job = prev, p->rcount++; job->next != NULL;
-		    job = job->next)
-			p->rcount++;
 		if (p->rtail != NULL)
 			p->rtail->next = prev;
 		else
 			p->rhead = prev;
-		p->rtail = job;
+		p->rtail = newest;
 	}
 	/* Detach at most max jobs, then run their callbacks. */
 	first = max > 0 ? p->rhead : NULL;
