@@ -84,16 +84,21 @@ size_t
 envelope_aad(const struct envelope *e, uint8_t *aad, size_t cap)
 {
 	const size_t llen = sizeof(ENVELOPE_AAD_LABEL) - 1;
+	uint8_t hdr[ENVELOPE_FIXED_LEN + ENVELOPE_IV_MAX];
 	size_t hlen;
 
 	if (e->iv_len > ENVELOPE_IV_MAX || aad == NULL)
 		return 0;
 	hlen = envelope_header_len(e);
+	if (envelope_encode_header(e, hdr, sizeof(hdr)) != hlen)
+		return 0;
+	/* The token makes this one's IV after the AAD is given. */
+	if (e->mech == ENVELOPE_MECH_AES_GCM_TIV)
+		hlen = OFF_IVLEN;
 	if (cap < llen || cap - llen < hlen)
 		return 0;
 	memcpy(aad, ENVELOPE_AAD_LABEL, llen);
-	if (envelope_encode_header(e, aad + llen, cap - llen) != hlen)
-		return 0;
+	memcpy(aad + llen, hdr, hlen);
 	return llen + hlen;
 }
 
@@ -159,22 +164,6 @@ envelope_unframe(const struct envelope *e, const uint8_t *in, size_t len,
 	*pt = in + ENVELOPE_FRAME_HDR;
 	*ptlen = n;
 	return 0;
-}
-
-const char *
-envelope_mech_name(uint8_t mech)
-{
-	switch (mech) {
-	case ENVELOPE_MECH_AES_GCM:
-		return "aes-gcm";
-	case ENVELOPE_MECH_AES_KWP:
-		return "aes-kwp";
-	case ENVELOPE_MECH_RSA_OAEP_SHA256:
-		return "rsa-oaep-sha256";
-	case ENVELOPE_MECH_RSA_OAEP_SHA1:
-		return "rsa-oaep-sha1";
-	}
-	return "unknown";
 }
 
 void

@@ -11,7 +11,11 @@
  *   19   n    iv
  *   19+n rest body        token output (ciphertext || tag), 1.. bytes
  *
- * AAD for AEAD mechanisms = ENVELOPE_AAD_LABEL || bytes [0, 19+n).
+ * AAD for AEAD mechanisms = ENVELOPE_AAD_LABEL || bytes [0, 19+n), except
+ * for ENVELOPE_MECH_AES_GCM_TIV, whose IV the token makes during the seal,
+ * after the AAD is given: there AAD = ENVELOPE_AAD_LABEL || bytes [0, 18)
+ * (format, mechanism, key ref). GCM authenticates the IV and its length
+ * itself (they determine the counter block and so the tag).
  *
  * Mechanisms without AAD (AES key wrap, RSA-OAEP) have iv length 0 and seal
  * a frame instead of the bare plaintext (envelope_frame below):
@@ -43,6 +47,8 @@
 #define ENVELOPE_MECH_RSA_OAEP_SHA256	0x03
 /* the same with SHA-1 and MGF1-SHA-1 */
 #define ENVELOPE_MECH_RSA_OAEP_SHA1	0x04
+/* CKM_AES_GCM, 128-bit tag, IV (12 or 16 bytes) made by the token */
+#define ENVELOPE_MECH_AES_GCM_TIV	0x05
 #define ENVELOPE_KEYREF_LEN	16
 #define ENVELOPE_IV_MAX		16
 #define ENVELOPE_FIXED_LEN	19	/* header without the IV */
@@ -95,9 +101,6 @@ size_t envelope_frame(const struct envelope *e, const uint8_t *pt,
  */
 int envelope_unframe(const struct envelope *e, const uint8_t *in, size_t len,
     const uint8_t **pt, size_t *ptlen);
-/* "aes-gcm", "aes-kwp", "rsa-oaep-sha256", "rsa-oaep-sha1", or "unknown". */
-const char *envelope_mech_name(uint8_t mech);
-
 /* Lowercase hex of the key ref into out (>= 2*ENVELOPE_KEYREF_LEN+1). */
 void envelope_keyref_hex(const uint8_t keyref[ENVELOPE_KEYREF_LEN], char *out);
 

@@ -22,10 +22,6 @@
 #define ATTR_MAX	256	/* CKA_ID / CKA_LABEL bytes we accept */
 #define KEK_AES_LEN	32	/* AES-256 */
 
-static const char *const mech_title[KEK_NMECH] = {
-	NULL, "AES-GCM", "AES-KWP", "RSA-OAEP-SHA256", "RSA-OAEP-SHA1",
-};
-
 void
 kek_hex(const uint8_t *b, size_t n, char *out, size_t cap)
 {
@@ -160,7 +156,9 @@ kek_token_mechs(struct token *t, struct kek_tokmechs *tm, char *err,
 	CK_MECHANISM_TYPE *list = NULL, *tmp;
 	CK_ULONG n = 0;
 	CK_RV rv;
-	int tries, ret = KEYRING_E_TOKEN;
+	const struct mech_def *d;
+	size_t r;
+	int tries, ok, ret = KEYRING_E_TOKEN;
 	const char *what = "C_GetMechanismList";
 
 	memset(tm, 0, sizeof(*tm));
@@ -183,12 +181,16 @@ kek_token_mechs(struct token *t, struct kek_tokmechs *tm, char *err,
 	if (list == NULL)
 		n = 0;
 	what = "C_GetMechanismInfo";
-	if ((rv = offers(t, list, n, CKM_AES_GCM, CKF_ENCRYPT | CKF_DECRYPT,
-	    &tm->gcm)) != CKR_OK ||
-	    (rv = offers(t, list, n, CKM_AES_KEY_WRAP_PAD, CKF_WRAP |
-	    CKF_UNWRAP, &tm->kwp)) != CKR_OK ||
-	    (rv = offers(t, list, n, CKM_RSA_PKCS_OAEP, CKF_ENCRYPT |
-	    CKF_DECRYPT, &tm->oaep)) != CKR_OK)
+	tm->v3 = t->fn3 != NULL;
+	for (r = 0; r < MECH_NROWS; r++) {
+		d = &mech_table[r];
+		if ((rv = offers(t, list, n, d->ckm, d->need, &ok)) != CKR_OK)
+			goto rv_fail;
+		if (ok && (!(d->flags & MECH_F_V3) || tm->v3))
+			tm->offered |= MECH_BIT(r);
+	}
+	if ((rv = offers(t, list, n, CKM_AES_ECB, CKF_ENCRYPT,
+	    &tm->ecb)) != CKR_OK)
 		goto rv_fail;
 
 	/* success */
@@ -200,6 +202,12 @@ rv_fail:
 out:
 	free(list);
 	return ret;
+}
+
+void
+kek_sess(struct token *t, struct mech_sess *ms)
+{
+	mech_sess_init(ms, t->fn, t->fn3, t->session, 0);
 }
 
 /* Label, id, desc: the names a key is shown by. */
@@ -268,140 +276,194 @@ copy_key(struct token *t, struct kek *k)
 	k->mk.obj = copy;
 }
 
+
 /*
- * One round trip of a random canary with mech, as seal/open will do it.
- * KEYRING_OK: it works. KEYRING_E_CONFIG: the token or key refuses it for
- * good (k->why[mech] says how). Anything else: a fault, in err.
+ * One round trip of a random canary with row r, as seal/open will do it.
+ * The envelope binds k->keyref, which need not be the key_id yet: the
+ * round trip only has to be self-consistent. KEYRING_OK: it works.
+ * KEYRING_E_CONFIG: the token or key refuses it for good (k->why[r] says
+ * how). Anything else: a fault, in err.
  */
 static int
-selftest(struct token *t, struct kek *k, uint8_t mech, char *err,
-    size_t errlen)
+selftest(struct token *t, struct kek *k, size_t r, char *err, size_t errlen)
 {
+	const struct mech_def *d = &mech_table[r];
 	uint8_t pt[32], ct[KEYRING_MAX_CIPHERTEXT], back[KEYRING_MAX_PLAINTEXT];
-	struct envelope e, d;
-	size_t hlen, blen = 0, backlen = 0;
+	struct mech_sess ms;
+	struct envelope e;
+	size_t ctlen = 0, backlen = 0;
 	struct mech_err me = mech_err_start();
 	const char *step = "seal";
-	int r, ret = KEYRING_E_TOKEN;
+	int rr, ret = KEYRING_E_TOKEN;
 
-	memset(&e, 0, sizeof(e));
-	e.format = ENVELOPE_FORMAT_V1;
-	e.mech = mech;
-	memcpy(e.keyref, k->keyref, sizeof(e.keyref));
-	if (RAND_bytes(pt, sizeof(pt)) != 1 || mech_set_iv(&e) != 0) {
+	kek_sess(t, &ms);
+	/*
+	 * A token-IV row gets a fixed canary: should a token take the
+	 * all-zero IV as given, sealing one constant again reveals nothing
+	 * new (the row is refused for it anyway).
+	 */
+	if (d->env == ENVELOPE_MECH_AES_GCM_TIV)
+		memset(pt, 0x5a, sizeof(pt));
+	else if (RAND_bytes(pt, sizeof(pt)) != 1) {
 		token_err(err, errlen, "RAND_bytes failed");
 		goto out;
 	}
-	hlen = envelope_encode_header(&e, ct, sizeof(ct));
-	r = mech_seal(t->fn, t->session, &k->mk, &e, pt, sizeof(pt),
-	    ct + hlen, sizeof(ct) - hlen, &blen, &me);
-	if (r == KEYRING_OK) {
+	rr = mech_seal(&ms, d, &k->mk, k->keyref, pt, sizeof(pt), ct,
+	    sizeof(ct), &ctlen, &me);
+	if (rr == KEYRING_OK) {
+		k->detail[r] = me.detail;
 		step = "open";
-		r = envelope_decode(ct, hlen + blen, &d) != 0 ?
-		    KEYRING_E_INVALID : mech_open(t->fn, t->session, &k->mk,
-		    &d, back, sizeof(back), &backlen, &me);
+		rr = envelope_decode(ct, ctlen, &e) != 0 ? KEYRING_E_INVALID :
+		    mech_open(&ms, d, &k->mk, &e, back, sizeof(back), &backlen,
+		    &me);
 	}
-	if (r == KEYRING_OK && (backlen != sizeof(pt) ||
+	if (rr == KEYRING_OK && (backlen != sizeof(pt) ||
 	    CRYPTO_memcmp(back, pt, sizeof(pt)) != 0))
-		r = KEYRING_E_AUTH;
-	if (r == KEYRING_OK) {
+		rr = KEYRING_E_AUTH;
+	if (rr == KEYRING_OK) {
 		ret = KEYRING_OK;
 		goto out;
 	}
+	k->detail[r] = NULL;
 	if (me.rv != CKR_OK && !mech_rv_refusal(me.rv)) {
 		token_err(err, errlen, "key %s: %s self-test (%s) in token "
-		    "'%s' failed: %s: %s", k->uri, mech_title[mech], step,
-		    t->label, me.call, token_rv_name(me.rv));
+		    "'%s' failed: %s: %s", k->uri, d->title, step, t->label,
+		    me.call, token_rv_name(me.rv));
 		ret = KEYRING_E_TOKEN;	/* not a lasting refusal: no verdict */
 		goto out;
 	}
 	if (me.rv != CKR_OK)
-		snprintf(k->why[mech], KEK_WHY_MAX, "the token refused its "
-		    "%s self-test (%s: %s: %s)", mech_title[mech], step,
-		    me.call, token_rv_name(me.rv));
+		snprintf(k->why[r], KEK_WHY_MAX, "the token refused its %s "
+		    "self-test (%s: %s: %s)", d->title, step, me.call,
+		    token_rv_name(me.rv));
 	else
-		snprintf(k->why[mech], KEK_WHY_MAX, "its %s self-test did "
-		    "not give the plaintext back", mech_title[mech]);
+		snprintf(k->why[r], KEK_WHY_MAX, "its %s self-test did not "
+		    "give the plaintext back", d->title);
 	ret = KEYRING_E_CONFIG;
 out:
+	mech_sess_idle(&ms);
 	OPENSSL_cleanse(pt, sizeof(pt));
 	OPENSSL_cleanse(back, sizeof(back));
 	return ret;
 }
 
-/*
- * Self-tests each mechanism in allowed, recording the outcome in k->caps
- * and k->why. Returns KEYRING_OK unless the token faulted.
- */
-static int
-try_all(struct token *t, struct kek *k, unsigned allowed, char *err,
-    size_t errlen)
-{
-	uint8_t m;
-	int r;
-
-	k->caps = 0;
-	for (m = 1; m < KEK_NMECH; m++) {
-		if (!(allowed & KEK_CAP(m)))
-			continue;
-		r = selftest(t, k, m, err, errlen);
-		if (r == KEYRING_OK)
-			k->caps |= KEK_CAP(m);
-		else if (r != KEYRING_E_CONFIG)
-			return r;
-	}
-	return KEYRING_OK;
-}
-
-/* Both flags set, else a reason naming them into why. */
+/* The key's CKA_ALLOWED_MECHANISMS; *n = 0 when it has none (all allowed). */
 static CK_RV
-need_pair(struct token *t, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE a,
-    const char *an, CK_ATTRIBUTE_TYPE b, const char *bn, char *why,
-    const char *which)
+allowed_list(struct token *t, CK_OBJECT_HANDLE h, CK_MECHANISM_TYPE *list,
+    size_t cap, size_t *n)
 {
-	int va, vb;
+	uint8_t buf[64 * sizeof(CK_MECHANISM_TYPE)];
+	size_t len = 0;
 	CK_RV rv;
 
-	if ((rv = get_bool(t, h, a, &va)) != CKR_OK ||
-	    (rv = get_bool(t, h, b, &vb)) != CKR_OK)
+	*n = 0;
+	rv = get_bytes(t, h, CKA_ALLOWED_MECHANISMS, buf, sizeof(buf), &len);
+	/* Longer than we keep: judge by flags and round trips only. */
+	if (rv == CKR_ATTRIBUTE_VALUE_INVALID || rv == CKR_ATTRIBUTE_SENSITIVE)
+		return CKR_OK;
+	if (rv != CKR_OK)
 		return rv;
-	if (why[0] == '\0' && !(va && vb))
-		snprintf(why, KEK_WHY_MAX, "%s%s%s %s false (%s needs both "
-		    "%s and %s)", !va ? an : "", !va && !vb ? " and " : "",
-		    !vb ? bn : "", !va && !vb ? "are" : "is", which, an, bn);
+	len /= sizeof(CK_MECHANISM_TYPE);
+	if (len > cap)
+		len = cap;
+	memcpy(list, buf, len * sizeof(CK_MECHANISM_TYPE));
+	*n = len;
 	return CKR_OK;
 }
 
 /*
- * The AES mechanisms the token offers and the key's attributes allow, as
- * KEK_CAP bits; k->why says why each other one is out.
+ * The rows the token offers and the key's attributes allow, as MECH_BIT
+ * bits; k->why says why each other row of the key's family is out. pub:
+ * the RSA public key (use[1] is read there), else the key itself.
  */
 static CK_RV
-aes_allowed(struct token *t, const struct kek_tokmechs *tm, struct kek *k,
-    unsigned *allowed)
+rows_allowed(struct token *t, const struct kek_tokmechs *tm, struct kek *k,
+    CK_OBJECT_HANDLE pub, unsigned *allowed)
 {
-	char *gcm = k->why[ENVELOPE_MECH_AES_GCM];
-	char *kwp = k->why[ENVELOPE_MECH_AES_KWP];
+	CK_MECHANISM_TYPE am[64];
+	size_t nam, r, i;
+	const struct mech_def *d;
+	int rsa = k->cls == CKO_PRIVATE_KEY, va, vb, listed;
+	char *why;
 	CK_RV rv;
 
 	*allowed = 0;
-	gcm[0] = kwp[0] = '\0';
-	if (!tm->gcm)
-		snprintf(gcm, KEK_WHY_MAX, "token '%s' does not offer "
-		    "CKM_AES_GCM for encrypt and decrypt", t->label);
-	if (!tm->kwp)
-		snprintf(kwp, KEK_WHY_MAX, "token '%s' does not offer "
-		    "CKM_AES_KEY_WRAP_PAD for wrap and unwrap", t->label);
-	if ((rv = need_pair(t, k->token_obj, CKA_ENCRYPT, "CKA_ENCRYPT",
-	    CKA_DECRYPT, "CKA_DECRYPT", gcm, "AES-GCM")) != CKR_OK ||
-	    (rv = need_pair(t, k->token_obj, CKA_WRAP, "CKA_WRAP", CKA_UNWRAP,
-	    "CKA_UNWRAP", kwp, "AES-KWP")) != CKR_OK)
+	if ((rv = allowed_list(t, k->token_obj, am, 64, &nam)) != CKR_OK)
 		return rv;
-	if (gcm[0] == '\0')
-		*allowed |= KEK_CAP(ENVELOPE_MECH_AES_GCM);
-	if (kwp[0] == '\0')
-		*allowed |= KEK_CAP(ENVELOPE_MECH_AES_KWP);
+	for (r = 0; r < MECH_NROWS; r++) {
+		d = &mech_table[r];
+		why = k->why[r];
+		why[0] = '\0';
+		if (!(d->flags & MECH_F_RSA) != !rsa)
+			continue;
+		if (!(tm->offered & MECH_BIT(r))) {
+			if ((d->flags & MECH_F_V3) && !tm->v3)
+				snprintf(why, KEK_WHY_MAX, "module of token "
+				    "'%s' has no PKCS#11 3.0 interface",
+				    t->label);
+			else
+				snprintf(why, KEK_WHY_MAX, "token '%s' does not "
+				    "offer %s for %s", t->label, d->ckm_name,
+				    d->need & CKF_WRAP ?
+				    "wrap and unwrap" : "encrypt and decrypt");
+			continue;
+		}
+		if ((rv = get_bool(t, k->token_obj, d->use[0], &va)) != CKR_OK ||
+		    (rv = get_bool(t, rsa ? pub : k->token_obj, d->use[1],
+		    &vb)) != CKR_OK)
+			return rv;
+		if (!(va && vb)) {
+			snprintf(why, KEK_WHY_MAX, "%s%s%s %s false (%s needs "
+			    "%s and %s)", !va ? d->use_name[0] : "",
+			    !va && !vb ? " and " : "", !vb ? d->use_name[1] :
+			    "", !va && !vb ? "are" : "is", d->title,
+			    d->use_name[0], d->use_name[1]);
+			continue;
+		}
+		for (i = 0, listed = nam == 0; i < nam && !listed; i++)
+			listed = am[i] == d->ckm;
+		if (!listed) {
+			snprintf(why, KEK_WHY_MAX, "its CKA_ALLOWED_MECHANISMS "
+			    "does not list %s (%s)", d->ckm_name, d->title);
+			continue;
+		}
+		*allowed |= MECH_BIT(r);
+	}
 	return CKR_OK;
+}
+
+/*
+ * Self-tests each row in *allowed, recording the outcome in k->caps and
+ * k->why. The AES-GCM rows are alternatives: once one passes the later
+ * ones are not tried (a token-IV probe on a token that takes our IVs would
+ * only cost time) and leave *allowed. Returns KEYRING_OK unless the token
+ * faulted.
+ */
+static int
+try_rows(struct token *t, struct kek *k, unsigned *allowed, char *err,
+    size_t errlen)
+{
+	size_t r;
+	int rr;
+
+	k->caps = 0;
+	for (r = 0; r < MECH_NROWS; r++) {
+		if (!(*allowed & MECH_BIT(r)))
+			continue;
+		if ((mech_table[r].opens & MECH_ENV_BIT(ENVELOPE_MECH_AES_GCM)) &&
+		    (k->caps & (MECH_BIT(MECH_GCM) | MECH_BIT(MECH_GCM_MSG) |
+		    MECH_BIT(MECH_GCM_TIV)))) {
+			/* Not tried, so not "allowed but failed" either. */
+			*allowed &= ~MECH_BIT(r);
+			continue;
+		}
+		rr = selftest(t, k, r, err, errlen);
+		if (rr == KEYRING_OK)
+			k->caps |= MECH_BIT(r);
+		else if (rr != KEYRING_E_CONFIG)
+			return rr;
+	}
+	return KEYRING_OK;
 }
 
 /* Fitness attributes every KEK must have: sensitive, non-extractable. */
@@ -431,18 +493,54 @@ check_locked(struct token *t, struct kek *k, int *ok)
 	return CKR_OK;
 }
 
+/* "because X; because Y" of the rows of one family, for a verdict. */
+static void
+why_all(const struct kek *k, int rsa, char *out, size_t cap)
+{
+	size_t r, o = 0;
+
+	out[0] = '\0';
+	for (r = 0; r < MECH_NROWS && o + 1 < cap; r++) {
+		if (!(mech_table[r].flags & MECH_F_RSA) != !rsa ||
+		    k->why[r][0] == '\0')
+			continue;
+		snprintf(out + o, cap - o, "%s%s: %s", o > 0 ? "; " : "",
+		    mech_table[r].name, k->why[r]);
+		o = strlen(out);
+	}
+}
+
+/* key_id of an AES key, after it was judged; CKR_OK or why not. */
+static CK_RV
+aes_key_id(struct token *t, struct kek *k, const uint8_t *id, size_t idlen,
+    const uint8_t *label, size_t labellen, int *nomem)
+{
+	uint8_t kcv[KEYID_KCV_MAX];
+	size_t kcvlen = 0;
+	CK_RV rv;
+
+	*nomem = 0;
+	rv = keyid_check_value(t->fn, t->session, k->token_obj,
+	    keyid_id_is_v2(id, idlen) ? KEYID_KCV_LONG : KEYID_KCV_AUTO, kcv,
+	    &kcvlen, &k->kcv_from);
+	if (rv != CKR_OK)
+		return rv;
+	if (set_key_id(k, id, idlen, label, labellen, kcv, kcvlen) != 0)
+		*nomem = 1;
+	return CKR_OK;
+}
+
 static int
 eval_aes(struct token *t, const struct kek_tokmechs *tm, struct kek *k,
     const uint8_t *id, size_t idlen, const uint8_t *label, size_t labellen,
     int copy, char *err, size_t errlen)
 {
-	uint8_t kcv[KEYID_KCV_MAX];
+	char whys[KEYRING_REASON_MAX];
 	CK_KEY_TYPE type;
 	CK_ULONG len = 0;
-	size_t kcvlen;
 	CK_RV rv;
 	unsigned allowed;
-	int ok, r, have_id = 0;
+	int ok, r, nomem;
 	const char *what = "CKA_KEY_TYPE";
 
 	if ((rv = get_fixed(t, k->token_obj, CKA_KEY_TYPE, &type,
@@ -459,51 +557,33 @@ eval_aes(struct token *t, const struct kek_tokmechs *tm, struct kek *k,
 		snprintf(k->type, sizeof(k->type), "secret-0x%lx",
 		    (unsigned long)type);
 	}
-	/* Best effort for an unfit key: the listing shows it if it can. */
-	if (type == CKK_AES &&
-	    keyid_check_value(t->fn, t->session, k->token_obj, KEYID_KCV_AUTO,
-	    kcv, &kcvlen) == CKR_OK &&
-	    set_key_id(k, id, idlen, label, labellen, kcv, kcvlen) == 0)
-		have_id = 1;
-
 	if (type != CKK_AES) {
 		snprintf(k->unfit, sizeof(k->unfit), "is not an AES key "
 		    "(CKA_KEY_TYPE=0x%lx); p11kms needs an AES-256 key or an "
 		    "RSA key pair", (unsigned long)type);
-		return KEYRING_E_CONFIG;
+		goto unfit;
 	}
 	if (len != KEK_AES_LEN) {
 		snprintf(k->unfit, sizeof(k->unfit), "is AES-%lu "
 		    "(CKA_VALUE_LEN=%lu); p11kms requires AES-256 "
 		    "(CKA_VALUE_LEN=32)", 8 * (unsigned long)len,
 		    (unsigned long)len);
-		return KEYRING_E_CONFIG;
+		goto unfit;
 	}
 	what = "CKA_SENSITIVE/CKA_EXTRACTABLE";
 	if ((rv = check_locked(t, k, &ok)) != CKR_OK)
 		goto rv_fail;
 	if (!ok)
-		return KEYRING_E_CONFIG;
-	if (!have_id) {
-		/* Again, for the reason: the key is fit, so this must work. */
-		what = "its check value";
-		if ((rv = keyid_check_value(t->fn, t->session, k->token_obj,
-		    KEYID_KCV_AUTO, kcv, &kcvlen)) != CKR_OK)
-			goto rv_fail;
-		if (set_key_id(k, id, idlen, label, labellen, kcv,
-		    kcvlen) != 0) {
-			token_err(err, errlen, "SHA-256 failed");
-			return KEYRING_E_NOMEM;
-		}
-	}
+		goto unfit;
 
-	what = "CKA_ENCRYPT/CKA_DECRYPT/CKA_WRAP/CKA_UNWRAP";
-	if ((rv = aes_allowed(t, tm, k, &allowed)) != CKR_OK)
+	what = "its usage attributes";
+	if ((rv = rows_allowed(t, tm, k, CK_INVALID_HANDLE, &allowed)) !=
+	    CKR_OK)
 		goto rv_fail;
 	k->mk.obj = k->token_obj;
 	if (copy && allowed != 0)
 		copy_key(t, k);
-	if ((r = try_all(t, k, allowed, err, errlen)) != 0)
+	if ((r = try_rows(t, k, &allowed, err, errlen)) != 0)
 		return r;
 	if (k->mk.obj != k->token_obj && k->caps != allowed) {
 		/*
@@ -512,19 +592,41 @@ eval_aes(struct token *t, const struct kek_tokmechs *tm, struct kek *k,
 		 */
 		(void)t->fn->C_DestroyObject(t->session, k->mk.obj);
 		k->mk.obj = k->token_obj;
-		if ((rv = aes_allowed(t, tm, k, &allowed)) != CKR_OK)
+		if ((rv = rows_allowed(t, tm, k, CK_INVALID_HANDLE,
+		    &allowed)) != CKR_OK)
 			goto rv_fail;
-		if ((r = try_all(t, k, allowed, err, errlen)) != 0)
+		if ((r = try_rows(t, k, &allowed, err, errlen)) != 0)
 			return r;
 	}
 	if (k->caps == 0) {
-		snprintf(k->unfit, sizeof(k->unfit), "can do neither AES-GCM "
-		    "(%s) nor AES-KWP (%s); generate it with p11kms keygen",
-		    k->why[ENVELOPE_MECH_AES_GCM],
-		    k->why[ENVELOPE_MECH_AES_KWP]);
+		why_all(k, 0, whys, sizeof(whys));
+		snprintf(k->unfit, sizeof(k->unfit), "can use no AES "
+		    "mechanism (%.500s)", whys);
+		goto unfit;
+	}
+
+	/* Fit: now it must have a name. */
+	what = "its check value (for the key_id)";
+	if ((rv = aes_key_id(t, k, id, idlen, label, labellen,
+	    &nomem)) != CKR_OK) {
+		if (token_rv_is_fault(rv) && !mech_rv_refusal(rv))
+			goto rv_fail;
+		snprintf(k->unfit, sizeof(k->unfit), "has no check value the "
+		    "token will compute (CKA_CHECK_VALUE, or AES-GCM, AES-KWP "
+		    "or AES-ECB of a constant: %s), so it has no key_id",
+		    token_rv_name(rv));
 		return KEYRING_E_CONFIG;
 	}
+	if (nomem) {
+		token_err(err, errlen, "SHA-256 failed");
+		return KEYRING_E_NOMEM;
+	}
 	return KEYRING_OK;
+unfit:
+	/* Best effort for an unfit AES key: the listing shows its key_id. */
+	if (type == CKK_AES)
+		(void)aes_key_id(t, k, id, idlen, label, labellen, &nomem);
+	return KEYRING_E_CONFIG;
 rv_fail:
 	token_err(err, errlen, "key %s: cannot read %s: %s", k->uri, what,
 	    token_rv_name(rv));
@@ -568,14 +670,14 @@ eval_rsa(struct token *t, const struct kek_tokmechs *tm, struct kek *k,
     char *err, size_t errlen)
 {
 	uint8_t n[MECH_RSA_MAX_BYTES * 2], e[ATTR_MAX], kcv[KEYID_FP_LEN];
+	char whys[KEYRING_REASON_MAX];
 	const uint8_t *np = n;
 	size_t nlen, elen, bits;
 	CK_KEY_TYPE type;
 	CK_RV rv;
 	unsigned allowed = 0;
-	int ok, dec, enc, r;
+	int ok, r;
 	const char *what = "CKA_KEY_TYPE";
-	uint8_t m;
 
 	if ((rv = get_fixed(t, k->token_obj, CKA_KEY_TYPE, &type,
 	    sizeof(type))) != CKR_OK)
@@ -624,6 +726,7 @@ eval_rsa(struct token *t, const struct kek_tokmechs *tm, struct kek *k,
 			token_err(err, errlen, "SHA-256 failed");
 			return KEYRING_E_NOMEM;
 		}
+		k->kcv_from = "modulus and exponent";
 	}
 
 	if (bits < KEK_RSA_MIN_BITS || bits > KEK_RSA_MAX_BITS) {
@@ -649,32 +752,15 @@ eval_rsa(struct token *t, const struct kek_tokmechs *tm, struct kek *k,
 		    "an empty exponent");
 		return KEYRING_E_CONFIG;
 	}
-	what = "CKA_DECRYPT";
-	if ((rv = get_bool(t, k->token_obj, CKA_DECRYPT, &dec)) != CKR_OK)
+	what = "its usage attributes";
+	if ((rv = rows_allowed(t, tm, k, k->mk.pub, &allowed)) != CKR_OK)
 		goto rv_fail;
-	what = "CKA_ENCRYPT of the public key";
-	if ((rv = get_bool(t, k->mk.pub, CKA_ENCRYPT, &enc)) != CKR_OK)
-		goto rv_fail;
-	for (m = ENVELOPE_MECH_RSA_OAEP_SHA256;
-	    m <= ENVELOPE_MECH_RSA_OAEP_SHA1; m++) {
-		if (!tm->oaep)
-			snprintf(k->why[m], KEK_WHY_MAX, "token '%s' does not "
-			    "offer CKM_RSA_PKCS_OAEP for encrypt and decrypt",
-			    t->label);
-		else if (!dec || !enc)
-			snprintf(k->why[m], KEK_WHY_MAX, "%s is false",
-			    !dec ? "CKA_DECRYPT of the private key" :
-			    "CKA_ENCRYPT of the public key");
-		else
-			allowed |= KEK_CAP(m);
-	}
-	if ((r = try_all(t, k, allowed, err, errlen)) != 0)
+	if ((r = try_rows(t, k, &allowed, err, errlen)) != 0)
 		return r;
 	if (k->caps == 0) {
+		why_all(k, 1, whys, sizeof(whys));
 		snprintf(k->unfit, sizeof(k->unfit), "cannot do RSA-OAEP "
-		    "(SHA-256: %s; SHA-1: %s)",
-		    k->why[ENVELOPE_MECH_RSA_OAEP_SHA256],
-		    k->why[ENVELOPE_MECH_RSA_OAEP_SHA1]);
+		    "(%.500s)", whys);
 		return KEYRING_E_CONFIG;
 	}
 	return KEYRING_OK;
@@ -689,10 +775,9 @@ kek_eval(struct token *t, const struct kek_tokmechs *tm, CK_OBJECT_HANDLE h,
     CK_OBJECT_CLASS cls, struct kek *k, int copy, char *err, size_t errlen)
 {
 	uint8_t id[ATTR_MAX], label[ATTR_MAX];
-	size_t idlen = 0, labellen = 0, o = 0;
+	size_t idlen = 0, labellen = 0, o = 0, r;
 	CK_RV rv;
-	uint8_t m;
-	int r;
+	int ret;
 
 	k->cls = cls;
 	k->token_obj = h;
@@ -700,33 +785,40 @@ kek_eval(struct token *t, const struct kek_tokmechs *tm, CK_OBJECT_HANDLE h,
 	k->mk.pub = CK_INVALID_HANDLE;
 	k->mk.rsa_len = 0;
 	k->caps = 0;
-	k->seal_mech = 0;
+	k->seal_row = 0;
+	k->kcv_from = "";
+	memset(k->keyref, 0, sizeof(k->keyref));
 	k->key_id[0] = k->type[0] = k->mechs[0] = k->unfit[0] = '\0';
-	for (m = 0; m < KEK_NMECH; m++)
-		k->why[m][0] = '\0';
+	for (r = 0; r < MECH_NROWS; r++) {
+		k->why[r][0] = '\0';
+		k->detail[r] = NULL;
+	}
 	if ((rv = read_names(t, k, id, &idlen, label, &labellen)) != CKR_OK) {
 		token_err(err, errlen, "key %s: cannot read CKA_ID/CKA_LABEL: "
 		    "%s", k->uri, token_rv_name(rv));
 		return rv_status(rv);
 	}
 	if (cls == CKO_SECRET_KEY)
-		r = eval_aes(t, tm, k, id, idlen, label, labellen, copy, err,
+		ret = eval_aes(t, tm, k, id, idlen, label, labellen, copy, err,
 		    errlen);
 	else if (cls == CKO_PRIVATE_KEY)
-		r = eval_rsa(t, tm, k, id, idlen, label, labellen, err,
+		ret = eval_rsa(t, tm, k, id, idlen, label, labellen, err,
 		    errlen);
 	else {
 		snprintf(k->unfit, sizeof(k->unfit), "is not a key");
-		r = KEYRING_E_CONFIG;
+		ret = KEYRING_E_CONFIG;
 	}
-	for (m = 1; m < KEK_NMECH; m++) {
-		if (!(k->caps & KEK_CAP(m)))
+	for (r = 0; r < MECH_NROWS; r++) {
+		if (!(k->caps & MECH_BIT(r)))
 			continue;
 		snprintf(k->mechs + o, sizeof(k->mechs) - o, "%s%s",
-		    o > 0 ? "," : "", envelope_mech_name(m));
+		    o > 0 ? "," : "", mech_table[r].name);
 		o = strlen(k->mechs);
 	}
-	if (r == KEYRING_E_CONFIG && k->unfit[0] != '\0')
+	if (ret == KEYRING_E_CONFIG && k->unfit[0] == '\0')
+		snprintf(k->unfit, sizeof(k->unfit), "is unfit for a reason "
+		    "the token did not give");
+	if (ret == KEYRING_E_CONFIG)
 		token_err(err, errlen, "key %s %s", k->uri, k->unfit);
-	return r;
+	return ret;
 }

@@ -5,13 +5,14 @@
  * (what it may use), keyring_list (what an operator sees) and keygen (what
  * it just made) all judge a key the same way. Internal to pkcs11/.
  *
- * A fit key is sensitive and non-extractable and passes at least one
- * mechanism's round trip:
- *   AES-256 secret key   AES-GCM  (CKA_ENCRYPT + CKA_DECRYPT)
- *                        AES-KWP  (CKA_WRAP + CKA_UNWRAP)
- *   RSA private key      RSA-OAEP (CKA_DECRYPT; a public key with the same
- *   2048..4096 bits      CKA_ID and modulus, CKA_ENCRYPT), SHA-256 where
- *                        the token takes it, and/or SHA-1
+ * A fit key is an AES-256 secret key, or an RSA private key of 2048..4096
+ * bits with a public key of the same CKA_ID and modulus on the token; it is
+ * sensitive and non-extractable; and it passes at least one row of
+ * mech_table[]: the token offers the row's mechanism with its flags, the
+ * key's attributes allow it (the row's use[] flags, and its
+ * CKA_ALLOWED_MECHANISMS when it has one), and a real round trip passes.
+ * The key is judged before it is identified: a key no row can use is
+ * refused with the reason, never with a check-value failure.
  */
 #ifndef P11KMS_KEK_H
 #define P11KMS_KEK_H
@@ -24,17 +25,17 @@
 #include "pkcs11/mech.h"
 #include "pkcs11/token.h"
 
-#define KEK_NMECH	5	/* mechanism bytes 1..4, indexed as is */
-#define KEK_CAP(m)	(1u << (m))
+#define KEK_MECHS_MAX	128
+
 #define KEK_WHY_MAX	256
 #define KEK_RSA_MIN_BITS 2048
 #define KEK_RSA_MAX_BITS (8 * MECH_RSA_MAX_BYTES)
 
 /* What the token offers (mechanism list and info), before any key. */
 struct kek_tokmechs {
-	int gcm;	/* CKM_AES_GCM for encrypt and decrypt */
-	int kwp;	/* CKM_AES_KEY_WRAP_PAD for wrap and unwrap */
-	int oaep;	/* CKM_RSA_PKCS_OAEP for encrypt and decrypt */
+	unsigned offered;	/* MECH_BIT(row) the token lists with the flags */
+	int v3;			/* the module has the PKCS#11 3.0 functions */
+	int ecb;		/* CKM_AES_ECB encrypt (check values) */
 };
 
 struct kek {
@@ -49,8 +50,8 @@ struct kek {
 	 * session of ours.
 	 */
 	struct mech_key mk;
-	unsigned caps;			/* KEK_CAP(mech) of each that passed */
-	uint8_t seal_mech;		/* chosen by keyring_load */
+	unsigned caps;			/* MECH_BIT(row) of each that passed */
+	uint8_t seal_row;		/* chosen by keyring_load */
 	uint8_t keyref[ENVELOPE_KEYREF_LEN];
 	char key_id[KEYRING_KEY_ID_MAX];	/* "" if it could not be made */
 	char desc[128];			/* "token 'kms' object 'kek1'" */
@@ -58,9 +59,13 @@ struct kek {
 	char label[KEYRING_LABEL_MAX];	/* printable */
 	char id_hex[KEYRING_ID_HEX_MAX];
 	char type[32];			/* "aes-256", "rsa-3072", ... */
-	char mechs[64];			/* "aes-gcm,aes-kwp" */
-	/* Why each mechanism cannot be used ("" when it can). */
-	char why[KEK_NMECH][KEK_WHY_MAX];
+	char mechs[KEK_MECHS_MAX];	/* "aes-gcm,aes-kwp/ecb" */
+	/* What each passed row's self-test found ("IV written back"). */
+	const char *detail[MECH_NROWS];
+	/* How the key_id was made: "CKA_CHECK_VALUE", "AES-ECB", ... */
+	const char *kcv_from;
+	/* Why each row cannot be used ("" when it can). */
+	char why[MECH_NROWS][KEK_WHY_MAX];
 	/* Why the key is unfit as a whole ("" when fit). */
 	char unfit[KEYRING_REASON_MAX];
 };
@@ -68,6 +73,9 @@ struct kek {
 /* Fills tm from the token's mechanism list and info. Fault: KEYRING_E_*. */
 int kek_token_mechs(struct token *t, struct kek_tokmechs *tm, char *err,
     size_t errlen);
+
+/* The session context for one-shot operations on t->session. */
+void kek_sess(struct token *t, struct mech_sess *ms);
 
 /*
  * Judges the key h of class cls. k->uri must be set (it names the key in

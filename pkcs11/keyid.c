@@ -17,6 +17,7 @@
 #include <openssl/evp.h>
 
 #include "pkcs11/keyid.h"
+#include "pkcs11/mech.h"
 
 _Static_assert(sizeof(KEYID_KCV_IV) - 1 == KEYID_KCV_IV_LEN, "kcv iv");
 _Static_assert(sizeof(KEYID_KCV_KWP_VALUE) - 1 == 16, "kcv kwp value");
@@ -99,46 +100,153 @@ kcv_kwp(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key,
 	return CKR_OK;
 }
 
-CK_RV
-keyid_check_value(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s,
-    CK_OBJECT_HANDLE key, enum keyid_kcv_mode mode, uint8_t *kcv,
-    size_t *kcvlen)
+/* AES-ECB of one zero block: PKCS#11's check value, all 16 bytes. */
+static CK_RV
+kcv_ecb(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key,
+    uint8_t *kcv, size_t *kcvlen)
 {
-	CK_ATTRIBUTE a;
+	CK_BYTE zero[16];
+	CK_MECHANISM mech = { CKM_AES_ECB, NULL, 0 };
+	CK_ULONG outlen = KEYID_KCV_MAX;
+	CK_RV rv;
+
+	memset(zero, 0, sizeof(zero));
+	if ((rv = fn->C_EncryptInit(s, &mech, key)) != CKR_OK)
+		return rv;
+	rv = fn->C_Encrypt(s, zero, sizeof(zero), kcv, &outlen);
+	if (rv != CKR_OK)
+		return rv;
+	if (outlen != sizeof(zero))
+		return CKR_GENERAL_ERROR;
+	*kcvlen = outlen;
+	return CKR_OK;
+}
+
+/* The token's CKA_CHECK_VALUE: CKR_OK with *kcvlen 0 when it has none. */
+static CK_RV
+kcv_stored(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key,
+    uint8_t *kcv, size_t *kcvlen)
+{
+	CK_ATTRIBUTE a = { CKA_CHECK_VALUE, NULL, 0 };
 	CK_RV rv;
 
 	*kcvlen = 0;
-	if (mode == KEYID_KCV_AUTO) {
-		a.type = CKA_CHECK_VALUE;
-		a.pValue = NULL;
-		a.ulValueLen = 0;
+	rv = fn->C_GetAttributeValue(s, key, &a, 1);
+	if (rv == CKR_OK && a.ulValueLen > 0 && a.ulValueLen <= KEYID_KCV_MAX) {
+		a.pValue = kcv;
 		rv = fn->C_GetAttributeValue(s, key, &a, 1);
 		if (rv == CKR_OK && a.ulValueLen > 0 &&
 		    a.ulValueLen <= KEYID_KCV_MAX) {
-			a.pValue = kcv;
-			rv = fn->C_GetAttributeValue(s, key, &a, 1);
-			if (rv == CKR_OK && a.ulValueLen > 0 &&
-			    a.ulValueLen <= KEYID_KCV_MAX) {
-				*kcvlen = a.ulValueLen;
-				return CKR_OK;
-			}
+			*kcvlen = a.ulValueLen;
+			return CKR_OK;
 		}
-		/*
-		 * Fall back only when the token says it has no check value.
-		 * Any other failure is returned: falling back on a passing
-		 * fault would give the same key another key_id.
-		 */
-		if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID &&
-		    rv != CKR_ATTRIBUTE_SENSITIVE)
+	}
+	/*
+	 * "No check value" only when the token says so. Any other failure
+	 * is returned: falling back on a passing fault would give the same
+	 * key another key_id.
+	 */
+	if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID &&
+	    rv != CKR_ATTRIBUTE_SENSITIVE)
+		return rv;
+	return CKR_OK;
+}
+
+typedef CK_RV (*kcv_fn)(CK_FUNCTION_LIST *, CK_SESSION_HANDLE,
+    CK_OBJECT_HANDLE, uint8_t *, size_t *);
+
+/*
+ * Runs the computed check values in order, moving on only past a lasting
+ * refusal. CKR_OK with the value; else the last refusal or the fault.
+ */
+static CK_RV
+kcv_chain(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key,
+    const kcv_fn *chain, const char *const *names, size_t n, uint8_t *kcv,
+    size_t *kcvlen, const char **from)
+{
+	CK_RV rv = CKR_MECHANISM_INVALID;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		rv = chain[i](fn, s, key, kcv, kcvlen);
+		if (rv == CKR_OK) {
+			*from = names[i];
+			return CKR_OK;
+		}
+		if (!mech_rv_refusal(rv))
 			return rv;
 	}
-	if (mode == KEYID_KCV_KWP)
-		return kcv_kwp(fn, s, key, kcv, kcvlen);
-	rv = kcv_gcm(fn, s, key, kcv, kcvlen);
-	/* Only a lasting refusal of GCM moves on to the wrap. */
-	if (mode == KEYID_KCV_AUTO && (rv == CKR_MECHANISM_INVALID ||
-	    rv == CKR_KEY_FUNCTION_NOT_PERMITTED))
+	return rv;
+}
+
+int
+keyid_id_is_v2(const uint8_t *id, size_t idlen)
+{
+	return idlen > KEYID_V2_ID_PREFIX_LEN &&
+	    memcmp(id, KEYID_V2_ID_PREFIX, KEYID_V2_ID_PREFIX_LEN) == 0;
+}
+
+CK_RV
+keyid_check_value(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s,
+    CK_OBJECT_HANDLE key, enum keyid_kcv_mode mode, uint8_t *kcv,
+    size_t *kcvlen, const char **fromp)
+{
+	static const kcv_fn v1[] = { kcv_gcm, kcv_kwp, kcv_ecb };
+	static const char *const v1n[] = { "AES-GCM tag", "AES-KWP",
+	    "AES-ECB" };
+	static const kcv_fn v2[] = { kcv_ecb, kcv_gcm, kcv_kwp };
+	static const char *const v2n[] = { "AES-ECB", "AES-GCM tag",
+	    "AES-KWP" };
+	uint8_t stored[KEYID_KCV_MAX];
+	size_t storedlen = 0;
+	const char *from = "";
+	CK_RV rv;
+
+	*kcvlen = 0;
+	switch (mode) {
+	case KEYID_KCV_GCM:
+		from = v1n[0];
+		rv = kcv_gcm(fn, s, key, kcv, kcvlen);
+		break;
+	case KEYID_KCV_KWP:
+		from = v1n[1];
 		rv = kcv_kwp(fn, s, key, kcv, kcvlen);
+		break;
+	case KEYID_KCV_ECB:
+		from = v1n[2];
+		rv = kcv_ecb(fn, s, key, kcv, kcvlen);
+		break;
+	case KEYID_KCV_AUTO:
+		if ((rv = kcv_stored(fn, s, key, kcv, kcvlen)) != CKR_OK ||
+		    *kcvlen > 0) {
+			from = "CKA_CHECK_VALUE";
+			break;
+		}
+		rv = kcv_chain(fn, s, key, v1, v1n, 3, kcv, kcvlen, &from);
+		break;
+	default:	/* KEYID_KCV_LONG */
+		if ((rv = kcv_stored(fn, s, key, stored, &storedlen)) !=
+		    CKR_OK)
+			break;
+		if (storedlen >= KEYID_LONG_MIN) {
+			memcpy(kcv, stored, storedlen);
+			*kcvlen = storedlen;
+			from = "CKA_CHECK_VALUE";
+			break;
+		}
+		rv = kcv_chain(fn, s, key, v2, v2n, 3, kcv, kcvlen, &from);
+		if (rv != CKR_OK && mech_rv_refusal(rv) && storedlen > 0) {
+			memcpy(kcv, stored, storedlen);
+			*kcvlen = storedlen;
+			from = "CKA_CHECK_VALUE";
+			rv = CKR_OK;
+		}
+		break;
+	}
+	if (rv != CKR_OK)
+		*kcvlen = 0;
+	if (fromp != NULL)
+		*fromp = rv == CKR_OK ? from : "";
 	return rv;
 }
 

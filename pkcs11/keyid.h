@@ -33,27 +33,57 @@
 /* The constant an AES key wraps (RFC 5649) for its computed check value. */
 #define KEYID_KCV_KWP_VALUE	"p11kms-kcv-kwp-1"	/* 16 bytes */
 
+/*
+ * Keys made by p11kms keygen from this version on carry a CKA_ID that
+ * starts with these bytes (then 16 random ones): their check value is
+ * the long one (KEYID_KCV_LONG), so their key_id has at least 64
+ * key-dependent bits even where CKA_CHECK_VALUE is the 3 bytes PKCS#11
+ * defines. Every other key keeps the rule it always had (KEYID_KCV_AUTO),
+ * so no existing key_id changes. SECURITY.md "key_id" documents both.
+ */
+#define KEYID_V2_ID_PREFIX	"p11kms/2"	/* 8 bytes */
+#define KEYID_V2_ID_PREFIX_LEN	8
+#define KEYID_LONG_MIN		8	/* bytes a check value must have */
+
 enum keyid_kcv_mode {
-	KEYID_KCV_AUTO,		/* CKA_CHECK_VALUE if the token has one */
+	/*
+	 * CKA_CHECK_VALUE if the token has one; else the computed GCM tag;
+	 * else (GCM refused for good) the key wrap; else AES-ECB of a zero
+	 * block. The first three are the rule key_ids were always made by.
+	 */
+	KEYID_KCV_AUTO,
+	/*
+	 * A CKA_CHECK_VALUE of KEYID_LONG_MIN bytes or more; else AES-ECB of
+	 * a zero block (16 bytes; its first 3 are PKCS#11's CKA_CHECK_VALUE),
+	 * else the GCM tag, else the key wrap; if the token refuses all
+	 * three for good, a short CKA_CHECK_VALUE after all.
+	 */
+	KEYID_KCV_LONG,
 	KEYID_KCV_GCM,		/* always the computed GCM tag */
 	KEYID_KCV_KWP,		/* always the computed key wrap */
+	KEYID_KCV_ECB,		/* always AES-ECB of a zero block */
 };
+
+/* 1 when a key with this CKA_ID gets the KEYID_KCV_LONG rule. */
+int keyid_id_is_v2(const uint8_t *id, size_t idlen);
 
 /*
  * Writes the AES key's check value into kcv (KEYID_KCV_MAX bytes) and its
- * length into *kcvlen. AUTO uses CKA_CHECK_VALUE when the token returns a
- * non-empty one; else (and for GCM) the 16-byte AES-GCM tag of the empty
- * string under KEYID_KCV_IV and KEYID_KCV_AAD, computed in the token on
- * session s; if the token or key refuses GCM for good (mechanism invalid,
- * key function not permitted: a key made for key wrap only, a token
- * without GCM), the 24-byte CKM_AES_KEY_WRAP_PAD wrap of the constant
- * KEYID_KCV_KWP_VALUE (KWP is deterministic). Returns CKR_OK or the failing
- * CK_RV. The choice depends only on the key and token, never on a passing
- * fault, so a key keeps its key_id.
+ * length into *kcvlen, by mode (above). The computed values: the 16-byte
+ * AES-GCM tag of the empty string under KEYID_KCV_IV and KEYID_KCV_AAD;
+ * the 24-byte CKM_AES_KEY_WRAP_PAD wrap of the constant
+ * KEYID_KCV_KWP_VALUE (KWP is deterministic; needs a session that may
+ * hold objects); the 16-byte AES-ECB encryption of a zero block. Each is
+ * computed in the token on session s and is the same on every call. Only
+ * a lasting refusal (mech_rv_refusal: mechanism or parameters refused,
+ * key not permitted, read-only session) moves on to the next, so a key
+ * keeps its key_id through passing faults. *from (may be NULL) receives
+ * what was used ("CKA_CHECK_VALUE", "AES-GCM tag", "AES-KWP",
+ * "AES-ECB"). Returns CKR_OK or the failing CK_RV.
  */
 CK_RV keyid_check_value(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s,
     CK_OBJECT_HANDLE key, enum keyid_kcv_mode mode, uint8_t *kcv,
-    size_t *kcvlen);
+    size_t *kcvlen, const char **from);
 
 /*
  * Check value of an RSA key: SHA-256(modulus || public exponent), each

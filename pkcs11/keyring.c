@@ -37,25 +37,8 @@ struct keyring {
 
 struct keyring_worker {
 	struct keyring *kr;		/* borrowed; outlives the worker */
-	CK_SESSION_HANDLE s;
+	struct mech_sess ms;		/* its session, kept message ops */
 	char err[KEYRING_ERROR_MAX];	/* last failed call, "" if none */
-};
-
-/* keyring_config.mechanism names; 0 = auto. */
-static const struct {
-	const char *name;
-	uint8_t mech;		/* AES: the mechanism; RSA: any OAEP */
-} mech_names[] = {
-	{ "auto", 0 },
-	{ "aes-gcm", ENVELOPE_MECH_AES_GCM },
-	{ "aes-kwp", ENVELOPE_MECH_AES_KWP },
-	{ "rsa-oaep", ENVELOPE_MECH_RSA_OAEP_SHA256 },
-};
-
-/* Preference order under "auto": for AES keys, and for RSA keys. */
-static const uint8_t auto_order[] = {
-	ENVELOPE_MECH_AES_GCM, ENVELOPE_MECH_AES_KWP,
-	ENVELOPE_MECH_RSA_OAEP_SHA256, ENVELOPE_MECH_RSA_OAEP_SHA1,
 };
 
 /*
@@ -118,70 +101,55 @@ keyring_strerror(int status)
 int
 keyring_mechanism_valid(const char *name)
 {
-	size_t i;
-
-	if (name == NULL)
-		return 1;
-	for (i = 0; i < sizeof(mech_names) / sizeof(mech_names[0]); i++)
-		if (strcmp(name, mech_names[i].name) == 0)
-			return 1;
-	return 0;
-}
-
-static uint8_t
-mech_pref(const char *name)
-{
-	size_t i;
-
-	for (i = 0; name != NULL &&
-	    i < sizeof(mech_names) / sizeof(mech_names[0]); i++)
-		if (strcmp(name, mech_names[i].name) == 0)
-			return mech_names[i].mech;
-	return 0;
+	return mech_cfg_valid(name);
 }
 
 /*
- * The mechanism key k seals with: the preference when k can do it (for
- * "rsa-oaep", the best OAEP variant k passed), else the first of auto_order
- * it passed. 0 when the preference cannot be met and strict is set.
+ * The row key k seals with: the first row (auto order) it passed whose
+ * --mechanism name is pref, else (pref NULL/"auto", or not strict) the
+ * first row it passed. MECH_NROWS when pref cannot be met and strict.
  */
-static uint8_t
-choose_mech(const struct kek *k, uint8_t pref, int strict)
+static size_t
+choose_row(const struct kek *k, const char *pref, int strict)
 {
-	size_t i;
+	size_t r;
+	int any = pref == NULL || strcmp(pref, "auto") == 0;
 
-	if (pref == ENVELOPE_MECH_RSA_OAEP_SHA256) {
-		if (k->caps & KEK_CAP(ENVELOPE_MECH_RSA_OAEP_SHA256))
-			return ENVELOPE_MECH_RSA_OAEP_SHA256;
-		if (k->caps & KEK_CAP(ENVELOPE_MECH_RSA_OAEP_SHA1))
-			return ENVELOPE_MECH_RSA_OAEP_SHA1;
-	} else if (pref != 0 && (k->caps & KEK_CAP(pref)))
-		return pref;
-	if (pref != 0 && strict)
-		return 0;
-	for (i = 0; i < sizeof(auto_order); i++)
-		if (k->caps & KEK_CAP(auto_order[i]))
-			return auto_order[i];
-	return 0;
+	for (r = 0; !any && r < MECH_NROWS; r++)
+		if ((k->caps & MECH_BIT(r)) &&
+		    strcmp(mech_table[r].cfg, pref) == 0)
+			return r;
+	if (!any && strict)
+		return MECH_NROWS;
+	for (r = 0; r < MECH_NROWS; r++)
+		if (k->caps & MECH_BIT(r))
+			return r;
+	return MECH_NROWS;
 }
 
 /* Config error for a first key that cannot do the asked mechanism. */
 static void
-pref_err(const struct kek *k, uint8_t pref, const char *name, char *err,
-    size_t errlen)
+pref_err(const struct kek *k, const char *name, char *err, size_t errlen)
 {
-	const char *why;
+	char why[KEYRING_REASON_MAX];
+	size_t r, o = 0;
+	int rsa_pref = strcmp(name, "rsa-oaep") == 0;
 
-	if (pref == ENVELOPE_MECH_RSA_OAEP_SHA256 && k->cls != CKO_PRIVATE_KEY)
-		why = "it is an AES key; rsa-oaep needs an RSA key pair "
-		    "selected with type=private";
-	else if (pref != ENVELOPE_MECH_RSA_OAEP_SHA256 &&
-	    k->cls == CKO_PRIVATE_KEY)
-		why = "it is an RSA key; it seals with rsa-oaep only";
-	else if (pref == ENVELOPE_MECH_RSA_OAEP_SHA256)
-		why = k->why[ENVELOPE_MECH_RSA_OAEP_SHA1];
-	else
-		why = k->why[pref];
+	why[0] = '\0';
+	if (rsa_pref && k->cls != CKO_PRIVATE_KEY)
+		snprintf(why, sizeof(why), "it is an AES key; rsa-oaep needs "
+		    "an RSA key pair selected with type=private");
+	else if (!rsa_pref && k->cls == CKO_PRIVATE_KEY)
+		snprintf(why, sizeof(why), "it is an RSA key; it seals with "
+		    "rsa-oaep only");
+	for (r = 0; (o > 0 || why[0] == '\0') && r < MECH_NROWS; r++) {
+		if (strcmp(mech_table[r].cfg, name) != 0 ||
+		    k->why[r][0] == '\0' || o + 1 >= sizeof(why))
+			continue;
+		snprintf(why + o, sizeof(why) - o, "%s%s: %s", o > 0 ? "; " :
+		    "", mech_table[r].name, k->why[r]);
+		o = strlen(why);
+	}
 	token_err(err, errlen, "key %s cannot seal with %s as the mechanism "
 	    "setting asks: %s (it can do: %s)", k->uri, name, why,
 	    k->mechs[0] != '\0' ? k->mechs : "nothing");
@@ -198,8 +166,7 @@ keyring_load(const struct keyring_config *cfg, struct keyring **out,
 	struct kek *k;
 	CK_OBJECT_HANDLE h;
 	CK_OBJECT_CLASS cls;
-	size_t i, j, n;
-	uint8_t pref;
+	size_t i, j, n, row;
 	int ret = KEYRING_E_CONFIG;
 
 	*out = NULL;
@@ -211,11 +178,10 @@ keyring_load(const struct keyring_config *cfg, struct keyring **out,
 		goto out;
 	}
 	if (!keyring_mechanism_valid(cfg->mechanism)) {
-		token_err(err, errlen, "unknown mechanism '%.40s': use auto, "
-		    "aes-gcm, aes-kwp or rsa-oaep", cfg->mechanism);
+		token_err(err, errlen, "unknown mechanism '%.40s': use %s",
+		    cfg->mechanism, mech_cfg_list());
 		goto out;
 	}
-	pref = mech_pref(cfg->mechanism);
 	n = cfg->nkeys;
 	if ((kr = calloc(1, sizeof(*kr))) == NULL) {
 		ret = KEYRING_E_NOMEM;
@@ -292,12 +258,13 @@ keyring_load(const struct keyring_config *cfg, struct keyring **out,
 				goto out;
 			}
 		}
-		k->seal_mech = choose_mech(k, pref, i == 0);
-		if (k->seal_mech == 0) {
+		row = choose_row(k, cfg->mechanism, i == 0);
+		if (row == MECH_NROWS) {
 			ret = KEYRING_E_CONFIG;
-			pref_err(k, pref, cfg->mechanism, err, errlen);
+			pref_err(k, cfg->mechanism, err, errlen);
 			goto out;
 		}
+		k->seal_row = (uint8_t)row;
 	}
 	kr->nkeys = n;
 
@@ -361,8 +328,18 @@ keyring_key_desc(const struct keyring *kr, size_t i)
 const char *
 keyring_key_mechanism(const struct keyring *kr, size_t i)
 {
-	return i < kr->nkeys ? envelope_mech_name(kr->keys[i].seal_mech) :
-	    NULL;
+	return i < kr->nkeys ? mech_table[kr->keys[i].seal_row].name : NULL;
+}
+
+const char *
+keyring_key_seal_detail(const struct keyring *kr, size_t i)
+{
+	const char *d;
+
+	if (i >= kr->nkeys)
+		return "";
+	d = kr->keys[i].detail[kr->keys[i].seal_row];
+	return d != NULL ? d : "";
 }
 
 const char *
@@ -392,24 +369,43 @@ keyring_hw_slot(const struct keyring *kr)
 	return (kr->tok->slot_flags & CKF_HW_SLOT) != 0;
 }
 
+/* 1 when some key's rows create session objects (an R/W session). */
+static int
+needs_rw(const struct keyring *kr)
+{
+	size_t i, r;
+
+	for (i = 0; i < kr->nkeys; i++)
+		for (r = 0; r < MECH_NROWS; r++)
+			if ((kr->keys[i].caps & MECH_BIT(r)) &&
+			    (mech_table[r].flags & MECH_F_OBJECTS))
+				return 1;
+	return 0;
+}
+
 int
 keyring_worker_new(struct keyring *kr, struct keyring_worker **out)
 {
 	struct keyring_worker *w;
+	CK_SESSION_HANDLE s;
 	CK_RV rv;
 
 	*out = NULL;
 	if ((w = calloc(1, sizeof(*w))) == NULL)
 		return KEYRING_E_NOMEM;
 	w->kr = kr;
-	/* Read-only is enough for encrypt/decrypt; login is app-wide. */
-	rv = kr->tok->fn->C_OpenSession(kr->tok->slot, CKF_SERIAL_SESSION,
-	    NULL, NULL, &w->s);
+	/*
+	 * Read-only is enough for encrypt/decrypt (login is app-wide); R/W
+	 * where a mechanism makes session objects (some tokens refuse them
+	 * in a R/O session).
+	 */
+	rv = token_open_session(kr->tok, needs_rw(kr), &s);
 	if (rv != CKR_OK) {
 		free(w);
 		return rv == CKR_HOST_MEMORY ? KEYRING_E_NOMEM :
 		    KEYRING_E_TOKEN;
 	}
+	mech_sess_init(&w->ms, kr->tok->fn, kr->tok->fn3, s, 1);
 
 	/* success */
 	*out = w;
@@ -421,7 +417,8 @@ keyring_worker_free(struct keyring_worker *w)
 {
 	if (w == NULL)
 		return;
-	(void)w->kr->tok->fn->C_CloseSession(w->s);
+	mech_sess_idle(&w->ms);
+	(void)w->kr->tok->fn->C_CloseSession(w->ms.s);
 	free(w);
 }
 
@@ -437,9 +434,9 @@ keyring_seal_with(struct keyring_worker *w, size_t i, const uint8_t *pt,
     size_t ptlen, uint8_t *ct, size_t ctcap, size_t *ctlen, char *key_id)
 {
 	const struct kek *k;
-	struct envelope e;
-	size_t hlen, blen = 0;
+	const struct mech_def *d;
 	struct mech_err me = mech_err_start();
+	size_t want;
 	int r;
 
 	*ctlen = 0;
@@ -447,37 +444,38 @@ keyring_seal_with(struct keyring_worker *w, size_t i, const uint8_t *pt,
 	if (i >= w->kr->nkeys)
 		return KEYRING_E_UNKNOWN_KEY;
 	k = &w->kr->keys[i];
+	d = &mech_table[k->seal_row];
 	if (pt == NULL || ptlen == 0)
 		return KEYRING_E_INVALID;
 	if (ptlen > KEYRING_MAX_PLAINTEXT)
 		return KEYRING_E_TOOBIG;
-
-	memset(&e, 0, sizeof(e));
-	e.format = ENVELOPE_FORMAT_V1;
-	e.mech = k->seal_mech;
-	memcpy(e.keyref, k->keyref, sizeof(e.keyref));
-	/* A RAND failure is not the request's fault: a fault that may pass. */
-	if (mech_set_iv(&e) != 0) {
-		snprintf(w->err, sizeof(w->err), "RAND_bytes failed");
-		return KEYRING_E_TOKEN;
-	}
-	hlen = envelope_encode_header(&e, ct, ctcap);
-	if (hlen == 0)
-		return KEYRING_E_TOOBIG;
 	/* Checked up front, so the token never runs for a request too big. */
-	if (mech_body_len(e.mech, &k->mk, ptlen) == 0 ||
-	    ctcap - hlen < mech_body_len(e.mech, &k->mk, ptlen))
+	if ((want = mech_body_len(d, &k->mk, ptlen)) == 0 ||
+	    ctcap < ENVELOPE_FIXED_LEN + ENVELOPE_IV_MAX ||
+	    ctcap - ENVELOPE_FIXED_LEN - ENVELOPE_IV_MAX < want)
 		return KEYRING_E_TOOBIG;
-	r = mech_seal(w->kr->tok->fn, w->s, &k->mk, &e, pt, ptlen, ct + hlen,
-	    ctcap - hlen, &blen, &me);
+	r = mech_seal(&w->ms, d, &k->mk, k->keyref, pt, ptlen, ct, ctcap,
+	    ctlen, &me);
 	if (r != KEYRING_OK)
 		return worker_fault(w, r, &me);
 
 	/* success */
-	*ctlen = hlen + blen;
 	if (key_id != NULL)
 		memcpy(key_id, k->key_id, KEYRING_KEY_ID_MAX);
 	return KEYRING_OK;
+}
+
+/* The first row key k passed that opens envelopes of byte env. */
+static const struct mech_def *
+open_row(const struct kek *k, uint8_t env)
+{
+	size_t r;
+
+	for (r = 0; r < MECH_NROWS; r++)
+		if ((k->caps & MECH_BIT(r)) &&
+		    (mech_table[r].opens & MECH_ENV_BIT(env)))
+			return &mech_table[r];
+	return NULL;
 }
 
 int
@@ -487,6 +485,7 @@ keyring_open(struct keyring_worker *w, const char *key_id,
 {
 	const struct keyring *kr = w->kr;
 	const struct kek *k = NULL;
+	const struct mech_def *d;
 	struct envelope e;
 	struct mech_err me = mech_err_start();
 	size_t i;
@@ -497,7 +496,7 @@ keyring_open(struct keyring_worker *w, const char *key_id,
 	if (key_id_seen != NULL)
 		key_id_seen[0] = '\0';
 	if (envelope_decode(ct, ctlen, &e) != 0 ||
-	    e.format != ENVELOPE_FORMAT_V1 || !mech_known(e.mech))
+	    e.format != ENVELOPE_FORMAT_V1 || !mech_env_known(e.mech))
 		return KEYRING_E_INVALID;
 
 	for (i = 0; i < kr->nkeys; i++) {
@@ -518,11 +517,11 @@ keyring_open(struct keyring_worker *w, const char *key_id,
 	 * token cannot do (an AES-KWP envelope for a key without CKA_UNWRAP)
 	 * does not open, like a bad tag.
 	 */
-	if (mech_is_rsa(e.mech) != (k->cls == CKO_PRIVATE_KEY))
+	if (mech_env_is_rsa(e.mech) != (k->cls == CKO_PRIVATE_KEY))
 		return KEYRING_E_INVALID;
-	if (!(k->caps & KEK_CAP(e.mech)))
+	if ((d = open_row(k, e.mech)) == NULL)
 		return KEYRING_E_AUTH;
-	r = mech_open(kr->tok->fn, w->s, &k->mk, &e, pt, ptcap, ptlen, &me);
+	r = mech_open(&w->ms, d, &k->mk, &e, pt, ptcap, ptlen, &me);
 	return worker_fault(w, r, &me);
 }
 
@@ -538,17 +537,18 @@ keyring_worker_reopen(struct keyring_worker *w)
 	CK_SESSION_HANDLE s;
 	CK_RV rv;
 
-	(void)w->kr->tok->fn->C_CloseSession(w->s);
-	rv = w->kr->tok->fn->C_OpenSession(w->kr->tok->slot,
-	    CKF_SERIAL_SESSION, NULL, NULL, &s);
+	/* The session is gone or suspect: its message ops went with it. */
+	(void)w->kr->tok->fn->C_CloseSession(w->ms.s);
+	rv = token_open_session(w->kr->tok, needs_rw(w->kr), &s);
+	mech_sess_init(&w->ms, w->kr->tok->fn, w->kr->tok->fn3,
+	    CK_INVALID_HANDLE, 1);
 	if (rv != CKR_OK) {
 		/* The next use fails as a lost session and tries again. */
-		w->s = CK_INVALID_HANDLE;
 		snprintf(w->err, sizeof(w->err), "C_OpenSession: %s",
 		    token_rv_name(rv));
 		return KEYRING_E_TOKEN;
 	}
-	w->s = s;
+	w->ms.s = s;
 	return KEYRING_OK;
 }
 

@@ -113,9 +113,15 @@ size_t keyring_nkeys(const struct keyring *kr);
 const char *keyring_key_id(const struct keyring *kr, size_t i);
 /* Human label for logs: "token 'kms' object 'kek1'" (no PIN, no handle). */
 const char *keyring_key_desc(const struct keyring *kr, size_t i);
-/* Mechanism key i seals with: "aes-gcm", "aes-kwp", "rsa-oaep-sha256",
- * "rsa-oaep-sha1". */
+/* Mechanism key i seals with, a mech_table row name: "aes-gcm",
+ * "aes-gcm/message", "aes-gcm/token-iv", "aes-kwp", "aes-kwp/ecb",
+ * "rsa-oaep-sha256", "rsa-oaep-sha1". */
 const char *keyring_key_mechanism(const struct keyring *kr, size_t i);
+/*
+ * What key i's seal mechanism found out about the token at load ("16-byte
+ * IV appended by the token"), or "".
+ */
+const char *keyring_key_seal_detail(const struct keyring *kr, size_t i);
 /* Every mechanism key i can open with, comma-separated ("aes-gcm,aes-kwp"). */
 const char *keyring_key_mechanisms(const struct keyring *kr, size_t i);
 /* Token's ulMaxSessionCount, 0 when the token says "no limit"/unknown. */
@@ -174,13 +180,19 @@ struct keyring_tool_config {
 	const char *uri;
 	const char *pin_file;	/* as in keyring_config */
 	/*
-	 * keygen: "aes-gcm" (default): AES-256 with CKA_ENCRYPT/CKA_DECRYPT
-	 * only; "aes-kwp": AES-256 with CKA_WRAP/CKA_UNWRAP only;
-	 * "rsa-oaep": an RSA key pair, private CKA_DECRYPT only, public
-	 * CKA_ENCRYPT only. Every key: CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE,
-	 * CKA_EXTRACTABLE=false, no sign/verify/derive, and
-	 * CKA_ALLOWED_MECHANISMS set to its one mechanism where the token
-	 * takes that attribute.
+	 * keygen: NULL or "aes" (default): an AES-256 key for the best AES
+	 * row the token offers (aes-gcm, else aes-kwp, else aes-kwp/ecb);
+	 * "aes-gcm": AES-256 with CKA_ENCRYPT/CKA_DECRYPT; "aes-kwp":
+	 * AES-256 with CKA_WRAP/CKA_UNWRAP where the token has
+	 * CKM_AES_KEY_WRAP_PAD, else CKA_ENCRYPT/CKA_DECRYPT for the AES-ECB
+	 * form; "rsa-oaep": an RSA key pair, private CKA_DECRYPT, public
+	 * CKA_ENCRYPT. Every key: CKA_TOKEN, CKA_SENSITIVE,
+	 * CKA_EXTRACTABLE=false, and where the token takes them CKA_PRIVATE,
+	 * no other use (sign/verify/derive, the other pair), and
+	 * CKA_ALLOWED_MECHANISMS set to its one mechanism. A token that
+	 * refuses the template gets it again without one optional attribute
+	 * at a time (each noted in keyring_key_info.notes); the key made is
+	 * judged as keyring_load would.
 	 */
 	const char *mechanism;
 	unsigned rsa_bits;	/* rsa-oaep: 2048..4096, 0 = 3072 */
@@ -192,10 +204,20 @@ struct keyring_key_info {
 	char id_hex[KEYRING_ID_HEX_MAX];	/* CKA_ID, lowercase hex */
 	char key_id[KEYRING_KEY_ID_MAX];	/* "" when it cannot be made */
 	char type[32];			/* "aes-256", "rsa-3072", ... */
-	char mechanisms[64];		/* what it passed: "aes-gcm,aes-kwp" */
+	char mechanisms[128];	/* what it passed: "aes-gcm,aes-kwp/ecb" */
 	int fit;			/* 1: usable as a p11kms KEK */
 	char reason[KEYRING_REASON_MAX];	/* why not fit; "" when fit */
 	char uri[KEYRING_URI_MAX];	/* RFC 7512 URI selecting it */
+	/* How it seals under auto, with what the self-test found
+	 * ("aes-gcm/token-iv: 16-byte IV appended by the token"); "" unfit. */
+	char seal[160];
+	char key_id_from[32];		/* "CKA_CHECK_VALUE", "AES-ECB", ... */
+	/*
+	 * keygen: what it had to do to please the token, one line each
+	 * ("the token refused the template (C_GenerateKey:
+	 * CKR_GENERAL_ERROR); dropped CKA_ALLOWED_MECHANISMS"), or "".
+	 */
+	char notes[KEYRING_REASON_MAX];
 };
 
 /*

@@ -4,6 +4,7 @@
  * token, like a keyring load, and judges keys with kek_eval(), so what
  * `keys` calls fit is exactly what the daemon accepts.
  */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 #include <openssl/rand.h>
 
 #include "pkcs11/kek.h"
+#include "pkcs11/keyid.h"
 #include "pkcs11/keyring.h"
 #include "pkcs11/token.h"
 
@@ -80,7 +82,21 @@ static void
 info_from(const struct token *t, const struct kek *k, const uint8_t *label,
     size_t labellen, int fit, struct keyring_key_info *info)
 {
+	size_t r;
+
 	memset(info, 0, sizeof(*info));
+	/* How auto would seal with it: the first row it passed. */
+	for (r = 0; fit && r < MECH_NROWS; r++) {
+		if (!(k->caps & MECH_BIT(r)))
+			continue;
+		snprintf(info->seal, sizeof(info->seal), "%s%s%s",
+		    mech_table[r].name, k->detail[r] != NULL &&
+		    k->detail[r][0] != '\0' ? ": " : "", k->detail[r] != NULL ?
+		    k->detail[r] : "");
+		break;
+	}
+	snprintf(info->key_id_from, sizeof(info->key_id_from), "%s",
+	    k->kcv_from != NULL ? k->kcv_from : "");
 	snprintf(info->label, sizeof(info->label), "%s", k->label);
 	snprintf(info->id_hex, sizeof(info->id_hex), "%s", k->id_hex);
 	snprintf(info->key_id, sizeof(info->key_id), "%s", k->key_id);
@@ -332,104 +348,245 @@ exists(struct token *t, CK_ATTRIBUTE_TYPE type, const uint8_t *v, size_t n,
 	return rv;
 }
 
+/* One attribute of a keygen template; optional ones may be dropped. */
+struct gen_attr {
+	CK_ATTRIBUTE a;
+	const char *name;	/* "CKA_VERIFY=false", for the notes */
+	int drop;		/* 0: required; else drop order, 1 first */
+	int on;			/* still in the template */
+};
+
+/* Compacts the attributes still on into out; returns their number. */
+static CK_ULONG
+gen_pack(const struct gen_attr *g, size_t n, CK_ATTRIBUTE *out)
+{
+	CK_ULONG o = 0;
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (g[i].on)
+			out[o++] = g[i].a;
+	return o;
+}
+
+/* Turns off the next optional attribute; its name, or NULL if none left. */
+static const char *
+gen_drop(struct gen_attr *g, size_t n, struct gen_attr *g2, size_t n2)
+{
+	struct gen_attr *best = NULL;
+	size_t i;
+
+	for (i = 0; i < n + n2; i++) {
+		struct gen_attr *x = i < n ? &g[i] : &g2[i - n];
+
+		if (x->on && x->drop > 0 && (best == NULL ||
+		    x->drop < best->drop))
+			best = x;
+	}
+	if (best == NULL)
+		return NULL;
+	best->on = 0;
+	return best->name;
+}
+
 /*
- * Generates the key on the read-write session rw. *h (and *pub for RSA)
- * receive the new objects. CKA_ALLOWED_MECHANISMS pins the key to its one
- * mechanism; a token that does not know that attribute gets the template
- * without it (the other attributes already forbid every other use but
- * raw AES-ECB/CBC on a GCM key, which stays inside the token).
+ * A template refusal worth retrying with fewer attributes: anything but a
+ * fault of the session, login or device, or a refusal no template fixes.
+ */
+static int
+gen_retry(CK_RV rv)
+{
+	switch (rv) {
+	case CKR_MECHANISM_INVALID:
+	case CKR_FUNCTION_NOT_SUPPORTED:
+	case CKR_SESSION_READ_ONLY:
+	case CKR_TOKEN_WRITE_PROTECTED:
+	case CKR_USER_NOT_LOGGED_IN:
+	case CKR_DEVICE_MEMORY:
+	case CKR_HOST_MEMORY:
+		return 0;
+	case CKR_ARGUMENTS_BAD:
+		return 1;
+	}
+	return !token_rv_is_fault(rv);
+}
+
+static void
+note_add(char *notes, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void
+note_add(char *notes, size_t cap, const char *fmt, ...)
+{
+	size_t o = strlen(notes);
+	va_list ap;
+
+	if (o > 0 && o + 1 < cap)
+		notes[o++] = '\n';
+	notes[o] = '\0';
+	va_start(ap, fmt);
+	(void)vsnprintf(notes + o, cap - o, fmt, ap);
+	va_end(ap);
+}
+
+#define NATTR(x)	(sizeof(x) / sizeof((x)[0]))
+#define B(t, v, nm, d)	{ { (t), (v), sizeof(CK_BBOOL) }, (nm), (d), 1 }
+
+/*
+ * Generates the key for row d on the read-write session rw. *h (and *pub
+ * for RSA) receive the new objects. CKA_ALLOWED_MECHANISMS pins the key to
+ * its one mechanism; every attribute beyond what makes a KEK (class, type,
+ * size, token, sensitive, non-extractable, its two use flags, label, id) is
+ * optional and dropped one at a time while the token refuses the
+ * template, each drop noted. *pinned: the pin survived.
  */
 static CK_RV
-generate(struct token *t, CK_SESSION_HANDLE rw, uint8_t mech, unsigned bits,
-    const uint8_t *label, size_t labellen, const uint8_t *id, size_t idlen,
-    CK_OBJECT_HANDLE *h, CK_OBJECT_HANDLE *pub, int *pinned)
+generate(struct token *t, CK_SESSION_HANDLE rw, const struct mech_def *d,
+    unsigned bits, const uint8_t *label, size_t labellen, const uint8_t *id,
+    size_t idlen, CK_OBJECT_HANDLE *h, CK_OBJECT_HANDLE *pub, int *pinned,
+    const char **call, char *notes, size_t notescap)
 {
 	CK_OBJECT_CLASS sk = CKO_SECRET_KEY;
 	CK_KEY_TYPE aes = CKK_AES;
 	CK_ULONG len = 32, mbits = bits;
 	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-	CK_BBOOL gcm = mech == ENVELOPE_MECH_AES_GCM ? CK_TRUE : CK_FALSE;
-	CK_BBOOL kwp = mech == ENVELOPE_MECH_AES_KWP ? CK_TRUE : CK_FALSE;
+	int enc = d->use[0] == CKA_ENCRYPT;
 	CK_BYTE e65537[] = { 0x01, 0x00, 0x01 };
-	CK_MECHANISM_TYPE allow_aes = mech == ENVELOPE_MECH_AES_GCM ?
-	    CKM_AES_GCM : CKM_AES_KEY_WRAP_PAD;
-	CK_MECHANISM_TYPE allow_rsa = CKM_RSA_PKCS_OAEP;
-	CK_ATTRIBUTE akey[] = {
-		{ CKA_CLASS, &sk, sizeof(sk) },
-		{ CKA_KEY_TYPE, &aes, sizeof(aes) },
-		{ CKA_VALUE_LEN, &len, sizeof(len) },
-		{ CKA_TOKEN, &yes, sizeof(yes) },
-		{ CKA_PRIVATE, &yes, sizeof(yes) },
-		{ CKA_SENSITIVE, &yes, sizeof(yes) },
-		{ CKA_EXTRACTABLE, &no, sizeof(no) },
-		{ CKA_ENCRYPT, &gcm, sizeof(gcm) },
-		{ CKA_DECRYPT, &gcm, sizeof(gcm) },
-		{ CKA_WRAP, &kwp, sizeof(kwp) },
-		{ CKA_UNWRAP, &kwp, sizeof(kwp) },
-		{ CKA_SIGN, &no, sizeof(no) },
-		{ CKA_VERIFY, &no, sizeof(no) },
-		{ CKA_DERIVE, &no, sizeof(no) },
-		{ CKA_LABEL, (void *)label, labellen },
-		{ CKA_ID, (void *)id, idlen },
-		{ CKA_ALLOWED_MECHANISMS, &allow_aes, sizeof(allow_aes) },
+	CK_MECHANISM_TYPE allow = d->ckm;
+	struct gen_attr akey[] = {
+		{ { CKA_CLASS, &sk, sizeof(sk) }, "CKA_CLASS", 0, 1 },
+		{ { CKA_KEY_TYPE, &aes, sizeof(aes) }, "CKA_KEY_TYPE", 0, 1 },
+		{ { CKA_VALUE_LEN, &len, sizeof(len) }, "CKA_VALUE_LEN", 0, 1 },
+		B(CKA_TOKEN, &yes, "CKA_TOKEN", 0),
+		B(CKA_SENSITIVE, &yes, "CKA_SENSITIVE", 0),
+		B(CKA_EXTRACTABLE, &no, "CKA_EXTRACTABLE", 0),
+		B(d->use[0], &yes, d->use_name[0], 0),
+		B(d->use[1], &yes, d->use_name[1], 0),
+		{ { CKA_LABEL, (void *)label, labellen }, "CKA_LABEL", 0, 1 },
+		{ { CKA_ID, (void *)id, idlen }, "CKA_ID", 0, 1 },
+		B(CKA_PRIVATE, &yes, "CKA_PRIVATE=true", 9),
+		/* The other use pair, off. */
+		B(enc ? CKA_WRAP : CKA_ENCRYPT, &no,
+		    enc ? "CKA_WRAP=false" : "CKA_ENCRYPT=false", 8),
+		B(enc ? CKA_UNWRAP : CKA_DECRYPT, &no,
+		    enc ? "CKA_UNWRAP=false" : "CKA_DECRYPT=false", 7),
+		B(CKA_SIGN, &no, "CKA_SIGN=false", 4),
+		B(CKA_VERIFY, &no, "CKA_VERIFY=false", 3),
+		B(CKA_DERIVE, &no, "CKA_DERIVE=false", 2),
+		{ { CKA_ALLOWED_MECHANISMS, &allow, sizeof(allow) },
+		  "CKA_ALLOWED_MECHANISMS", 1, 1 },
 	};
-	CK_ATTRIBUTE apub[] = {
-		{ CKA_TOKEN, &yes, sizeof(yes) },
-		{ CKA_PRIVATE, &no, sizeof(no) },
-		{ CKA_ENCRYPT, &yes, sizeof(yes) },
-		{ CKA_VERIFY, &no, sizeof(no) },
-		{ CKA_VERIFY_RECOVER, &no, sizeof(no) },
-		{ CKA_WRAP, &no, sizeof(no) },
-		{ CKA_DERIVE, &no, sizeof(no) },
-		{ CKA_MODULUS_BITS, &mbits, sizeof(mbits) },
-		{ CKA_PUBLIC_EXPONENT, e65537, sizeof(e65537) },
-		{ CKA_LABEL, (void *)label, labellen },
-		{ CKA_ID, (void *)id, idlen },
-		{ CKA_ALLOWED_MECHANISMS, &allow_rsa, sizeof(allow_rsa) },
+	struct gen_attr apub[] = {
+		B(CKA_TOKEN, &yes, "CKA_TOKEN", 0),
+		{ { CKA_MODULUS_BITS, &mbits, sizeof(mbits) },
+		  "CKA_MODULUS_BITS", 0, 1 },
+		{ { CKA_PUBLIC_EXPONENT, e65537, sizeof(e65537) },
+		  "CKA_PUBLIC_EXPONENT", 0, 1 },
+		{ { CKA_LABEL, (void *)label, labellen }, "CKA_LABEL", 0, 1 },
+		{ { CKA_ID, (void *)id, idlen }, "CKA_ID", 0, 1 },
+		B(CKA_PRIVATE, &no, "CKA_PRIVATE=false (public key)", 20),
+		B(CKA_ENCRYPT, &yes, "CKA_ENCRYPT=true (public key)", 18),
+		B(CKA_WRAP, &no, "CKA_WRAP=false (public key)", 12),
+		B(CKA_VERIFY_RECOVER, &no,
+		    "CKA_VERIFY_RECOVER=false (public key)", 10),
+		B(CKA_VERIFY, &no, "CKA_VERIFY=false (public key)", 8),
+		B(CKA_DERIVE, &no, "CKA_DERIVE=false (public key)", 6),
+		{ { CKA_ALLOWED_MECHANISMS, &allow, sizeof(allow) },
+		  "CKA_ALLOWED_MECHANISMS (public key)", 2, 1 },
 	};
-	CK_ATTRIBUTE apriv[] = {
-		{ CKA_TOKEN, &yes, sizeof(yes) },
-		{ CKA_PRIVATE, &yes, sizeof(yes) },
-		{ CKA_SENSITIVE, &yes, sizeof(yes) },
-		{ CKA_EXTRACTABLE, &no, sizeof(no) },
-		{ CKA_DECRYPT, &yes, sizeof(yes) },
-		{ CKA_SIGN, &no, sizeof(no) },
-		{ CKA_SIGN_RECOVER, &no, sizeof(no) },
-		{ CKA_UNWRAP, &no, sizeof(no) },
-		{ CKA_DERIVE, &no, sizeof(no) },
-		{ CKA_LABEL, (void *)label, labellen },
-		{ CKA_ID, (void *)id, idlen },
-		{ CKA_ALLOWED_MECHANISMS, &allow_rsa, sizeof(allow_rsa) },
+	struct gen_attr apriv[] = {
+		B(CKA_TOKEN, &yes, "CKA_TOKEN", 0),
+		B(CKA_SENSITIVE, &yes, "CKA_SENSITIVE", 0),
+		B(CKA_EXTRACTABLE, &no, "CKA_EXTRACTABLE", 0),
+		{ { CKA_LABEL, (void *)label, labellen }, "CKA_LABEL", 0, 1 },
+		{ { CKA_ID, (void *)id, idlen }, "CKA_ID", 0, 1 },
+		B(CKA_PRIVATE, &yes, "CKA_PRIVATE=true (private key)", 21),
+		B(CKA_DECRYPT, &yes, "CKA_DECRYPT=true (private key)", 19),
+		B(CKA_UNWRAP, &no, "CKA_UNWRAP=false (private key)", 13),
+		B(CKA_SIGN_RECOVER, &no,
+		    "CKA_SIGN_RECOVER=false (private key)", 11),
+		B(CKA_SIGN, &no, "CKA_SIGN=false (private key)", 9),
+		B(CKA_DERIVE, &no, "CKA_DERIVE=false (private key)", 7),
+		{ { CKA_ALLOWED_MECHANISMS, &allow, sizeof(allow) },
+		  "CKA_ALLOWED_MECHANISMS (private key)", 1, 1 },
 	};
+	CK_ATTRIBUTE t1[NATTR(akey)], t2[NATTR(apriv)];
 	CK_MECHANISM gen_aes = { CKM_AES_KEY_GEN, NULL, 0 };
 	CK_MECHANISM gen_rsa = { CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0 };
-	CK_ULONG na = sizeof(akey) / sizeof(akey[0]);
-	CK_ULONG np = sizeof(apub) / sizeof(apub[0]);
-	CK_ULONG nk = sizeof(apriv) / sizeof(apriv[0]);
+	int rsa = (d->flags & MECH_F_RSA) != 0;
+	const char *dropped;
+	CK_ULONG n1, n2;
 	CK_RV rv;
-	int tries;
 
 	*h = *pub = CK_INVALID_HANDLE;
-	*pinned = 1;
-	for (tries = 0; tries < 2; tries++) {
-		if (mech_is_rsa(mech))
-			rv = t->fn->C_GenerateKeyPair(rw, &gen_rsa, apub, np,
-			    apriv, nk, pub, h);
-		else
-			rv = t->fn->C_GenerateKey(rw, &gen_aes, akey, na, h);
-		if (rv != CKR_ATTRIBUTE_TYPE_INVALID &&
-		    rv != CKR_TEMPLATE_INCONSISTENT &&
-		    rv != CKR_ATTRIBUTE_VALUE_INVALID)
+	*call = rsa ? "C_GenerateKeyPair" : "C_GenerateKey";
+	for (;;) {
+		if (rsa) {
+			n1 = gen_pack(apub, NATTR(apub), t1);
+			n2 = gen_pack(apriv, NATTR(apriv), t2);
+			rv = t->fn->C_GenerateKeyPair(rw, &gen_rsa, t1, n1, t2,
+			    n2, pub, h);
+		} else {
+			n1 = gen_pack(akey, NATTR(akey), t1);
+			rv = t->fn->C_GenerateKey(rw, &gen_aes, t1, n1, h);
+		}
+		if (rv == CKR_OK || !gen_retry(rv))
 			break;
-		/* CKA_ALLOWED_MECHANISMS is last in each template. */
-		na--;
-		np--;
-		nk--;
-		*pinned = 0;
+		dropped = rsa ? gen_drop(apub, NATTR(apub), apriv,
+		    NATTR(apriv)) : gen_drop(akey, NATTR(akey), NULL, 0);
+		if (dropped == NULL)
+			break;
+		note_add(notes, notescap, "the token refused the template "
+		    "(%s: %s); retrying without %s", *call, token_rv_name(rv),
+		    dropped);
 	}
+	*pinned = rsa ? apub[NATTR(apub) - 1].on && apriv[NATTR(apriv) - 1].on :
+	    akey[NATTR(akey) - 1].on;
 	if (rv != CKR_OK)
 		*h = *pub = CK_INVALID_HANDLE;
 	return rv;
+}
+
+/*
+ * The row keygen makes a key for: the mechanism asked (NULL/"aes": the
+ * best AES row the token offers), among the rows the token offers. NULL,
+ * with err, when there is none.
+ */
+static const struct mech_def *
+gen_row(struct token *t, const struct kek_tokmechs *tm, const char *mname,
+    char *err, size_t errlen)
+{
+	size_t r;
+	int aes = mname == NULL || strcmp(mname, "aes") == 0;
+
+	for (r = 0; r < MECH_NROWS; r++) {
+		const struct mech_def *d = &mech_table[r];
+
+		if (!(tm->offered & MECH_BIT(r)) ||
+		    /* One key serves every GCM form: make the plain one. */
+		    (d->env == ENVELOPE_MECH_AES_GCM_TIV))
+			continue;
+		if (aes ? !(d->flags & MECH_F_RSA) : strcmp(d->cfg, mname) == 0)
+			return d;
+	}
+	if (aes)
+		token_err(err, errlen, "token '%s' offers no AES mechanism "
+		    "p11kms can use (CKM_AES_GCM, CKM_AES_KEY_WRAP_PAD or "
+		    "CKM_AES_ECB for encrypt and decrypt); use --type rsa for "
+		    "an RSA-OAEP key pair", t->label);
+	else if (strcmp(mname, "aes-gcm") == 0)
+		token_err(err, errlen, "token '%s' does not offer CKM_AES_GCM "
+		    "for encrypt and decrypt; leave --mechanism out (an AES key "
+		    "for what the token has) or use --type rsa", t->label);
+	else if (strcmp(mname, "aes-kwp") == 0)
+		token_err(err, errlen, "token '%s' offers neither "
+		    "CKM_AES_KEY_WRAP_PAD nor CKM_AES_ECB; choose another "
+		    "--mechanism (aes-gcm, rsa-oaep)", t->label);
+	else
+		token_err(err, errlen, "token '%s' does not offer "
+		    "CKM_RSA_PKCS_OAEP for encrypt and decrypt; choose another "
+		    "--mechanism (aes-gcm, aes-kwp)", t->label);
+	return NULL;
 }
 
 int
@@ -440,39 +597,38 @@ keyring_keygen(const struct keyring_tool_config *cfg,
 	struct token *t = NULL;
 	struct kek_tokmechs tm;
 	struct kek *k = NULL;
+	const struct mech_def *d;
 	CK_SESSION_HANDLE rw = CK_INVALID_HANDLE;
 	CK_OBJECT_HANDLE h = CK_INVALID_HANDLE, pub = CK_INVALID_HANDLE;
 	CK_OBJECT_CLASS ucls, cls;
 	CK_RV rv;
-	uint8_t label[LABEL_MAX], id[LABEL_MAX], mech;
-	char uri_text[TOKEN_URI_TEXT_MAX];
-	const char *mname;
+	uint8_t label[LABEL_MAX], id[LABEL_MAX];
+	char uri_text[TOKEN_URI_TEXT_MAX], notes[KEYRING_REASON_MAX];
+	const char *mname = cfg->mechanism, *call = "C_OpenSession";
 	size_t labellen, idlen;
 	unsigned bits;
-	int logged_in, found, pinned = 0, r, ret = KEYRING_E_CONFIG;
+	int logged_in, found, pinned = 0, rsa, r, ret = KEYRING_E_CONFIG;
 
 	memset(out, 0, sizeof(*out));
-	mname = cfg->mechanism != NULL ? cfg->mechanism : "aes-gcm";
-	if (strcmp(mname, "aes-gcm") == 0)
-		mech = ENVELOPE_MECH_AES_GCM;
-	else if (strcmp(mname, "aes-kwp") == 0)
-		mech = ENVELOPE_MECH_AES_KWP;
-	else if (strcmp(mname, "rsa-oaep") == 0)
-		mech = ENVELOPE_MECH_RSA_OAEP_SHA256;
-	else {
+	notes[0] = '\0';
+	if (mname != NULL && strcmp(mname, "auto") == 0)
+		mname = NULL;
+	if (mname != NULL && strcmp(mname, "aes") != 0 &&
+	    !mech_cfg_valid(mname)) {
 		token_err(err, errlen, "unknown mechanism '%.40s': use "
-		    "aes-gcm, aes-kwp or rsa-oaep", mname);
+		    "aes-gcm, aes-kwp or rsa-oaep (or leave it out)", mname);
 		goto out;
 	}
+	rsa = mname != NULL && strcmp(mname, "rsa-oaep") == 0;
 	bits = cfg->rsa_bits != 0 ? cfg->rsa_bits : RSA_DEFAULT_BITS;
-	if (mech_is_rsa(mech) && (bits < KEK_RSA_MIN_BITS ||
-	    bits > KEK_RSA_MAX_BITS || bits % 8 != 0)) {
+	if (rsa && (bits < KEK_RSA_MIN_BITS || bits > KEK_RSA_MAX_BITS ||
+	    bits % 8 != 0)) {
 		token_err(err, errlen, "RSA key size %u: use %d to %d bits, a "
 		    "multiple of 8 (3072 by default)", bits, KEK_RSA_MIN_BITS,
 		    KEK_RSA_MAX_BITS);
 		goto out;
 	}
-	cls = mech_is_rsa(mech) ? CKO_PRIVATE_KEY : CKO_SECRET_KEY;
+	cls = rsa ? CKO_PRIVATE_KEY : CKO_SECRET_KEY;
 	if ((k = calloc(1, sizeof(*k))) == NULL) {
 		ret = KEYRING_E_NOMEM;
 		token_err(err, errlen, "out of memory");
@@ -487,25 +643,19 @@ keyring_keygen(const struct keyring_tool_config *cfg,
 		goto out;
 	if (ucls != 0 && ucls != cls) {
 		token_err(err, errlen, "URI %s: type= does not fit %s (use "
-		    "type=%s or leave it out)", uri_text, mname,
-		    cls == CKO_PRIVATE_KEY ? "private" : "secret-key");
+		    "type=%s or leave it out)", uri_text, rsa ? "rsa-oaep" :
+		    "an AES key", cls == CKO_PRIVATE_KEY ? "private" :
+		    "secret-key");
 		goto out;
 	}
 	if ((ret = kek_token_mechs(t, &tm, err, errlen)) != 0)
 		goto out;
 	ret = KEYRING_E_CONFIG;
-	if ((mech == ENVELOPE_MECH_AES_GCM && !tm.gcm) ||
-	    (mech == ENVELOPE_MECH_AES_KWP && !tm.kwp) ||
-	    (mech_is_rsa(mech) && !tm.oaep)) {
-		token_err(err, errlen, "token '%s' does not offer %s; choose "
-		    "another --mechanism (aes-gcm, aes-kwp, rsa-oaep)",
-		    t->label, mech == ENVELOPE_MECH_AES_GCM ? "CKM_AES_GCM" :
-		    mech == ENVELOPE_MECH_AES_KWP ? "CKM_AES_KEY_WRAP_PAD" :
-		    "CKM_RSA_PKCS_OAEP");
+	if ((d = gen_row(t, &tm, mname, err, errlen)) == NULL)
 		goto out;
-	}
 
 	/* Never overwrite, never shadow: the label and id must be new. */
+	call = "C_FindObjects";
 	if ((rv = exists(t, CKA_LABEL, label, labellen, &found)) != CKR_OK)
 		goto rv_fail;
 	if (found) {
@@ -516,12 +666,14 @@ keyring_keygen(const struct keyring_tool_config *cfg,
 		goto out;
 	}
 	if (idlen == 0) {
-		if (RAND_bytes(id, NEW_ID_LEN) != 1) {
+		/* The marker gives the new key a long check value (keyid.h). */
+		memcpy(id, KEYID_V2_ID_PREFIX, KEYID_V2_ID_PREFIX_LEN);
+		if (RAND_bytes(id + KEYID_V2_ID_PREFIX_LEN, NEW_ID_LEN) != 1) {
 			ret = KEYRING_E_TOKEN;
 			token_err(err, errlen, "RAND_bytes failed");
 			goto out;
 		}
-		idlen = NEW_ID_LEN;
+		idlen = KEYID_V2_ID_PREFIX_LEN + NEW_ID_LEN;
 	}
 	if ((rv = exists(t, CKA_ID, id, idlen, &found)) != CKR_OK)
 		goto rv_fail;
@@ -531,45 +683,64 @@ keyring_keygen(const struct keyring_tool_config *cfg,
 		goto out;
 	}
 
+	call = "C_OpenSession";
 	rv = t->fn->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION,
 	    NULL, NULL, &rw);
 	if (rv != CKR_OK) {
 		rw = CK_INVALID_HANDLE;
 		goto rv_fail;
 	}
-	if ((rv = generate(t, rw, mech, bits, label, labellen, id, idlen, &h,
-	    &pub, &pinned)) != CKR_OK)
-		goto rv_fail;
+	if ((rv = generate(t, rw, d, bits, label, labellen, id, idlen, &h,
+	    &pub, &pinned, &call, notes, sizeof(notes))) != CKR_OK)
+		goto gen_fail;
 
 	/* Judge it as a load would; a key that fails is not left behind. */
 	token_uri_redact(cfg->uri, k->uri, sizeof(k->uri));
 	r = kek_eval(t, &tm, h, cls, k, 0, err, errlen);
-	if (r == KEYRING_OK && !(k->caps & KEK_CAP(mech)) &&
-	    !(mech_is_rsa(mech) &&
-	    (k->caps & KEK_CAP(ENVELOPE_MECH_RSA_OAEP_SHA1)))) {
+	if (r == KEYRING_OK && !(k->caps & MECH_BIT(d - mech_table)) &&
+	    !(rsa && (k->caps & MECH_BIT(MECH_OAEP_SHA1)))) {
 		r = KEYRING_E_CONFIG;
 		token_err(err, errlen, "the new key failed its %s self-test: "
-		    "%s", mname, k->why[mech]);
+		    "%s", d->title, k->why[d - mech_table]);
 	}
 	if (r != KEYRING_OK) {
-		ret = r;
+		/* The token made it, but not as asked: the token's fault. */
+		ret = r == KEYRING_E_CONFIG ? KEYRING_E_TOKEN : r;
 		goto out;
 	}
 
 	/* success */
 	info_from(t, k, label, labellen, 1, out);
+	snprintf(out->notes, sizeof(out->notes), "%s", notes);
 	if (!pinned)
 		snprintf(out->reason, sizeof(out->reason), "the token does "
 		    "not take CKA_ALLOWED_MECHANISMS: the key is not pinned "
-		    "to %s", mname);
+		    "to %s", d->title);
 	h = pub = CK_INVALID_HANDLE;	/* keep them */
 	ret = KEYRING_OK;
 	token_err(err, errlen, "%s", "");
 	goto out;
+gen_fail:
+	/* The token refused to make it: a token error (exit 1), not usage. */
+	ret = KEYRING_E_TOKEN;
+	if (rv == CKR_FUNCTION_NOT_SUPPORTED || rv == CKR_MECHANISM_INVALID)
+		token_err(err, errlen, "token '%s' does not generate %s keys "
+		    "(%s: %s): create the key with the token's own tool "
+		    "(sensitive, non-extractable) and check it with p11kms "
+		    "keys%s", t->label, rsa ? "RSA" : "AES", call,
+		    token_rv_name(rv), rsa ? "" : ", or use --type rsa");
+	else
+		token_err(err, errlen, "keygen on token '%s' failed: %s: "
+		    "%s%s%s", t->label, call, token_rv_name(rv),
+		    notes[0] != '\0' ? ", also after dropping every optional "
+		    "attribute" : "", rv == CKR_SESSION_READ_ONLY ||
+		    rv == CKR_TOKEN_WRITE_PROTECTED ? " (the token is "
+		    "read-only)" : "");
+	goto out;
 rv_fail:
 	ret = token_rv_is_fault(rv) ? KEYRING_E_TOKEN : KEYRING_E_CONFIG;
-	token_err(err, errlen, "keygen on token '%s' failed: %s%s", t->label,
-	    token_rv_name(rv), rv == CKR_SESSION_READ_ONLY ||
+	token_err(err, errlen, "keygen on token '%s' failed: %s: %s%s",
+	    t->label, call, token_rv_name(rv), rv == CKR_SESSION_READ_ONLY ||
 	    rv == CKR_TOKEN_WRITE_PROTECTED ? " (the token is read-only)" :
 	    "");
 out:
@@ -584,6 +755,9 @@ out:
 		OPENSSL_cleanse(k, sizeof(*k));
 		free(k);
 	}
+	/* Notes of a failed keygen still tell what was tried. */
+	if (ret != KEYRING_OK)
+		snprintf(out->notes, sizeof(out->notes), "%s", notes);
 	token_close(t);
 	if (uri != NULL)
 		p11_kit_uri_free(uri);

@@ -1,12 +1,11 @@
 /*
- * mech: seal and open inside the token, per envelope mechanism (contracts
- * in mech.h, layouts in envelope.h).
+ * mech: the mechanism table and the AES-GCM and RSA-OAEP rows' seal and
+ * open (contracts in mech.h, layouts in envelope.h; the key-wrap rows are
+ * in mech_kwp.c).
  *
  * Every operation sizes its output up front and makes one call, so no
  * operation is left active on the session (a CKR_BUFFER_TOO_SMALL would
- * leave it so). Session objects made for AES-KWP are destroyed on every
- * path; should C_DestroyObject itself fail, the object still dies with the
- * session, and it lives inside the token, not in our memory.
+ * leave it so).
  */
 #include <string.h>
 
@@ -22,30 +21,171 @@
 #define FRAME_MAX	(ENVELOPE_FRAME_HDR + KEYRING_MAX_PLAINTEXT)
 /* Largest KWP output (frame rounded up to 8, plus the ICV). */
 #define KWP_MAX		((FRAME_MAX + 7) / 8 * 8 + MECH_KWP_ICV_LEN)
+/* Room for a token-IV seal's output: body plus an appended IV. */
+#define TIV_OUT_MAX	(KEYRING_MAX_PLAINTEXT + MECH_GCM_TAG_LEN + \
+			 ENVELOPE_IV_MAX)
 
 _Static_assert(ENVELOPE_FIXED_LEN + MECH_RSA_MAX_BYTES <=
     KEYRING_MAX_CIPHERTEXT, "RSA-4096 envelope fits the apiserver");
 _Static_assert(ENVELOPE_FIXED_LEN + KWP_MAX <= KEYRING_MAX_CIPHERTEXT,
     "largest KWP envelope fits the apiserver");
+_Static_assert(ENVELOPE_FIXED_LEN + ENVELOPE_IV_MAX + KEYRING_MAX_PLAINTEXT +
+    MECH_GCM_TAG_LEN <= KEYRING_MAX_CIPHERTEXT, "GCM envelope fits");
+_Static_assert(MECH_NROWS <= 8 * sizeof(unsigned), "row bits");
+
+static int seal_gcm(struct mech_sess *, const struct mech_def *,
+    const struct mech_key *, struct envelope *, const uint8_t *, size_t,
+    uint8_t *, size_t, size_t *, struct mech_err *);
+static int seal_gcm_msg(struct mech_sess *, const struct mech_def *,
+    const struct mech_key *, struct envelope *, const uint8_t *, size_t,
+    uint8_t *, size_t, size_t *, struct mech_err *);
+static int seal_gcm_tiv(struct mech_sess *, const struct mech_def *,
+    const struct mech_key *, struct envelope *, const uint8_t *, size_t,
+    uint8_t *, size_t, size_t *, struct mech_err *);
+static int seal_rsa(struct mech_sess *, const struct mech_def *,
+    const struct mech_key *, struct envelope *, const uint8_t *, size_t,
+    uint8_t *, size_t, size_t *, struct mech_err *);
+static int open_gcm(struct mech_sess *, const struct mech_def *,
+    const struct mech_key *, const struct envelope *, uint8_t *, size_t,
+    size_t *, struct mech_err *);
+static int open_gcm_msg(struct mech_sess *, const struct mech_def *,
+    const struct mech_key *, const struct envelope *, uint8_t *, size_t,
+    size_t *, struct mech_err *);
+static int open_rsa(struct mech_sess *, const struct mech_def *,
+    const struct mech_key *, const struct envelope *, uint8_t *, size_t,
+    size_t *, struct mech_err *);
+
+#define GCM_OPENS (MECH_ENV_BIT(ENVELOPE_MECH_AES_GCM) | \
+		   MECH_ENV_BIT(ENVELOPE_MECH_AES_GCM_TIV))
+
+const struct mech_def mech_table[MECH_NROWS] = {
+	[MECH_GCM] = {
+		"aes-gcm", ENVELOPE_MECH_AES_GCM, "aes-gcm", "AES-GCM",
+		CKM_AES_GCM, "CKM_AES_GCM",
+		CKF_ENCRYPT | CKF_DECRYPT,
+		{ CKA_ENCRYPT, CKA_DECRYPT }, { "CKA_ENCRYPT", "CKA_DECRYPT" },
+		GCM_OPENS, 0, seal_gcm, open_gcm,
+	},
+	[MECH_GCM_MSG] = {
+		"aes-gcm/message", ENVELOPE_MECH_AES_GCM_TIV, "aes-gcm",
+		"AES-GCM (token IV, PKCS#11 3.0 message API)",
+		CKM_AES_GCM, "CKM_AES_GCM",
+		CKF_ENCRYPT | CKF_DECRYPT,
+		{ CKA_ENCRYPT, CKA_DECRYPT }, { "CKA_ENCRYPT", "CKA_DECRYPT" },
+		GCM_OPENS, MECH_F_V3, seal_gcm_msg, open_gcm_msg,
+	},
+	[MECH_GCM_TIV] = {
+		"aes-gcm/token-iv", ENVELOPE_MECH_AES_GCM_TIV, "aes-gcm",
+		"AES-GCM (token IV)",
+		CKM_AES_GCM, "CKM_AES_GCM",
+		CKF_ENCRYPT | CKF_DECRYPT,
+		{ CKA_ENCRYPT, CKA_DECRYPT }, { "CKA_ENCRYPT", "CKA_DECRYPT" },
+		GCM_OPENS, 0, seal_gcm_tiv, open_gcm,
+	},
+	[MECH_KWP] = {
+		"aes-kwp", ENVELOPE_MECH_AES_KWP, "aes-kwp", "AES-KWP",
+		CKM_AES_KEY_WRAP_PAD, "CKM_AES_KEY_WRAP_PAD",
+		CKF_WRAP | CKF_UNWRAP,
+		{ CKA_WRAP, CKA_UNWRAP }, { "CKA_WRAP", "CKA_UNWRAP" },
+		MECH_ENV_BIT(ENVELOPE_MECH_AES_KWP), MECH_F_OBJECTS,
+		mech_kwp_seal, mech_kwp_open,
+	},
+	[MECH_KWP_ECB] = {
+		"aes-kwp/ecb", ENVELOPE_MECH_AES_KWP, "aes-kwp",
+		"AES-KWP (computed with AES-ECB)",
+		CKM_AES_ECB, "CKM_AES_ECB",
+		CKF_ENCRYPT | CKF_DECRYPT,
+		{ CKA_ENCRYPT, CKA_DECRYPT }, { "CKA_ENCRYPT", "CKA_DECRYPT" },
+		MECH_ENV_BIT(ENVELOPE_MECH_AES_KWP), 0,
+		mech_kwp_ecb_seal, mech_kwp_ecb_open,
+	},
+	[MECH_OAEP_SHA256] = {
+		"rsa-oaep-sha256", ENVELOPE_MECH_RSA_OAEP_SHA256, "rsa-oaep",
+		"RSA-OAEP-SHA256",
+		CKM_RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP",
+		CKF_ENCRYPT | CKF_DECRYPT,
+		{ CKA_DECRYPT, CKA_ENCRYPT },
+		{ "CKA_DECRYPT of the private key",
+		  "CKA_ENCRYPT of the public key" },
+		MECH_ENV_BIT(ENVELOPE_MECH_RSA_OAEP_SHA256), MECH_F_RSA,
+		seal_rsa, open_rsa,
+	},
+	[MECH_OAEP_SHA1] = {
+		"rsa-oaep-sha1", ENVELOPE_MECH_RSA_OAEP_SHA1, "rsa-oaep",
+		"RSA-OAEP-SHA1",
+		CKM_RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP",
+		CKF_ENCRYPT | CKF_DECRYPT,
+		{ CKA_DECRYPT, CKA_ENCRYPT },
+		{ "CKA_DECRYPT of the private key",
+		  "CKA_ENCRYPT of the public key" },
+		MECH_ENV_BIT(ENVELOPE_MECH_RSA_OAEP_SHA1), MECH_F_RSA,
+		seal_rsa, open_rsa,
+	},
+};
+
+/* Envelope bytes: names never change (they are logged and documented). */
+static const struct {
+	uint8_t env;
+	const char *name;
+	int rsa;
+} env_names[] = {
+	{ ENVELOPE_MECH_AES_GCM, "aes-gcm", 0 },
+	{ ENVELOPE_MECH_AES_KWP, "aes-kwp", 0 },
+	{ ENVELOPE_MECH_RSA_OAEP_SHA256, "rsa-oaep-sha256", 1 },
+	{ ENVELOPE_MECH_RSA_OAEP_SHA1, "rsa-oaep-sha1", 1 },
+	{ ENVELOPE_MECH_AES_GCM_TIV, "aes-gcm-token-iv", 0 },
+};
 
 int
-mech_known(uint8_t mech)
+mech_env_known(uint8_t env)
 {
-	switch (mech) {
-	case ENVELOPE_MECH_AES_GCM:
-	case ENVELOPE_MECH_AES_KWP:
-	case ENVELOPE_MECH_RSA_OAEP_SHA256:
-	case ENVELOPE_MECH_RSA_OAEP_SHA1:
-		return 1;
-	}
+	size_t i;
+
+	for (i = 0; i < sizeof(env_names) / sizeof(env_names[0]); i++)
+		if (env_names[i].env == env)
+			return 1;
 	return 0;
 }
 
 int
-mech_is_rsa(uint8_t mech)
+mech_env_is_rsa(uint8_t env)
 {
-	return mech == ENVELOPE_MECH_RSA_OAEP_SHA256 ||
-	    mech == ENVELOPE_MECH_RSA_OAEP_SHA1;
+	size_t i;
+
+	for (i = 0; i < sizeof(env_names) / sizeof(env_names[0]); i++)
+		if (env_names[i].env == env)
+			return env_names[i].rsa;
+	return 0;
+}
+
+const char *
+mech_env_name(uint8_t env)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(env_names) / sizeof(env_names[0]); i++)
+		if (env_names[i].env == env)
+			return env_names[i].name;
+	return "unknown";
+}
+
+int
+mech_cfg_valid(const char *name)
+{
+	size_t i;
+
+	if (name == NULL || strcmp(name, "auto") == 0)
+		return 1;
+	for (i = 0; i < MECH_NROWS; i++)
+		if (strcmp(name, mech_table[i].cfg) == 0)
+			return 1;
+	return 0;
+}
+
+const char *
+mech_cfg_list(void)
+{
+	return "auto, aes-gcm, aes-kwp or rsa-oaep";
 }
 
 int
@@ -66,14 +206,15 @@ mech_rv_refusal(CK_RV rv)
 	case CKR_ATTRIBUTE_TYPE_INVALID:
 	case CKR_ARGUMENTS_BAD:
 	case CKR_FUNCTION_NOT_SUPPORTED:
+	case CKR_SESSION_READ_ONLY:
+	case CKR_DATA_LEN_RANGE:
 		return 1;
 	}
 	return 0;
 }
 
-/* Records a token call's outcome in me; returns rv. */
-static CK_RV
-note(struct mech_err *me, const char *call, CK_RV rv)
+CK_RV
+mech_note(struct mech_err *me, const char *call, CK_RV rv)
 {
 	uint64_t now = token_now_ns();
 
@@ -89,81 +230,82 @@ note(struct mech_err *me, const char *call, CK_RV rv)
 struct mech_err
 mech_err_start(void)
 {
-	struct mech_err me = { CKR_OK, NULL, 0 };
+	struct mech_err me = { CKR_OK, NULL, 0, "" };
 
 	me.t = token_now_ns();
 	return me;
 }
 
-static size_t
-oaep_hash_len(uint8_t mech)
+void
+mech_sess_init(struct mech_sess *ms, CK_FUNCTION_LIST *fn,
+    P11V3_FUNCTION_LIST *fn3, CK_SESSION_HANDLE s, int keep)
 {
-	return mech == ENVELOPE_MECH_RSA_OAEP_SHA256 ? SHA256_LEN : SHA1_LEN;
+	ms->fn = fn;
+	ms->fn3 = fn3;
+	ms->s = s;
+	ms->msg_enc = ms->msg_dec = CK_INVALID_HANDLE;
+	ms->keep = keep;
+}
+
+void
+mech_sess_idle(struct mech_sess *ms)
+{
+	if (ms->fn3 == NULL)
+		return;
+	if (ms->msg_enc != CK_INVALID_HANDLE)
+		(void)ms->fn3->C_MessageEncryptFinal(ms->s);
+	if (ms->msg_dec != CK_INVALID_HANDLE)
+		(void)ms->fn3->C_MessageDecryptFinal(ms->s);
+	ms->msg_enc = ms->msg_dec = CK_INVALID_HANDLE;
+}
+
+static size_t
+oaep_hash_len(uint8_t env)
+{
+	return env == ENVELOPE_MECH_RSA_OAEP_SHA256 ? SHA256_LEN : SHA1_LEN;
 }
 
 size_t
-mech_max_plaintext(uint8_t mech, const struct mech_key *k)
+mech_max_plaintext(const struct mech_def *d, const struct mech_key *k)
 {
 	size_t h, cap;
 
-	switch (mech) {
-	case ENVELOPE_MECH_AES_GCM:
-	case ENVELOPE_MECH_AES_KWP:
+	if (!(d->flags & MECH_F_RSA))
 		return KEYRING_MAX_PLAINTEXT;
-	case ENVELOPE_MECH_RSA_OAEP_SHA256:
-	case ENVELOPE_MECH_RSA_OAEP_SHA1:
-		/* RFC 8017 7.1.1: mLen <= k - 2 hLen - 2. */
-		h = oaep_hash_len(mech);
-		if (k->rsa_len > MECH_RSA_MAX_BYTES ||
-		    k->rsa_len < 2 * h + 2 + ENVELOPE_FRAME_HDR)
-			return 0;
-		cap = k->rsa_len - 2 * h - 2 - ENVELOPE_FRAME_HDR;
-		return cap < KEYRING_MAX_PLAINTEXT ? cap :
-		    KEYRING_MAX_PLAINTEXT;
-	}
-	return 0;
+	/* RFC 8017 7.1.1: mLen <= k - 2 hLen - 2. */
+	h = oaep_hash_len(d->env);
+	if (k->rsa_len > MECH_RSA_MAX_BYTES ||
+	    k->rsa_len < 2 * h + 2 + ENVELOPE_FRAME_HDR)
+		return 0;
+	cap = k->rsa_len - 2 * h - 2 - ENVELOPE_FRAME_HDR;
+	return cap < KEYRING_MAX_PLAINTEXT ? cap : KEYRING_MAX_PLAINTEXT;
 }
 
 size_t
-mech_body_len(uint8_t mech, const struct mech_key *k, size_t ptlen)
+mech_body_len(const struct mech_def *d, const struct mech_key *k,
+    size_t ptlen)
 {
-	if (ptlen == 0 || ptlen > mech_max_plaintext(mech, k))
+	if (ptlen == 0 || ptlen > mech_max_plaintext(d, k))
 		return 0;
-	switch (mech) {
+	switch (d->env) {
 	case ENVELOPE_MECH_AES_GCM:
+	case ENVELOPE_MECH_AES_GCM_TIV:
 		return ptlen + MECH_GCM_TAG_LEN;
 	case ENVELOPE_MECH_AES_KWP:
-		return (ENVELOPE_FRAME_HDR + ptlen + 7) / 8 * 8 +
-		    MECH_KWP_ICV_LEN;
+		return mech_kwp_len(ENVELOPE_FRAME_HDR + ptlen);
 	default:
 		return k->rsa_len;
 	}
 }
 
-int
-mech_set_iv(struct envelope *e)
-{
-	memset(e->iv, 0, sizeof(e->iv));
-	e->iv_len = 0;
-	if (e->mech != ENVELOPE_MECH_AES_GCM)
-		return 0;
-	/*
-	 * Random 96-bit IVs: under one key, 2^32 seals keep the collision
-	 * chance below 2^-32 (NIST SP 800-38D).
-	 */
-	e->iv_len = MECH_GCM_IV_LEN;
-	return RAND_bytes(e->iv, MECH_GCM_IV_LEN) == 1 ? 0 : -1;
-}
-
 static void
-gcm_params(CK_GCM_PARAMS *gcm, CK_MECHANISM *m, const struct envelope *e,
-    uint8_t *iv, uint8_t *aad, size_t aadlen)
+gcm_params(CK_GCM_PARAMS *gcm, CK_MECHANISM *m, uint8_t *iv, size_t ivlen,
+    uint8_t *aad, size_t aadlen)
 {
-	memcpy(iv, e->iv, MECH_GCM_IV_LEN);
 	memset(gcm, 0, sizeof(*gcm));
 	gcm->pIv = iv;
-	gcm->ulIvLen = MECH_GCM_IV_LEN;
-	gcm->ulIvBits = 8 * MECH_GCM_IV_LEN;
+	gcm->ulIvLen = ivlen;
+	gcm->ulIvBits = 8 * ivlen;
 	gcm->pAAD = aad;
 	gcm->ulAADLen = aadlen;
 	gcm->ulTagBits = 8 * MECH_GCM_TAG_LEN;
@@ -174,10 +316,10 @@ gcm_params(CK_GCM_PARAMS *gcm, CK_MECHANISM *m, const struct envelope *e,
 
 /* OAEP with the mechanism's hash for both OAEP and MGF1, empty label. */
 static void
-oaep_params(CK_RSA_PKCS_OAEP_PARAMS *p, CK_MECHANISM *m, uint8_t mech)
+oaep_params(CK_RSA_PKCS_OAEP_PARAMS *p, CK_MECHANISM *m, uint8_t env)
 {
 	memset(p, 0, sizeof(*p));
-	if (mech == ENVELOPE_MECH_RSA_OAEP_SHA256) {
+	if (env == ENVELOPE_MECH_RSA_OAEP_SHA256) {
 		p->hashAlg = CKM_SHA256;
 		p->mgf = CKG_MGF1_SHA256;
 	} else {
@@ -193,9 +335,25 @@ oaep_params(CK_RSA_PKCS_OAEP_PARAMS *p, CK_MECHANISM *m, uint8_t mech)
 }
 
 static int
-seal_gcm(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
-    const struct envelope *e, const uint8_t *pt, size_t ptlen, uint8_t *body,
-    size_t want, struct mech_err *me)
+all_zero(const uint8_t *p, size_t n)
+{
+	uint8_t acc = 0;
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		acc |= p[i];
+	return acc == 0;
+}
+
+/*
+ * Random 96-bit IVs: under one key, 2^32 seals keep the collision chance
+ * below 2^-32 (NIST SP 800-38D).
+ */
+static int
+seal_gcm(struct mech_sess *ms, const struct mech_def *d,
+    const struct mech_key *k, struct envelope *e, const uint8_t *pt,
+    size_t ptlen, uint8_t *body, size_t want, size_t *bodylen,
+    struct mech_err *me)
 {
 	uint8_t iv[MECH_GCM_IV_LEN], aad[ENVELOPE_AAD_MAX];
 	CK_GCM_PARAMS gcm;
@@ -203,129 +361,275 @@ seal_gcm(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
 	CK_ULONG outlen = want;
 	size_t aadlen;
 
-	if (e->iv_len != MECH_GCM_IV_LEN ||
-	    (aadlen = envelope_aad(e, aad, sizeof(aad))) == 0)
+	(void)d;
+	e->iv_len = MECH_GCM_IV_LEN;
+	if (RAND_bytes(e->iv, MECH_GCM_IV_LEN) != 1) {
+		me->call = "RAND_bytes";
+		return KEYRING_E_TOKEN;
+	}
+	if ((aadlen = envelope_aad(e, aad, sizeof(aad))) == 0)
 		return KEYRING_E_INVALID;
-	gcm_params(&gcm, &m, e, iv, aad, aadlen);
-	if (note(me, "C_EncryptInit", fn->C_EncryptInit(s, &m,
+	memcpy(iv, e->iv, sizeof(iv));
+	gcm_params(&gcm, &m, iv, sizeof(iv), aad, aadlen);
+	if (mech_note(me, "C_EncryptInit", ms->fn->C_EncryptInit(ms->s, &m,
 	    k->obj)) != CKR_OK)
 		return KEYRING_E_TOKEN;
-	(void)note(me, "C_Encrypt", fn->C_Encrypt(s, (CK_BYTE_PTR)pt, ptlen,
-	    body, &outlen));
+	(void)mech_note(me, "C_Encrypt", ms->fn->C_Encrypt(ms->s,
+	    (CK_BYTE_PTR)pt, ptlen, body, &outlen));
 	if (me->rv != CKR_OK)
 		return KEYRING_E_TOKEN;
-	return outlen == want ? KEYRING_OK : KEYRING_E_TOKEN;
+	if (outlen != want)
+		return KEYRING_E_TOKEN;
+	*bodylen = outlen;
+	return KEYRING_OK;
 }
 
-/* The session object a KWP seal wraps: the frame as a generic secret. */
+/*
+ * A token that keeps an all-zero IV as given would repeat it on every
+ * seal: that is a refusal of this row (no envelope is ever made with it),
+ * reported as the mechanism parameter it would not honour.
+ */
 static int
-seal_kwp(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
-    const uint8_t *frame, size_t framelen, uint8_t *body, size_t want,
+tiv_refused(struct mech_err *me, const char *why)
+{
+	me->rv = CKR_MECHANISM_PARAM_INVALID;
+	me->call = why;
+	return KEYRING_E_TOKEN;
+}
+
+/*
+ * The 2.40 token-IV forms: an all-zero pIv the token fills in
+ * (write-back, ProtectServer), or the IV appended after the tag (Luna,
+ * older ProtectServer). The output buffer has room for an appended IV, so
+ * the one C_Encrypt always ends the operation; the form is read from what
+ * came back.
+ */
+static int
+seal_gcm_tiv(struct mech_sess *ms, const struct mech_def *d,
+    const struct mech_key *k, struct envelope *e, const uint8_t *pt,
+    size_t ptlen, uint8_t *body, size_t want, size_t *bodylen,
     struct mech_err *me)
 {
-	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-	CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
-	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-	CK_ATTRIBUTE tmpl[] = {
-		{ CKA_CLASS, &cls, sizeof(cls) },
-		{ CKA_KEY_TYPE, &kt, sizeof(kt) },
-		{ CKA_TOKEN, &no, sizeof(no) },
-		{ CKA_PRIVATE, &yes, sizeof(yes) },
-		/* Wrappable, so C_WrapKey takes it; it holds only the DEK
-		 * the apiserver already has, for the length of this call. */
-		{ CKA_SENSITIVE, &no, sizeof(no) },
-		{ CKA_EXTRACTABLE, &yes, sizeof(yes) },
-		{ CKA_VALUE, (void *)frame, framelen },
-	};
-	CK_MECHANISM m = { CKM_AES_KEY_WRAP_PAD, NULL, 0 };
-	CK_OBJECT_HANDLE obj = CK_INVALID_HANDLE;
-	CK_ULONG outlen = want;
+	uint8_t iv[ENVELOPE_IV_MAX], aad[ENVELOPE_AAD_MAX], out[TIV_OUT_MAX];
+	CK_GCM_PARAMS gcm;
+	CK_MECHANISM m;
+	CK_ULONG outlen = sizeof(out);
+	size_t aadlen, extra;
 	int ret = KEYRING_E_TOKEN;
 
-	(void)note(me, "C_CreateObject", fn->C_CreateObject(s, tmpl,
-	    sizeof(tmpl) / sizeof(tmpl[0]), &obj));
-	if (me->rv != CKR_OK) {
-		obj = CK_INVALID_HANDLE;
+	(void)d;
+	memset(iv, 0, sizeof(iv));
+	e->iv_len = 0;
+	if (want > sizeof(out) - ENVELOPE_IV_MAX ||
+	    (aadlen = envelope_aad(e, aad, sizeof(aad))) == 0)
+		return KEYRING_E_INVALID;
+	gcm_params(&gcm, &m, iv, MECH_GCM_IV_LEN, aad, aadlen);
+	if (mech_note(me, "C_EncryptInit", ms->fn->C_EncryptInit(ms->s, &m,
+	    k->obj)) != CKR_OK)
 		goto out;
-	}
-	if (note(me, "C_WrapKey", fn->C_WrapKey(s, &m, k->obj, obj, body,
-	    &outlen)) != CKR_OK)
+	(void)mech_note(me, "C_Encrypt", ms->fn->C_Encrypt(ms->s,
+	    (CK_BYTE_PTR)pt, ptlen, out, &outlen));
+	if (me->rv != CKR_OK)
 		goto out;
-	if (outlen != want)
-		goto out;
+	if (outlen == want) {
+		if (all_zero(iv, MECH_GCM_IV_LEN)) {
+			ret = tiv_refused(me, "C_Encrypt (the token used the "
+			    "all-zero IV as given)");
+			goto out;
+		}
+		e->iv_len = MECH_GCM_IV_LEN;
+		memcpy(e->iv, iv, MECH_GCM_IV_LEN);
+		me->detail = "IV written back by the token";
+	} else if (outlen > want && outlen - want <= ENVELOPE_IV_MAX &&
+	    outlen - want >= MECH_GCM_IV_LEN) {
+		extra = outlen - want;
+		if (all_zero(out + want, extra)) {
+			ret = tiv_refused(me, "C_Encrypt (the token appended an "
+			    "all-zero IV)");
+			goto out;
+		}
+		e->iv_len = (uint8_t)extra;
+		memcpy(e->iv, out + want, extra);
+		me->detail = extra == 16 ? "16-byte IV appended by the token" :
+		    "12-byte IV appended by the token";
+	} else
+		goto out;	/* the token misbehaves: never pass it on */
 
 	/* success */
+	memcpy(body, out, want);
+	*bodylen = want;
 	ret = KEYRING_OK;
 out:
-	if (obj != CK_INVALID_HANDLE)
-		(void)fn->C_DestroyObject(s, obj);
+	OPENSSL_cleanse(out, sizeof(out));
+	return ret;
+}
+
+/* Opens (or reuses) the session's message operation for key obj. */
+static CK_RV
+msg_init(struct mech_sess *ms, int dec, CK_OBJECT_HANDLE obj,
+    struct mech_err *me)
+{
+	CK_OBJECT_HANDLE *cur = dec ? &ms->msg_dec : &ms->msg_enc;
+	P11V3_C_MessageFinal fin = dec ? ms->fn3->C_MessageDecryptFinal :
+	    ms->fn3->C_MessageEncryptFinal;
+	P11V3_C_MessageInit init = dec ? ms->fn3->C_MessageDecryptInit :
+	    ms->fn3->C_MessageEncryptInit;
+	CK_MECHANISM m = { CKM_AES_GCM, NULL, 0 };
+	CK_RV rv;
+
+	if (*cur == obj)
+		return CKR_OK;
+	if (*cur != CK_INVALID_HANDLE)
+		(void)fin(ms->s);
+	*cur = CK_INVALID_HANDLE;
+	rv = mech_note(me, dec ? "C_MessageDecryptInit" :
+	    "C_MessageEncryptInit", init(ms->s, &m, obj));
+	if (rv == CKR_OK)
+		*cur = obj;
+	return rv;
+}
+
+/* After a message call: end it unless kept, or after a failure. */
+static void
+msg_done(struct mech_sess *ms, int dec, int failed)
+{
+	CK_OBJECT_HANDLE *cur = dec ? &ms->msg_dec : &ms->msg_enc;
+
+	if (*cur == CK_INVALID_HANDLE || (ms->keep && !failed))
+		return;
+	if (dec)
+		(void)ms->fn3->C_MessageDecryptFinal(ms->s);
+	else
+		(void)ms->fn3->C_MessageEncryptFinal(ms->s);
+	*cur = CK_INVALID_HANDLE;
+}
+
+static int
+seal_gcm_msg(struct mech_sess *ms, const struct mech_def *d,
+    const struct mech_key *k, struct envelope *e, const uint8_t *pt,
+    size_t ptlen, uint8_t *body, size_t want, size_t *bodylen,
+    struct mech_err *me)
+{
+	uint8_t iv[MECH_GCM_IV_LEN], aad[ENVELOPE_AAD_MAX];
+	P11V3_GCM_MESSAGE_PARAMS p;
+	CK_ULONG ctlen = ptlen;
+	size_t aadlen;
+	int ret = KEYRING_E_TOKEN;
+
+	(void)d;
+	if (ms->fn3 == NULL)
+		return tiv_refused(me, "C_GetInterface (no PKCS#11 3.0)");
+	memset(iv, 0, sizeof(iv));
+	e->iv_len = 0;
+	if (want != ptlen + MECH_GCM_TAG_LEN ||
+	    (aadlen = envelope_aad(e, aad, sizeof(aad))) == 0)
+		return KEYRING_E_INVALID;
+	if (msg_init(ms, 0, k->obj, me) != CKR_OK)
+		goto out;
+	memset(&p, 0, sizeof(p));
+	p.pIv = iv;
+	p.ulIvLen = sizeof(iv);
+	p.ulIvFixedBits = 0;
+	p.ivGenerator = CKG_GENERATE_RANDOM;
+	p.pTag = body + ptlen;
+	p.ulTagBits = 8 * MECH_GCM_TAG_LEN;
+	if (mech_note(me, "C_EncryptMessage", ms->fn3->C_EncryptMessage(ms->s,
+	    &p, sizeof(p), aad, aadlen, (CK_BYTE_PTR)pt, ptlen, body,
+	    &ctlen)) != CKR_OK)
+		goto out;
+	if (ctlen != ptlen)
+		goto out;
+	if (all_zero(iv, sizeof(iv))) {
+		ret = tiv_refused(me, "C_EncryptMessage (no IV generated)");
+		goto out;
+	}
+
+	/* success */
+	e->iv_len = MECH_GCM_IV_LEN;
+	memcpy(e->iv, iv, sizeof(iv));
+	me->detail = "IV made by the token (PKCS#11 3.0 message API)";
+	*bodylen = want;
+	ret = KEYRING_OK;
+out:
+	msg_done(ms, 0, ret != KEYRING_OK);
 	return ret;
 }
 
 static int
-seal_rsa(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
-    uint8_t mech, const uint8_t *frame, size_t framelen, uint8_t *body,
-    size_t want, struct mech_err *me)
+seal_rsa(struct mech_sess *ms, const struct mech_def *d,
+    const struct mech_key *k, struct envelope *e, const uint8_t *pt,
+    size_t ptlen, uint8_t *body, size_t want, size_t *bodylen,
+    struct mech_err *me)
 {
+	uint8_t frame[FRAME_MAX];
 	CK_RSA_PKCS_OAEP_PARAMS p;
 	CK_MECHANISM m;
 	CK_ULONG outlen = want;
+	size_t framelen;
+	int ret = KEYRING_E_TOKEN;
 
-	oaep_params(&p, &m, mech);
-	if (note(me, "C_EncryptInit", fn->C_EncryptInit(s, &m,
+	e->iv_len = 0;
+	if ((framelen = envelope_frame(e, pt, ptlen, frame,
+	    sizeof(frame))) == 0)
+		return KEYRING_E_INVALID;
+	oaep_params(&p, &m, d->env);
+	if (mech_note(me, "C_EncryptInit", ms->fn->C_EncryptInit(ms->s, &m,
 	    k->pub)) != CKR_OK)
-		return KEYRING_E_TOKEN;
-	(void)note(me, "C_Encrypt", fn->C_Encrypt(s, (CK_BYTE_PTR)frame,
+		goto out;
+	(void)mech_note(me, "C_Encrypt", ms->fn->C_Encrypt(ms->s, frame,
 	    framelen, body, &outlen));
-	if (me->rv != CKR_OK)
-		return KEYRING_E_TOKEN;
-	return outlen == want ? KEYRING_OK : KEYRING_E_TOKEN;
+	if (me->rv != CKR_OK || outlen != want)
+		goto out;
+
+	/* success */
+	*bodylen = want;
+	ret = KEYRING_OK;
+out:
+	OPENSSL_cleanse(frame, sizeof(frame));
+	return ret;
 }
 
 int
-mech_seal(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s,
-    const struct mech_key *k, const struct envelope *e, const uint8_t *pt,
-    size_t ptlen, uint8_t *body, size_t cap, size_t *bodylen,
-    struct mech_err *mep)
+mech_seal(struct mech_sess *ms, const struct mech_def *d,
+    const struct mech_key *k, const uint8_t keyref[ENVELOPE_KEYREF_LEN],
+    const uint8_t *pt, size_t ptlen, uint8_t *out, size_t cap,
+    size_t *outlen, struct mech_err *mep)
 {
-	uint8_t frame[FRAME_MAX];
-	size_t want, framelen = 0;
+	uint8_t body[KEYRING_MAX_CIPHERTEXT];
+	struct envelope e;
 	struct mech_err me = mech_err_start();
+	size_t want, blen = 0, hlen;
 	int ret = KEYRING_E_TOOBIG;
 
-	*bodylen = 0;
+	*outlen = 0;
 	if (pt == NULL || ptlen == 0) {
 		ret = KEYRING_E_INVALID;
 		goto out;
 	}
-	if ((want = mech_body_len(e->mech, k, ptlen)) == 0 || cap < want)
+	if ((want = mech_body_len(d, k, ptlen)) == 0 ||
+	    want > sizeof(body) || cap < ENVELOPE_FIXED_LEN ||
+	    cap - ENVELOPE_FIXED_LEN < want)
 		goto out;
-	if (e->mech != ENVELOPE_MECH_AES_GCM) {
-		ret = KEYRING_E_INVALID;
-		if (e->iv_len != 0 || (framelen = envelope_frame(e, pt, ptlen,
-		    frame, sizeof(frame))) == 0)
-			goto out;
-	}
-	switch (e->mech) {
-	case ENVELOPE_MECH_AES_GCM:
-		ret = seal_gcm(fn, s, k, e, pt, ptlen, body, want, &me);
-		break;
-	case ENVELOPE_MECH_AES_KWP:
-		ret = seal_kwp(fn, s, k, frame, framelen, body, want, &me);
-		break;
-	case ENVELOPE_MECH_RSA_OAEP_SHA256:
-	case ENVELOPE_MECH_RSA_OAEP_SHA1:
-		ret = seal_rsa(fn, s, k, e->mech, frame, framelen, body, want,
-		    &me);
-		break;
-	default:
-		ret = KEYRING_E_INVALID;
-		break;
-	}
-	if (ret == KEYRING_OK)
-		*bodylen = want;
+	memset(&e, 0, sizeof(e));
+	e.format = ENVELOPE_FORMAT_V1;
+	e.mech = d->env;
+	memcpy(e.keyref, keyref, sizeof(e.keyref));
+	if (!(d->flags & MECH_F_V3))
+		mech_sess_idle(ms);
+	if ((ret = d->seal(ms, d, k, &e, pt, ptlen, body, want, &blen,
+	    &me)) != KEYRING_OK)
+		goto out;
+	ret = KEYRING_E_TOOBIG;
+	if ((hlen = envelope_encode_header(&e, out, cap)) == 0 ||
+	    cap - hlen < blen)
+		goto out;
+	memcpy(out + hlen, body, blen);
+
+	/* success */
+	*outlen = hlen + blen;
+	ret = KEYRING_OK;
 out:
-	OPENSSL_cleanse(frame, sizeof(frame));
+	OPENSSL_cleanse(body, sizeof(body));
 	if (mep != NULL)
 		*mep = me;
 	return ret;
@@ -338,23 +642,36 @@ open_status(CK_RV rv)
 	return token_rv_is_fault(rv) ? KEYRING_E_TOKEN : KEYRING_E_AUTH;
 }
 
+/* The IV lengths an envelope of this GCM byte may carry. */
 static int
-open_gcm(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
-    const struct envelope *e, uint8_t *buf, size_t *len, struct mech_err *me)
+gcm_iv_ok(const struct envelope *e)
 {
-	uint8_t iv[MECH_GCM_IV_LEN], aad[ENVELOPE_AAD_MAX];
+	if (e->mech == ENVELOPE_MECH_AES_GCM)
+		return e->iv_len == MECH_GCM_IV_LEN;
+	return e->iv_len >= MECH_GCM_IV_LEN && e->iv_len <= ENVELOPE_IV_MAX;
+}
+
+static int
+open_gcm(struct mech_sess *ms, const struct mech_def *d,
+    const struct mech_key *k, const struct envelope *e, uint8_t *buf,
+    size_t cap, size_t *len, struct mech_err *me)
+{
+	uint8_t iv[ENVELOPE_IV_MAX], aad[ENVELOPE_AAD_MAX];
 	CK_GCM_PARAMS gcm;
 	CK_MECHANISM m;
 	CK_ULONG outlen;
 	size_t aadlen;
 
-	if (e->iv_len != MECH_GCM_IV_LEN || e->body_len <= MECH_GCM_TAG_LEN ||
+	(void)d;
+	if (!gcm_iv_ok(e) || e->body_len <= MECH_GCM_TAG_LEN ||
 	    e->body_len - MECH_GCM_TAG_LEN > KEYRING_MAX_PLAINTEXT ||
+	    e->body_len > cap ||
 	    (aadlen = envelope_aad(e, aad, sizeof(aad))) == 0)
 		return KEYRING_E_INVALID;
-	gcm_params(&gcm, &m, e, iv, aad, aadlen);
+	memcpy(iv, e->iv, e->iv_len);
+	gcm_params(&gcm, &m, iv, e->iv_len, aad, aadlen);
 	/* Nothing the request controls can fail DecryptInit: a fault. */
-	if (note(me, "C_DecryptInit", fn->C_DecryptInit(s, &m,
+	if (mech_note(me, "C_DecryptInit", ms->fn->C_DecryptInit(ms->s, &m,
 	    k->obj)) != CKR_OK)
 		return KEYRING_E_TOKEN;
 	/*
@@ -363,8 +680,8 @@ open_gcm(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
 	 * a bad tag.
 	 */
 	outlen = e->body_len;
-	(void)note(me, "C_Decrypt", fn->C_Decrypt(s, (CK_BYTE_PTR)e->body,
-	    e->body_len, buf, &outlen));
+	(void)mech_note(me, "C_Decrypt", ms->fn->C_Decrypt(ms->s,
+	    (CK_BYTE_PTR)e->body, e->body_len, buf, &outlen));
 	if (me->rv != CKR_OK)
 		return open_status(me->rv);
 	/* The token misbehaves: never pass it on. */
@@ -375,61 +692,60 @@ open_gcm(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
 }
 
 static int
-open_kwp(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
-    const struct envelope *e, uint8_t *buf, size_t cap, size_t *len,
-    struct mech_err *me)
+open_gcm_msg(struct mech_sess *ms, const struct mech_def *d,
+    const struct mech_key *k, const struct envelope *e, uint8_t *buf,
+    size_t cap, size_t *len, struct mech_err *me)
 {
-	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-	CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
-	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-	CK_ATTRIBUTE tmpl[] = {
-		{ CKA_CLASS, &cls, sizeof(cls) },
-		{ CKA_KEY_TYPE, &kt, sizeof(kt) },
-		{ CKA_TOKEN, &no, sizeof(no) },
-		{ CKA_PRIVATE, &yes, sizeof(yes) },
-		/* Readable, so its value (the frame) can come back to us. */
-		{ CKA_SENSITIVE, &no, sizeof(no) },
-		{ CKA_EXTRACTABLE, &yes, sizeof(yes) },
-	};
-	CK_ATTRIBUTE val = { CKA_VALUE, buf, cap };
-	CK_MECHANISM m = { CKM_AES_KEY_WRAP_PAD, NULL, 0 };
-	CK_OBJECT_HANDLE obj = CK_INVALID_HANDLE;
-	int ret = KEYRING_E_INVALID;
+	uint8_t iv[ENVELOPE_IV_MAX], tag[MECH_GCM_TAG_LEN];
+	uint8_t aad[ENVELOPE_AAD_MAX];
+	P11V3_GCM_MESSAGE_PARAMS p;
+	CK_ULONG outlen;
+	size_t aadlen, ctlen;
+	int ret = KEYRING_E_TOKEN;
 
-	/* RFC 5649 output: a multiple of 8, at least two blocks. */
-	if (e->iv_len != 0 || e->body_len % 8 != 0 || e->body_len < 16 ||
-	    e->body_len > KWP_MAX || e->body_len > cap)
+	(void)d;
+	if (!gcm_iv_ok(e) || e->body_len <= MECH_GCM_TAG_LEN ||
+	    e->body_len - MECH_GCM_TAG_LEN > KEYRING_MAX_PLAINTEXT ||
+	    e->body_len > cap ||
+	    (aadlen = envelope_aad(e, aad, sizeof(aad))) == 0)
+		return KEYRING_E_INVALID;
+	if (ms->fn3 == NULL)
+		return KEYRING_E_TOKEN;
+	ctlen = e->body_len - MECH_GCM_TAG_LEN;
+	memcpy(iv, e->iv, e->iv_len);
+	memcpy(tag, e->body + ctlen, sizeof(tag));
+	if (msg_init(ms, 1, k->obj, me) != CKR_OK)
 		goto out;
-	(void)note(me, "C_UnwrapKey", fn->C_UnwrapKey(s, &m, k->obj,
-	    (CK_BYTE_PTR)e->body, e->body_len, tmpl,
-	    sizeof(tmpl) / sizeof(tmpl[0]), &obj));
+	memset(&p, 0, sizeof(p));
+	p.pIv = iv;
+	p.ulIvLen = e->iv_len;
+	p.ivGenerator = CKG_NO_GENERATE;
+	p.pTag = tag;
+	p.ulTagBits = 8 * MECH_GCM_TAG_LEN;
+	outlen = cap;
+	(void)mech_note(me, "C_DecryptMessage", ms->fn3->C_DecryptMessage(
+	    ms->s, &p, sizeof(p), aad, aadlen, (CK_BYTE_PTR)e->body, ctlen,
+	    buf, &outlen));
 	if (me->rv != CKR_OK) {
-		obj = CK_INVALID_HANDLE;
 		ret = open_status(me->rv);
 		goto out;
 	}
-	ret = KEYRING_E_TOKEN;
-	if (note(me, "C_GetAttributeValue", fn->C_GetAttributeValue(s, obj,
-	    &val, 1)) != CKR_OK)
-		goto out;
-	/* The value cannot be longer than what was wrapped. */
-	if (val.ulValueLen == CK_UNAVAILABLE_INFORMATION ||
-	    val.ulValueLen > e->body_len - MECH_KWP_ICV_LEN)
+	if (outlen != ctlen)
 		goto out;
 
 	/* success */
-	*len = val.ulValueLen;
+	*len = outlen;
 	ret = KEYRING_OK;
 out:
-	if (obj != CK_INVALID_HANDLE)
-		(void)fn->C_DestroyObject(s, obj);
+	/* A refused tag leaves the message operation usable. */
+	msg_done(ms, 1, ret == KEYRING_E_TOKEN);
 	return ret;
 }
 
 static int
-open_rsa(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
-    const struct envelope *e, uint8_t *buf, size_t cap, size_t *len,
-    struct mech_err *me)
+open_rsa(struct mech_sess *ms, const struct mech_def *d,
+    const struct mech_key *k, const struct envelope *e, uint8_t *buf,
+    size_t cap, size_t *len, struct mech_err *me)
 {
 	CK_RSA_PKCS_OAEP_PARAMS p;
 	CK_MECHANISM m;
@@ -438,12 +754,12 @@ open_rsa(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
 	if (e->iv_len != 0 || k->rsa_len == 0 || e->body_len != k->rsa_len ||
 	    cap < k->rsa_len)
 		return KEYRING_E_INVALID;
-	oaep_params(&p, &m, e->mech);
-	if (note(me, "C_DecryptInit", fn->C_DecryptInit(s, &m,
+	oaep_params(&p, &m, d->env);
+	if (mech_note(me, "C_DecryptInit", ms->fn->C_DecryptInit(ms->s, &m,
 	    k->obj)) != CKR_OK)
 		return KEYRING_E_TOKEN;
-	(void)note(me, "C_Decrypt", fn->C_Decrypt(s, (CK_BYTE_PTR)e->body,
-	    e->body_len, buf, &outlen));
+	(void)mech_note(me, "C_Decrypt", ms->fn->C_Decrypt(ms->s,
+	    (CK_BYTE_PTR)e->body, e->body_len, buf, &outlen));
 	if (me->rv != CKR_OK)
 		return open_status(me->rv);
 	if (outlen > k->rsa_len)
@@ -453,7 +769,7 @@ open_rsa(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s, const struct mech_key *k,
 }
 
 int
-mech_open(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s,
+mech_open(struct mech_sess *ms, const struct mech_def *d,
     const struct mech_key *k, const struct envelope *e, uint8_t *pt,
     size_t ptcap, size_t *ptlen, struct mech_err *mep)
 {
@@ -464,29 +780,21 @@ mech_open(CK_FUNCTION_LIST *fn, CK_SESSION_HANDLE s,
 	int ret;
 
 	*ptlen = 0;
-	switch (e->mech) {
-	case ENVELOPE_MECH_AES_GCM:
-		ret = open_gcm(fn, s, k, e, buf, &len, &me);
-		break;
-	case ENVELOPE_MECH_AES_KWP:
-		ret = open_kwp(fn, s, k, e, buf, sizeof(buf), &len, &me);
-		break;
-	case ENVELOPE_MECH_RSA_OAEP_SHA256:
-	case ENVELOPE_MECH_RSA_OAEP_SHA1:
-		ret = open_rsa(fn, s, k, e, buf, sizeof(buf), &len, &me);
-		break;
-	default:
+	if (!(d->opens & MECH_ENV_BIT(e->mech))) {
 		ret = KEYRING_E_INVALID;
-		break;
+		goto out;
 	}
-	if (ret != KEYRING_OK)
+	if (!(d->flags & MECH_F_V3))
+		mech_sess_idle(ms);
+	if ((ret = d->open(ms, d, k, e, buf, sizeof(buf), &len,
+	    &me)) != KEYRING_OK)
 		goto out;
 	/*
 	 * The frame's digest binds the header; a frame that fails the check
 	 * opened under the right key but for another header (or is forged):
 	 * "does not open", like a bad GCM tag.
 	 */
-	if (e->mech != ENVELOPE_MECH_AES_GCM &&
+	if (!(d->opens & GCM_OPENS) &&
 	    envelope_unframe(e, buf, len, &p, &len) != 0) {
 		ret = KEYRING_E_AUTH;
 		goto out;

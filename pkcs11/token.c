@@ -9,6 +9,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -542,6 +543,56 @@ p11_kit_text(void)
 	return m != NULL ? m : "no reason given";
 }
 
+/*
+ * The module's PKCS#11 3.0 interface, if it has one. p11-kit 0.24 offers
+ * only the 2.40 list, so ask the library p11-kit loaded (the same loaded
+ * instance: RTLD_NOLOAD) for C_GetInterface. Best effort: without it the
+ * token-IV rows that need 3.0 are simply not offered.
+ */
+static void
+token_find_v3(struct token *t)
+{
+	CK_VERSION v3 = { 3, 0 };
+	P11V3_INTERFACE *iface = NULL;
+	P11V3_C_GetInterface get;
+	P11V3_FUNCTION_LIST *l;
+	char *path;
+	void *dl;
+
+	t->fn3 = NULL;
+	if ((path = p11_kit_module_get_filename(t->fn)) == NULL)
+		return;
+	dl = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+	free(path);
+	if (dl == NULL)
+		return;
+	*(void **)&get = dlsym(dl, "C_GetInterface");
+	if (get != NULL && get((CK_UTF8CHAR *)P11V3_INTERFACE_NAME, &v3,
+	    &iface, 0) == CKR_OK && iface != NULL &&
+	    (l = iface->pFunctionList) != NULL && l->v2.version.major >= 3)
+		t->fn3 = l;
+	/* The module stays loaded: p11-kit holds its own reference. */
+	dlclose(dl);
+}
+
+CK_RV
+token_open_session(struct token *t, int rw, CK_SESSION_HANDLE *out)
+{
+	CK_RV rv = CKR_TOKEN_WRITE_PROTECTED;
+
+	*out = CK_INVALID_HANDLE;
+	if (rw && !(t->info.flags & CKF_WRITE_PROTECTED))
+		rv = t->fn->C_OpenSession(t->slot, CKF_SERIAL_SESSION |
+		    CKF_RW_SESSION, NULL, NULL, out);
+	/* A token that takes no R/W session may still serve R/O ones. */
+	if (rv != CKR_OK)
+		rv = t->fn->C_OpenSession(t->slot, CKF_SERIAL_SESSION, NULL,
+		    NULL, out);
+	if (rv != CKR_OK)
+		*out = CK_INVALID_HANDLE;
+	return rv;
+}
+
 int
 token_open(const char *module, P11KitUri *uri, const char *uri_text,
     struct token **out, char *err, size_t errlen)
@@ -639,8 +690,8 @@ token_open(const char *module, P11KitUri *uri, const char *uri_text,
 		}
 	}
 
-	rv = t->fn->C_OpenSession(t->slot, CKF_SERIAL_SESSION, NULL, NULL,
-	    &t->session);
+	token_find_v3(t);
+	rv = token_open_session(t, 1, &t->session);
 	if (rv != CKR_OK) {
 		t->session = CK_INVALID_HANDLE;
 		ret = KEYRING_E_TOKEN;

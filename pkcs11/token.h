@@ -18,6 +18,8 @@
 #include <p11-kit/pkcs11.h>
 #include <p11-kit/uri.h>
 
+#include "pkcs11/p11v3.h"
+
 /*
  * p11-kit 0.24's pkcs11.h maps its GNU field names to the standard ones
  * with macros and forgets to #undef these at its end, so plain words such
@@ -60,6 +62,12 @@
 struct token {
 	CK_FUNCTION_LIST *fn;	/* module holding the token; initialized */
 	CK_FUNCTION_LIST **mods; /* p11-kit list fn belongs to, or NULL */
+	/*
+	 * The module's own PKCS#11 3.0 function list (C_GetInterface), or
+	 * NULL. Its functions take the session and object handles of fn:
+	 * p11-kit's managed layer passes handles through unchanged.
+	 */
+	P11V3_FUNCTION_LIST *fn3;
 	CK_SLOT_ID slot;	/* process-local: never stored or printed */
 	CK_FLAGS slot_flags;	/* C_GetSlotInfo's, read at token_open */
 	CK_TOKEN_INFO info;
@@ -67,6 +75,8 @@ struct token {
 	 * Opened by token_open() and kept until token_close(): PKCS#11 login
 	 * state belongs to the application and ends when its last session
 	 * closes, so this session holds the login for all worker sessions.
+	 * Read-write where the token allows it: session copies of keys and
+	 * the objects some check values need are created in it.
 	 */
 	CK_SESSION_HANDLE session;
 	char label[TOKEN_LABEL_MAX];	/* printable, blanks trimmed */
@@ -149,6 +159,13 @@ int token_find_key(struct token *t, P11KitUri *uri, const char *uri_text,
  */
 CK_RV token_find_all(struct token *t, CK_ATTRIBUTE *tmpl, CK_ULONG ntmpl,
     CK_OBJECT_HANDLE *out, size_t max, size_t *n, int *more);
+
+/*
+ * Opens a session on t's token: read-write when rw and the token allows it
+ * (some, tpm2-pkcs11 among them, refuse even session objects in a R/O
+ * session), else read-only. Returns CKR_OK or the failing CK_RV.
+ */
+CK_RV token_open_session(struct token *t, int rw, CK_SESSION_HANDLE *out);
 
 /* Closes t->session and finalizes/releases the module. NULL ok. */
 void token_close(struct token *t);

@@ -191,8 +191,12 @@ log_keys(const struct gen *g)
 	size_t i;
 
 	for (i = 0; i < keyring_nkeys(g->kr); i++)
-		log_info("key %zu: %s key_id=%s%s", i,
+		log_info("key %zu: %s key_id=%s mechanism=%s%s%s%s%s", i,
 		    keyring_key_desc(g->kr, i), keyring_key_id(g->kr, i),
+		    keyring_key_mechanism(g->kr, i),
+		    *keyring_key_seal_detail(g->kr, i) ? " (" : "",
+		    keyring_key_seal_detail(g->kr, i),
+		    *keyring_key_seal_detail(g->kr, i) ? ")" : "",
 		    i == 0 ? " (encrypts)" : " (decrypts only)");
 }
 

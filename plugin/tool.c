@@ -57,18 +57,26 @@ keygen_usage(FILE *fp)
 "\n"
 "  -m, --module PATH|NAME   PKCS#11 module (.so path or p11-kit name)\n"
 "  -p, --pin-file FILE      file holding the token user PIN\n"
-"      --mechanism M        aes-gcm (default): AES-256, encrypt/decrypt\n"
-"                           only; aes-kwp: AES-256, wrap/unwrap only, for\n"
-"                           tokens without AES-GCM; rsa-oaep: an RSA key\n"
-"                           pair (private: decrypt only; public: encrypt\n"
-"                           only); select it with type=private\n"
-"      --type aes|rsa       rsa is --mechanism rsa-oaep\n"
+"      --type aes|rsa       aes (default): an AES-256 key for the best AES\n"
+"                           mechanism the token offers (AES-GCM, else AES\n"
+"                           key wrap, else key wrap computed with AES-ECB);\n"
+"                           rsa: an RSA key pair for RSA-OAEP (private:\n"
+"                           decrypt only; public: encrypt only); select it\n"
+"                           with type=private\n"
+"      --mechanism M        aes-gcm: AES-256 for AES-GCM; aes-kwp: AES-256\n"
+"                           for AES key wrap (wrap/unwrap, or encrypt/\n"
+"                           decrypt for the AES-ECB form); rsa-oaep: as\n"
+"                           --type rsa\n"
 "      --bits N             RSA modulus size, 2048 to 4096 (default 3072)\n"
 "  -h, --help               this text\n"
 "\n"
+"A token that refuses the template gets it again without one optional\n"
+"attribute at a time (each said on stderr); the key made is judged as the\n"
+"daemon would and destroyed again if unfit.\n"
 "Prints the new key's label, id, key_id and the URI for --key.\n"
-"Exit status: 0 created, 1 token failure, 2 bad flags, URI, PIN, or the\n"
-"label exists.\n");
+"Exit status: 0 created, 1 the token failed or refused (the message names\n"
+"the PKCS#11 call), 2 bad flags, URI, PIN, a mechanism the token lacks, or\n"
+"the label exists.\n");
 }
 
 static void
@@ -148,6 +156,10 @@ parse_tool_args(const char *cmd, int argc, char **argv, int with_gen,
 				cfg->mechanism = optarg;
 			else if (c == OPT_TYPE && strcmp(optarg, "rsa") == 0)
 				cfg->mechanism = "rsa-oaep";
+			else if (c == OPT_TYPE && strcmp(optarg, "aes") == 0 &&
+			    cfg->mechanism != NULL &&
+			    strcmp(cfg->mechanism, "rsa-oaep") == 0)
+				cfg->mechanism = NULL;
 			else if (c == OPT_TYPE && strcmp(optarg, "aes") != 0) {
 				fprintf(stderr, "p11kms: %s: --type '%.40s': "
 				    "use aes or rsa\n", cmd, optarg);
@@ -195,6 +207,20 @@ parse_tool_args(const char *cmd, int argc, char **argv, int with_gen,
 	return -1;
 }
 
+/* keygen's notes, one "p11kms: keygen: " line each, on stderr. */
+static void
+print_notes(const char *notes)
+{
+	const char *p = notes, *nl;
+
+	while (p != NULL && *p != '\0') {
+		nl = strchr(p, '\n');
+		fprintf(stderr, "p11kms: keygen: %.*s\n", nl != NULL ?
+		    (int)(nl - p) : (int)strlen(p), p);
+		p = nl != NULL ? nl + 1 : NULL;
+	}
+}
+
 static int
 cmd_keygen(int argc, char **argv)
 {
@@ -206,17 +232,19 @@ cmd_keygen(int argc, char **argv)
 	if ((r = parse_tool_args("keygen", argc, argv, 1, &cfg,
 	    keygen_usage)) >= 0)
 		return r;
-	if ((r = keyring_keygen(&cfg, &info, err, sizeof(err))) != 0) {
+	r = keyring_keygen(&cfg, &info, err, sizeof(err));
+	print_notes(info.notes);
+	if (r != 0) {
 		fprintf(stderr, "p11kms: keygen: %s\n", err[0] ? err :
 		    keyring_strerror(r));
 		return status_exit(r);
 	}
-	printf("created    %s key for %s\n", info.type,
-	    cfg.mechanism != NULL ? cfg.mechanism : "aes-gcm");
+	printf("created    %s key\n", info.type);
 	printf("label      %s\n", info.label);
 	printf("id         %s\n", info.id_hex);
-	printf("key_id     %s\n", info.key_id);
+	printf("key_id     %s (from %s)\n", info.key_id, info.key_id_from);
 	printf("mechanisms %s\n", info.mechanisms);
+	printf("seals with %s\n", info.seal);
 	printf("uri        %s\n", info.uri);
 	if (info.reason[0] != '\0')
 		fprintf(stderr, "p11kms: keygen: note: %s\n", info.reason);
@@ -267,6 +295,9 @@ cmd_keys(int argc, char **argv)
 		    v[i].key_id[0] ? v[i].key_id : "-", wt, v[i].type,
 		    v[i].fit ? "yes" : "no",
 		    v[i].fit ? v[i].mechanisms : v[i].reason);
+	for (i = 0; i < n; i++)
+		if (v[i].fit && strchr(v[i].seal, ':') != NULL)
+			printf("  %s seals with %s\n", v[i].label, v[i].seal);
 	if (n == 0)
 		printf("(no keys)\n");
 	if (truncated)
@@ -369,6 +400,8 @@ cmd_selftest(int argc, char **argv)
 		    keyring_key_mechanism(kr, i), r == KEYRING_OK ? "OK  " :
 		    "FAIL", keyring_key_desc(kr, i),
 		    i == 0 ? " (encrypts)" : " (decrypts)");
+		if (keyring_key_seal_detail(kr, i)[0] != '\0')
+			printf(" [%s]", keyring_key_seal_detail(kr, i));
 		if (r != KEYRING_OK)
 			printf(": %s failed: %s", step, keyring_strerror(r));
 		printf("\n");

@@ -115,7 +115,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 
 	check_frames(&e);
-	CHECK(envelope_mech_name(e.mech) != NULL);
+	CHECK(mech_env_name(e.mech) != NULL);
 
 	envelope_keyref_hex(e.keyref, hex);
 	CHECK(strlen(hex) == 2 * ENVELOPE_KEYREF_LEN);

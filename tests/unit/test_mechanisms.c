@@ -244,9 +244,9 @@ test_frame(void **state)
 	/* Too small a buffer, too long a plaintext. */
 	assert_int_equal(envelope_frame(&e, pt, 33, fr, 42), 0);
 	assert_int_equal(envelope_frame(&e, pt, 0x10000, fr, sizeof(fr)), 0);
-	assert_string_equal(envelope_mech_name(ENVELOPE_MECH_AES_KWP),
+	assert_string_equal(mech_env_name(ENVELOPE_MECH_AES_KWP),
 	    "aes-kwp");
-	assert_string_equal(envelope_mech_name(0x77), "unknown");
+	assert_string_equal(mech_env_name(0x77), "unknown");
 }
 
 static void
@@ -626,7 +626,8 @@ test_preference_change(void **state)
 	memset(pt, 0x5e, sizeof(pt));
 	kr = load_ok(&URI_KEK1, 1, NULL);
 	assert_string_equal(keyring_key_mechanism(kr, 0), "aes-gcm");
-	assert_string_equal(keyring_key_mechanisms(kr, 0), "aes-gcm,aes-kwp");
+	assert_string_equal(keyring_key_mechanisms(kr, 0),
+	    "aes-gcm,aes-kwp,aes-kwp/ecb");
 	snprintf(id_auto, sizeof(id_auto), "%s", keyring_primary_key_id(kr));
 	assert_int_equal(keyring_worker_new(kr, &w), KEYRING_OK);
 	gcmlen = round_trip(w, 0, pt, sizeof(pt), gcm);
@@ -851,7 +852,9 @@ test_keygen_attributes(void **state)
 	ida.ulValueLen = sizeof(id1);
 	assert_int_equal(t->fn->C_GetAttributeValue(t->session, h, &ida, 1),
 	    CKR_OK);
-	assert_int_equal(ida.ulValueLen, 16);
+	/* keygen's CKA_ID: the long-check-value marker, 16 random bytes. */
+	assert_int_equal(ida.ulValueLen, KEYID_V2_ID_PREFIX_LEN + 16);
+	assert_memory_equal(id1, KEYID_V2_ID_PREFIX, KEYID_V2_ID_PREFIX_LEN);
 
 	h = find_one(t, "kwp1", CKO_SECRET_KEY);
 	check_bools(t, h, aes_ty, kwp_want, 13, "kwp1");
@@ -863,9 +866,9 @@ test_keygen_attributes(void **state)
 	ida.ulValueLen = sizeof(id2);
 	assert_int_equal(t->fn->C_GetAttributeValue(t->session, h, &ida, 1),
 	    CKR_OK);
-	assert_int_equal(ida.ulValueLen, 16);
+	assert_int_equal(ida.ulValueLen, KEYID_V2_ID_PREFIX_LEN + 16);
 	/* Fresh random ids. */
-	assert_memory_not_equal(id1, id2, 16);
+	assert_memory_not_equal(id1, id2, KEYID_V2_ID_PREFIX_LEN + 16);
 
 	h = find_one(t, "rsa1", CKO_PRIVATE_KEY);
 	check_bools(t, h, priv_ty, priv_want, 8, "rsa1 private");
@@ -992,7 +995,7 @@ test_list(void **state)
 
 	k = find_info(v, n, "kek1");
 	assert_int_equal(k->fit, 1);
-	assert_string_equal(k->mechanisms, "aes-gcm,aes-kwp");
+	assert_string_equal(k->mechanisms, "aes-gcm,aes-kwp,aes-kwp/ecb");
 	assert_string_equal(k->id_hex, "01");
 	assert_string_equal(k->type, "aes-256");
 	assert_string_equal(k->reason, "");
@@ -1131,13 +1134,13 @@ test_kcv_kwp(void **state)
 	assert_int_equal(outl + fl, 24);
 
 	assert_int_equal(keyid_check_value(t->fn, t->session, h,
-	    KEYID_KCV_KWP, kcv, &kcvlen), CKR_OK);
+	    KEYID_KCV_KWP, kcv, &kcvlen, NULL), CKR_OK);
 	assert_int_equal(kcvlen, 24);
 	assert_memory_equal(kcv, want, 24);
 	/* GCM on a key that may not encrypt: refused for good, which is
 	 * what sends AUTO (without CKA_CHECK_VALUE) to the wrap. */
 	assert_int_equal(keyid_check_value(t->fn, t->session, h,
-	    KEYID_KCV_GCM, kcv, &kcvlen), CKR_KEY_FUNCTION_NOT_PERMITTED);
+	    KEYID_KCV_GCM, kcv, &kcvlen, NULL), CKR_KEY_FUNCTION_NOT_PERMITTED);
 
 	assert_int_equal(t->fn->C_DestroyObject(t->session, h), CKR_OK);
 	token_close(t);
@@ -1148,38 +1151,88 @@ test_kcv_kwp(void **state)
 static void
 test_sizes(void **state)
 {
+	const struct mech_def *gcm = &mech_table[MECH_GCM];
+	const struct mech_def *kwp = &mech_table[MECH_KWP];
 	struct mech_key k;
-	uint8_t m;
+	size_t r;
 
 	(void)state;
 	memset(&k, 0, sizeof(k));
-	assert_int_equal(mech_body_len(ENVELOPE_MECH_AES_GCM, &k, 32), 48);
-	assert_int_equal(mech_body_len(ENVELOPE_MECH_AES_KWP, &k, 32), 56);
-	assert_int_equal(mech_body_len(ENVELOPE_MECH_AES_KWP, &k, 0), 0);
-	assert_int_equal(mech_body_len(ENVELOPE_MECH_AES_KWP, &k,
-	    KEYRING_MAX_PLAINTEXT + 1), 0);
+	assert_int_equal(mech_body_len(gcm, &k, 32), 48);
+	assert_int_equal(mech_body_len(&mech_table[MECH_GCM_TIV], &k, 32), 48);
+	assert_int_equal(mech_body_len(kwp, &k, 32), 56);
+	/* The two KWP rows make the same bytes, so the same size. */
+	assert_int_equal(mech_body_len(&mech_table[MECH_KWP_ECB], &k, 32), 56);
+	assert_int_equal(mech_body_len(kwp, &k, 0), 0);
+	assert_int_equal(mech_body_len(kwp, &k, KEYRING_MAX_PLAINTEXT + 1), 0);
 	for (k.rsa_len = 256; k.rsa_len <= 512; k.rsa_len += 128) {
-		for (m = ENVELOPE_MECH_RSA_OAEP_SHA256;
-		    m <= ENVELOPE_MECH_RSA_OAEP_SHA1; m++) {
-			assert_true(mech_max_plaintext(m, &k) >= 32);
-			assert_int_equal(mech_body_len(m, &k, 32), k.rsa_len);
+		for (r = MECH_OAEP_SHA256; r <= MECH_OAEP_SHA1; r++) {
+			assert_true(mech_max_plaintext(&mech_table[r], &k) >=
+			    32);
+			assert_int_equal(mech_body_len(&mech_table[r], &k, 32),
+			    k.rsa_len);
 			assert_true(ENVELOPE_FIXED_LEN + k.rsa_len <=
 			    KEYRING_MAX_CIPHERTEXT);
 		}
 	}
 	k.rsa_len = 256;
-	assert_int_equal(mech_max_plaintext(ENVELOPE_MECH_RSA_OAEP_SHA256, &k),
+	assert_int_equal(mech_max_plaintext(&mech_table[MECH_OAEP_SHA256], &k),
 	    180);
-	assert_int_equal(mech_max_plaintext(ENVELOPE_MECH_RSA_OAEP_SHA1, &k),
+	assert_int_equal(mech_max_plaintext(&mech_table[MECH_OAEP_SHA1], &k),
 	    204);
 	/* Over 4096 bits would pass the apiserver's limit: refused. */
 	k.rsa_len = 513;
-	assert_int_equal(mech_max_plaintext(ENVELOPE_MECH_RSA_OAEP_SHA1, &k),
+	assert_int_equal(mech_max_plaintext(&mech_table[MECH_OAEP_SHA1], &k),
 	    0);
-	assert_int_equal(mech_body_len(ENVELOPE_MECH_RSA_OAEP_SHA1, &k, 32), 0);
-	assert_false(mech_known(0));
-	assert_false(mech_known(5));
-	assert_true(mech_known(ENVELOPE_MECH_RSA_OAEP_SHA256));
+	assert_int_equal(mech_body_len(&mech_table[MECH_OAEP_SHA1], &k, 32),
+	    0);
+	assert_false(mech_env_known(0));
+	assert_false(mech_env_known(6));
+	assert_true(mech_env_known(ENVELOPE_MECH_AES_GCM_TIV));
+	assert_true(mech_env_known(ENVELOPE_MECH_RSA_OAEP_SHA256));
+}
+
+/*
+ * The mechanism table is the one place the rest reads: every row is
+ * consistent with itself and the envelope bytes, in the auto order the
+ * documentation promises (GCM in any form > native KWP > KWP via ECB >
+ * RSA-OAEP), and every config name it uses is accepted.
+ */
+static void
+test_table(void **state)
+{
+	static const char *const order[MECH_NROWS] = {
+		"aes-gcm", "aes-gcm/message", "aes-gcm/token-iv", "aes-kwp",
+		"aes-kwp/ecb", "rsa-oaep-sha256", "rsa-oaep-sha1",
+	};
+	size_t r, q;
+
+	(void)state;
+	for (r = 0; r < MECH_NROWS; r++) {
+		const struct mech_def *d = &mech_table[r];
+
+		assert_string_equal(d->name, order[r]);
+		assert_true(mech_env_known(d->env));
+		/* A row opens what it seals. */
+		assert_true(d->opens & MECH_ENV_BIT(d->env));
+		assert_int_equal(mech_env_is_rsa(d->env),
+		    (d->flags & MECH_F_RSA) != 0);
+		assert_true(mech_cfg_valid(d->cfg));
+		assert_non_null(d->seal);
+		assert_non_null(d->open);
+		assert_non_null(d->ckm_name);
+		assert_true(strncmp(d->ckm_name, "CKM_", 4) == 0);
+		assert_true(d->use[0] != d->use[1] || (d->flags & MECH_F_RSA));
+		for (q = 0; q < r; q++)
+			assert_string_not_equal(d->name, mech_table[q].name);
+	}
+	assert_true(mech_cfg_valid("auto"));
+	assert_true(mech_cfg_valid(NULL));
+	assert_false(mech_cfg_valid("aes-gcm/message"));
+	assert_false(mech_cfg_valid("des"));
+	assert_string_equal(mech_env_name(ENVELOPE_MECH_AES_GCM_TIV),
+	    "aes-gcm-token-iv");
+	assert_string_equal(mech_env_name(0x77), "unknown");
 }
 
 int
@@ -1188,6 +1241,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_frame),
 		cmocka_unit_test(test_sizes),
+		cmocka_unit_test(test_table),
 		cmocka_unit_test_setup(test_kwp_round_trip, setup),
 		cmocka_unit_test_setup(test_kwp_tamper, setup),
 		cmocka_unit_test_setup(test_kwp_wrong_key_and_no_leftovers,
