@@ -436,7 +436,7 @@ keyring_seal_with(struct keyring_worker *w, size_t i, const uint8_t *pt,
 	const struct kek *k;
 	const struct mech_def *d;
 	struct mech_err me = mech_err_start();
-	size_t want;
+	size_t want, iv;
 	int r;
 
 	*ctlen = 0;
@@ -450,9 +450,11 @@ keyring_seal_with(struct keyring_worker *w, size_t i, const uint8_t *pt,
 	if (ptlen > KEYRING_MAX_PLAINTEXT)
 		return KEYRING_E_TOOBIG;
 	/* Checked up front, so the token never runs for a request too big. */
+	iv = d->env == ENVELOPE_MECH_AES_GCM ? MECH_GCM_IV_LEN :
+	    d->env == ENVELOPE_MECH_AES_GCM_TIV ? ENVELOPE_IV_MAX : 0;
 	if ((want = mech_body_len(d, &k->mk, ptlen)) == 0 ||
-	    ctcap < ENVELOPE_FIXED_LEN + ENVELOPE_IV_MAX ||
-	    ctcap - ENVELOPE_FIXED_LEN - ENVELOPE_IV_MAX < want)
+	    ctcap < ENVELOPE_FIXED_LEN + iv ||
+	    ctcap - ENVELOPE_FIXED_LEN - iv < want)
 		return KEYRING_E_TOOBIG;
 	r = mech_seal(&w->ms, d, &k->mk, k->keyref, pt, ptlen, ct, ctcap,
 	    ctlen, &me);

@@ -242,9 +242,10 @@ cmd_keygen(int argc, char **argv)
 	printf("created    %s key\n", info.type);
 	printf("label      %s\n", info.label);
 	printf("id         %s\n", info.id_hex);
-	printf("key_id     %s (from %s)\n", info.key_id, info.key_id_from);
+	printf("key_id     %s\n", info.key_id);
+	printf("key_id_of  %s\n", info.key_id_from);
 	printf("mechanisms %s\n", info.mechanisms);
-	printf("seals with %s\n", info.seal);
+	printf("seal       %s\n", info.seal);
 	printf("uri        %s\n", info.uri);
 	if (info.reason[0] != '\0')
 		fprintf(stderr, "p11kms: keygen: note: %s\n", info.reason);

@@ -2,13 +2,15 @@
 # Makes a throwaway SoftHSM token holding one AES key, for tests.
 #
 #   sh tests/mktoken.sh DIR [--label kek1] [--id 01] [--len 32]
-#       [--extractable] [--no-gcm] [--token kms] [--add-key-only] [--pin 1234]
+#       [--extractable] [--no-gcm] [--no-kwp] [--token kms] [--add-key-only] [--pin 1234]
 #
 # Writes DIR/softhsm2.conf, DIR/tokens/, DIR/pin (mode 0600, "1234\n"), a
 # token (SO PIN 5678, user PIN 1234 or --pin) and an AES key generated in it
 # (sensitive, private; non-extractable unless --extractable). --add-key-only
 # adds a key to the existing token in DIR. --len is the key length in bytes.
-# --no-gcm (SoftHSM without CKM_AES_GCM) applies when DIR is new. Called
+# --no-gcm (SoftHSM without CKM_AES_GCM) and --no-kwp (without
+# CKM_AES_KEY_WRAP_PAD: with both, AES-ECB is the only AES path, as on a
+# TPM) apply when DIR is new. Called
 # again on the same DIR without --add-key-only, it adds another token.
 # Touches nothing outside DIR: SoftHSM only ever sees DIR/softhsm2.conf.
 # Use the token with SOFTHSM2_CONF=DIR/softhsm2.conf.
@@ -29,7 +31,7 @@ quiet() {
 }
 
 [ $# -ge 1 ] || die "usage: mktoken.sh DIR [--label L] [--id HEX] \
-[--len 16|24|32] [--extractable] [--no-gcm] [--token T] [--add-key-only] \
+[--len 16|24|32] [--extractable] [--no-gcm] [--no-kwp] [--token T] [--add-key-only] \
 [--pin PIN]"
 dir=$1
 shift
@@ -38,6 +40,7 @@ id=01
 len=32
 extractable=
 nogcm=
+nokwp=
 token=kms
 addonly=
 pin=1234
@@ -50,6 +53,7 @@ while [ $# -gt 0 ]; do
 	--pin) [ $# -ge 2 ] || die "--pin needs a value"; pin=$2; shift ;;
 	--extractable) extractable=--extractable ;;
 	--no-gcm) nogcm=1 ;;
+	--no-kwp) nokwp=1 ;;
 	--add-key-only) addonly=1 ;;
 	*) die "unknown option $1" ;;
 	esac
@@ -81,9 +85,11 @@ else
 			# SoftHSM 2.6.1 reads the first name of a "-" list
 			# with its "-" and ignores it as unknown: name GCM
 			# twice so it is off with or without that bug.
-			if [ -n "$nogcm" ]; then
-				echo "slots.mechanisms =" \
-				    "-CKM_AES_GCM,CKM_AES_GCM"
+			off=
+			[ -n "$nogcm" ] && off="CKM_AES_GCM"
+			[ -n "$nokwp" ] && off="${off:+$off,}CKM_AES_KEY_WRAP_PAD"
+			if [ -n "$off" ]; then
+				echo "slots.mechanisms = -$off,$off"
 			fi
 		} >"$conf" || die "cannot write $conf"
 	fi

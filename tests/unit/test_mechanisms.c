@@ -1147,6 +1147,325 @@ test_kcv_kwp(void **state)
 	p11_kit_uri_free(uri);
 }
 
+/* One AES block through the token's ECB operation the test opened. */
+struct tok_blk {
+	struct token *t;
+	CK_SESSION_HANDLE s;
+	int calls;
+};
+
+static int
+tok_block(void *arg, int dec, uint8_t b[16])
+{
+	struct tok_blk *c = arg;
+	uint8_t out[16];
+	CK_ULONG n = sizeof(out);
+	CK_RV rv;
+
+	rv = dec ? c->t->fn->C_DecryptUpdate(c->s, b, 16, out, &n) :
+	    c->t->fn->C_EncryptUpdate(c->s, b, 16, out, &n);
+	c->calls++;
+	if (rv != CKR_OK || n != 16)
+		return -1;
+	memcpy(b, out, 16);
+	return 0;
+}
+
+static void
+tok_ecb(struct tok_blk *c, CK_OBJECT_HANDLE h, int dec)
+{
+	CK_MECHANISM m = { CKM_AES_ECB, NULL, 0 };
+
+	assert_int_equal(dec ? c->t->fn->C_DecryptInit(c->s, &m, h) :
+	    c->t->fn->C_EncryptInit(c->s, &m, h), CKR_OK);
+}
+
+static void
+tok_ecb_end(struct tok_blk *c, int dec)
+{
+	uint8_t x[16];
+	CK_ULONG n = sizeof(x);
+
+	assert_int_equal(dec ? c->t->fn->C_DecryptFinal(c->s, x, &n) :
+	    c->t->fn->C_EncryptFinal(c->s, x, &n), CKR_OK);
+	assert_int_equal(n, 0);
+}
+
+/* A session AES key of a known value that may encrypt and wrap. */
+static CK_OBJECT_HANDLE
+known_key(struct token *t, const uint8_t *v, size_t len)
+{
+	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+	CK_KEY_TYPE kt = CKK_AES;
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_ATTRIBUTE tmpl[] = {
+		{ CKA_CLASS, &cls, sizeof(cls) },
+		{ CKA_KEY_TYPE, &kt, sizeof(kt) },
+		{ CKA_TOKEN, &no, sizeof(no) },
+		{ CKA_ENCRYPT, &yes, sizeof(yes) },
+		{ CKA_DECRYPT, &yes, sizeof(yes) },
+		{ CKA_WRAP, &yes, sizeof(yes) },
+		{ CKA_UNWRAP, &yes, sizeof(yes) },
+		{ CKA_VALUE, (void *)v, len },
+	};
+	CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+
+	assert_int_equal(t->fn->C_CreateObject(t->session, tmpl,
+	    sizeof(tmpl) / sizeof(tmpl[0]), &h), CKR_OK);
+	return h;
+}
+
+/* The token's own CKM_AES_KEY_WRAP_PAD of a generic secret of value v. */
+static size_t
+native_wrap(struct token *t, CK_OBJECT_HANDLE kek, const uint8_t *v,
+    size_t n, uint8_t *out, size_t cap)
+{
+	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+	CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_ATTRIBUTE tmpl[] = {
+		{ CKA_CLASS, &cls, sizeof(cls) },
+		{ CKA_KEY_TYPE, &kt, sizeof(kt) },
+		{ CKA_TOKEN, &no, sizeof(no) },
+		{ CKA_SENSITIVE, &no, sizeof(no) },
+		{ CKA_EXTRACTABLE, &yes, sizeof(yes) },
+		{ CKA_VALUE, (void *)v, n },
+	};
+	CK_MECHANISM m = { CKM_AES_KEY_WRAP_PAD, NULL, 0 };
+	CK_OBJECT_HANDLE obj;
+	CK_ULONG len = cap;
+
+	assert_int_equal(t->fn->C_CreateObject(t->session, tmpl,
+	    sizeof(tmpl) / sizeof(tmpl[0]), &obj), CKR_OK);
+	assert_int_equal(t->fn->C_WrapKey(t->session, &m, kek, obj, out, &len),
+	    CKR_OK);
+	assert_int_equal(t->fn->C_DestroyObject(t->session, obj), CKR_OK);
+	return len;
+}
+
+static void
+open_main_token(struct token **t, P11KitUri **uri)
+{
+	char err[256];
+
+	assert_int_equal(token_uri_parse(URI_KEK1, uri, err, sizeof(err)), 0);
+	assert_int_equal(token_open(tt_module, *uri, "test", t, err,
+	    sizeof(err)), 0);
+	assert_int_equal(token_login(*t, main_pin, NULL, err, sizeof(err)), 0);
+}
+
+/*
+ * RFC 5649 section 6's two test vectors, computed on the token's AES-ECB
+ * (mech_kwp_wrap, one C_EncryptUpdate per block); unwrapped again, and
+ * refused once tampered. SoftHSM's own CKM_AES_KEY_WRAP_PAD is checked
+ * against the same code on its zero-padded input (see below).
+ */
+static void
+test_kwp_rfc5649_vectors(void **state)
+{
+	static const uint8_t kek[24] = {
+		0x58, 0x40, 0xdf, 0x6e, 0x29, 0xb0, 0x2a, 0xf1,
+		0xab, 0x49, 0x3b, 0x70, 0x5b, 0xf1, 0x6e, 0xa1,
+		0xae, 0x83, 0x38, 0xf4, 0xdc, 0xc1, 0x76, 0xa8,
+	};
+	static const uint8_t k20[20] = {
+		0xc3, 0x7b, 0x7e, 0x64, 0x92, 0x58, 0x43, 0x40,
+		0xbe, 0xd1, 0x22, 0x07, 0x80, 0x89, 0x41, 0x15,
+		0x50, 0x68, 0xf7, 0x38,
+	};
+	static const uint8_t w20[32] = {
+		0x13, 0x8b, 0xde, 0xaa, 0x9b, 0x8f, 0xa7, 0xfc,
+		0x61, 0xf9, 0x77, 0x42, 0xe7, 0x22, 0x48, 0xee,
+		0x5a, 0xe6, 0xae, 0x53, 0x60, 0xd1, 0xae, 0x6a,
+		0x5f, 0x54, 0xf3, 0x73, 0xfa, 0x54, 0x3b, 0x6a,
+	};
+	static const uint8_t k7[7] = {
+		0x46, 0x6f, 0x72, 0x50, 0x61, 0x73, 0x69,
+	};
+	static const uint8_t w7[16] = {
+		0xaf, 0xbe, 0xb0, 0xf0, 0x7d, 0xfb, 0xf5, 0x41,
+		0x92, 0x00, 0xf2, 0xcc, 0xb5, 0x0b, 0xb2, 0x4f,
+	};
+	static const struct {
+		const uint8_t *in;
+		size_t n;
+		const uint8_t *want;
+		size_t wlen;
+	} v[] = { { k20, 20, w20, 32 }, { k7, 7, w7, 16 } };
+	struct token *t = NULL;
+	P11KitUri *uri = NULL;
+	struct tok_blk c;
+	CK_OBJECT_HANDLE h;
+	uint8_t out[64], back[64], nat[64];
+	size_t i, n;
+
+	(void)state;
+	open_main_token(&t, &uri);
+	h = known_key(t, kek, sizeof(kek));
+	c.t = t;
+	c.s = t->session;
+	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		assert_int_equal(mech_kwp_len(v[i].n), v[i].wlen);
+		c.calls = 0;
+		tok_ecb(&c, h, 0);
+		assert_int_equal(mech_kwp_wrap(tok_block, &c, v[i].in, v[i].n,
+		    out), 0);
+		tok_ecb_end(&c, 0);
+		assert_memory_equal(out, v[i].want, v[i].wlen);
+		/* One block: one AES operation; else 6 per 64-bit block. */
+		assert_int_equal(c.calls, v[i].n <= 8 ? 1 :
+		    6 * (int)((v[i].n + 7) / 8));
+		/*
+		 * SoftHSM 2.6.1's own CKM_AES_KEY_WRAP_PAD zero-pads the input
+		 * to 8 bytes before wrapping (its length indicator says 24,
+		 * not 20): not RFC 5649's bytes. It is RFC 5649 of the padded
+		 * input, which the ECB form reproduces.
+		 */
+		assert_int_equal(native_wrap(t, h, v[i].in, v[i].n, nat,
+		    sizeof(nat)), v[i].wlen);
+		memset(back, 0, sizeof(back));
+		memcpy(back, v[i].in, v[i].n);
+		tok_ecb(&c, h, 0);
+		assert_int_equal(mech_kwp_wrap(tok_block, &c, back,
+		    (v[i].n + 7) / 8 * 8, out), 0);
+		tok_ecb_end(&c, 0);
+		assert_memory_equal(nat, out, v[i].wlen);
+
+		tok_ecb(&c, h, 1);
+		assert_int_equal(mech_kwp_unwrap(tok_block, &c, v[i].want,
+		    v[i].wlen, back, &n), 0);
+		tok_ecb_end(&c, 1);
+		assert_int_equal(n, v[i].n);
+		assert_memory_equal(back, v[i].in, n);
+
+		memcpy(out, v[i].want, v[i].wlen);
+		out[v[i].wlen - 1] ^= 0x01;
+		tok_ecb(&c, h, 1);
+		assert_int_equal(mech_kwp_unwrap(tok_block, &c, out,
+		    v[i].wlen, back, &n), -2);
+		tok_ecb_end(&c, 1);
+		assert_int_equal(n, 0);
+	}
+	assert_int_equal(t->fn->C_DestroyObject(t->session, h), CKR_OK);
+	token_close(t);
+	p11_kit_uri_free(uri);
+}
+
+/*
+ * Native AES-KWP and KWP computed with AES-ECB open each other's
+ * envelopes, both ways, at every size that changes the block count; where
+ * the frame is a whole number of 8-byte blocks they are the same bytes
+ * (elsewhere SoftHSM 2.6.1's own KWP pads before wrapping, see above, and
+ * a token that follows RFC 5649 gives the ECB form's bytes).
+ */
+static void
+test_kwp_native_ecb_cross(void **state)
+{
+	static const size_t sizes[] = { 1, 6, 7, 14, 32, 100, 512 };
+	const struct mech_def *nat = &mech_table[MECH_KWP];
+	const struct mech_def *ecb = &mech_table[MECH_KWP_ECB];
+	struct token *t = NULL;
+	P11KitUri *uri = NULL;
+	struct mech_sess ms;
+	struct mech_key k;
+	struct envelope e;
+	uint8_t keyref[ENVELOPE_KEYREF_LEN], pt[KEYRING_MAX_PLAINTEXT];
+	uint8_t c1[KEYRING_MAX_CIPHERTEXT], c2[KEYRING_MAX_CIPHERTEXT];
+	uint8_t back[KEYRING_MAX_PLAINTEXT];
+	size_t i, l1, l2, n;
+	char err[256];
+
+	(void)state;
+	open_main_token(&t, &uri);
+	memset(&k, 0, sizeof(k));
+	assert_int_equal(token_find_key(t, uri, "test", &k.obj, NULL, err,
+	    sizeof(err)), 0);
+	mech_sess_init(&ms, t->fn, t->fn3, t->session, 0);
+	memset(keyref, 0xab, sizeof(keyref));
+	for (i = 0; i < sizeof(pt); i++)
+		pt[i] = (uint8_t)(7 * i + 3);
+	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		assert_int_equal(mech_seal(&ms, nat, &k, keyref, pt, sizes[i],
+		    c1, sizeof(c1), &l1, NULL), KEYRING_OK);
+		assert_int_equal(mech_seal(&ms, ecb, &k, keyref, pt, sizes[i],
+		    c2, sizeof(c2), &l2, NULL), KEYRING_OK);
+		assert_int_equal(l1, l2);
+		if ((ENVELOPE_FRAME_HDR + sizes[i]) % 8 == 0)
+			assert_memory_equal(c1, c2, l1);
+		else
+			assert_memory_not_equal(c1, c2, l1);
+		assert_int_equal(envelope_decode(c1, l1, &e), 0);
+		assert_int_equal(mech_open(&ms, ecb, &k, &e, back, sizeof(back),
+		    &n, NULL), KEYRING_OK);
+		assert_int_equal(n, sizes[i]);
+		assert_memory_equal(back, pt, n);
+		assert_int_equal(envelope_decode(c2, l2, &e), 0);
+		assert_int_equal(mech_open(&ms, nat, &k, &e, back, sizeof(back),
+		    &n, NULL), KEYRING_OK);
+		assert_int_equal(n, sizes[i]);
+		assert_memory_equal(back, pt, n);
+		/* A flipped body byte fails the integrity value either way. */
+		c2[l2 - 3] ^= 0x10;
+		assert_int_equal(envelope_decode(c2, l2, &e), 0);
+		assert_int_equal(mech_open(&ms, ecb, &k, &e, back, sizeof(back),
+		    &n, NULL), KEYRING_E_AUTH);
+		assert_int_equal(mech_open(&ms, nat, &k, &e, back, sizeof(back),
+		    &n, NULL), KEYRING_E_AUTH);
+	}
+	/* The session is clean after the refusals: another seal works. */
+	assert_int_equal(mech_seal(&ms, ecb, &k, keyref, pt, 32, c1,
+	    sizeof(c1), &l1, NULL), KEYRING_OK);
+	token_close(t);
+	p11_kit_uri_free(uri);
+}
+
+/*
+ * A key the token may only use with AES-ECB (like a TPM's or YubiHSM's):
+ * judged fit for aes-kwp/ecb alone, sealing 0x02 envelopes that the
+ * native KWP of a both-ways key of the same value opens.
+ */
+static void
+test_ecb_only_key(void **state)
+{
+	struct keyring *kr = NULL;
+	struct keyring_worker *w = NULL;
+	char dir[PATH_MAX], pin[PATH_MAX], err[768] = "";
+	const char *u = "pkcs11:token=kms;object=e1";
+	struct keyring_key_info info;
+	uint8_t pt[32] = { 9 }, ct[KEYRING_MAX_CIPHERTEXT];
+	size_t ctlen;
+
+	(void)state;
+	PATHF(dir, "%s/ecbonly", tt_base);
+	assert_int_equal(tt_mktoken(dir, "--no-gcm --no-kwp"), 0);
+	PATHF(pin, "%s/pin", dir);
+	tt_use_conf(dir);
+	/* keygen with no mechanism: the best AES row the token offers. */
+	if (keygen(u, pin, NULL, 0, &info, err, sizeof(err)) != 0)
+		fail_msg("keygen on an ECB-only token: %s", err);
+	assert_string_equal(info.mechanisms, "aes-kwp/ecb");
+	assert_string_equal(info.seal, "aes-kwp/ecb");
+	/* Its long check value: SoftHSM's is 3 bytes, the key may do ECB. */
+	assert_string_equal(info.key_id_from, "AES-ECB");
+	assert_int_equal(load_mech(&u, 1, pin, NULL, &kr, err, sizeof(err)),
+	    KEYRING_OK);
+	assert_string_equal(keyring_key_mechanism(kr, 0), "aes-kwp/ecb");
+	assert_int_equal(keyring_worker_new(kr, &w), KEYRING_OK);
+	ctlen = round_trip(w, 0, pt, sizeof(pt), ct);
+	assert_int_equal(ctlen, 75);
+	assert_int_equal(ct[1], ENVELOPE_MECH_AES_KWP);
+	/* Asking for GCM names what the token lacks. */
+	keyring_worker_free(w);
+	keyring_free(kr);
+	kr = NULL;
+	assert_int_equal(load_mech(&u, 1, pin, "aes-gcm", &kr, err,
+	    sizeof(err)), KEYRING_E_CONFIG);
+	assert_has(err, "CKM_AES_GCM");
+	assert_int_equal(keygen("pkcs11:token=kms;object=g2", pin, "aes-gcm",
+	    0, &info, err, sizeof(err)), KEYRING_E_CONFIG);
+	assert_has(err, "CKM_AES_GCM");
+}
+
 /* Sizes the mechanisms promise, without a token. */
 static void
 test_sizes(void **state)
@@ -1242,6 +1561,9 @@ main(void)
 		cmocka_unit_test(test_frame),
 		cmocka_unit_test(test_sizes),
 		cmocka_unit_test(test_table),
+		cmocka_unit_test_setup(test_kwp_rfc5649_vectors, setup),
+		cmocka_unit_test_setup(test_kwp_native_ecb_cross, setup),
+		cmocka_unit_test_setup(test_ecb_only_key, setup),
 		cmocka_unit_test_setup(test_kwp_round_trip, setup),
 		cmocka_unit_test_setup(test_kwp_tamper, setup),
 		cmocka_unit_test_setup(test_kwp_wrong_key_and_no_leftovers,
