@@ -1648,6 +1648,49 @@ test_gcm_iv_message_threads(void **state)
 	v3_close(&v);
 }
 
+/*
+ * C_CloseAllSessions drops the message state of the slot's sessions: an
+ * old handle is "not initialized", not handed to SoftHSM. (p11-kit's
+ * managed C_CloseAllSessions closes its sessions one by one, so call the
+ * module's own.)
+ */
+static void
+test_gcm_iv_close_all_drops_state(void **state)
+{
+	CK_MECHANISM gcm = { CKM_AES_GCM, NULL, 0 };
+	CK_BYTE iv[12] = { 0 }, tag[16], ct[32];
+	P11V3_GCM_MESSAGE_PARAMS mp;
+	P11V3_FUNCTION_LIST *f3;
+	CK_SESSION_HANDLE h[3];
+	CK_OBJECT_HANDLE k;
+	struct v3 v;
+	CK_ULONG n;
+	int i;
+
+	(void)state;
+	h[0] = gcm_session(&k);
+	h[1] = open_session();
+	h[2] = open_session();
+	v3_open(&v);
+	control("C_EncryptInit gcm-iv message\n");
+	f3 = v3_list(&v);
+	for (i = 0; i < 3; i++)
+		assert_int_equal(f3->C_MessageEncryptInit(h[i], &gcm, k),
+		    CKR_OK);
+	assert_int_equal(f3->v2.C_CloseAllSessions(slot), CKR_OK);
+	msg_params(&mp, iv, tag);
+	for (i = 0; i < 3; i++) {
+		n = sizeof(ct);
+		assert_int_equal(f3->C_EncryptMessage(h[i], &mp, sizeof(mp),
+		    NULL, 0, (CK_BYTE_PTR)PT, sizeof(PT), ct, &n),
+		    CKR_OPERATION_NOT_INITIALIZED);
+		/* p11-kit still tracks them: let it forget them. */
+		assert_int_not_equal(fn->C_CloseSession(h[i]), CKR_OK);
+	}
+	control("");
+	v3_close(&v);
+}
+
 /* gcm-iv lines that name the wrong function or mode are refused. */
 static void
 test_gcm_iv_bad_lines(void **state)
@@ -1708,6 +1751,8 @@ main(void)
 		cmocka_unit_test_setup(test_gcm_iv_message_faults, setup),
 		cmocka_unit_test_setup(test_gcm_iv_managed_handles, setup),
 		cmocka_unit_test_setup(test_gcm_iv_message_threads, setup),
+		cmocka_unit_test_setup(test_gcm_iv_close_all_drops_state,
+		    setup),
 		cmocka_unit_test_setup(test_gcm_iv_bad_lines, setup),
 	};
 
