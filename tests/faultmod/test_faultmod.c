@@ -19,6 +19,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <libgen.h>
@@ -33,6 +34,7 @@
 #include <unistd.h>
 
 #include "pkcs11/token.h"
+#include "pkcs11/p11v3.h"
 
 /* snprintf into an array, failing the test on truncation. */
 #define PATHF(buf, ...) \
@@ -774,6 +776,954 @@ test_count_exact_under_threads(void **state)
 		assert_int_equal(fn->C_CloseSession(a[i].h), CKR_OK);
 }
 
+/* ------------------------------------------------------------------ */
+/* gcm-iv: the ways FIPS-mode HSMs make AES-GCM IVs themselves. */
+
+static const CK_BYTE PT[32] = "thirty-two bytes of a plaintext";
+static const CK_BYTE AAD[] = "kms aad";
+
+static const char *const GCM_RULES[] = {
+	"C_EncryptInit gcm-iv writeback\n",
+	"C_EncryptInit gcm-iv append\n",
+	"C_EncryptInit gcm-iv append12\n",
+	"C_EncryptInit gcm-iv message\n",
+};
+
+static int
+all_zero(const CK_BYTE *p, size_t len)
+{
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		if (p[i] != 0)
+			return 0;
+	return 1;
+}
+
+static void
+login(CK_SESSION_HANDLE h)
+{
+	CK_RV rv;
+
+	rv = fn->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN));
+	if (rv != CKR_USER_ALREADY_LOGGED_IN)
+		assert_int_equal(rv, CKR_OK);
+}
+
+/* A logged-in session and an AES session key on it. */
+static CK_SESSION_HANDLE
+gcm_session(CK_OBJECT_HANDLE *key)
+{
+	CK_SESSION_HANDLE h = open_session();
+
+	login(h);
+	*key = session_aes_key(h);
+	return h;
+}
+
+static void
+gcm_mech(CK_MECHANISM *m, CK_GCM_PARAMS *g, CK_BYTE *iv, CK_ULONG ivlen,
+    const CK_BYTE *aad, CK_ULONG aadlen)
+{
+	memset(g, 0, sizeof(*g));
+	g->pIv = iv;
+	g->ulIvLen = ivlen;
+	g->ulIvBits = 8 * ivlen;
+	g->pAAD = (CK_BYTE_PTR)aad;
+	g->ulAADLen = aadlen;
+	g->ulTagBits = 128;
+	m->mechanism = CKM_AES_GCM;
+	m->pParameter = g;
+	m->ulParameterLen = sizeof(*g);
+}
+
+/*
+ * SoftHSM itself (not through faultmod or p11-kit): the instance faultmod
+ * forwards to, so the session and key handles of the tests are its own.
+ */
+static CK_FUNCTION_LIST *
+softhsm(void)
+{
+	static CK_FUNCTION_LIST *real;
+	CK_RV (*get)(CK_FUNCTION_LIST_PTR_PTR);
+	const char *path;
+	void *dl;
+
+	if (real != NULL)
+		return real;
+	if ((path = getenv("P11KMS_TEST_MODULE")) == NULL || *path == '\0')
+		path = "/usr/lib/softhsm/libsofthsm2.so";
+	assert_non_null(dl = dlopen(path, RTLD_NOW | RTLD_NOLOAD));
+	*(void **)&get = dlsym(dl, "C_GetFunctionList");
+	assert_non_null(get);
+	assert_int_equal(get(&real), CKR_OK);
+	assert_true(real != fn);
+	return real;	/* dl stays open: faultmod holds it anyway */
+}
+
+/* Decrypts ct||tag with plain SoftHSM on session h; the CK_RV. */
+static CK_RV
+softhsm_open(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE k, const CK_BYTE *iv,
+    CK_ULONG ivlen, const CK_BYTE *aad, CK_ULONG aadlen, const CK_BYTE *in,
+    CK_ULONG inlen, CK_BYTE *out, CK_ULONG *outlen)
+{
+	CK_BYTE ivc[64];
+	CK_GCM_PARAMS g;
+	CK_MECHANISM m;
+	CK_RV rv;
+
+	assert_true(ivlen <= sizeof(ivc));
+	memcpy(ivc, iv, ivlen);
+	gcm_mech(&m, &g, ivc, ivlen, aad, aadlen);
+	if ((rv = softhsm()->C_DecryptInit(h, &m, k)) != CKR_OK)
+		return rv;
+	return softhsm()->C_Decrypt(h, (CK_BYTE_PTR)in, inlen, out, outlen);
+}
+
+/* Seals PT under a caller IV through faultmod: ct||tag (48 bytes). */
+static CK_RV
+seal_caller_iv(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE k, CK_BYTE *iv,
+    CK_ULONG ivlen, CK_BYTE out[48])
+{
+	CK_GCM_PARAMS g;
+	CK_MECHANISM m;
+	CK_ULONG n = 48;
+	CK_RV rv;
+
+	gcm_mech(&m, &g, iv, ivlen, AAD, sizeof(AAD));
+	if ((rv = fn->C_EncryptInit(h, &m, k)) != CKR_OK)
+		return rv;
+	rv = fn->C_Encrypt(h, (CK_BYTE_PTR)PT, sizeof(PT), out, &n);
+	if (rv == CKR_OK)
+		assert_int_equal(n, 48);
+	return rv;
+}
+
+/*
+ * Every mode refuses a caller's IV at C_EncryptInit and still decrypts
+ * with a given one (12 or 16 bytes); other mechanisms are untouched; with
+ * the rule gone the caller's IV works again.
+ */
+static void
+test_gcm_iv_caller_iv_refused(void **state)
+{
+	CK_BYTE iv12[12], iv16[16], ct12[48], ct16[48], ct[48], out[64];
+	CK_BYTE cbc_iv[16] = { 7 }, cbc_out[64];
+	CK_MECHANISM m, cbc = { CKM_AES_CBC_PAD, cbc_iv, sizeof(cbc_iv) };
+	CK_SESSION_HANDLE h;
+	CK_OBJECT_HANDLE k;
+	CK_GCM_PARAMS g;
+	CK_ULONG n;
+	size_t i;
+
+	(void)state;
+	h = gcm_session(&k);
+	memset(iv12, 0x5a, sizeof(iv12));
+	memset(iv16, 0xa5, sizeof(iv16));
+	assert_int_equal(seal_caller_iv(h, k, iv12, 12, ct12), CKR_OK);
+	assert_int_equal(seal_caller_iv(h, k, iv16, 16, ct16), CKR_OK);
+
+	for (i = 0; i < sizeof(GCM_RULES) / sizeof(GCM_RULES[0]); i++) {
+		control(GCM_RULES[i]);
+		assert_int_equal(seal_caller_iv(h, k, iv12, 12, ct),
+		    CKR_MECHANISM_PARAM_INVALID);
+		/* One non-zero byte, the last, is a caller's IV too. */
+		memset(iv16, 0, sizeof(iv16));
+		iv16[15] = 1;
+		assert_int_equal(seal_caller_iv(h, k, iv16, 16, ct),
+		    CKR_MECHANISM_PARAM_INVALID);
+		memset(iv16, 0xa5, sizeof(iv16));
+
+		/* Decrypting with a given IV is allowed, 12 or 16 bytes. */
+		gcm_mech(&m, &g, iv12, 12, AAD, sizeof(AAD));
+		assert_int_equal(fn->C_DecryptInit(h, &m, k), CKR_OK);
+		n = sizeof(out);
+		assert_int_equal(fn->C_Decrypt(h, ct12, 48, out, &n), CKR_OK);
+		assert_int_equal(n, sizeof(PT));
+		assert_memory_equal(out, PT, sizeof(PT));
+		gcm_mech(&m, &g, iv16, 16, AAD, sizeof(AAD));
+		assert_int_equal(fn->C_DecryptInit(h, &m, k), CKR_OK);
+		n = sizeof(out);
+		assert_int_equal(fn->C_Decrypt(h, ct16, 48, out, &n), CKR_OK);
+		assert_memory_equal(out, PT, sizeof(PT));
+
+		/* Not GCM: forwarded as it is. */
+		assert_int_equal(fn->C_EncryptInit(h, &cbc, k), CKR_OK);
+		n = sizeof(cbc_out);
+		assert_int_equal(fn->C_Encrypt(h, (CK_BYTE_PTR)PT, sizeof(PT),
+		    cbc_out, &n), CKR_OK);
+		assert_int_equal(n, 48);
+	}
+
+	/* Message mode refuses 2.40 GCM encryption whatever the IV. */
+	memset(iv12, 0, sizeof(iv12));
+	assert_int_equal(seal_caller_iv(h, k, iv12, 12, ct),
+	    CKR_MECHANISM_PARAM_INVALID);
+	assert_int_equal(seal_caller_iv(h, k, NULL, 0, ct),
+	    CKR_MECHANISM_PARAM_INVALID);
+
+	control("");
+	memset(iv12, 0x5a, sizeof(iv12));
+	assert_int_equal(seal_caller_iv(h, k, iv12, 12, ct), CKR_OK);
+	assert_memory_equal(ct, ct12, sizeof(ct));	/* same key, IV, AAD */
+	assert_int_equal(fn->C_CloseSession(h), CKR_OK);
+}
+
+static void
+test_gcm_iv_writeback(void **state)
+{
+	CK_BYTE iv[16], first[16], ct[64], out[64];
+	CK_ULONG ivlen, n;
+	CK_SESSION_HANDLE h;
+	CK_OBJECT_HANDLE k;
+	CK_GCM_PARAMS g;
+	CK_MECHANISM m;
+
+	(void)state;
+	h = gcm_session(&k);
+	control("C_EncryptInit gcm-iv writeback\n");
+	for (ivlen = 12; ivlen <= 16; ivlen += 4) {
+		memset(iv, 0, sizeof(iv));
+		gcm_mech(&m, &g, iv, ivlen, AAD, sizeof(AAD));
+		assert_int_equal(fn->C_EncryptInit(h, &m, k), CKR_OK);
+		assert_false(all_zero(iv, ivlen));
+		assert_true(all_zero(iv + ivlen, sizeof(iv) - ivlen));
+		n = sizeof(ct);
+		assert_int_equal(fn->C_Encrypt(h, (CK_BYTE_PTR)PT, sizeof(PT),
+		    ct, &n), CKR_OK);
+		assert_int_equal(n, sizeof(PT) + 16);	/* nothing appended */
+
+		/* Plain SoftHSM opens it with the written IV and the AAD. */
+		n = sizeof(out);
+		assert_int_equal(softhsm_open(h, k, iv, ivlen, AAD,
+		    sizeof(AAD), ct, sizeof(PT) + 16, out, &n), CKR_OK);
+		assert_int_equal(n, sizeof(PT));
+		assert_memory_equal(out, PT, sizeof(PT));
+		n = sizeof(out);
+		assert_int_not_equal(softhsm_open(h, k, iv, ivlen, AAD,
+		    sizeof(AAD) - 1, ct, sizeof(PT) + 16, out, &n), CKR_OK);
+		if (ivlen == 12)
+			memcpy(first, iv, 12);
+	}
+	/* A fresh IV each time. */
+	memset(iv, 0, sizeof(iv));
+	gcm_mech(&m, &g, iv, 12, AAD, sizeof(AAD));
+	assert_int_equal(fn->C_EncryptInit(h, &m, k), CKR_OK);
+	assert_memory_not_equal(iv, first, 12);
+	n = sizeof(ct);
+	assert_int_equal(fn->C_Encrypt(h, (CK_BYTE_PTR)PT, sizeof(PT), ct, &n),
+	    CKR_OK);
+
+	/* No room for the IV, or none given: refused, pIv left alone. */
+	memset(iv, 0, sizeof(iv));
+	gcm_mech(&m, &g, iv, 8, AAD, sizeof(AAD));
+	assert_int_equal(fn->C_EncryptInit(h, &m, k),
+	    CKR_MECHANISM_PARAM_INVALID);
+	assert_true(all_zero(iv, sizeof(iv)));
+	gcm_mech(&m, &g, NULL, 0, AAD, sizeof(AAD));
+	assert_int_equal(fn->C_EncryptInit(h, &m, k),
+	    CKR_MECHANISM_PARAM_INVALID);
+	/* SoftHSM refuses the init (no such key): pIv zero again. */
+	gcm_mech(&m, &g, iv, 12, AAD, sizeof(AAD));
+	assert_int_not_equal(fn->C_EncryptInit(h, &m, k + 1000), CKR_OK);
+	assert_true(all_zero(iv, sizeof(iv)));
+	assert_int_equal(fn->C_CloseSession(h), CKR_OK);
+}
+
+/* One append mode: rule text and the IV length it appends. */
+static void
+append_case(const char *rule, CK_ULONG ivlen)
+{
+	const CK_ULONG body = sizeof(PT) + 16, total = body + ivlen;
+	CK_BYTE ct[96], ct2[96], out[96], zero_iv[12] = { 0 };
+	CK_SESSION_HANDLE h;
+	CK_OBJECT_HANDLE k;
+	CK_GCM_PARAMS g;
+	CK_MECHANISM m;
+	CK_ULONG n;
+
+	h = gcm_session(&k);
+	control(rule);
+	gcm_mech(&m, &g, NULL, 0, AAD, sizeof(AAD));
+	assert_int_equal(fn->C_EncryptInit(h, &m, k), CKR_OK);
+	n = 0;
+	assert_int_equal(fn->C_Encrypt(h, (CK_BYTE_PTR)PT, sizeof(PT), NULL,
+	    &n), CKR_OK);
+	assert_int_equal(n, total);
+	/* Room for ct||tag only: too small, the operation stays active. */
+	n = body;
+	assert_int_equal(fn->C_Encrypt(h, (CK_BYTE_PTR)PT, sizeof(PT), ct, &n),
+	    CKR_BUFFER_TOO_SMALL);
+	assert_int_equal(n, total);
+	assert_int_equal(fn->C_EncryptInit(h, &m, k), CKR_OPERATION_ACTIVE);
+	n = total;
+	assert_int_equal(fn->C_Encrypt(h, (CK_BYTE_PTR)PT, sizeof(PT), ct, &n),
+	    CKR_OK);
+	assert_int_equal(n, total);
+	assert_false(all_zero(ct + body, ivlen));
+	/* ct||tag opens with plain SoftHSM under the appended IV. */
+	n = sizeof(out);
+	assert_int_equal(softhsm_open(h, k, ct + body, ivlen, AAD,
+	    sizeof(AAD), ct, body, out, &n), CKR_OK);
+	assert_int_equal(n, sizeof(PT));
+	assert_memory_equal(out, PT, sizeof(PT));
+
+	/* An all-zero pIv asks for a generated IV too; it is not written. */
+	gcm_mech(&m, &g, zero_iv, sizeof(zero_iv), AAD, sizeof(AAD));
+	assert_int_equal(fn->C_EncryptInit(h, &m, k), CKR_OK);
+	n = sizeof(ct2);	/* bigger than needed: the length is set */
+	assert_int_equal(fn->C_Encrypt(h, (CK_BYTE_PTR)PT, sizeof(PT), ct2,
+	    &n), CKR_OK);
+	assert_int_equal(n, total);
+	assert_true(all_zero(zero_iv, sizeof(zero_iv)));
+	assert_memory_not_equal(ct2 + body, ct + body, ivlen);
+	n = sizeof(out);
+	assert_int_equal(softhsm_open(h, k, ct2 + body, ivlen, AAD,
+	    sizeof(AAD), ct2, body, out, &n), CKR_OK);
+	assert_memory_equal(out, PT, sizeof(PT));
+
+	/* Multi-part is not offered, and ends the operation. */
+	gcm_mech(&m, &g, NULL, 0, AAD, sizeof(AAD));
+	assert_int_equal(fn->C_EncryptInit(h, &m, k), CKR_OK);
+	n = sizeof(ct);
+	assert_int_equal(fn->C_EncryptUpdate(h, (CK_BYTE_PTR)PT, sizeof(PT),
+	    ct, &n), CKR_FUNCTION_NOT_SUPPORTED);
+	assert_int_equal(fn->C_EncryptInit(h, &m, k), CKR_OK);
+	n = sizeof(ct);
+	assert_int_equal(fn->C_EncryptFinal(h, ct, &n),
+	    CKR_FUNCTION_NOT_SUPPORTED);
+	assert_int_equal(fn->C_EncryptInit(h, &m, k), CKR_OK);
+	n = sizeof(ct);
+	assert_int_equal(fn->C_Encrypt(h, (CK_BYTE_PTR)PT, sizeof(PT), ct, &n),
+	    CKR_OK);
+	assert_int_equal(n, total);
+
+	/* An injected C_Encrypt failure ends it too (no IV left behind). */
+	control(rule);
+	assert_int_equal(fn->C_EncryptInit(h, &m, k), CKR_OK);
+	control("C_Encrypt CKR_DEVICE_ERROR 1\n");
+	n = sizeof(ct);
+	assert_int_equal(fn->C_Encrypt(h, (CK_BYTE_PTR)PT, sizeof(PT), ct, &n),
+	    CKR_DEVICE_ERROR);
+
+	/* Rule gone: a caller's IV, nothing appended. */
+	control("");
+	assert_int_equal(seal_caller_iv(h, k, ct, 12, out), CKR_OK);
+	assert_int_equal(fn->C_CloseSession(h), CKR_OK);
+}
+
+static void
+test_gcm_iv_append(void **state)
+{
+	(void)state;
+	append_case("C_EncryptInit gcm-iv append\n", 16);
+}
+
+static void
+test_gcm_iv_append12(void **state)
+{
+	(void)state;
+	append_case("# older ProtectServer\nC_EncryptInit gcm-iv append12\n",
+	    12);
+}
+
+/* The 3.0 entry points, found the way p11kms finds them. */
+struct v3 {
+	void *dl;
+	P11V3_C_GetInterface get;
+	P11V3_C_GetInterfaceList list;
+};
+
+/*
+ * p11kms holds only p11-kit's managed list: p11_kit_module_get_filename,
+ * dlopen(RTLD_NOLOAD), dlsym.
+ */
+static void
+v3_open(struct v3 *v)
+{
+	char *file;
+
+	assert_non_null(file = p11_kit_module_get_filename(fn));
+	assert_string_equal(file, so_path);
+	v->dl = dlopen(file, RTLD_NOW | RTLD_NOLOAD);
+	free(file);
+	assert_non_null(v->dl);
+	*(void **)&v->get = dlsym(v->dl, "C_GetInterface");
+	*(void **)&v->list = dlsym(v->dl, "C_GetInterfaceList");
+	assert_non_null(v->get);
+	assert_non_null(v->list);
+}
+
+static void
+v3_close(struct v3 *v)
+{
+	assert_int_equal(dlclose(v->dl), 0);
+}
+
+/* The 3.0 function list under a message rule. */
+static P11V3_FUNCTION_LIST *
+v3_list(struct v3 *v)
+{
+	CK_VERSION want = { 3, 0 };
+	P11V3_INTERFACE *i = NULL;
+
+	assert_int_equal(v->get((CK_UTF8CHAR *)"PKCS 11", &want, &i, 0),
+	    CKR_OK);
+	assert_non_null(i);
+	return i->pFunctionList;
+}
+
+static void
+msg_params(P11V3_GCM_MESSAGE_PARAMS *p, CK_BYTE *iv, CK_BYTE *tag)
+{
+	memset(p, 0, sizeof(*p));
+	p->pIv = iv;
+	p->ulIvLen = 12;
+	p->ulIvFixedBits = 0;
+	p->ivGenerator = CKG_GENERATE_RANDOM;
+	p->pTag = tag;
+	p->ulTagBits = 128;
+}
+
+static void
+test_gcm_iv_message(void **state)
+{
+	CK_BYTE iv[12], iv2[12], tag[16], ct[32], ct2[32], out[64], in[48];
+	CK_MECHANISM gcm = { CKM_AES_GCM, NULL, 0 };
+	CK_MECHANISM cbc = { CKM_AES_CBC_PAD, NULL, 0 };
+	CK_VERSION v240 = { 2, 40 }, v30 = { 3, 0 };
+	P11V3_GCM_MESSAGE_PARAMS mp, dp;
+	P11V3_INTERFACE ifs[4], *i1 = NULL, *i2 = NULL;
+	P11V3_FUNCTION_LIST *f3;
+	CK_FUNCTION_LIST *f2;
+	CK_SESSION_HANDLE h;
+	CK_OBJECT_HANDLE k;
+	long long calls;
+	struct v3 v;
+	CK_ULONG n;
+
+	(void)state;
+	h = gcm_session(&k);
+	v3_open(&v);
+	control("C_EncryptInit gcm-iv message\n");
+
+	/* On offer: 3.0 first, then 2.40. */
+	assert_int_equal(v.list(NULL, &n), CKR_OK);
+	assert_int_equal(n, 2);
+	n = 1;
+	assert_int_equal(v.list(ifs, &n), CKR_BUFFER_TOO_SMALL);
+	assert_int_equal(n, 2);
+	n = 4;
+	assert_int_equal(v.list(ifs, &n), CKR_OK);
+	assert_int_equal(n, 2);
+	assert_string_equal((char *)ifs[0].pInterfaceName, "PKCS 11");
+	assert_int_equal(((CK_VERSION *)ifs[0].pFunctionList)->major, 3);
+	assert_int_equal(((CK_VERSION *)ifs[1].pFunctionList)->major, 2);
+
+	assert_int_equal(v.get(NULL, NULL, &i1, 0), CKR_OK);
+	f3 = i1->pFunctionList;
+	assert_int_equal(f3->v2.version.major, 3);
+	assert_int_equal(f3->v2.version.minor, 0);
+	assert_ptr_equal(v3_list(&v), f3);
+	assert_int_equal(v.get(NULL, &v240, &i2, 0), CKR_OK);
+	f2 = i2->pFunctionList;
+	assert_int_equal(f2->version.major, 2);
+	assert_int_equal(f2->version.minor, 40);
+	assert_int_equal(v.get((CK_UTF8CHAR *)"Vendor X", &v30, &i2, 0),
+	    CKR_ARGUMENTS_BAD);
+	assert_int_equal(v.get(NULL, &v30, NULL, 0), CKR_ARGUMENTS_BAD);
+
+	/* The 2.40 part is faultmod's own: counted. */
+	calls = count_of("C_GenerateRandom");
+	assert_int_equal(f3->v2.C_GenerateRandom(h, iv, sizeof(iv)), CKR_OK);
+	assert_int_equal(count_of("C_GenerateRandom"), calls + 1);
+	assert_ptr_equal(f3->v2.C_GenerateRandom, f2->C_GenerateRandom);
+
+	/* Encryption. */
+	memset(iv, 0, sizeof(iv));
+	memset(tag, 0, sizeof(tag));
+	msg_params(&mp, iv, tag);
+	n = sizeof(ct);
+	assert_int_equal(f3->C_EncryptMessage(h, &mp, sizeof(mp),
+	    (CK_BYTE_PTR)AAD, sizeof(AAD), (CK_BYTE_PTR)PT, sizeof(PT), ct,
+	    &n), CKR_OPERATION_NOT_INITIALIZED);
+	assert_int_equal(f3->C_MessageEncryptInit(h, &cbc, k),
+	    CKR_MECHANISM_INVALID);
+	assert_int_not_equal(f3->C_MessageEncryptInit(h, &gcm, k + 1000),
+	    CKR_OK);
+	assert_int_equal(f3->C_MessageEncryptInit(h, &gcm, k), CKR_OK);
+	assert_int_equal(f3->C_MessageEncryptInit(h, &gcm, k),
+	    CKR_OPERATION_ACTIVE);
+	n = 0;
+	assert_int_equal(f3->C_EncryptMessage(h, &mp, sizeof(mp),
+	    (CK_BYTE_PTR)AAD, sizeof(AAD), (CK_BYTE_PTR)PT, sizeof(PT), NULL,
+	    &n), CKR_OK);
+	assert_int_equal(n, sizeof(PT));
+	n = sizeof(PT) - 1;
+	assert_int_equal(f3->C_EncryptMessage(h, &mp, sizeof(mp),
+	    (CK_BYTE_PTR)AAD, sizeof(AAD), (CK_BYTE_PTR)PT, sizeof(PT), ct,
+	    &n), CKR_BUFFER_TOO_SMALL);
+	assert_int_equal(n, sizeof(PT));
+	assert_true(all_zero(iv, sizeof(iv)));
+	n = sizeof(ct);
+	assert_int_equal(f3->C_EncryptMessage(h, &mp, sizeof(mp),
+	    (CK_BYTE_PTR)AAD, sizeof(AAD), (CK_BYTE_PTR)PT, sizeof(PT), ct,
+	    &n), CKR_OK);
+	assert_int_equal(n, sizeof(PT));
+	assert_false(all_zero(iv, sizeof(iv)));
+	assert_false(all_zero(tag, sizeof(tag)));
+	assert_memory_not_equal(ct, PT, sizeof(PT));
+
+	/* A second message: its own IV. */
+	memset(iv2, 0, sizeof(iv2));
+	msg_params(&mp, iv2, in + 32);
+	n = sizeof(ct2);
+	assert_int_equal(f3->C_EncryptMessage(h, &mp, sizeof(mp),
+	    (CK_BYTE_PTR)AAD, sizeof(AAD), (CK_BYTE_PTR)PT, sizeof(PT), ct2,
+	    &n), CKR_OK);
+	assert_memory_not_equal(iv, iv2, sizeof(iv));
+	assert_memory_not_equal(ct, ct2, sizeof(ct));
+
+	/* The caller may not choose the IV, not even part of it. */
+	msg_params(&mp, iv2, in + 32);
+	mp.ivGenerator = CKG_NO_GENERATE;
+	n = sizeof(ct2);
+	assert_int_equal(f3->C_EncryptMessage(h, &mp, sizeof(mp),
+	    (CK_BYTE_PTR)AAD, sizeof(AAD), (CK_BYTE_PTR)PT, sizeof(PT), ct2,
+	    &n), CKR_MECHANISM_PARAM_INVALID);
+	msg_params(&mp, iv2, in + 32);
+	mp.ulIvFixedBits = 32;
+	assert_int_equal(f3->C_EncryptMessage(h, &mp, sizeof(mp),
+	    (CK_BYTE_PTR)AAD, sizeof(AAD), (CK_BYTE_PTR)PT, sizeof(PT), ct2,
+	    &n), CKR_MECHANISM_PARAM_INVALID);
+	assert_int_equal(f3->C_MessageEncryptFinal(h), CKR_OK);
+	msg_params(&mp, iv2, in + 32);
+	assert_int_equal(f3->C_EncryptMessage(h, &mp, sizeof(mp),
+	    (CK_BYTE_PTR)AAD, sizeof(AAD), (CK_BYTE_PTR)PT, sizeof(PT), ct2,
+	    &n), CKR_OPERATION_NOT_INITIALIZED);
+	assert_int_equal(f3->C_MessageEncryptFinal(h),
+	    CKR_OPERATION_NOT_INITIALIZED);
+
+	/* Decryption, with the IV and tag the token gave. */
+	msg_params(&dp, iv, tag);
+	n = sizeof(out);
+	assert_int_equal(f3->C_DecryptMessage(h, &dp, sizeof(dp),
+	    (CK_BYTE_PTR)AAD, sizeof(AAD), ct, sizeof(ct), out, &n),
+	    CKR_OPERATION_NOT_INITIALIZED);
+	assert_int_equal(f3->C_MessageDecryptInit(h, &gcm, k), CKR_OK);
+	n = sizeof(out);
+	assert_int_equal(f3->C_DecryptMessage(h, &dp, sizeof(dp),
+	    (CK_BYTE_PTR)AAD, sizeof(AAD), ct, sizeof(ct), out, &n), CKR_OK);
+	assert_int_equal(n, sizeof(PT));
+	assert_memory_equal(out, PT, sizeof(PT));
+	n = sizeof(PT) - 1;
+	assert_int_equal(f3->C_DecryptMessage(h, &dp, sizeof(dp),
+	    (CK_BYTE_PTR)AAD, sizeof(AAD), ct, sizeof(ct), out, &n),
+	    CKR_BUFFER_TOO_SMALL);
+	assert_int_equal(n, sizeof(PT));
+	/* A changed tag or AAD fails; the operation goes on. */
+	tag[3] ^= 1;
+	n = sizeof(out);
+	assert_int_not_equal(f3->C_DecryptMessage(h, &dp, sizeof(dp),
+	    (CK_BYTE_PTR)AAD, sizeof(AAD), ct, sizeof(ct), out, &n), CKR_OK);
+	tag[3] ^= 1;
+	n = sizeof(out);
+	assert_int_not_equal(f3->C_DecryptMessage(h, &dp, sizeof(dp),
+	    (CK_BYTE_PTR)AAD, sizeof(AAD) - 1, ct, sizeof(ct), out, &n),
+	    CKR_OK);
+	memset(out, 0, sizeof(out));
+	n = sizeof(out);
+	assert_int_equal(f3->C_DecryptMessage(h, &dp, sizeof(dp),
+	    (CK_BYTE_PTR)AAD, sizeof(AAD), ct, sizeof(ct), out, &n), CKR_OK);
+	assert_memory_equal(out, PT, sizeof(PT));
+	assert_int_equal(f3->C_MessageDecryptFinal(h), CKR_OK);
+	assert_int_equal(f3->C_MessageDecryptFinal(h),
+	    CKR_OPERATION_NOT_INITIALIZED);
+
+	/* Plain SoftHSM opens ct||tag under the IV. */
+	memcpy(in, ct, 32);
+	memcpy(in + 32, tag, 16);
+	n = sizeof(out);
+	memset(out, 0, sizeof(out));
+	assert_int_equal(softhsm_open(h, k, iv, sizeof(iv), AAD, sizeof(AAD),
+	    in, sizeof(in), out, &n), CKR_OK);
+	assert_int_equal(n, sizeof(PT));
+	assert_memory_equal(out, PT, sizeof(PT));
+
+	/* The rest of 3.0 is not offered. */
+	assert_int_equal(f3->C_EncryptMessageBegin(h, &mp, sizeof(mp), NULL,
+	    0), CKR_FUNCTION_NOT_SUPPORTED);
+	assert_int_equal(f3->C_LoginUser(h, CKU_USER, (CK_UTF8CHAR *)PIN,
+	    strlen(PIN), (CK_UTF8CHAR *)"u", 1), CKR_FUNCTION_NOT_SUPPORTED);
+	assert_int_equal(f3->C_MessageSignInit(h, &gcm, k),
+	    CKR_FUNCTION_NOT_SUPPORTED);
+
+	/* The counts file has the 3.0 calls under their names. */
+	assert_true(count_of("C_EncryptMessage") >= 7);
+	assert_true(count_of("C_DecryptMessage") >= 6);
+	assert_true(count_of("C_MessageEncryptInit") >= 4);
+	assert_true(count_of("C_MessageDecryptFinal") >= 2);
+	assert_true(count_of("C_GetInterface") >= 4);
+	assert_true(count_of("C_GetInterfaceList") >= 3);
+	assert_true(count_of("C_EncryptMessageBegin") >= 1);
+	assert_true(count_of("C_MessageVerifyFinal") >= 0);
+
+	control("");
+	assert_int_equal(fn->C_CloseSession(h), CKR_OK);
+	v3_close(&v);
+}
+
+/*
+ * Without the message rule only 2.40 is on offer; a caller that holds the
+ * 3.0 list keeps it working.
+ */
+static void
+test_gcm_iv_message_rule_removed(void **state)
+{
+	CK_BYTE iv[12] = { 0 }, tag[16], ct[32], ct2[48];
+	CK_MECHANISM gcm = { CKM_AES_GCM, NULL, 0 };
+	CK_VERSION v30 = { 3, 0 };
+	CK_FUNCTION_LIST *plain = NULL;
+	P11V3_GCM_MESSAGE_PARAMS mp;
+	P11V3_INTERFACE ifs[2], *i = NULL;
+	P11V3_FUNCTION_LIST *f3;
+	CK_RV (*get)(CK_FUNCTION_LIST_PTR_PTR);
+	CK_SESSION_HANDLE h;
+	CK_OBJECT_HANDLE k;
+	struct v3 v;
+	CK_ULONG n;
+
+	(void)state;
+	h = gcm_session(&k);
+	v3_open(&v);
+	*(void **)&get = dlsym(v.dl, "C_GetFunctionList");
+	assert_non_null(get);
+	assert_int_equal(get(&plain), CKR_OK);
+
+	control("C_EncryptInit gcm-iv message\n");
+	f3 = v3_list(&v);
+	assert_int_equal(f3->C_MessageEncryptInit(h, &gcm, k), CKR_OK);
+
+	control("");
+	assert_int_equal(v.get(NULL, &v30, &i, 0), CKR_ARGUMENTS_BAD);
+	assert_int_equal(v.get((CK_UTF8CHAR *)"PKCS 11", &v30, &i, 0),
+	    CKR_ARGUMENTS_BAD);
+	assert_int_equal(v.get(NULL, NULL, &i, 0), CKR_OK);
+	assert_ptr_equal(i->pFunctionList, plain);
+	assert_int_equal(plain->version.major, 2);
+	assert_int_equal(plain->version.minor, 40);
+	n = 2;
+	assert_int_equal(v.list(ifs, &n), CKR_OK);
+	assert_int_equal(n, 1);
+	assert_ptr_equal(ifs[0].pFunctionList, plain);
+
+	/* Caller IVs are accepted again. */
+	memset(iv, 0x33, sizeof(iv));
+	assert_int_equal(seal_caller_iv(h, k, iv, sizeof(iv), ct2), CKR_OK);
+
+	/* The list already handed out still works. */
+	memset(iv, 0, sizeof(iv));
+	msg_params(&mp, iv, tag);
+	n = sizeof(ct);
+	assert_int_equal(f3->C_EncryptMessage(h, &mp, sizeof(mp), NULL, 0,
+	    (CK_BYTE_PTR)PT, sizeof(PT), ct, &n), CKR_OK);
+	assert_false(all_zero(iv, sizeof(iv)));
+	assert_int_equal(f3->C_MessageEncryptFinal(h), CKR_OK);
+	assert_int_equal(fn->C_CloseSession(h), CKR_OK);
+	v3_close(&v);
+}
+
+/* Fail rules name the 3.0 functions; '*' hits them, not C_GetInterface. */
+static void
+test_gcm_iv_message_faults(void **state)
+{
+	CK_BYTE iv[12], tag[16], ct[32];
+	CK_MECHANISM gcm = { CKM_AES_GCM, NULL, 0 };
+	P11V3_GCM_MESSAGE_PARAMS mp;
+	P11V3_FUNCTION_LIST *f3;
+	P11V3_INTERFACE *i = NULL;
+	CK_SESSION_HANDLE h;
+	CK_OBJECT_HANDLE k;
+	long long before;
+	struct v3 v;
+	CK_ULONG n;
+
+	(void)state;
+	h = gcm_session(&k);
+	v3_open(&v);
+	control("C_EncryptInit gcm-iv message\n");
+	f3 = v3_list(&v);
+	assert_int_equal(f3->C_MessageEncryptInit(h, &gcm, k), CKR_OK);
+
+	control("C_EncryptInit gcm-iv message\n"
+	    "C_EncryptMessage CKR_DEVICE_REMOVED 1\n");
+	before = count_of("C_EncryptMessage");
+	memset(iv, 0, sizeof(iv));
+	msg_params(&mp, iv, tag);
+	n = sizeof(ct);
+	assert_int_equal(f3->C_EncryptMessage(h, &mp, sizeof(mp), NULL, 0,
+	    (CK_BYTE_PTR)PT, sizeof(PT), ct, &n), CKR_DEVICE_REMOVED);
+	assert_true(all_zero(iv, sizeof(iv)));
+	n = sizeof(ct);
+	assert_int_equal(f3->C_EncryptMessage(h, &mp, sizeof(mp), NULL, 0,
+	    (CK_BYTE_PTR)PT, sizeof(PT), ct, &n), CKR_OK);
+	assert_false(all_zero(iv, sizeof(iv)));
+	assert_int_equal(count_of("C_EncryptMessage"), before + 2);
+
+	control("C_EncryptInit gcm-iv message\n* CKR_DEVICE_ERROR\n");
+	assert_int_equal(v.get(NULL, NULL, &i, 0), CKR_OK);
+	assert_ptr_equal(i->pFunctionList, f3);
+	n = sizeof(ct);
+	assert_int_equal(f3->C_EncryptMessage(h, &mp, sizeof(mp), NULL, 0,
+	    (CK_BYTE_PTR)PT, sizeof(PT), ct, &n), CKR_DEVICE_ERROR);
+	assert_int_equal(f3->C_MessageEncryptFinal(h), CKR_DEVICE_ERROR);
+	assert_int_equal(f3->C_LoginUser(h, CKU_USER, NULL, 0, NULL, 0),
+	    CKR_DEVICE_ERROR);
+
+	control("C_EncryptInit gcm-iv message\n"
+	    "C_GetInterface CKR_GENERAL_ERROR 1\n");
+	assert_int_equal(v.get(NULL, NULL, &i, 0), CKR_GENERAL_ERROR);
+	assert_int_equal(v.get(NULL, NULL, &i, 0), CKR_OK);
+
+	control("C_EncryptInit gcm-iv message\n");
+	assert_int_equal(f3->C_MessageEncryptFinal(h), CKR_OK);
+	control("");
+	assert_int_equal(fn->C_CloseSession(h), CKR_OK);
+	v3_close(&v);
+}
+
+/*
+ * p11kms opens sessions and finds keys through p11-kit's managed wrapper
+ * and uses the handles with the 3.0 list it got from the module itself:
+ * the handles must pass through p11-kit unchanged. The token key (found by
+ * label) seals and opens; the session closed through p11-kit is gone for
+ * the 3.0 list too.
+ */
+static void
+test_gcm_iv_managed_handles(void **state)
+{
+	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+	CK_BBOOL yes = CK_TRUE;
+	CK_ATTRIBUTE find[] = {
+		{ CKA_CLASS, &cls, sizeof(cls) },
+		{ CKA_TOKEN, &yes, sizeof(yes) },
+		{ CKA_LABEL, "kek1", 4 },
+	};
+	CK_BYTE iv[12] = { 0 }, tag[16], ct[32], out[32];
+	CK_MECHANISM gcm = { CKM_AES_GCM, NULL, 0 };
+	P11V3_GCM_MESSAGE_PARAMS mp;
+	P11V3_FUNCTION_LIST *f3;
+	CK_SESSION_HANDLE h;
+	CK_SESSION_INFO si;
+	CK_OBJECT_HANDLE kek;
+	struct v3 v;
+	CK_ULONG n;
+
+	(void)state;
+	h = open_session();
+	login(h);
+	assert_int_equal(fn->C_FindObjectsInit(h, find, 3), CKR_OK);
+	assert_int_equal(fn->C_FindObjects(h, &kek, 1, &n), CKR_OK);
+	assert_int_equal(n, 1);
+	assert_int_equal(fn->C_FindObjectsFinal(h), CKR_OK);
+
+	v3_open(&v);
+	control("C_EncryptInit gcm-iv message\n");
+	f3 = v3_list(&v);
+	/* The same session, seen directly by faultmod and by SoftHSM. */
+	assert_int_equal(f3->v2.C_GetSessionInfo(h, &si), CKR_OK);
+	assert_int_equal(si.slotID, slot);
+	assert_int_equal(softhsm()->C_GetSessionInfo(h, &si), CKR_OK);
+
+	assert_int_equal(f3->C_MessageEncryptInit(h, &gcm, kek), CKR_OK);
+	msg_params(&mp, iv, tag);
+	n = sizeof(ct);
+	assert_int_equal(f3->C_EncryptMessage(h, &mp, sizeof(mp),
+	    (CK_BYTE_PTR)AAD, sizeof(AAD), (CK_BYTE_PTR)PT, sizeof(PT), ct,
+	    &n), CKR_OK);
+	assert_int_equal(f3->C_MessageEncryptFinal(h), CKR_OK);
+	assert_int_equal(f3->C_MessageDecryptInit(h, &gcm, kek), CKR_OK);
+	n = sizeof(out);
+	assert_int_equal(f3->C_DecryptMessage(h, &mp, sizeof(mp),
+	    (CK_BYTE_PTR)AAD, sizeof(AAD), ct, sizeof(ct), out, &n), CKR_OK);
+	assert_memory_equal(out, PT, sizeof(PT));
+
+	/* Closed through p11-kit: gone for the 3.0 list and its state. */
+	assert_int_equal(fn->C_CloseSession(h), CKR_OK);
+	assert_int_equal(f3->v2.C_GetSessionInfo(h, &si),
+	    CKR_SESSION_HANDLE_INVALID);
+	n = sizeof(out);
+	assert_int_equal(f3->C_DecryptMessage(h, &mp, sizeof(mp),
+	    (CK_BYTE_PTR)AAD, sizeof(AAD), ct, sizeof(ct), out, &n),
+	    CKR_OPERATION_NOT_INITIALIZED);
+	control("");
+	v3_close(&v);
+}
+
+#define MSG_THREADS	4
+#define MSG_SESSIONS	5	/* per thread: more than the first table */
+#define MSG_ROUNDS	40
+
+struct msg_arg {
+	P11V3_FUNCTION_LIST *f3;
+	CK_SESSION_HANDLE h[MSG_SESSIONS];
+	CK_OBJECT_HANDLE k;
+	int bad;
+};
+
+static void *
+msg_worker(void *p)
+{
+	CK_MECHANISM gcm = { CKM_AES_GCM, NULL, 0 };
+	CK_BYTE iv[12], tag[16], ct[32], out[32];
+	struct msg_arg *a = p;
+	P11V3_GCM_MESSAGE_PARAMS mp;
+	CK_ULONG n;
+	int i, s;
+
+	for (s = 0; s < MSG_SESSIONS; s++) {
+		if (a->f3->C_MessageEncryptInit(a->h[s], &gcm, a->k) !=
+		    CKR_OK || a->f3->C_MessageDecryptInit(a->h[s], &gcm,
+		    a->k) != CKR_OK)
+			a->bad++;
+	}
+	for (i = 0; i < MSG_ROUNDS; i++) {
+		s = i % MSG_SESSIONS;
+		memset(iv, 0, sizeof(iv));
+		msg_params(&mp, iv, tag);
+		n = sizeof(ct);
+		if (a->f3->C_EncryptMessage(a->h[s], &mp, sizeof(mp), NULL, 0,
+		    (CK_BYTE_PTR)PT, sizeof(PT), ct, &n) != CKR_OK) {
+			a->bad++;
+			continue;
+		}
+		n = sizeof(out);
+		if (a->f3->C_DecryptMessage(a->h[s], &mp, sizeof(mp), NULL, 0,
+		    ct, sizeof(ct), out, &n) != CKR_OK ||
+		    memcmp(out, PT, sizeof(PT)) != 0)
+			a->bad++;
+	}
+	for (s = 0; s < MSG_SESSIONS; s++) {
+		if (a->f3->C_MessageEncryptFinal(a->h[s]) != CKR_OK ||
+		    a->f3->C_MessageDecryptFinal(a->h[s]) != CKR_OK)
+			a->bad++;
+	}
+	return NULL;
+}
+
+/* Message operations on many sessions at once keep to their session. */
+static void
+test_gcm_iv_message_threads(void **state)
+{
+	struct msg_arg a[MSG_THREADS];
+	pthread_t th[MSG_THREADS];
+	CK_SESSION_HANDLE h0;
+	CK_OBJECT_HANDLE k;
+	struct v3 v;
+	int i, s;
+
+	(void)state;
+	h0 = gcm_session(&k);
+	v3_open(&v);
+	control("C_EncryptInit gcm-iv message\n");
+	memset(a, 0, sizeof(a));
+	for (i = 0; i < MSG_THREADS; i++) {
+		a[i].f3 = v3_list(&v);
+		a[i].k = k;
+		for (s = 0; s < MSG_SESSIONS; s++)
+			a[i].h[s] = open_session();
+	}
+	for (i = 0; i < MSG_THREADS; i++)
+		assert_int_equal(pthread_create(&th[i], NULL, msg_worker,
+		    &a[i]), 0);
+	for (i = 0; i < MSG_THREADS; i++) {
+		assert_int_equal(pthread_join(th[i], NULL), 0);
+		assert_int_equal(a[i].bad, 0);
+		for (s = 0; s < MSG_SESSIONS; s++)
+			assert_int_equal(fn->C_CloseSession(a[i].h[s]),
+			    CKR_OK);
+	}
+	control("");
+	assert_int_equal(fn->C_CloseSession(h0), CKR_OK);
+	v3_close(&v);
+}
+
+/*
+ * C_CloseAllSessions drops the message state of the slot's sessions: an
+ * old handle is "not initialized", not handed to SoftHSM. (p11-kit's
+ * managed C_CloseAllSessions closes its sessions one by one, so call the
+ * module's own.)
+ */
+static void
+test_gcm_iv_close_all_drops_state(void **state)
+{
+	CK_MECHANISM gcm = { CKM_AES_GCM, NULL, 0 };
+	CK_BYTE iv[12] = { 0 }, tag[16], ct[32];
+	P11V3_GCM_MESSAGE_PARAMS mp;
+	P11V3_FUNCTION_LIST *f3;
+	CK_SESSION_HANDLE h[3];
+	CK_OBJECT_HANDLE k;
+	struct v3 v;
+	CK_ULONG n;
+	int i;
+
+	(void)state;
+	h[0] = gcm_session(&k);
+	h[1] = open_session();
+	h[2] = open_session();
+	v3_open(&v);
+	control("C_EncryptInit gcm-iv message\n");
+	f3 = v3_list(&v);
+	for (i = 0; i < 3; i++)
+		assert_int_equal(f3->C_MessageEncryptInit(h[i], &gcm, k),
+		    CKR_OK);
+	assert_int_equal(f3->v2.C_CloseAllSessions(slot), CKR_OK);
+	msg_params(&mp, iv, tag);
+	for (i = 0; i < 3; i++) {
+		n = sizeof(ct);
+		assert_int_equal(f3->C_EncryptMessage(h[i], &mp, sizeof(mp),
+		    NULL, 0, (CK_BYTE_PTR)PT, sizeof(PT), ct, &n),
+		    CKR_OPERATION_NOT_INITIALIZED);
+		/* p11-kit still tracks them: let it forget them. */
+		assert_int_not_equal(fn->C_CloseSession(h[i]), CKR_OK);
+	}
+	control("");
+	v3_close(&v);
+}
+
+/* gcm-iv lines that name the wrong function or mode are refused. */
+static void
+test_gcm_iv_bad_lines(void **state)
+{
+	char errpath[PATH_MAX + 16], text[4096], want[32];
+	CK_BYTE iv[12], ct[48];
+	CK_SESSION_HANDLE h;
+	CK_OBJECT_HANDLE k;
+	int saved, i;
+
+	(void)state;
+	h = gcm_session(&k);
+	PATHF(errpath, "%s/stderr-gcm.txt", base);
+	saved = stderr_to(errpath);
+	control("* gcm-iv append\n"
+	    "C_Encrypt gcm-iv append\n"
+	    "C_EncryptInit gcm-iv\n"
+	    "C_EncryptInit gcm-iv sideways\n"
+	    "C_EncryptInit gcm-iv append 16\n"
+	    "C_EncryptMessage CKR_DEVICE_ERROR 1\n"
+	    "C_EncryptMessageX CKR_DEVICE_ERROR\n");
+	memset(iv, 0x44, sizeof(iv));
+	assert_int_equal(seal_caller_iv(h, k, iv, sizeof(iv), ct), CKR_OK);
+	stderr_restore(saved, errpath, text, sizeof(text));
+	for (i = 1; i <= 7; i++) {
+		PATHF(want, "p11kms-fault: line %d: ", i);
+		if ((strstr(text, want) == NULL) != (i == 6))
+			fail_msg("line %d: %s", i, text);
+	}
+	control("");
+	assert_int_equal(fn->C_CloseSession(h), CKR_OK);
+}
+
 int
 main(void)
 {
@@ -792,6 +1742,18 @@ main(void)
 		cmocka_unit_test_setup(test_report_rules_bad_lines, setup),
 		cmocka_unit_test_setup(test_reinitialize_and_reload, setup),
 		cmocka_unit_test_setup(test_count_exact_under_threads, setup),
+		cmocka_unit_test_setup(test_gcm_iv_caller_iv_refused, setup),
+		cmocka_unit_test_setup(test_gcm_iv_writeback, setup),
+		cmocka_unit_test_setup(test_gcm_iv_append, setup),
+		cmocka_unit_test_setup(test_gcm_iv_append12, setup),
+		cmocka_unit_test_setup(test_gcm_iv_message, setup),
+		cmocka_unit_test_setup(test_gcm_iv_message_rule_removed, setup),
+		cmocka_unit_test_setup(test_gcm_iv_message_faults, setup),
+		cmocka_unit_test_setup(test_gcm_iv_managed_handles, setup),
+		cmocka_unit_test_setup(test_gcm_iv_message_threads, setup),
+		cmocka_unit_test_setup(test_gcm_iv_close_all_drops_state,
+		    setup),
+		cmocka_unit_test_setup(test_gcm_iv_bad_lines, setup),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
