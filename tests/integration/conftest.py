@@ -6,6 +6,12 @@ then SIGKILL) in fixture teardown, so a failing test never leaves one behind.
 
 Environment:
   P11KMS   absolute path of the daemon binary (default: <repo>/build/p11kms)
+  P11KMS_TEST_GCM_IV
+           writeback | append | append12 | message: every daemon that would
+           load SoftHSM loads the fault module in front of it instead, with
+           the rule "C_EncryptInit gcm-iv MODE": a FIPS-mode HSM that refuses
+           caller-chosen GCM IVs and makes them itself (tests/faultmod). The
+           API, rotation and fault tests run once per form this way.
 """
 
 import base64
@@ -35,6 +41,47 @@ RPC_TIMEOUT = 10.0        # default deadline of every RPC in the suite
 TEST_WATCHDOG = 90        # seconds one test may take before it is aborted
 
 MKTOKEN = os.path.join(REPO, "tests", "mktoken.sh")
+
+GCM_IV = os.environ.get("P11KMS_TEST_GCM_IV") or None
+GCM_IV_FORMS = ("writeback", "append", "append12", "message")
+if GCM_IV is not None and GCM_IV not in GCM_IV_FORMS:
+    raise RuntimeError("P11KMS_TEST_GCM_IV=%s: use one of %s"
+                       % (GCM_IV, ", ".join(GCM_IV_FORMS)))
+# The seal row each emulated form makes p11kms choose for an AES-GCM key.
+GCM_IV_ROW = {"writeback": "aes-gcm/token-iv", "append": "aes-gcm/token-iv",
+              "append12": "aes-gcm/token-iv", "message": "aes-gcm/message"}
+
+
+# The token calls a seal and an open make, which fault rules aim at.
+_MSG = GCM_IV == "message"
+SEAL_CALL = "C_EncryptMessage" if _MSG else "C_Encrypt"
+OPEN_CALL = "C_DecryptMessage" if _MSG else "C_Decrypt"
+SEAL_INIT = "C_MessageEncryptInit" if _MSG else "C_EncryptInit"
+OPEN_INIT = "C_MessageDecryptInit" if _MSG else "C_DecryptInit"
+
+
+def gcm_iv_rule():
+    """The fault-module line of the emulated form, or ""."""
+    return "C_EncryptInit gcm-iv %s\n" % GCM_IV if GCM_IV else ""
+
+
+_GCM_IV_CONTROL = []
+
+
+def gcm_iv_control():
+    """A control file holding only the emulation rule (made once)."""
+    if not _GCM_IV_CONTROL:
+        d = tempfile.mkdtemp(prefix="p11kms-gcmiv-")
+        path = os.path.join(d, "fault.control")
+        with open(path, "w") as f:
+            f.write(gcm_iv_rule())
+        _GCM_IV_CONTROL.append(path)
+    return _GCM_IV_CONTROL[0]
+
+
+def fault_so():
+    return os.path.join(os.path.dirname(binary()), "tests",
+                        "libp11kms-fault.so")
 
 # Every daemon started by this suite, so that even an interrupted session
 # kills them (pytest_sessionfinish).
@@ -136,6 +183,8 @@ class Token:
     def env(self):
         e = dict(os.environ)
         e["SOFTHSM2_CONF"] = self.conf
+        if GCM_IV:
+            e["P11KMS_FAULT_CONTROL"] = gcm_iv_control()
         return e
 
     def uri(self, label="kek1"):
@@ -227,6 +276,8 @@ class Daemon:
         self.keys = keys or ["kek1"]
         self.stderr_path = os.path.join(workdir, "daemon-%s.stderr" % rand_suffix(6))
         self.stdout_path = self.stderr_path[:-7] + ".stdout"
+        if module == MODULE and GCM_IV:
+            module = fault_so()
         if args is None:
             args = ["-s", self.socket]
             for k in self.keys:
@@ -495,6 +546,13 @@ class SharedDaemon:
                                                       (len(self.deaths))),
                              extra=self.extra)
         self.daemon.start(self.pb)
+        if GCM_IV:
+            # The emulation must really be in front: the key seals with
+            # the token-IV row its form selects.
+            want = "mechanism=%s" % GCM_IV_ROW[GCM_IV]
+            assert want in self.daemon.stderr(), (
+                "P11KMS_TEST_GCM_IV=%s but the daemon does not say %s:\n%s"
+                % (GCM_IV, want, self.daemon.stderr()[-2000:]))
         return self.daemon
 
     def close(self):

@@ -4,10 +4,9 @@ token whose daemons load it in front of SoftHSM."""
 
 import os
 
-from conftest import Token, binary
+from conftest import Token, fault_so, gcm_iv_rule
 
-FAULT_SO = os.path.join(os.path.dirname(binary()), "tests",
-                        "libp11kms-fault.so")
+FAULT_SO = fault_so()
 
 
 class Faults:
@@ -18,7 +17,9 @@ class Faults:
         self.counts_path = os.path.join(base, "fault.counts")
 
     def set(self, text):
-        """Replaces the rules atomically (new inode: the module sees it)."""
+        """Replaces the rules atomically (new inode: the module sees it).
+        Under P11KMS_TEST_GCM_IV the emulated form's rule stays first."""
+        text = gcm_iv_rule() + text
         tmp = self.control + ".tmp"
         with open(tmp, "w") as f:
             f.write(text if text.endswith("\n") or not text else text + "\n")

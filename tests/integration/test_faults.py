@@ -23,7 +23,8 @@ import time
 import grpc
 import pytest
 
-from conftest import rpc_error, run_p11kms
+from conftest import (OPEN_CALL as OPEN, OPEN_INIT, SEAL_CALL as SEAL,
+                      SEAL_INIT, rpc_error, run_p11kms)
 from faultctl import FAULT_SO, FaultToken
 from h2client import H2
 
@@ -180,7 +181,7 @@ def test_forwards_without_faults(fdaemon, faults):
     n = faults.counts()
     assert n.get("C_Initialize") == 1, n
     assert n.get("C_Login") == 1, n
-    assert n.get("C_Encrypt", 0) >= 2, n   # self-test, probe, request
+    assert n.get(SEAL, 0) >= 2, n   # self-test, probe, request
 
 
 # --------------------------------------------------------------------------
@@ -200,7 +201,7 @@ def test_operation_failure_costs_only_that_request(fdaemon, faults):
     err = rpc_error(c.decrypt, bytes(bad), e.key_id, e.annotations)
     chk.check(err.code() != C.UNAVAILABLE,
               "bad tag answered UNAVAILABLE (it is the request's fault)")
-    faults.set("C_Decrypt CKR_GENERAL_ERROR 1")
+    faults.set("%s CKR_GENERAL_ERROR 1" % OPEN)
     err = rpc_error(c.decrypt, e.ciphertext, e.key_id, e.annotations)
     chk.check(err.code() != C.UNAVAILABLE,
               "a failed C_Decrypt answered UNAVAILABLE: %r" % err.details())
@@ -224,13 +225,13 @@ def test_session_fault_reopens_session(fdaemon, faults, rv):
     round_trip(c)
     before = faults.counts()
     chk = Checks()
-    faults.set("C_Encrypt %s 1" % rv)
+    faults.set("%s %s 1" % (SEAL, rv))
     r, dt = timed(c.encrypt, os.urandom(32), timeout=10)
     # It may also be retried on a fresh session and succeed.
     chk.check(not isinstance(r, grpc.RpcError) or
               r.code() == C.UNAVAILABLE,
               "the request that met %s got %s" % (rv, rpc_desc(r)))
-    assert faults.count("C_Encrypt") > before.get("C_Encrypt", 0)
+    assert faults.count(SEAL) > before.get(SEAL, 0)
     chk.serves(c, BACK, "after %s" % rv)
     chk.poll_status(c, lambda h: h == "ok", BACK,
                     "Status not 'ok' after a %s" % rv)
@@ -252,12 +253,12 @@ def test_repeated_session_fault_stays_session_level(fdaemon, faults):
     round_trip(c)
     before = faults.counts()
     chk = Checks()
-    faults.set("C_Encrypt CKR_SESSION_HANDLE_INVALID 2")
+    faults.set("%s CKR_SESSION_HANDLE_INVALID 2" % SEAL)
     r, dt = timed(c.encrypt, os.urandom(32), timeout=10)
     chk.check(not isinstance(r, grpc.RpcError) or
               r.code() == C.UNAVAILABLE, "got %s" % rpc_desc(r))
     # Let the probe (every PROBE s) meet the fault too, on an idle daemon.
-    faults.set("C_Encrypt CKR_SESSION_HANDLE_INVALID 2")
+    faults.set("%s CKR_SESSION_HANDLE_INVALID 2" % SEAL)
     deadline = time.monotonic() + 2.5 * PROBE
     while time.monotonic() < deadline:
         h = chk.status(c)
@@ -276,7 +277,7 @@ def test_repeated_session_fault_stays_session_level(fdaemon, faults):
 
 # The token restarted: our sessions are logged out, the module still works.
 LOGGED_OUT = "\n".join("%s CKR_USER_NOT_LOGGED_IN" % f for f in (
-    "C_EncryptInit", "C_Encrypt", "C_DecryptInit", "C_Decrypt"))
+    SEAL_INIT, SEAL, OPEN_INIT, OPEN))
 
 MODULE_FAULTS = [
     ("CKR_DEVICE_REMOVED", "* CKR_DEVICE_REMOVED", "removed"),
@@ -385,10 +386,10 @@ def test_hung_call(fdaemon, faults, pb):
     d, c = fdaemon(workers=workers)
     old = round_trip(c)
     threads0 = threads_of(d.proc.pid)
-    enc0 = faults.count("C_Encrypt")
+    enc0 = faults.count(SEAL)
     chk = Checks()
 
-    faults.set("C_Encrypt hang")
+    faults.set("%s hang" % SEAL)
     # The server itself answers DEADLINE_EXCEEDED at the deadline (raw
     # HTTP/2: the client enforces no deadline of its own).
     body = pb[0].EncryptRequest(plaintext=os.urandom(32)).SerializeToString()
@@ -407,7 +408,7 @@ def test_hung_call(fdaemon, faults, pb):
                       "token call hangs")
     finally:
         h2c.close()
-    chk.check(faults.count("C_Encrypt") > enc0,
+    chk.check(faults.count(SEAL) > enc0,
               "the call never reached the token")
 
     # Status stays prompt; other work goes on while workers remain.
@@ -430,7 +431,7 @@ def test_hung_call(fdaemon, faults, pb):
             chk.check(e.code() in (C.DEADLINE_EXCEEDED, C.UNAVAILABLE,
                                    C.RESOURCE_EXHAUSTED),
                       "Encrypt during the hang: %s" % rpc_desc(e))
-    stuck = faults.count("C_Encrypt") - enc0
+    stuck = faults.count(SEAL) - enc0
     chk.check(stuck <= 2 * workers, "%d token calls stuck at once" % stuck)
     threads = threads_of(d.proc.pid)
     chk.check(threads <= threads0 + 2 * workers,
