@@ -169,14 +169,21 @@ reap_retired(struct daemon *d)
 static void
 log_config(const struct config *c, const struct gen *g)
 {
-	char workers[16], inflight[16], probe[16];
+	char workers[16], inflight[16], probe[16], init_args[32];
 
 	snprintf(workers, sizeof(workers), "%u", g->workers);
 	snprintf(inflight, sizeof(inflight), "%u", g->inflight);
 	snprintf(probe, sizeof(probe), "%u", c->probe_interval_s);
+	/* Its length only: a module's string may hold what a log must not. */
+	if (c->module_init_args != NULL)
+		snprintf(init_args, sizeof(init_args), "(%zu bytes)",
+		    strlen(c->module_init_args));
+	else
+		snprintf(init_args, sizeof(init_args), "(none)");
 	log_kv(LOG_INFO, "configuration", "config", c->config_file ?
 	    c->config_file : "(flags only)", "socket", c->socket_path,
 	    "module", c->module ? c->module : "(from URI or p11-kit)",
+	    "module_init_args", init_args,
 	    "pin_file", c->pin_file ? c->pin_file : "(URI pin-source)",
 	    "mechanism", c->mechanism, "kms_version", c->kms_version,
 	    "workers", workers, "workers_from", g->workers_from,
