@@ -142,3 +142,40 @@ def test_subcommands_take_it(token, faults):
                    ["--module-init-args", ARGS], env=ft.env())
     assert r.returncode == 0, r.stderr
     assert "ready" in r.stdout
+
+
+def test_module_fault_reinitializes_with_the_string(token, faults, spawn, pb,
+                                                    client_for):
+    """Recovery finalizes the module and initializes it again, with the
+    string again (the fault module refuses it otherwise)."""
+    import grpc
+
+    faults.set(RULE)
+    ft = FaultToken(token, faults)
+    d = spawn(ft, module=FAULT_SO,
+              extra=["--module-init-args", ARGS, "--probe-interval", "1"])
+    c = client_for(d)
+    e = c.encrypt(b"k" * 32, timeout=5)
+    inits, finals = faults.count("C_Initialize"), faults.count("C_Finalize")
+    faults.set(RULE + "\n* CKR_DEVICE_REMOVED")
+
+    def down():
+        try:
+            return c.status(timeout=2).healthz != "ok"
+        except grpc.RpcError:
+            return False
+    assert _wait_for(down, 5), d.stderr()[-2000:]
+    assert _wait_for(lambda: faults.count("C_Finalize") > finals, 5), \
+        faults.counts()
+    faults.set(RULE)
+
+    def up():
+        try:
+            return c.status(timeout=2).healthz == "ok"
+        except grpc.RpcError:
+            return False
+    assert _wait_for(up, 15), d.stderr()[-2000:]
+    assert faults.count("C_Initialize") > inits
+    r = c.decrypt(e.ciphertext, e.key_id, e.annotations, timeout=5)
+    assert r.plaintext == b"k" * 32
+    assert "already initialized" not in d.stderr()
