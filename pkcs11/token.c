@@ -647,12 +647,12 @@ own_fini(CK_FUNCTION_LIST *fn)
 static void
 args_hint(const char *path, char *err, size_t errlen)
 {
-	token_err(err, errlen, "cannot initialize module %.200s: "
+	token_err(err, errlen, "cannot initialize module %.120s: "
 	    "CKR_ARGUMENTS_BAD; the module probably needs C_Initialize "
 	    "arguments (CK_C_INITIALIZE_ARGS pReserved, such as a config "
 	    "dir): register it with p11-kit in a file "
 	    "/etc/pkcs11/modules/NAME.module holding the two lines "
-	    "\"module: %.200s\" and \"x-init-reserved: ARGS\", then use "
+	    "\"module: %.120s\" and \"x-init-reserved: ARGS\", then use "
 	    "--module NAME; or pass --module-init-args ARGS", path, path);
 }
 
@@ -671,7 +671,7 @@ token_open(const char *module, const char *init_args, P11KitUri *uri,
 	struct token *t = NULL;
 	CK_FUNCTION_LIST *one[2] = { NULL, NULL }, **cand;
 	const char *path = NULL, *name = NULL;
-	int all_init = 0, ret = KEYRING_E_CONFIG;
+	int all_init = 0, r, ret = KEYRING_E_CONFIG;
 	char *mname;
 	CK_RV rv;
 
@@ -744,10 +744,11 @@ token_open(const char *module, const char *init_args, P11KitUri *uri,
 	}
 
 	if (t->fn != NULL && init_args != NULL) {
-		if ((ret = own_init(t->fn, init_args, t->module, err,
-		    errlen)) != KEYRING_OK)
+		if ((r = own_init(t->fn, init_args, t->module, err,
+		    errlen)) != KEYRING_OK) {
+			ret = r;
 			goto out;
-		ret = KEYRING_E_CONFIG;
+		}
 		t->own_init = 1;
 		one[0] = t->fn;
 		cand = one;
