@@ -172,6 +172,7 @@ reader(void *arg)
 			t = ms_until(cap.rl.start + cap.rl.window_ns, now);
 			timeout = timeout < 0 || t < timeout ? t : timeout;
 		}
+		p[0].revents = p[1].revents = 0;
 		if (poll(p, 2, timeout) < 0 && errno != EINTR)
 			break;
 		if (p[1].revents != 0)
