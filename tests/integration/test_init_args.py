@@ -86,6 +86,16 @@ def test_reload_with_another_string_keeps_serving(token, faults, spawn, pb,
     assert_healthy(d, pb, "after a refused reload")
 
 
+def test_module_path_from_the_uri(token, faults, spawn, pb):
+    """No --module: the key URI's module-path is a module by path too."""
+    faults.set(RULE)
+    ft = FaultToken(token, faults)
+    d = spawn(ft, module=None,
+              keys=[token.uri() + "?module-path=" + FAULT_SO],
+              extra=["--module-init-args", ARGS])
+    assert_healthy(d, pb, "with the URI's module-path")
+
+
 def test_wrong_string_is_refused(token, faults):
     faults.set(RULE)
     ft, args = _fixed(token, faults, "--module-init-args", "configdir=/x")
