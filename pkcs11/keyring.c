@@ -211,8 +211,8 @@ keyring_load(const struct keyring_config *cfg, struct keyring **out,
 			goto other_module;
 	}
 
-	if ((ret = token_open(cfg->module, uris[0], kr->keys[0].uri, &kr->tok,
-	    err, errlen)) != 0)
+	if ((ret = token_open(cfg->module, cfg->module_init_args, uris[0],
+	    kr->keys[0].uri, &kr->tok, err, errlen)) != 0)
 		goto out;
 	for (i = 1; i < n; i++) {
 		if (!p11_kit_uri_match_token_info(uris[i], &kr->tok->info)) {

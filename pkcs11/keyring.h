@@ -73,6 +73,13 @@ struct keyring_config {
 	 * module registered with p11-kit for the URI's token.
 	 */
 	const char *module;
+	/*
+	 * NULL, or the CK_C_INITIALIZE_ARGS pReserved string for a module
+	 * loaded by path (modules that want a config dir or such). Refused
+	 * with a p11-kit module name or no module: p11-kit passes them from
+	 * x-init-reserved: in the module's file. See token_open().
+	 */
+	const char *module_init_args;
 	const char *const *key_uris;	/* RFC 7512 URIs; [0] encrypts */
 	size_t nkeys;			/* 1..KEYRING_MAX_KEYS */
 	/*
@@ -170,6 +177,7 @@ int keyring_open(struct keyring_worker *w, const char *key_id,
 
 struct keyring_tool_config {
 	const char *module;	/* as in keyring_config */
+	const char *module_init_args;	/* as in keyring_config */
 	/*
 	 * RFC 7512 URI. keyring_list: selects the token (and, with object=,
 	 * id= or type=, filters the keys). keyring_keygen: the token and

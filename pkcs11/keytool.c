@@ -140,8 +140,8 @@ tool_open(const struct keyring_tool_config *cfg, int need_login,
 	token_uri_redact(cfg->uri, uri_text, uri_cap);
 	if ((ret = token_uri_parse(cfg->uri, uri, err, errlen)) != 0)
 		return ret;
-	if ((ret = token_open(cfg->module, *uri, uri_text, t, err,
-	    errlen)) != 0)
+	if ((ret = token_open(cfg->module, cfg->module_init_args, *uri,
+	    uri_text, t, err, errlen)) != 0)
 		return ret;
 	pin_source = p11_kit_uri_get_pin_source(*uri);
 	if (!need_login && cfg->pin_file == NULL && pin_source == NULL)

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -535,6 +536,127 @@ finalize_except(CK_FUNCTION_LIST **mods, CK_FUNCTION_LIST *keep)
 			p11_kit_module_finalize(mods[i]);
 }
 
+/*
+ * Modules we initialize ourselves (--module-init-args): loaded unmanaged,
+ * so the module is one process-wide instance. It is initialized by the
+ * first struct token that needs it and finalized when the last one lets go;
+ * a reload that keeps the same string shares it. Guarded by own_mu.
+ */
+struct own_module {
+	CK_FUNCTION_LIST *fn;
+	char *args;		/* the pReserved string it got */
+	unsigned refs;
+	struct own_module *next;
+};
+
+static pthread_mutex_t own_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct own_module *own_list;
+
+/*
+ * C_Initialize(fn) with OS locking and pReserved = args, or one more
+ * reference when an earlier token did it with the same args. Returns
+ * KEYRING_OK, or a status with err written (what names the module).
+ */
+static int
+own_init(CK_FUNCTION_LIST *fn, const char *args, const char *what,
+    char *err, size_t errlen)
+{
+	CK_C_INITIALIZE_ARGS ia;
+	struct own_module *m;
+	int ret = KEYRING_E_TOKEN;
+	CK_RV rv;
+
+	pthread_mutex_lock(&own_mu);
+	for (m = own_list; m != NULL && m->fn != fn; m = m->next)
+		;
+	if (m != NULL) {
+		if (strcmp(m->args, args) != 0) {
+			ret = KEYRING_E_CONFIG;
+			token_err(err, errlen, "%s is still initialized with "
+			    "other --module-init-args by the configuration "
+			    "in use, and a module is initialized once per "
+			    "process: restart p11kms to change them", what);
+			goto out;
+		}
+		m->refs++;
+		ret = KEYRING_OK;
+		goto out;
+	}
+	if ((m = calloc(1, sizeof(*m))) == NULL ||
+	    (m->args = strdup(args)) == NULL) {
+		ret = KEYRING_E_NOMEM;
+		token_err(err, errlen, "out of memory");
+		goto out;
+	}
+	memset(&ia, 0, sizeof(ia));
+	/* Without OS locking SoftHSM and others assume a single thread. */
+	ia.flags = CKF_OS_LOCKING_OK;
+	ia.pReserved = m->args;
+	rv = fn->C_Initialize(&ia);
+	if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+		ret = KEYRING_E_CONFIG;
+		token_err(err, errlen, "%s is already initialized in this "
+		    "process without --module-init-args (by the "
+		    "configuration in use): restart p11kms to add them", what);
+		goto out;
+	}
+	if (rv != CKR_OK) {
+		token_err(err, errlen, "cannot initialize %s with "
+		    "--module-init-args: %s%s", what, token_rv_name(rv),
+		    rv == CKR_ARGUMENTS_BAD ? " (the module refused the "
+		    "string: check it against the module's documentation)" :
+		    "");
+		goto out;
+	}
+	m->fn = fn;
+	m->refs = 1;
+	m->next = own_list;
+	own_list = m;
+	m = NULL;
+	ret = KEYRING_OK;
+out:
+	if (m != NULL && m->fn == NULL) {
+		free(m->args);
+		free(m);
+	}
+	pthread_mutex_unlock(&own_mu);
+	return ret;
+}
+
+/* Drops one reference; the last one finalizes the module. */
+static void
+own_fini(CK_FUNCTION_LIST *fn)
+{
+	struct own_module **mp, *m;
+
+	pthread_mutex_lock(&own_mu);
+	for (mp = &own_list; (m = *mp) != NULL && m->fn != fn; mp = &m->next)
+		;
+	if (m != NULL && --m->refs == 0) {
+		*mp = m->next;
+		(void)fn->C_Finalize(NULL);
+		free(m->args);
+		free(m);
+	}
+	pthread_mutex_unlock(&own_mu);
+}
+
+/*
+ * The message for a module loaded by path that refused C_Initialize with
+ * CKR_ARGUMENTS_BAD: most often it wants C_Initialize arguments.
+ */
+static void
+args_hint(const char *path, char *err, size_t errlen)
+{
+	token_err(err, errlen, "cannot initialize module %.120s: "
+	    "CKR_ARGUMENTS_BAD; the module probably needs C_Initialize "
+	    "arguments (CK_C_INITIALIZE_ARGS pReserved, such as a config "
+	    "dir): register it with p11-kit in a file "
+	    "/etc/pkcs11/modules/NAME.module holding the two lines "
+	    "\"module: %.120s\" and \"x-init-reserved: ARGS\", then use "
+	    "--module NAME; or pass --module-init-args ARGS", path, path);
+}
+
 static const char *
 p11_kit_text(void)
 {
@@ -594,13 +716,13 @@ token_open_session(struct token *t, int rw, CK_SESSION_HANDLE *out)
 }
 
 int
-token_open(const char *module, P11KitUri *uri, const char *uri_text,
-    struct token **out, char *err, size_t errlen)
+token_open(const char *module, const char *init_args, P11KitUri *uri,
+    const char *uri_text, struct token **out, char *err, size_t errlen)
 {
 	struct token *t = NULL;
 	CK_FUNCTION_LIST *one[2] = { NULL, NULL }, **cand;
 	const char *path = NULL, *name = NULL;
-	int all_init = 0, ret = KEYRING_E_CONFIG;
+	int all_init = 0, r, ret = KEYRING_E_CONFIG;
 	char *mname;
 	CK_RV rv;
 
@@ -618,6 +740,21 @@ token_open(const char *module, P11KitUri *uri, const char *uri_text,
 			name = module;
 	} else if ((path = p11_kit_uri_get_module_path(uri)) == NULL)
 		name = p11_kit_uri_get_module_name(uri);
+
+	if (init_args != NULL && name != NULL) {
+		token_err(err, errlen, "--module-init-args is only for a "
+		    "module loaded by path; p11-kit module '%.100s' gets its "
+		    "C_Initialize arguments from x-init-reserved: in its "
+		    "p11-kit module file", name);
+		goto out;
+	}
+	if (init_args != NULL && path == NULL) {
+		token_err(err, errlen, "--module-init-args needs the module "
+		    "given by path (--module /path/to/module.so, or the key "
+		    "URI's module-path); a module registered with p11-kit "
+		    "gets them from x-init-reserved: in its module file");
+		goto out;
+	}
 
 	if (name != NULL) {
 		snprintf(t->module, sizeof(t->module), "p11-kit module '%s'",
@@ -643,7 +780,13 @@ token_open(const char *module, P11KitUri *uri, const char *uri_text,
 		 * locking; C_Initialize(NULL) would tell SoftHSM there is
 		 * only one thread.
 		 */
-		t->fn = p11_kit_module_load(path, 0);
+		/*
+		 * With init_args: unmanaged, and C_Initialize is ours
+		 * (own_init), since p11-kit passes pReserved only from a
+		 * module file.
+		 */
+		t->fn = p11_kit_module_load(path, init_args != NULL ?
+		    P11_KIT_MODULE_UNMANAGED : 0);
 		if (t->fn == NULL) {
 			token_err(err, errlen, "cannot load PKCS#11 module %s: "
 			    "%s", path, p11_kit_text());
@@ -651,12 +794,24 @@ token_open(const char *module, P11KitUri *uri, const char *uri_text,
 		}
 	}
 
-	if (t->fn != NULL) {
+	if (t->fn != NULL && init_args != NULL) {
+		if ((r = own_init(t->fn, init_args, t->module, err,
+		    errlen)) != KEYRING_OK) {
+			ret = r;
+			goto out;
+		}
+		t->own_init = 1;
+		one[0] = t->fn;
+		cand = one;
+	} else if (t->fn != NULL) {
 		rv = p11_kit_module_initialize(t->fn);
 		if (rv != CKR_OK) {
 			ret = KEYRING_E_TOKEN;
-			token_err(err, errlen, "cannot initialize %s: %s",
-			    t->module, token_rv_name(rv));
+			if (rv == CKR_ARGUMENTS_BAD && path != NULL)
+				args_hint(path, err, errlen);
+			else
+				token_err(err, errlen, "cannot initialize %s: "
+				    "%s", t->module, token_rv_name(rv));
 			goto out;
 		}
 		t->fn_init = 1;
@@ -728,6 +883,8 @@ token_close(struct token *t)
 		(void)t->fn->C_CloseSession(t->session);
 	if (t->fn_init)
 		(void)p11_kit_module_finalize(t->fn);
+	if (t->own_init)
+		own_fini(t->fn);
 	if (t->mods != NULL)
 		p11_kit_modules_release(t->mods);
 	else if (t->fn != NULL)

@@ -57,7 +57,8 @@
  * was initialized with OS locking (multi-thread safe) and its sessions are
  * private to this struct: closing it never touches another struct token on
  * the same module, which is what makes a reload (new token opened, old one
- * closed) safe.
+ * closed) safe. With init args (token_open) it is unmanaged, initialized by
+ * us with OS locking and reference-counted, so a reload is safe too.
  */
 struct token {
 	CK_FUNCTION_LIST *fn;	/* module holding the token; initialized */
@@ -82,6 +83,7 @@ struct token {
 	char label[TOKEN_LABEL_MAX];	/* printable, blanks trimmed */
 	char module[TOKEN_URI_TEXT_MAX]; /* how the module was found */
 	int fn_init;		/* private: fn needs p11_kit_module_finalize */
+	int own_init;		/* private: fn was initialized by us (init args) */
 };
 
 /* snprintf into err (NULL or errlen 0: nothing). */
@@ -119,10 +121,19 @@ int token_uri_parse(const char *s, P11KitUri **out, char *err, size_t errlen);
  * module name; NULL: the URI's module-path or module-name; if neither, every
  * module registered with p11-kit is searched. Zero or several matching
  * tokens is a config error. Opens t->session (not logged in yet).
+ *
+ * init_args (NULL: none): the CK_C_INITIALIZE_ARGS pReserved string for a
+ * module loaded by path. Such a module is loaded unmanaged and initialized
+ * here with CKF_OS_LOCKING_OK, once per process: further tokens with the
+ * same string share it (the last token_close finalizes it); another string
+ * while it is in use is a config error. With a p11-kit module name or no
+ * module at all, init_args is a config error (p11-kit's x-init-reserved
+ * is the way there). A module loaded by path that refuses C_Initialize
+ * with CKR_ARGUMENTS_BAD gets a message saying how to pass arguments.
  * *out is set only on success; caller frees with token_close().
  */
-int token_open(const char *module, P11KitUri *uri, const char *uri_text,
-    struct token **out, char *err, size_t errlen);
+int token_open(const char *module, const char *init_args, P11KitUri *uri,
+    const char *uri_text, struct token **out, char *err, size_t errlen);
 
 /*
  * Reads a PIN file into pin (cap bytes, not NUL-terminated), without one

@@ -12,16 +12,18 @@
 enum {
 	OPT_WORKERS = 256, OPT_MAX_INFLIGHT, OPT_PROBE, OPT_KMS_VERSION,
 	OPT_MAX_REQUEST, OPT_LOG_LEVEL, OPT_GRACE, OPT_MECHANISM,
-	OPT_OPS_LISTEN, OPT_LOG_FORMAT,
+	OPT_OPS_LISTEN, OPT_LOG_FORMAT, OPT_MODULE_INIT_ARGS,
 };
 
 #define CONFIG_FILE_MAX	(64 * 1024)
+#define INIT_ARGS_MAX	1024	/* bytes of --module-init-args */
 
 static const struct option longopts[] = {
 	{ "config",		required_argument, NULL, 'c' },
 	{ "socket",		required_argument, NULL, 's' },
 	{ "key",		required_argument, NULL, 'k' },
 	{ "module",		required_argument, NULL, 'm' },
+	{ "module-init-args",	required_argument, NULL, OPT_MODULE_INIT_ARGS },
 	{ "pin-file",		required_argument, NULL, 'p' },
 	{ "mechanism",		required_argument, NULL, OPT_MECHANISM },
 	{ "workers",		required_argument, NULL, OPT_WORKERS },
@@ -59,6 +61,10 @@ config_usage(FILE *fp)
 "  -m, --module PATH|NAME    PKCS#11 module (.so path or p11-kit module\n"
 "                            name); default: module-path/module-name of the\n"
 "                            URI, else every module registered with p11-kit\n"
+"      --module-init-args S  pass S as C_Initialize's pReserved argument\n"
+"                            (a config dir or such) to a module given by\n"
+"                            path; a p11-kit module name gets it from\n"
+"                            x-init-reserved: in its module file instead\n"
 "  -p, --pin-file FILE       file holding the token user PIN; default: the\n"
 "                            URI's pin-source. A PIN is never taken from\n"
 "                            the command line.\n"
@@ -183,6 +189,15 @@ apply(struct config *cfg, int opt, const char *name, const char *arg,
 	case 'p':
 		cfg->pin_file = arg;
 		break;
+	case OPT_MODULE_INIT_ARGS:
+		if (arg[0] == '\0' || strlen(arg) > INIT_ARGS_MAX) {
+			snprintf(err, errlen, "%s must be 1 to %d bytes: the "
+			    "string the module expects as C_Initialize "
+			    "pReserved", name, INIT_ARGS_MAX);
+			return CONFIG_ERROR;
+		}
+		cfg->module_init_args = arg;
+		break;
 	case OPT_MECHANISM:
 		if (!one_of(arg, mechanisms)) {
 			snprintf(err, errlen, "%s '%.40s': use auto, aes-gcm, "
@@ -263,6 +278,20 @@ apply(struct config *cfg, int opt, const char *name, const char *arg,
 		return CONFIG_ERROR;
 	}
 	return CONFIG_OK;
+}
+
+/*
+ * 1 when m names a module file rather than a p11-kit module name: the
+ * rule pkcs11/token.c applies (a '/', or a .so / .so.N name).
+ */
+static int
+module_is_path(const char *m)
+{
+	size_t n = strlen(m);
+
+	return strchr(m, '/') != NULL ||
+	    (n > 3 && strcmp(m + n - 3, ".so") == 0) ||
+	    strstr(m, ".so.") != NULL;
 }
 
 static char *
@@ -418,6 +447,15 @@ config_parse_args(struct config *cfg, int argc, char **argv,
 	if (optind < argc) {
 		snprintf(err, errlen, "unexpected argument '%.60s'; see "
 		    "p11kms --help", argv[optind]);
+		return CONFIG_ERROR;
+	}
+	if (cfg->module_init_args != NULL && cfg->module != NULL &&
+	    !module_is_path(cfg->module)) {
+		snprintf(err, errlen, "module-init-args is only for a module "
+		    "given by path, and '%.60s' is a p11-kit module name: put "
+		    "\"x-init-reserved: ...\" in its p11-kit module file "
+		    "instead (/etc/pkcs11/modules/%.60s.module), or give "
+		    "--module the .so path", cfg->module, cfg->module);
 		return CONFIG_ERROR;
 	}
 	if (cfg->nkeys == 0) {

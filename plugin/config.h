@@ -28,6 +28,7 @@ struct config {
 	const char *keys[KEYRING_MAX_KEYS];
 	size_t nkeys;
 	const char *module;
+	const char *module_init_args;	/* pReserved for a module by path */
 	const char *pin_file;
 	unsigned workers;		/* 0: choose from CPUs and token */
 	unsigned max_inflight;		/* 0: choose from workers */

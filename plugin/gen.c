@@ -183,6 +183,7 @@ gen_open(struct config *cfg, struct gen **out, char *err, size_t errlen)
 	g->watch.fd = -1;
 	memset(&kcfg, 0, sizeof(kcfg));
 	kcfg.module = g->cfg.module;
+	kcfg.module_init_args = g->cfg.module_init_args;
 	kcfg.key_uris = g->cfg.keys;
 	kcfg.nkeys = g->cfg.nkeys;
 	kcfg.pin_file = g->cfg.pin_file;

@@ -118,6 +118,32 @@ utf8_seq(const unsigned char *s, size_t n)
 	return len;
 }
 
+/* The code point of the valid sequence s of k bytes (utf8_seq). */
+static unsigned
+utf8_cp(const unsigned char *s, size_t k)
+{
+	unsigned cp = k == 2 ? s[0] & 0x1f : k == 3 ? s[0] & 0x0f : s[0] & 0x07;
+	size_t i;
+
+	for (i = 1; i < k; i++)
+		cp = cp << 6 | (s[i] & 0x3f);
+	return cp;
+}
+
+/*
+ * 1 for the bidirectional controls (ALM, LRM, RLM, LRE..RLO, LRI..PDI) and
+ * the line/paragraph separators: text that displays other than it reads
+ * ("Trojan Source") or breaks a line in some viewers.
+ */
+static int
+is_bidi(const unsigned char *s, size_t k)
+{
+	unsigned cp = utf8_cp(s, k);
+
+	return cp == 0x061c || cp == 0x200e || cp == 0x200f ||
+	    (cp >= 0x2028 && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069);
+}
+
 /*
  * Appends s escaped as the inside of a JSON string (also valid in a quoted
  * logfmt value). Stops at an escape boundary when the line is full.
@@ -126,7 +152,7 @@ static int
 put_escaped(struct line *l, const char *str)
 {
 	const unsigned char *s = (const unsigned char *)str;
-	size_t n = strlen(str), i = 0, k;
+	size_t n = strlen(str), i = 0, k, m;
 	char esc[8];
 
 	while (i < n) {
@@ -155,7 +181,13 @@ put_escaped(struct line *l, const char *str)
 			i += 2;
 			continue;
 		} else if ((k = utf8_seq(s + i, n - i)) != 0) {
-			if (put(l, str + i, k) != 0)
+			if (is_bidi(s + i, k)) {
+				/* Would reorder what a terminal shows. */
+				m = (size_t)snprintf(esc, sizeof(esc),
+				    "\\u%04x", utf8_cp(s + i, k));
+				if (put(l, esc, m) != 0)
+					return -1;
+			} else if (put(l, str + i, k) != 0)
 				return -1;
 			i += k;
 			continue;
@@ -320,4 +352,45 @@ log_kv(int level, const char *msg, ...)
 	}
 	va_end(ap);
 	emit(level, msg != NULL ? msg : "", kv, n, dropped);
+}
+
+/* ---- rate limiter ---- */
+
+void
+log_ratelim_init(struct log_ratelim *rl, unsigned burst, uint64_t window_ns)
+{
+	memset(rl, 0, sizeof(*rl));
+	rl->burst = burst;
+	rl->window_ns = window_ns;
+}
+
+int
+log_ratelim_window_over(const struct log_ratelim *rl, uint64_t now)
+{
+	return !rl->started || now - rl->start >= rl->window_ns;
+}
+
+int
+log_ratelim_allow(struct log_ratelim *rl, uint64_t now)
+{
+	if (log_ratelim_window_over(rl, now)) {
+		rl->start = now;
+		rl->used = 0;
+		rl->started = 1;
+	}
+	if (rl->used < rl->burst) {
+		rl->used++;
+		return 1;
+	}
+	rl->dropped++;
+	return 0;
+}
+
+unsigned long
+log_ratelim_dropped(struct log_ratelim *rl)
+{
+	unsigned long n = rl->dropped;
+
+	rl->dropped = 0;
+	return n;
 }

@@ -7,9 +7,10 @@
  * Every line is written with one write(2) of at most LOG_LINE_MAX bytes
  * (PIPE_BUF), so lines from different threads never interleave on a pipe.
  * Strings are escaped, never trusted: quotes, backslashes, newlines and
- * every other control character (C0, DEL, C1) come out as \" \\ \n \u001b…
- * and invalid UTF-8 as \ufffd, so no message can forge a second record or
- * reach a terminal as an escape sequence. An over-long line is cut at an
+ * every other control character (C0, DEL, C1) come out as \" \\ \n \u001b…,
+ * bidi controls and U+2028/U+2029 as \u202e…, invalid UTF-8 as \ufffd, so
+ * no message can forge a second record, reach a terminal as an escape
+ * sequence or show other text than it holds. An over-long line is cut at an
  * escape boundary and marked truncated=true.
  *
  * Never pass a PIN, plaintext, DEK or key handle value; print strings that
@@ -19,6 +20,8 @@
  */
 #ifndef P11KMS_LOG_H
 #define P11KMS_LOG_H
+
+#include <stdint.h>
 
 enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
 enum log_format { LOG_FORMAT_LOGFMT = 0, LOG_FORMAT_JSON };
@@ -47,6 +50,38 @@ void log_msg(int level, const char *fmt, ...)
  *       "code", "INVALID_ARGUMENT", NULL);
  */
 void log_kv(int level, const char *msg, ...) __attribute__((sentinel));
+
+/*
+ * A fixed-window rate limiter for log lines: at most burst lines per window,
+ * the rest counted as dropped so the caller can log how many it left out
+ * (log_ratelim_dropped). Not locked: one thread per limiter, or the
+ * caller's lock. Time is CLOCK_MONOTONIC nanoseconds from the caller.
+ *
+ *   if (log_ratelim_allow(&rl, now)) {
+ *           if ((n = log_ratelim_dropped(&rl)) > 0)
+ *                   log_warn("%lu lines left out", n);
+ *           log_warn(...);
+ *   }
+ */
+struct log_ratelim {
+	uint64_t window_ns;	/* length of one window */
+	unsigned burst;		/* lines allowed per window */
+	uint64_t start;		/* current window's start */
+	unsigned used;		/* lines allowed in it */
+	unsigned long dropped;	/* refused since log_ratelim_dropped */
+	int started;
+};
+
+/* burst lines per window_ns (burst 0: every line is dropped). */
+void log_ratelim_init(struct log_ratelim *rl, unsigned burst,
+    uint64_t window_ns);
+/* 1: log this line; 0: drop it (counted). A new window starts once the
+ * last one is over. */
+int log_ratelim_allow(struct log_ratelim *rl, uint64_t now);
+/* Lines refused since the last call; resets the count. */
+unsigned long log_ratelim_dropped(struct log_ratelim *rl);
+/* 1 when the window that refused lines is over (time to report them). */
+int log_ratelim_window_over(const struct log_ratelim *rl, uint64_t now);
 
 #define log_error(...)	log_msg(LOG_ERROR, __VA_ARGS__)
 #define log_warn(...)	log_msg(LOG_WARN, __VA_ARGS__)

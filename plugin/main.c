@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,7 @@
 #include "plugin/harden.h"
 #include "plugin/kms.h"
 #include "plugin/log.h"
+#include "plugin/logcap.h"
 #include "plugin/loop.h"
 #include "plugin/metrics.h"
 #include "plugin/ops.h"
@@ -62,6 +64,32 @@ struct daemon {
 	struct ops *ops;		/* --ops-listen, or NULL */
 	struct loop_timer ops_timer;	/* 1 s: heartbeat, health, gauges */
 };
+
+static void fatal(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2)));
+
+/*
+ * A fatal error as a plain "p11kms: ..." line on the log's fd: the real
+ * stderr, also while logcap holds fd 2 (there it would pass for module
+ * output).
+ */
+static void
+fatal(const char *fmt, ...)
+{
+	char b[1024];
+	va_list ap;
+	int n;
+
+	memcpy(b, "p11kms: ", 8);
+	va_start(ap, fmt);
+	n = vsnprintf(b + 8, sizeof(b) - 9, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		n = 0;
+	n = n + 8 > (int)sizeof(b) - 2 ? (int)sizeof(b) - 2 : n + 8;
+	b[n++] = '\n';
+	(void)!write(log_fd, b, (size_t)n);
+}
 
 /*
  * Publishes what the ops thread serves: a heartbeat (the loop turns), the
@@ -169,14 +197,21 @@ reap_retired(struct daemon *d)
 static void
 log_config(const struct config *c, const struct gen *g)
 {
-	char workers[16], inflight[16], probe[16];
+	char workers[16], inflight[16], probe[16], init_args[32];
 
 	snprintf(workers, sizeof(workers), "%u", g->workers);
 	snprintf(inflight, sizeof(inflight), "%u", g->inflight);
 	snprintf(probe, sizeof(probe), "%u", c->probe_interval_s);
+	/* Its length only: a module's string may hold what a log must not. */
+	if (c->module_init_args != NULL)
+		snprintf(init_args, sizeof(init_args), "(%zu bytes)",
+		    strlen(c->module_init_args));
+	else
+		snprintf(init_args, sizeof(init_args), "(none)");
 	log_kv(LOG_INFO, "configuration", "config", c->config_file ?
 	    c->config_file : "(flags only)", "socket", c->socket_path,
 	    "module", c->module ? c->module : "(from URI or p11-kit)",
+	    "module_init_args", init_args,
 	    "pin_file", c->pin_file ? c->pin_file : "(URI pin-source)",
 	    "mechanism", c->mechanism, "kms_version", c->kms_version,
 	    "workers", workers, "workers_from", g->workers_from,
@@ -496,8 +531,11 @@ main(int argc, char **argv)
 		config_free(&cfg);
 		return EXIT_RUNTIME;
 	}
+	/* Before the module is loaded: its stderr output becomes records. */
+	if (logcap_start(NULL, err, sizeof(err)) != 0)
+		log_warn("%s; module output stays on stderr as is", err);
 	if ((r = gen_open(&cfg, &g, err, sizeof(err))) != KEYRING_OK) {
-		fprintf(stderr, "p11kms: %s\n", err);
+		fatal("%s", err);
 		ret = r == KEYRING_E_CONFIG || r == KEYRING_E_PIN ?
 		    EXIT_CONFIG : EXIT_RUNTIME;
 		goto out;
@@ -506,12 +544,12 @@ main(int argc, char **argv)
 	d.grace_s = g->cfg.grace_s;
 	log_config(&g->cfg, g);
 	if (fixed_init(&d.fixed, &g->cfg) != 0) {
-		fprintf(stderr, "p11kms: out of memory\n");
+		fatal("out of memory");
 		goto out;
 	}
 	log_keys(g);
 	if (loop_new(&d.loop) != 0) {
-		fprintf(stderr, "p11kms: cannot create the event loop\n");
+		fatal("cannot create the event loop");
 		goto out;
 	}
 	pool_watch_init(g);
@@ -519,7 +557,7 @@ main(int argc, char **argv)
 	    loop_watch(d.loop, &d.sig_watch, EPOLLIN) != 0 ||
 	    gen_loader_init(&d.loader, d.loop, argc, argv, on_loaded,
 	    &d) != 0) {
-		fprintf(stderr, "p11kms: epoll: %s\n", strerror(errno));
+		fatal("epoll: %s", strerror(errno));
 		goto out;
 	}
 
@@ -530,14 +568,14 @@ main(int argc, char **argv)
 	mcfg.health_changed = on_health;
 	mcfg.fault_arg = &d;
 	if (kms_new(d.loop, g->kr, g->pool, &mcfg, &d.kms) != 0) {
-		fprintf(stderr, "p11kms: out of memory\n");
+		fatal("out of memory");
 		goto out;
 	}
 	if (g->cfg.ops_listen != NULL) {
 		struct ops_config oc = { g->cfg.ops_listen, 0 };
 
 		if (ops_start(&oc, &d.ops, err, sizeof(err)) != 0) {
-			fprintf(stderr, "p11kms: %s\n", err);
+			fatal("%s", err);
 			ret = EXIT_CONFIG;
 			goto out;
 		}
@@ -557,20 +595,20 @@ main(int argc, char **argv)
 		goto out;
 	}
 	if (!ok) {
-		fprintf(stderr, "p11kms: the token failed a seal/open round "
-		    "trip at start: %s\n", kms_healthz(d.kms));
+		fatal("the token failed a seal/open round "
+		    "trip at start: %s", kms_healthz(d.kms));
 		goto out;
 	}
 
 	methods = kms_methods(&nmethods);
 	if (grpc_server_new(d.loop, methods, nmethods, d.kms,
 	    g->cfg.max_request, &d.srv) != 0) {
-		fprintf(stderr, "p11kms: out of memory\n");
+		fatal("out of memory");
 		goto out;
 	}
 	if (grpc_server_listen(d.srv, g->cfg.socket_path, err,
 	    sizeof(err)) != 0) {
-		fprintf(stderr, "p11kms: %s\n", err);
+		fatal("%s", err);
 		ret = EXIT_CONFIG;
 		goto out;
 	}
@@ -602,5 +640,7 @@ main(int argc, char **argv)
 	fixed_free(&d.fixed);
 	if (d.sig_watch.fd != -1)
 		close(d.sig_watch.fd);
+	/* Modules are finalized: log what they still wrote, then stop. */
+	logcap_stop();
 	return ret;
 }

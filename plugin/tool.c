@@ -1,8 +1,9 @@
 /*
  * tool: the key-management subcommands of the p11kms binary.
  *
- *   p11kms keygen   [--module M] [--pin-file F] [--mechanism X] [--bits N] URI
- *   p11kms keys     [--module M] [--pin-file F] URI
+ *   p11kms keygen   [--module M [--module-init-args S]] [--pin-file F]
+ *                   [--mechanism X] [--bits N] URI
+ *   p11kms keys     [--module M [--module-init-args S]] [--pin-file F] URI
  *   p11kms selftest [daemon flags: --config F, --key URI..., --module M,
  *                    --pin-file F, --mechanism X, ...]
  *
@@ -31,10 +32,11 @@
 #define EXIT_USAGE	2
 #define SELFTEST_PT	32	/* a KMS v2 seed / v1 DEK is 32 bytes */
 
-enum { OPT_BITS = 256, OPT_TYPE };
+enum { OPT_BITS = 256, OPT_TYPE, OPT_INIT_ARGS };
 
 static const struct option tool_opts[] = {
 	{ "module",	required_argument, NULL, 'm' },
+	{ "module-init-args", required_argument, NULL, OPT_INIT_ARGS },
 	{ "pin-file",	required_argument, NULL, 'p' },
 	{ "mechanism",	required_argument, NULL, 'M' },
 	{ "type",	required_argument, NULL, OPT_TYPE },
@@ -56,6 +58,8 @@ keygen_usage(FILE *fp)
 "CKA_EXTRACTABLE=false, without sign/verify/derive.\n"
 "\n"
 "  -m, --module PATH|NAME   PKCS#11 module (.so path or p11-kit name)\n"
+"      --module-init-args S C_Initialize pReserved string for a module\n"
+"                           given by path\n"
 "  -p, --pin-file FILE      file holding the token user PIN\n"
 "      --type aes|rsa       aes (default): an AES-256 key for the best AES\n"
 "                           mechanism the token offers (AES-GCM, else AES\n"
@@ -90,6 +94,8 @@ keys_usage(FILE *fp)
 "round trip with, or why not.\n"
 "\n"
 "  -m, --module PATH|NAME   PKCS#11 module (.so path or p11-kit name)\n"
+"      --module-init-args S C_Initialize pReserved string for a module\n"
+"                           given by path\n"
 "  -p, --pin-file FILE      file holding the token user PIN (without it,\n"
 "                           keys needing login are not shown)\n"
 "  -h, --help               this text\n"
@@ -146,6 +152,14 @@ parse_tool_args(const char *cmd, int argc, char **argv, int with_gen,
 			break;
 		case 'p':
 			cfg->pin_file = optarg;
+			break;
+		case OPT_INIT_ARGS:
+			if (optarg[0] == '\0') {
+				fprintf(stderr, "p11kms: %s: --module-init-args "
+				    "is empty\n", cmd);
+				return EXIT_USAGE;
+			}
+			cfg->module_init_args = optarg;
 			break;
 		case 'M':
 		case OPT_TYPE:
@@ -379,6 +393,7 @@ cmd_selftest(int argc, char **argv)
 	}
 	memset(&kcfg, 0, sizeof(kcfg));
 	kcfg.module = cfg.module;
+	kcfg.module_init_args = cfg.module_init_args;
 	kcfg.key_uris = cfg.keys;
 	kcfg.nkeys = cfg.nkeys;
 	kcfg.pin_file = cfg.pin_file;

@@ -30,6 +30,18 @@
  *        append                16 bytes after the tag (Luna)
  *        append12              12 bytes after the tag (older ProtectServer)
  *        message               PKCS#11 3.0 C_EncryptMessage only
+ *   FUNC stderr TEXT           write TEXT and a newline to fd 2 (one
+ *                              write) on every call of FUNC, as modules
+ *                              that print diagnostics do; TEXT is the rest
+ *                              of the line (spaces and control bytes kept,
+ *                              no '#'), at most FAULT_TEXT_MAX - 1 bytes
+ *   C_Initialize require-reserved TEXT
+ *                              C_Initialize fails CKR_ARGUMENTS_BAD unless
+ *                              its CK_C_INITIALIZE_ARGS.pReserved is the
+ *                              NUL-terminated string TEXT (rest of the
+ *                              line), as modules that need a config dir
+ *                              do; a call that matches is forwarded with
+ *                              pReserved NULL (SoftHSM refuses any other)
  * FUNC is a function name of CK_FUNCTION_LIST (C_Encrypt) or of the 3.0
  * list (C_EncryptMessage, C_GetInterface, ...), or '*', which matches every
  * function except C_GetFunctionList, C_GetInterface, C_GetInterfaceList
@@ -129,6 +141,7 @@
 #define FAULT_IV_MAX	16	/* the longest IV faultmod generates */
 #define FAULT_IV_SCAN_MAX	256	/* longer caller IVs are refused unread */
 #define FAULT_MSG_MAX	(64UL << 20)	/* C_EncryptMessage/C_DecryptMessage */
+#define FAULT_TEXT_MAX		256	/* stderr / require-reserved text */
 
 /*
  * Functions of CK_FUNCTION_LIST (2.40) written by hand: the five whose
@@ -414,7 +427,7 @@ static const struct {
 
 enum fault_kind {
 	RULE_FAIL, RULE_DELAY, RULE_HANG, RULE_HW_SLOT, RULE_MAX_SESSIONS,
-	RULE_GCM_IV
+	RULE_GCM_IV, RULE_STDERR, RULE_REQUIRE_RESERVED
 };
 
 /* How the emulated token makes AES-GCM IVs (the gcm-iv rule). */
@@ -442,6 +455,7 @@ struct fault_rule {
 	unsigned long ms;	/* RULE_DELAY */
 	unsigned long n;	/* RULE_MAX_SESSIONS */
 	enum fault_gcm gcm;	/* RULE_GCM_IV */
+	char text[FAULT_TEXT_MAX];	/* RULE_STDERR, RULE_REQUIRE_RESERVED */
 };
 
 /* What one call has to do, decided under the lock. */
@@ -453,6 +467,10 @@ struct fault_verdict {
 	int set_max_sessions;	/* C_GetTokenInfo: report max_sessions */
 	CK_ULONG max_sessions;
 	enum fault_gcm gcm;	/* the first gcm-iv rule, whatever fn is */
+	int say;		/* write say_text + "\n" to fd 2 */
+	char say_text[FAULT_TEXT_MAX];
+	int require;		/* C_Initialize: pReserved must be require_text */
+	char require_text[FAULT_TEXT_MAX];
 };
 
 /* Identity of the control file version the rules came from. */
@@ -568,6 +586,56 @@ fault_num(const char *s, unsigned long min, unsigned long max,
 }
 
 /*
+ * The rules whose last field is free text ("FUNC stderr TEXT", "C_Initialize
+ * require-reserved TEXT"): 1 with r filled, -1 with why, 0 when line is
+ * not one of them. line is not modified.
+ */
+static int
+fault_parse_text(const char *line, struct fault_rule *r, char *why,
+    size_t whylen)
+{
+	const char *ws = " \t\r\n", *p = line, *text;
+	char fn[64];
+	size_t n;
+
+	p += strspn(p, ws);
+	n = strcspn(p, ws);
+	if (n == 0 || n >= sizeof(fn))
+		return 0;
+	memcpy(fn, p, n);
+	fn[n] = '\0';
+	p += n;
+	p += strspn(p, " \t");
+	n = strcspn(p, ws);
+	if (!((n == 6 && strncmp(p, "stderr", 6) == 0) ||
+	    (n == 16 && strncmp(p, "require-reserved", 16) == 0)))
+		return 0;
+	memset(r, 0, sizeof(*r));
+	r->kind = n == 6 ? RULE_STDERR : RULE_REQUIRE_RESERVED;
+	text = p + n;
+	text += strspn(text, " \t");
+	n = strcspn(text, "\r\n");
+	if ((r->fn = fault_fn_lookup(fn)) == -2) {
+		snprintf(why, whylen, "unknown function \"%.64s\"", fn);
+		return -1;
+	}
+	if (r->kind == RULE_REQUIRE_RESERVED && r->fn != FN_C_Initialize) {
+		snprintf(why, whylen, "require-reserved is for C_Initialize "
+		    "only");
+		return -1;
+	}
+	if (n == 0 || n >= sizeof(r->text)) {
+		snprintf(why, whylen, "%s wants a text of 1 to %d bytes",
+		    r->kind == RULE_STDERR ? "stderr" : "require-reserved",
+		    FAULT_TEXT_MAX - 1);
+		return -1;
+	}
+	memcpy(r->text, text, n);
+	r->text[n] = '\0';
+	return 1;
+}
+
+/*
  * Parses one line (comment already cut) into r. Returns 1 for a rule, 0 for
  * a blank line, -1 with a message in why for a bad line.
  */
@@ -576,7 +644,10 @@ fault_parse_line(char *line, struct fault_rule *r, char *why, size_t whylen)
 {
 	char *tok[4], *save = NULL, *s;
 	unsigned long n;
-	int nt = 0;
+	int nt = 0, k;
+
+	if ((k = fault_parse_text(line, r, why, whylen)) != 0)
+		return k;
 
 	for (s = strtok_r(line, " \t\r\n", &save); s != NULL;
 	    s = strtok_r(NULL, " \t\r\n", &save)) {
@@ -802,6 +873,17 @@ fault_decide_locked(int fn, struct fault_verdict *v)
 				v->set_max_sessions = 1;
 				v->max_sessions = r->n;
 			}
+		} else if (r->kind == RULE_STDERR) {
+			if (!v->say) {
+				v->say = 1;
+				memcpy(v->say_text, r->text, sizeof(r->text));
+			}
+		} else if (r->kind == RULE_REQUIRE_RESERVED) {
+			if (!v->require) {
+				v->require = 1;
+				memcpy(v->require_text, r->text,
+				    sizeof(r->text));
+			}
 		} else if (r->kind == RULE_FAIL && v->rv == CKR_OK &&
 		    r->left != 0) {
 			v->rv = r->rv;
@@ -851,6 +933,19 @@ out:
 	pthread_mutex_unlock(&fault_counts_mu);
 }
 
+/* TEXT + "\n" to fd 2 in one write, as a module's diagnostics would go. */
+static void
+fault_say(const char *text)
+{
+	char buf[FAULT_TEXT_MAX + 1];
+	size_t n = strlen(text);
+
+	memcpy(buf, text, n);
+	buf[n++] = '\n';
+	while (write(2, buf, n) == -1 && errno == EINTR)
+		;
+}
+
 /*
  * Runs the rules for one call of fn: counts it, hangs, sleeps. Returns the
  * CK_RV to fail with, or CKR_OK to forward; *v receives the whole verdict
@@ -879,6 +974,8 @@ fault_enter_v(int fn, struct fault_verdict *vp)
 			break;
 		fault_sleep_ms(FAULT_HANG_POLL_MS);
 	}
+	if (v.say)
+		fault_say(v.say_text);
 	if (v.delay_ms > 0)
 		fault_sleep_ms(v.delay_ms);
 	*vp = v;
@@ -1126,11 +1223,22 @@ fault_random(CK_BYTE *buf, CK_ULONG len)
 static CK_RV
 fault_C_Initialize(CK_VOID_PTR args)
 {
+	CK_C_INITIALIZE_ARGS *ia = args, copy;
+	struct fault_verdict v;
 	CK_FUNCTION_LIST *r;
 	CK_RV rv;
 
-	if ((rv = fault_enter(FN_C_Initialize)) != CKR_OK)
+	if ((rv = fault_enter_v(FN_C_Initialize, &v)) != CKR_OK)
 		return rv;
+	if (v.require) {
+		/* The text is the module's own: SoftHSM wants NULL. */
+		if (ia == NULL || ia->pReserved == NULL ||
+		    strcmp(ia->pReserved, v.require_text) != 0)
+			return CKR_ARGUMENTS_BAD;
+		copy = *ia;
+		copy.pReserved = NULL;
+		args = &copy;
+	}
 	if ((rv = fault_load(&r)) != CKR_OK)
 		return rv;
 	/* p11-kit's managed wrapper passes CKF_OS_LOCKING_OK: keep it. */

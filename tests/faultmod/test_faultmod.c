@@ -726,6 +726,74 @@ test_reinitialize_and_reload(void **state)
 	assert_int_equal(fn->C_CloseSession(h), CKR_OK);
 }
 
+/* "FUNC stderr TEXT": TEXT (spaces, escapes kept) and a newline on fd 2. */
+static void
+test_stderr_rule(void **state)
+{
+	char errpath[PATH_MAX + 16], text[4096];
+	CK_SESSION_HANDLE h;
+	int saved;
+
+	(void)state;
+	h = open_session();
+	PATHF(errpath, "%s/stderr-say.txt", base);
+	saved = stderr_to(errpath);
+	control("C_GenerateRandom stderr ERROR:esys  two \x1b[31mred\n"
+	    "C_Bogus stderr x\n"
+	    "C_GenerateRandom stderr\n"
+	    "C_Initialize require-reserved\n"
+	    "C_Encrypt require-reserved x\n");
+	assert_int_equal(random16(h), CKR_OK);
+	assert_int_equal(random16(h), CKR_OK);
+	stderr_restore(saved, errpath, text, sizeof(text));
+	assert_non_null(strstr(text, "\nERROR:esys  two \x1b[31mred\n"
+	    "ERROR:esys  two \x1b[31mred\n"));
+	assert_non_null(strstr(text, "p11kms-fault: line 2: "));
+	assert_non_null(strstr(text, "p11kms-fault: line 3: "));
+	assert_non_null(strstr(text, "p11kms-fault: line 4: "));
+	assert_non_null(strstr(text, "p11kms-fault: line 5: "));
+	control("");
+	assert_int_equal(fn->C_CloseSession(h), CKR_OK);
+}
+
+/*
+ * "C_Initialize require-reserved TEXT": CKR_ARGUMENTS_BAD unless pReserved
+ * is TEXT; p11-kit (managed) passes none. The raw list takes one.
+ */
+static void
+test_require_reserved(void **state)
+{
+	CK_RV (*get)(CK_FUNCTION_LIST_PTR_PTR);
+	CK_FUNCTION_LIST *raw = NULL;
+	CK_C_INITIALIZE_ARGS ia;
+	void *dl;
+
+	(void)state;
+	assert_non_null(dl = dlopen(so_path, RTLD_NOW | RTLD_NOLOAD));
+	*(void **)&get = dlsym(dl, "C_GetFunctionList");
+	assert_non_null(get);
+	assert_int_equal(get(&raw), CKR_OK);
+	control("C_Initialize require-reserved dir=/etc/x y\n");
+	assert_int_equal(p11_kit_module_finalize(fn), CKR_OK);
+	assert_int_equal(p11_kit_module_initialize(fn), CKR_ARGUMENTS_BAD);
+
+	memset(&ia, 0, sizeof(ia));
+	ia.flags = CKF_OS_LOCKING_OK;
+	assert_int_equal(raw->C_Initialize(NULL), CKR_ARGUMENTS_BAD);
+	assert_int_equal(raw->C_Initialize(&ia), CKR_ARGUMENTS_BAD);
+	ia.pReserved = "dir=/etc/x";
+	assert_int_equal(raw->C_Initialize(&ia), CKR_ARGUMENTS_BAD);
+	/* The right one: SoftHSM (which refuses any pReserved) gets NULL. */
+	ia.pReserved = "dir=/etc/x y";
+	assert_int_equal(raw->C_Initialize(&ia), CKR_OK);
+	assert_int_equal(raw->C_Finalize(NULL), CKR_OK);
+	dlclose(dl);
+
+	control("");
+	assert_int_equal(p11_kit_module_initialize(fn), CKR_OK);
+	assert_int_equal(find_slot(&slot), 0);
+}
+
 #define THREADS		4
 #define PER_THREAD	100
 
@@ -1754,6 +1822,8 @@ main(void)
 		cmocka_unit_test_setup(test_gcm_iv_close_all_drops_state,
 		    setup),
 		cmocka_unit_test_setup(test_gcm_iv_bad_lines, setup),
+		cmocka_unit_test_setup(test_stderr_rule, setup),
+		cmocka_unit_test_setup(test_require_reserved, setup),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -68,6 +68,7 @@ test_defaults(void **state)
 	assert_int_equal(cfg.max_request, CONFIG_DEFAULT_MAX_REQUEST);
 	assert_int_equal(cfg.probe_interval_s, CONFIG_DEFAULT_PROBE_S);
 	assert_null(cfg.module);
+	assert_null(cfg.module_init_args);
 	assert_null(cfg.pin_file);
 	assert_int_equal(cfg.workers, 0);
 }
@@ -149,7 +150,7 @@ test_help_lists_every_flag(void **state)
 	    "--pin-file", "--workers", "--max-inflight", "--probe-interval",
 	    "--grace", "--kms-version", "--max-request-bytes", "--log-level",
 	    "--help", "--version", "--config", "--mechanism", "--ops-listen",
-	    "--log-format" };
+	    "--log-format", "--module-init-args" };
 	char buf[8192];
 	size_t i, n;
 	FILE *fp;
@@ -275,6 +276,75 @@ test_file_errors(void **state)
 	config_free(&cfg);
 }
 
+/* --module-init-args: a module by path only, from a flag or the file. */
+static void
+test_module_init_args(void **state)
+{
+	char *ok[] = { "p11kms", "-k", "pkcs11:object=k", "--module",
+	    "/usr/lib/x/libvendor.so", "--module-init-args",
+	    "configdir=/etc/vendor x", NULL };
+	char *ok_uri[] = { "p11kms", "-k",
+	    "pkcs11:object=k?module-path=/usr/lib/x/libvendor.so",
+	    "--module-init-args", "d=/x", NULL };
+	char *by_name[] = { "p11kms", "-k", "pkcs11:object=k", "-m",
+	    "vendor", "--module-init-args", "d=/x", NULL };
+	char *empty[] = { "p11kms", "-k", "pkcs11:object=k", "-m",
+	    "/x.so", "--module-init-args", "", NULL };
+	struct config cfg;
+	char err[400], big[1100];
+	const char *path;
+
+	(void)state;
+	assert_int_equal(parse(&cfg, ok, ARGC(ok), err, sizeof(err)),
+	    CONFIG_OK);
+	assert_string_equal(cfg.module_init_args, "configdir=/etc/vendor x");
+	/* The module may come from the URI: token_open judges that. */
+	assert_int_equal(parse(&cfg, ok_uri, ARGC(ok_uri), err, sizeof(err)),
+	    CONFIG_OK);
+	assert_string_equal(cfg.module_init_args, "d=/x");
+
+	/* A p11-kit name: its module file's x-init-reserved is the way. */
+	assert_int_equal(parse(&cfg, by_name, ARGC(by_name), err,
+	    sizeof(err)), CONFIG_ERROR);
+	assert_non_null(strstr(err, "module-init-args"));
+	assert_non_null(strstr(err, "x-init-reserved"));
+	assert_non_null(strstr(err, "/etc/pkcs11/modules/vendor.module"));
+	assert_int_equal(parse(&cfg, empty, ARGC(empty), err, sizeof(err)),
+	    CONFIG_ERROR);
+	assert_non_null(strstr(err, "--module-init-args must be 1 to"));
+	memset(big, 'a', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	empty[6] = big;
+	assert_int_equal(parse(&cfg, empty, ARGC(empty), err, sizeof(err)),
+	    CONFIG_ERROR);
+
+	/* The config-file key, spaces inside kept, a flag overriding it. */
+	path = write_conf("key = pkcs11:object=k\n"
+	    "module = /usr/lib/x/libvendor.so\n"
+	    "module-init-args = dir=/etc/v  opts=1 \n");
+	{
+		char *argv[] = { "p11kms", "-c", (char *)path, NULL };
+		char *over[] = { "p11kms", "-c", (char *)path,
+		    "--module-init-args", "other", NULL };
+		char *name[] = { "p11kms", "-c", (char *)path, "-m", "vendor",
+		    NULL };
+
+		assert_int_equal(parse(&cfg, argv, ARGC(argv), err,
+		    sizeof(err)), CONFIG_OK);
+		assert_string_equal(cfg.module_init_args, "dir=/etc/v  opts=1");
+		config_free(&cfg);
+		assert_int_equal(parse(&cfg, over, ARGC(over), err,
+		    sizeof(err)), CONFIG_OK);
+		assert_string_equal(cfg.module_init_args, "other");
+		config_free(&cfg);
+		assert_int_equal(parse(&cfg, name, ARGC(name), err,
+		    sizeof(err)), CONFIG_ERROR);
+		assert_non_null(strstr(err, "p11-kit module name"));
+		config_free(&cfg);
+	}
+	unlink(path);
+}
+
 int
 main(void)
 {
@@ -287,6 +357,7 @@ main(void)
 		cmocka_unit_test(test_file),
 		cmocka_unit_test(test_file_keys_replaced_by_flags),
 		cmocka_unit_test(test_file_errors),
+		cmocka_unit_test(test_module_init_args),
 	};
 
 	return cmocka_run_group_tests_name("config", tests, NULL, NULL);

@@ -809,7 +809,7 @@ test_key_never_leaves(void **state)
 	/* A live keyring, so its session copies of the KEK exist too. */
 	kr = load_ok(&URI_KEK1, 1);
 	assert_int_equal(token_uri_parse(URI_KEK1, &uri, err, sizeof(err)), 0);
-	assert_int_equal(token_open(tt_module, uri, "test", &t, err,
+	assert_int_equal(token_open(tt_module, NULL, uri, "test", &t, err,
 	    sizeof(err)), 0);
 	assert_int_equal(token_login(t, main_pin, NULL, err, sizeof(err)), 0);
 	assert_int_equal(token_find_key(t, uri, "test", &kek, NULL, err,
@@ -1121,7 +1121,7 @@ test_key_identity(void **state)
 	for (i = 0; i < sizeof(key); i++)
 		key[i] = (uint8_t)(0x80 + i);
 	assert_int_equal(token_uri_parse(URI_KEK1, &uri, err, sizeof(err)), 0);
-	assert_int_equal(token_open(tt_module, uri, "test", &t, err,
+	assert_int_equal(token_open(tt_module, NULL, uri, "test", &t, err,
 	    sizeof(err)), 0);
 	assert_int_equal(token_login(t, main_pin, NULL, err, sizeof(err)), 0);
 	assert_int_equal(t->fn->C_CreateObject(t->session, tmpl,

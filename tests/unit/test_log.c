@@ -324,6 +324,14 @@ static const struct {
 	{ "surrogate \xed\xa0\x80", "surrogate \\ufffd\\ufffd\\ufffd" },
 	{ "cut \xe2\x82", "cut \\ufffd\\ufffd" },
 	{ "json }{\"level\":\"error\"", "json }{\\\"level\\\":\\\"error\\\"" },
+	/* Bidi controls and separators: "Trojan Source" display tricks. */
+	{ "rlo \xe2\x80\xae lri \xe2\x81\xa6 pdi \xe2\x81\xa9",
+	  "rlo \\u202e lri \\u2066 pdi \\u2069" },
+	{ "alm \xd8\x9c lrm \xe2\x80\x8e ls \xe2\x80\xa8 ps \xe2\x80\xa9",
+	  "alm \\u061c lrm \\u200e ls \\u2028 ps \\u2029" },
+	/* Neighbours of those ranges are ordinary text. */
+	{ "zwj \xe2\x80\x8d nnbsp \xe2\x80\xaf wj \xe2\x81\xa0",
+	  "zwj \xe2\x80\x8d nnbsp \xe2\x80\xaf wj \xe2\x81\xa0" },
 };
 
 static void
@@ -511,6 +519,35 @@ writer(void *arg)
 
 /* One write per line: lines from many threads never interleave. */
 static void
+test_ratelim(void **state)
+{
+	struct log_ratelim rl;
+	int i;
+
+	(void)state;
+	log_ratelim_init(&rl, 3, 1000);
+	assert_true(log_ratelim_window_over(&rl, 0));
+	for (i = 0; i < 3; i++)
+		assert_int_equal(log_ratelim_allow(&rl, 500 + (uint64_t)i), 1);
+	assert_int_equal(log_ratelim_allow(&rl, 600), 0);
+	assert_int_equal(log_ratelim_allow(&rl, 1499), 0);
+	assert_false(log_ratelim_window_over(&rl, 1499));
+	assert_true(log_ratelim_window_over(&rl, 1500));
+	/* A new window: lines pass again; the count waits to be taken. */
+	assert_int_equal(log_ratelim_allow(&rl, 1500), 1);
+	assert_int_equal(log_ratelim_dropped(&rl), 2);
+	assert_int_equal(log_ratelim_dropped(&rl), 0);
+	assert_int_equal(log_ratelim_allow(&rl, 1501), 1);
+	assert_int_equal(log_ratelim_allow(&rl, 1502), 1);
+	assert_int_equal(log_ratelim_allow(&rl, 1503), 0);
+	assert_int_equal(log_ratelim_dropped(&rl), 1);
+	/* burst 0 drops everything. */
+	log_ratelim_init(&rl, 0, 1000);
+	assert_int_equal(log_ratelim_allow(&rl, 1), 0);
+	assert_int_equal(log_ratelim_dropped(&rl), 1);
+}
+
+static void
 test_threads_do_not_interleave(void **state)
 {
 	static const char *const names[THREADS] = { "a", "b", "c", "d" };
@@ -562,6 +599,7 @@ main(void)
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_threads_do_not_interleave,
 		    setup, teardown),
+		cmocka_unit_test(test_ratelim),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

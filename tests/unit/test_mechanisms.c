@@ -405,7 +405,7 @@ test_kwp_wrong_key_and_no_leftovers(void **state)
 
 	/* No generic secrets left behind, in the worker's session or any. */
 	assert_int_equal(token_uri_parse(URI_KEK1, &uri, err, sizeof(err)), 0);
-	assert_int_equal(token_open(tt_module, uri, "test", &t, err,
+	assert_int_equal(token_open(tt_module, NULL, uri, "test", &t, err,
 	    sizeof(err)), 0);
 	assert_int_equal(token_login(t, main_pin, NULL, err, sizeof(err)), 0);
 	assert_int_equal(token_find_all(t, tmpl, 2, hs, 4, &n, NULL), CKR_OK);
@@ -543,7 +543,7 @@ test_rsa_key_id(void **state)
 
 	(void)state;
 	assert_int_equal(token_uri_parse(URI_RSA, &uri, err, sizeof(err)), 0);
-	assert_int_equal(token_open(tt_module, uri, "test", &t, err,
+	assert_int_equal(token_open(tt_module, NULL, uri, "test", &t, err,
 	    sizeof(err)), 0);
 	assert_int_equal(token_login(t, main_pin, NULL, err, sizeof(err)), 0);
 	assert_int_equal(token_find_key(t, uri, "test", &priv, NULL, err,
@@ -833,7 +833,7 @@ test_keygen_attributes(void **state)
 
 	(void)state;
 	assert_int_equal(token_uri_parse(URI_GCM, &uri, err, sizeof(err)), 0);
-	assert_int_equal(token_open(tt_module, uri, "test", &t, err,
+	assert_int_equal(token_open(tt_module, NULL, uri, "test", &t, err,
 	    sizeof(err)), 0);
 	assert_int_equal(token_login(t, main_pin, NULL, err, sizeof(err)), 0);
 
@@ -1116,7 +1116,7 @@ test_kcv_kwp(void **state)
 	for (i = 0; i < sizeof(key); i++)
 		key[i] = (uint8_t)(0x40 + i);
 	assert_int_equal(token_uri_parse(URI_KEK1, &uri, err, sizeof(err)), 0);
-	assert_int_equal(token_open(tt_module, uri, "test", &t, err,
+	assert_int_equal(token_open(tt_module, NULL, uri, "test", &t, err,
 	    sizeof(err)), 0);
 	assert_int_equal(token_login(t, main_pin, NULL, err, sizeof(err)), 0);
 	assert_int_equal(t->fn->C_CreateObject(t->session, tmpl,
@@ -1249,7 +1249,7 @@ open_main_token(struct token **t, P11KitUri **uri)
 	char err[256];
 
 	assert_int_equal(token_uri_parse(URI_KEK1, uri, err, sizeof(err)), 0);
-	assert_int_equal(token_open(tt_module, *uri, "test", t, err,
+	assert_int_equal(token_open(tt_module, NULL, *uri, "test", t, err,
 	    sizeof(err)), 0);
 	assert_int_equal(token_login(*t, main_pin, NULL, err, sizeof(err)), 0);
 }
