@@ -547,6 +547,19 @@ generate(struct token *t, CK_SESSION_HANDLE rw, const struct mech_def *d,
 	return rv;
 }
 
+/* MECH_BIT of every row with this --mechanism name. */
+static unsigned
+cfg_rows(const char *cfg)
+{
+	unsigned m = 0;
+	size_t r;
+
+	for (r = 0; r < MECH_NROWS; r++)
+		if (strcmp(mech_table[r].cfg, cfg) == 0)
+			m |= MECH_BIT(r);
+	return m;
+}
+
 /*
  * The row keygen makes a key for: the mechanism asked (NULL/"aes": the
  * best AES row the token offers), among the rows the token offers. NULL,
@@ -697,8 +710,8 @@ keyring_keygen(const struct keyring_tool_config *cfg,
 	/* Judge it as a load would; a key that fails is not left behind. */
 	token_uri_redact(cfg->uri, k->uri, sizeof(k->uri));
 	r = kek_eval(t, &tm, h, cls, k, 0, err, errlen);
-	if (r == KEYRING_OK && !(k->caps & MECH_BIT(d - mech_table)) &&
-	    !(rsa && (k->caps & MECH_BIT(MECH_OAEP_SHA1)))) {
+	/* Any form of its mechanism will do (a FIPS token's GCM is its own). */
+	if (r == KEYRING_OK && !(k->caps & cfg_rows(d->cfg))) {
 		r = KEYRING_E_CONFIG;
 		token_err(err, errlen, "the new key failed its %s self-test: "
 		    "%s", d->title, k->why[d - mech_table]);

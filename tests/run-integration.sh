@@ -3,6 +3,8 @@
 #
 #   P11KMS=/abs/path/to/p11kms sh tests/run-integration.sh [pytest args...]
 #
+# Without a tests/... path among the arguments it runs all of
+# tests/integration.
 # Exits with pytest's status.
 set -u
 
@@ -24,5 +26,11 @@ export P11KMS
 
 # No .pyc files or pytest cache written into the source tree.
 export PYTHONDONTWRITEBYTECODE=1
-/usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration "$@"
+where=tests/integration
+for a in "$@"; do
+	case $a in
+	tests/*) where= ;;
+	esac
+done
+/usr/bin/python3 -m pytest -q -p no:cacheprovider $where "$@"
 exit $?
