@@ -1160,6 +1160,41 @@ test_key_identity(void **state)
 	assert_int_equal(kcvlen, 16);
 	assert_memory_equal(kcv, want, 16);
 
+	/*
+	 * The long rule (keys keygen marks): SoftHSM's 3-byte
+	 * CKA_CHECK_VALUE is too short, so all 16 bytes of AES-ECB(key,
+	 * 0^128), whose first 3 are that CKA_CHECK_VALUE.
+	 */
+	ctx = EVP_CIPHER_CTX_new();
+	assert_non_null(ctx);
+	assert_int_equal(EVP_EncryptInit_ex(ctx, EVP_aes_256_ecb(), NULL, key,
+	    NULL), 1);
+	EVP_CIPHER_CTX_set_padding(ctx, 0);
+	assert_int_equal(EVP_EncryptUpdate(ctx, want, &outl, zero, 16), 1);
+	EVP_CIPHER_CTX_free(ctx);
+	{
+		const char *from = NULL;
+
+		assert_int_equal(keyid_check_value(t->fn, t->session, h,
+		    KEYID_KCV_LONG, kcv, &kcvlen, &from), CKR_OK);
+		assert_int_equal(kcvlen, 16);
+		assert_memory_equal(kcv, want, 16);
+		assert_string_equal(from, "AES-ECB");
+		assert_int_equal(keyid_check_value(t->fn, t->session, h,
+		    KEYID_KCV_AUTO, kcv, &kcvlen, &from), CKR_OK);
+		assert_int_equal(kcvlen, 3);
+		assert_memory_equal(kcv, want, 3);
+		assert_string_equal(from, "CKA_CHECK_VALUE");
+		assert_int_equal(keyid_check_value(t->fn, t->session, h,
+		    KEYID_KCV_ECB, kcv, &kcvlen, NULL), CKR_OK);
+		assert_memory_equal(kcv, want, 16);
+	}
+	/* Which keys get the long rule: the marker, then something. */
+	assert_true(keyid_id_is_v2((const uint8_t *)"p11kms/2xxxx", 12));
+	assert_false(keyid_id_is_v2((const uint8_t *)"p11kms/2", 8));
+	assert_false(keyid_id_is_v2((const uint8_t *)"p11kms/1xxxx", 12));
+	assert_false(keyid_id_is_v2((const uint8_t *)"\x01", 1));
+
 	assert_int_equal(t->fn->C_DestroyObject(t->session, h), CKR_OK);
 	token_close(t);
 	p11_kit_uri_free(uri);

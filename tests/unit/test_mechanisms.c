@@ -1466,6 +1466,76 @@ test_ecb_only_key(void **state)
 	assert_has(err, "CKM_AES_GCM");
 }
 
+/*
+ * A key no mechanism may use (sign/verify only) is judged before it is
+ * named: keys says why, in words naming every row, and still shows the
+ * key_id; the daemon refuses it with the same words, never with a
+ * check-value failure.
+ */
+static void
+test_unusable_key_has_a_reason(void **state)
+{
+	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+	CK_KEY_TYPE kt = CKK_AES;
+	CK_ULONG len = 32;
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_ATTRIBUTE tmpl[] = {
+		{ CKA_CLASS, &cls, sizeof(cls) },
+		{ CKA_KEY_TYPE, &kt, sizeof(kt) },
+		{ CKA_VALUE_LEN, &len, sizeof(len) },
+		{ CKA_TOKEN, &yes, sizeof(yes) },
+		{ CKA_PRIVATE, &yes, sizeof(yes) },
+		{ CKA_SENSITIVE, &yes, sizeof(yes) },
+		{ CKA_EXTRACTABLE, &no, sizeof(no) },
+		{ CKA_ENCRYPT, &no, sizeof(no) },
+		{ CKA_DECRYPT, &no, sizeof(no) },
+		{ CKA_WRAP, &no, sizeof(no) },
+		{ CKA_UNWRAP, &no, sizeof(no) },
+		{ CKA_SIGN, &yes, sizeof(yes) },
+		{ CKA_LABEL, "signonly", 8 },
+		{ CKA_ID, "\x0b", 1 },
+	};
+	CK_MECHANISM gen = { CKM_AES_KEY_GEN, NULL, 0 };
+	struct keyring_tool_config cfg;
+	struct keyring_key_info *v = NULL;
+	struct keyring *kr = NULL;
+	const struct keyring_key_info *k;
+	const char *u = "pkcs11:token=kms;object=signonly";
+	struct token *t = NULL;
+	P11KitUri *uri = NULL;
+	CK_OBJECT_HANDLE h;
+	char err[768] = "";
+	size_t n = 0;
+
+	(void)state;
+	open_main_token(&t, &uri);
+	assert_int_equal(t->fn->C_GenerateKey(t->session, &gen, tmpl,
+	    sizeof(tmpl) / sizeof(tmpl[0]), &h), CKR_OK);
+	token_close(t);
+	p11_kit_uri_free(uri);
+
+	memset(&cfg, 0, sizeof(cfg));
+	cfg.module = tt_module;
+	cfg.uri = u;
+	cfg.pin_file = main_pin;
+	assert_int_equal(keyring_list(&cfg, &v, &n, NULL, err, sizeof(err)), 0);
+	assert_int_equal(n, 1);
+	k = &v[0];
+	assert_int_equal(k->fit, 0);
+	assert_has(k->reason, "can use no AES mechanism");
+	assert_has(k->reason, "aes-gcm: CKA_ENCRYPT and CKA_DECRYPT are false");
+	assert_has(k->reason, "aes-kwp: CKA_WRAP and CKA_UNWRAP are false");
+	assert_lacks(k->reason, "check value");
+	assert_int_equal(strlen(k->key_id), 32);
+	free(v);
+
+	assert_int_equal(load_mech(&u, 1, main_pin, NULL, &kr, err,
+	    sizeof(err)), KEYRING_E_CONFIG);
+	assert_null(kr);
+	assert_has(err, "can use no AES mechanism");
+	assert_has(err, "object=signonly");
+}
+
 /* Sizes the mechanisms promise, without a token. */
 static void
 test_sizes(void **state)
@@ -1564,6 +1634,7 @@ main(void)
 		cmocka_unit_test_setup(test_kwp_rfc5649_vectors, setup),
 		cmocka_unit_test_setup(test_kwp_native_ecb_cross, setup),
 		cmocka_unit_test_setup(test_ecb_only_key, setup),
+		cmocka_unit_test_setup(test_unusable_key_has_a_reason, setup),
 		cmocka_unit_test_setup(test_kwp_round_trip, setup),
 		cmocka_unit_test_setup(test_kwp_tamper, setup),
 		cmocka_unit_test_setup(test_kwp_wrong_key_and_no_leftovers,
