@@ -40,7 +40,10 @@ static const char *const functions[] = {
 	"C_GenerateKey", "C_GenerateRandom", "C_EncryptInit", "C_Encrypt",
 	"C_EncryptUpdate", "C_EncryptFinal", "C_DecryptInit", "C_Decrypt",
 	"C_DecryptUpdate", "C_DecryptFinal", "C_SignInit", "C_Sign",
-	"C_VerifyInit", "C_Verify", "C_WrapKey", "C_UnwrapKey", "other",
+	"C_VerifyInit", "C_Verify", "C_WrapKey", "C_UnwrapKey",
+	"C_CreateObject", "C_MessageEncryptInit", "C_EncryptMessage",
+	"C_MessageEncryptFinal", "C_MessageDecryptInit", "C_DecryptMessage",
+	"C_MessageDecryptFinal", "other",
 };
 
 #define NSVC	N(services)

@@ -84,11 +84,12 @@ static struct {
 /* Scenario groups for --only. */
 enum {
 	S_STATUS = 1, S_ENCRYPT = 2, S_DECRYPT = 4, S_MIXED = 8, S_V1 = 16,
-	S_STORM = 32, S_SLOW = 64, S_ALL = 127,
+	S_STORM = 32, S_SLOW = 64, S_CALLS = 128, S_ALL = 255,
 };
 
 static const char *const group_names[] = {
 	"status", "encrypt", "decrypt", "mixed", "v1", "storm", "slow",
+	"calls",
 };
 
 static int
@@ -103,6 +104,7 @@ static volatile sig_atomic_t g_stop;
 static volatile pid_t g_daemon = -1;	/* running daemon, for cleanup */
 static char g_dir[64];			/* temp dir, "" until made */
 static char g_sock[100], g_pin[128], g_conf[128], g_log[128];
+static char g_counts[128];		/* fault module's counts file, or "" */
 static char g_key_id[KEYRING_KEY_ID_MAX]; /* from the first Status */
 static const char *g_scen = "setup";	/* for messages */
 static unsigned long g_errors;		/* wrong answers */
@@ -1483,6 +1485,8 @@ daemon_start(const char *module, unsigned workers, const char *fault_ctl,
 		if (fault_ctl != NULL) {
 			setenv("P11KMS_FAULT_CONTROL", fault_ctl, 1);
 			setenv("P11KMS_FAULT_TARGET", opt.module, 1);
+			if (g_counts[0] != '\0')
+				setenv("P11KMS_FAULT_COUNTS", g_counts, 1);
 		}
 		execvp(argv[0], (char *const *)argv);
 		fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
@@ -2226,6 +2230,174 @@ slow_scenario(void)
 		if ((st = daemon_stop()) != 0)
 			fprintf(stderr, "p11kms-bench: slow-token daemon exited "
 			    "with status %d after SIGTERM\n", st);
+	}
+}
+
+/*
+ * PKCS#11 calls per request, counted by the fault module in front of the
+ * same token (its counts file: every call, by function), for each way of
+ * making a GCM IV: ours (the token as it is), and the FIPS-mode forms the
+ * module emulates. A 3.0 message-API seal is one C_EncryptMessage, as the
+ * operation stays initialized per session.
+ */
+#define CALLS_FN_MAX	128
+#define CALLS_FORMS	3
+
+static void run_quiet(struct client *cl, struct lane *ln, const char *what);
+
+struct calls {
+	char fn[CALLS_FN_MAX][64];
+	unsigned long n[CALLS_FN_MAX];
+	size_t nfn;
+};
+
+static const struct {
+	const char *name, *rule;
+} calls_forms[CALLS_FORMS] = {
+	{ "IV chosen by p11kms", "" },
+	{ "IV by the token, 3.0 message API", "C_EncryptInit gcm-iv message\n" },
+	{ "IV by the token, appended (2.40)", "C_EncryptInit gcm-iv append\n" },
+};
+static char g_calls_line[CALLS_FORMS][2][256];
+static char g_calls_na[160];
+static struct row *g_calls_rows[CALLS_FORMS][2];
+
+static void
+calls_read(struct calls *c)
+{
+	char name[64];
+	unsigned long v;
+	FILE *f;
+
+	memset(c, 0, sizeof(*c));
+	if ((f = fopen(g_counts, "r")) == NULL)
+		return;
+	while (c->nfn < CALLS_FN_MAX &&
+	    fscanf(f, "%63s %lu", name, &v) == 2) {
+		snprintf(c->fn[c->nfn], sizeof(c->fn[0]), "%s", name);
+		c->n[c->nfn++] = v;
+	}
+	fclose(f);
+}
+
+static unsigned long
+calls_of(const struct calls *c, const char *fn)
+{
+	size_t i;
+
+	for (i = 0; i < c->nfn; i++)
+		if (strcmp(c->fn[i], fn) == 0)
+			return c->n[i];
+	return 0;
+}
+
+/* "2.00 = C_EncryptInit 1.00 + C_Encrypt 1.00" for the calls between. */
+static void
+calls_line(const struct calls *a, const struct calls *b, size_t reqs,
+    char *out, size_t cap)
+{
+	unsigned long d, total = 0;
+	size_t i, o;
+
+	out[0] = '\0';
+	for (i = 0; i < b->nfn; i++)
+		total += b->n[i] - calls_of(a, b->fn[i]);
+	snprintf(out, cap, "%.2f =", reqs ? (double)total / reqs : 0.0);
+	for (i = 0; i < b->nfn; i++) {
+		d = b->n[i] - calls_of(a, b->fn[i]);
+		if (d == 0)
+			continue;
+		o = strlen(out);
+		snprintf(out + o, cap - o, "%s %s %.2f", o > 0 &&
+		    out[o - 1] != '=' ? " +" : "", b->fn[i],
+		    (double)d / reqs);
+	}
+}
+
+static void
+calls_scenario(void)
+{
+	char ctl[128], key[40], label[96];
+	struct calls c0, c1, c2;
+	struct client cl;
+	struct lane ln, *lp = &ln;
+	struct ctset *cts;
+	uint64_t t0;
+	size_t f, n = opt.n64 / 4 ? opt.n64 / 4 : 1;
+	int st;
+
+	if (access(opt.fault_module, R_OK) != 0) {
+		snprintf(g_calls_na, sizeof(g_calls_na), "fault module %.100s "
+		    "not built", opt.fault_module);
+		return;
+	}
+	snprintf(ctl, sizeof(ctl), "%s/calls.ctl", g_dir);
+	snprintf(g_counts, sizeof(g_counts), "%s/calls.counts", g_dir);
+	for (f = 0; f < CALLS_FORMS; f++) {
+		write_ctl(ctl, calls_forms[f].rule);
+		(void)daemon_start(opt.fault_module, g_daemon_workers, ctl,
+		    &t0);
+		g_scen = "calls: daemon start";
+		(void)daemon_wait_ready(t0);
+		client_open(&cl, 1);
+		/* Every worker's session opens its operations first. */
+		lane_init(&ln, K_V2ENC, opt.conc, 4 * opt.conc);
+		run_quiet(&cl, &ln, "calls: warm-up");
+		lane_free(&ln);
+
+		cts = ctset_new(n);
+		calls_read(&c0);
+		snprintf(key, sizeof(key), "calls%zu_encrypt", f);
+		snprintf(label, sizeof(label), "counted: v2 Encrypt c=%u, %s",
+		    opt.conc, calls_forms[f].name);
+		lane_init(&ln, K_V2ENC, opt.conc, n);
+		ln.pt_seed = cts->seed;
+		ln.out = cts;
+		g_calls_rows[f][0] = row_new(key, label);
+		serve(&cl, &lp, 1, g_calls_rows[f][0], 0);
+		lane_free(&ln);
+		calls_read(&c1);
+		snprintf(key, sizeof(key), "calls%zu_decrypt", f);
+		snprintf(label, sizeof(label), "counted: v2 Decrypt c=%u, %s",
+		    opt.conc, calls_forms[f].name);
+		lane_init(&ln, K_V2DEC, opt.conc, n);
+		ln.in = cts;
+		g_calls_rows[f][1] = row_new(key, label);
+		serve(&cl, &lp, 1, g_calls_rows[f][1], 0);
+		lane_free(&ln);
+		calls_read(&c2);
+		calls_line(&c0, &c1, n, g_calls_line[f][0],
+		    sizeof(g_calls_line[f][0]));
+		calls_line(&c1, &c2, n, g_calls_line[f][1],
+		    sizeof(g_calls_line[f][1]));
+		ctset_free(cts);
+		client_close(&cl);
+		if ((st = daemon_stop()) != 0)
+			fprintf(stderr, "p11kms-bench: calls daemon exited with "
+			    "status %d after SIGTERM\n", st);
+	}
+	g_counts[0] = '\0';
+}
+
+static void
+print_calls(void)
+{
+	size_t f;
+
+	printf("\nPKCS#11 calls per request (the fault module's counts, in "
+	    "front of the same token; probes excluded; the \"counted:\" rows' "
+	    "times include the module's own cost, a file write per call, and "
+	    "are no speed figure):\n");
+	if (g_calls_na[0] != '\0') {
+		printf("  n/a: %s\n", g_calls_na);
+		return;
+	}
+	for (f = 0; f < CALLS_FORMS; f++) {
+		if (g_calls_line[f][0][0] == '\0')
+			continue;
+		printf("  %-34s Encrypt %s\n", calls_forms[f].name,
+		    g_calls_line[f][0]);
+		printf("  %-34s Decrypt %s\n", "", g_calls_line[f][1]);
 	}
 }
 
@@ -3059,8 +3231,8 @@ usage(FILE *fp)
 "  --no-slow            skip the slow-token scenario\n"
 "  --quick              small counts for a smoke run (2000/200/1000, 1 start)\n"
 "  --only LIST          scenario groups to run, of status,encrypt,decrypt,\n"
-"                       mixed,v1,storm,slow (default all); decrypt and storm\n"
-"                       bring in encrypt, storm brings in v1 (their inputs)\n"
+"                       mixed,v1,storm,slow,calls (default all); decrypt and\n"
+"                       storm bring in encrypt, storm brings in v1 (inputs)\n"
 "  --keep               keep the temp dir (token, daemon logs)\n"
 "  --wrap 'CMD ARGS'    start the daemon under CMD (profiling, e.g.\n"
 "                       'valgrind --tool=callgrind'); figures then measure\n"
@@ -3363,12 +3535,18 @@ main(int argc, char **argv)
 		slow_scenario();
 	else if (g_slow_na[0] == '\0')
 		snprintf(g_slow_na, sizeof(g_slow_na), "not selected (--only)");
+	if (want(S_CALLS))
+		calls_scenario();
+	else
+		snprintf(g_calls_na, sizeof(g_calls_na), "not selected "
+		    "(--only)");
 
 	cpustat_read(&run_end);
 	steal_add(&g_run_steal, &run_start, &run_end);
 	g_run_secs = (double)(now_ns() - run_t0) / 1e9;
 	compute_targets();
 	print_table();
+	print_calls();
 	print_targets();
 	print_run_steal();
 	print_json();
