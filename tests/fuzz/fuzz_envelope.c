@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "pkcs11/envelope.h"
+#include "pkcs11/mech.h"
 #include "tests/fuzz/fuzz.h"
 
 #define CHECK(c)	FUZZ_CHECK(c)
