@@ -246,7 +246,8 @@ class Column:
             deadline = time.monotonic() + RELOAD_TIMEOUT
             while d.stderr().count("reloaded:") == before:
                 assert "reload failed" not in d.stderr(), \
-                    "reload failed: " + d.stderr().split("reload failed")[-1][:150]
+                    "reload failed: " + d.stderr().split("reload failed")[-1] \
+                    .lstrip(' :,"')[:150]
                 assert time.monotonic() < deadline, "no 'reloaded:' within %d s" \
                     % RELOAD_TIMEOUT
                 time.sleep(0.05)
@@ -380,14 +381,24 @@ def fmt_cell(state, note):
     return state if not note or state == "ok" else "%s(%s)" % (state, note)
 
 
+def shown(tok, col, res, expected):
+    """A cell as the grid shows it: its value, "(gap)" when it is what
+    expected.tsv records as a known gap, "skip" with its reason."""
+    state, note = res["cells"][col]
+    want, enote = expected.get((tok, col), ("", ""))
+    if state == want and enote.startswith("gap:"):
+        return state + " (gap)"
+    if state == "skip":
+        return "skip(%s)" % (note[:40] or "?")
+    return state
+
+
 def table(results, expected):
-    w = [max(len(t) for t in list(results) + ["token"])] + [
-        max([len(c)] + [len(r["cells"][c][0]) for r in results.values()])
-        for c in COLUMNS]
-    lines = ["  ".join(s.ljust(w[i]) for i, s in enumerate(["token"] + COLUMNS))]
+    grid = [["token"] + COLUMNS]
     for tok, res in results.items():
-        row = [tok] + [res["cells"][c][0] for c in COLUMNS]
-        lines.append("  ".join(s.ljust(w[i]) for i, s in enumerate(row)).rstrip())
+        grid.append([tok] + [shown(tok, c, res, expected) for c in COLUMNS])
+    w = [max(len(r[i]) for r in grid) for i in range(len(grid[0]))]
+    lines = ["  ".join(s.ljust(w[i]) for i, s in enumerate(r)).rstrip() for r in grid]
     lines.append("")
     lines.append("notes (observed; expectation notes in tests/tokens/expected.tsv):")
     for tok, res in results.items():
