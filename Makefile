@@ -113,7 +113,7 @@ integration: all
 	$(Q)P11KMS=$(abspath $(BUILD)/p11kms) sh tests/run-integration.sh
 
 test: all $(UNIT_BIN) $(EXTRA_TEST_BIN) $(TEST_DEPS)
-	$(Q)BUILD=$(BUILD) sh tests/run-all.sh $(abspath $(BUILD)/p11kms) \
+	$(Q)BUILD=$(BUILD) SANITIZE=$(SANITIZE) CC="$(CC)" sh tests/run-all.sh $(abspath $(BUILD)/p11kms) \
 	    $(UNIT_BIN) $(EXTRA_TEST_BIN)
 
 check: deps

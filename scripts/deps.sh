@@ -1,12 +1,30 @@
 #!/bin/sh
 # Installs the Debian 12 packages p11kms needs to build, run and test.
 # As root it runs apt-get; otherwise it prints the line to run.
+#
+#   sh scripts/deps.sh            what make, make run and make check need
+#   sh scripts/deps.sh --tokens   only the extra PKCS#11 implementations of
+#                                 the token matrix (make check-tokens)
 set -eu
 
 PKGS="build-essential pkg-config p11-kit libp11-kit-dev softhsm2 opensc
 libprotobuf-c-dev protobuf-c-compiler libnghttp2-dev libssl-dev libcmocka-dev libmicrohttpd-dev
 python3-grpcio python3-grpc-tools python3-protobuf python3-pytest python3-h2 python3-yaml nghttp2-client
 systemd groff-base"
+
+# opencryptoki: its soft token (pkcsslotd, pkcsconf); util-linux: unshare,
+# mount. tpm2-pkcs11 on swtpm behind tpm2-abrmd on a private dbus-daemon;
+# libtss2-tcti-tabrmd0 is the TCTI that reaches abrmd (tpm2_ptool and the
+# module need it), tpm2-tools holds the tpm2_* commands tpm2_ptool runs.
+# p11-kit-modules: p11-kit-client.so, for p11-kit's RPC remoting.
+TOKEN_PKGS="opencryptoki util-linux libtpm2-pkcs11-1 libtpm2-pkcs11-tools
+tpm2-tools libtss2-tcti-tabrmd0 swtpm tpm2-abrmd dbus p11-kit-modules"
+
+case ${1:-} in
+--tokens) PKGS=$TOKEN_PKGS ;;
+"") ;;
+*) echo "usage: deps.sh [--tokens]" >&2; exit 2 ;;
+esac
 
 missing=""
 for p in $PKGS; do
