@@ -101,6 +101,7 @@ class Column:
         if kind == "rsa":
             args += ["--type", "rsa"]
         rc, out, err = self.p11kms(args + [self.fx.uri(label, kind)])
+        self.dropped = err.count("retrying without")
         return rc, (err.strip().splitlines() or [""])[-1] if rc else out
 
     def make_key(self, label, kind, col):
@@ -110,11 +111,16 @@ class Column:
         if rc == 0:
             fit, why = self.keys().get(label, (False, "not listed by p11kms keys"))
             if fit:
+                if self.dropped:
+                    why += " (the token refused %d optional template " \
+                        "attribute(s); keygen dropped them)" % self.dropped
                 self.set(col, "ok", why)
                 return "keygen"
             self.set(col, "FAIL", "made but not fit: " + why)
         elif "CKR_FUNCTION_NOT_SUPPORTED" in msg:
-            self.set(col, "skip", "token has no C_GenerateKey for this key: " + msg)
+            self.set(col, "skip", "the token does not generate this key type "
+                     "(C_GenerateKey: CKR_FUNCTION_NOT_SUPPORTED); made "
+                     "with its own tool")
         else:
             self.set(col, "FAIL", msg.replace("p11kms: ", ""))
         try:
@@ -385,13 +391,13 @@ def fmt_cell(state, note):
 
 def shown(tok, col, res, expected):
     """A cell as the grid shows it: its value, "(gap)" when it is what
-    expected.tsv records as a known gap, "skip" with its reason."""
+    expected.tsv records as a known gap; a skip's reason is in the notes."""
     state, note = res["cells"][col]
     want, enote = expected.get((tok, col), ("", ""))
     if state == want and enote.startswith("gap:"):
         return state + " (gap)"
     if state == "skip":
-        return "skip(%s)" % (note[:40] or "?")
+        return "skip (see notes)"
     return state
 
 
