@@ -321,3 +321,48 @@ log_kv(int level, const char *msg, ...)
 	va_end(ap);
 	emit(level, msg != NULL ? msg : "", kv, n, dropped);
 }
+
+/* ---- rate limiter ---- */
+
+#define RATELIM_WINDOW_NS	1000000000ull
+
+void
+log_ratelim_init(struct log_ratelim *rl, unsigned per_s)
+{
+	memset(rl, 0, sizeof(*rl));
+	rl->per_s = per_s;
+}
+
+/* Starts a new window when the current one is over. */
+static void
+ratelim_roll(struct log_ratelim *rl, uint64_t now)
+{
+	if (now - rl->window < RATELIM_WINDOW_NS && rl->window != 0)
+		return;
+	rl->report += rl->dropped;
+	rl->window = now != 0 ? now : 1;
+	rl->taken = rl->dropped = 0;
+}
+
+int
+log_ratelim_allow(struct log_ratelim *rl, uint64_t now)
+{
+	ratelim_roll(rl, now);
+	if (rl->taken < rl->per_s) {
+		rl->taken++;
+		return 1;
+	}
+	rl->dropped++;
+	return 0;
+}
+
+unsigned
+log_ratelim_take_dropped(struct log_ratelim *rl, uint64_t now)
+{
+	unsigned n;
+
+	ratelim_roll(rl, now);
+	n = rl->report;
+	rl->report = 0;
+	return n;
+}

@@ -20,6 +20,8 @@
 #ifndef P11KMS_LOG_H
 #define P11KMS_LOG_H
 
+#include <stdint.h>
+
 enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
 enum log_format { LOG_FORMAT_LOGFMT = 0, LOG_FORMAT_JSON };
 
@@ -51,6 +53,27 @@ void log_kv(int level, const char *msg, ...) __attribute__((sentinel));
 #define log_error(...)	log_msg(LOG_ERROR, __VA_ARGS__)
 #define log_warn(...)	log_msg(LOG_WARN, __VA_ARGS__)
 #define log_info(...)	log_msg(LOG_INFO, __VA_ARGS__)
+/*
+ * A lines-per-second limiter for a log line that may repeat in bulk (one
+ * per failed request while the token is down). Not thread-safe: each
+ * limiter belongs to one thread. Times are CLOCK_MONOTONIC nanoseconds.
+ *   log_ratelim_init(&rl, 50);
+ *   if ((n = log_ratelim_take_dropped(&rl, now)) > 0) log_warn("%u …", n);
+ *   if (log_ratelim_allow(&rl, now)) log_kv(…);
+ */
+struct log_ratelim {
+	uint64_t window;		/* start of the current second */
+	unsigned per_s;			/* lines allowed a second */
+	unsigned taken, dropped;	/* in the current window */
+	unsigned report;		/* dropped in a finished window */
+};
+
+void log_ratelim_init(struct log_ratelim *rl, unsigned per_s);
+/* 1 when one more line fits in the second now falls in; else counts it. */
+int log_ratelim_allow(struct log_ratelim *rl, uint64_t now);
+/* Lines refused in windows that are over, once (then 0 until more are). */
+unsigned log_ratelim_take_dropped(struct log_ratelim *rl, uint64_t now);
+
 #define log_debug(...)	do { if (log_level >= LOG_DEBUG) \
 				log_msg(LOG_DEBUG, __VA_ARGS__); } while (0)
 
