@@ -63,6 +63,7 @@ struct audit {
 	int dirty;			/* written since the last sync */
 	uint64_t last_sync;
 	int reopen_pending;		/* reopen asked, not done yet */
+	int closed_old;			/* its "close" line is made */
 	uint64_t err_logged;		/* last error log, to keep it rare */
 };
 
@@ -640,7 +641,9 @@ do_reopen(struct audit *a)
 		error_log(a, "cannot reopen", errno);
 		return;
 	}
-	out_event(a, "close", "\"reason\":\"reopen\"");
+	if (!a->closed_old)
+		out_event(a, "close", "\"reason\":\"reopen\"");
+	a->closed_old = 1;
 	if (flush_out(a) != 0 || sync_file(a) != 0) {
 		/* Still owed to the old file; try again later. */
 		close(fd);
@@ -650,6 +653,7 @@ do_reopen(struct audit *a)
 	a->fd = fd;
 	a->size = fstat(fd, &st) == 0 ? st.st_size : 0;
 	a->reopen_pending = 0;
+	a->closed_old = 0;
 	open_event(a, "reopen");
 	log_info("audit log %s reopened", a->path);
 	(void)flush_out(a);
@@ -698,6 +702,9 @@ writer_main(void *arg)
 		pthread_mutex_unlock(&a->lock);
 		metrics_audit_queue(0);
 
+		/* Reopen first: what was asked after it goes to the new file. */
+		if (a->reopen_pending)
+			do_reopen(a);
 		check_truncated(a);
 		if (lost > 0) {
 			snprintf(extra, sizeof(extra), "\"count\":%" PRIu64,
@@ -727,8 +734,6 @@ writer_main(void *arg)
 		if (ok && (a->sync == AUDIT_SYNC_EVERY || stop ||
 		    mono_ns() - a->last_sync >= SYNC_MAX_MS * NS_PER_MS))
 			ok = sync_file(a) == 0;
-		if (ok && a->reopen_pending)
-			do_reopen(a);
 		if (ok && !a->reopen_pending)
 			clear_failing(a);
 

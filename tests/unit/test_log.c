@@ -541,10 +541,34 @@ test_threads_do_not_interleave(void **state)
 	free(j);
 }
 
+/* per_s lines a second; the refused ones are reported once, later. */
+static void
+test_ratelim(void **state)
+{
+	struct log_ratelim rl;
+	uint64_t t = 5000000000ull;
+	unsigned i, ok = 0;
+
+	(void)state;
+	log_ratelim_init(&rl, 3);
+	for (i = 0; i < 10; i++)
+		ok += (unsigned)log_ratelim_allow(&rl, t + i);
+	assert_int_equal(ok, 3);
+	/* The window is not over: nothing to report yet. */
+	assert_int_equal(log_ratelim_take_dropped(&rl, t + 999999999ull), 0);
+	t += 1000000000ull;
+	assert_int_equal(log_ratelim_take_dropped(&rl, t), 7);
+	assert_int_equal(log_ratelim_take_dropped(&rl, t), 0);
+	assert_int_equal(log_ratelim_allow(&rl, t + 1), 1);
+	/* A window with no refusal reports nothing. */
+	assert_int_equal(log_ratelim_take_dropped(&rl, t + 2000000000ull), 0);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_ratelim),
 		cmocka_unit_test(test_parse_names),
 		cmocka_unit_test_setup_teardown(test_logfmt_line, setup,
 		    teardown),
