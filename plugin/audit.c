@@ -27,6 +27,7 @@
 
 struct rec {
 	struct rec *next;
+	int reopen;		/* a marker: reopen here, in queue order */
 	size_t len;
 	char body[];
 };
@@ -418,7 +419,7 @@ enqueue(struct audit *a, struct rec *r)
 	unsigned n;
 
 	pthread_mutex_lock(&a->lock);
-	if (r == NULL || a->queued >= a->queue_max) {
+	if (r == NULL || (a->queued >= a->queue_max && !r->reopen)) {
 		a->lost_new++;
 		dropped = 1;
 		free(r);
@@ -437,7 +438,6 @@ enqueue(struct audit *a, struct rec *r)
 	if (wake)
 		pthread_cond_signal(&a->cond);
 	pthread_mutex_unlock(&a->lock);
-	metrics_audit_queue((unsigned)depth);
 	if (dropped) {
 		atomic_fetch_add(&a->lost, 1);
 		metrics_audit_lost(1);
@@ -463,6 +463,7 @@ audit_record(struct audit *a, const struct audit_event *ev)
 	n = audit_encode(ev, body, sizeof(body));
 	r = n == 0 ? NULL : malloc(sizeof(*r) + n + 1);
 	if (r != NULL) {
+		r->reopen = 0;
 		r->len = n;
 		memcpy(r->body, body, n + 1);
 	}
@@ -472,10 +473,24 @@ audit_record(struct audit *a, const struct audit_event *ev)
 void
 audit_reopen(struct audit *a)
 {
+	struct rec *r;
+
 	if (a == NULL)
 		return;
+	/* A marker in the queue: records before it go to the old file. */
+	r = calloc(1, sizeof(*r));
 	pthread_mutex_lock(&a->lock);
-	a->reopen = 1;
+	if (r != NULL) {
+		r->reopen = 1;
+		if (a->tail != NULL)
+			a->tail->next = r;
+		else
+			a->head = r;
+		a->tail = r;
+		a->queued++;
+	} else {
+		a->reopen = 1;		/* out of memory: at the next batch */
+	}
 	pthread_cond_signal(&a->cond);
 	pthread_mutex_unlock(&a->lock);
 }
@@ -678,6 +693,7 @@ writer_main(void *arg)
 	struct audit *a = arg;
 	struct rec *list, *r, *next;
 	uint64_t lost, n;
+	size_t depth;
 	char extra[64];
 	int stop, ok;
 
@@ -699,10 +715,11 @@ writer_main(void *arg)
 			list = NULL;
 			lost = 0;
 		}
+		depth = a->queued;
 		pthread_mutex_unlock(&a->lock);
-		metrics_audit_queue(0);
+		metrics_audit_queue((unsigned)(depth + a->owed));
 
-		/* Reopen first: what was asked after it goes to the new file. */
+		/* A reopen still owed from before goes first. */
 		if (a->reopen_pending)
 			do_reopen(a);
 		check_truncated(a);
@@ -714,7 +731,10 @@ writer_main(void *arg)
 		n = 0;
 		for (r = list; r != NULL; r = next) {
 			next = r->next;
-			if (out_add(a, r->body, r->len) == 0) {
+			if (r->reopen) {
+				a->reopen_pending = 1;
+				do_reopen(a);
+			} else if (out_add(a, r->body, r->len) == 0) {
 				n++;
 			} else {
 				atomic_fetch_add(&a->lost, 1);

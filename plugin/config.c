@@ -14,6 +14,7 @@ enum {
 	OPT_MAX_REQUEST, OPT_LOG_LEVEL, OPT_GRACE, OPT_MECHANISM,
 	OPT_OPS_LISTEN, OPT_LOG_FORMAT,
 	OPT_AUDIT_LOG = 300, OPT_AUDIT_SYNC, OPT_AUDIT_FAILURE, OPT_AUDIT_STATUS,
+	OPT_AUDIT_QUEUE,
 };
 
 #define CONFIG_FILE_MAX	(64 * 1024)
@@ -38,6 +39,7 @@ static const struct option longopts[] = {
 	{ "audit-sync",		required_argument, NULL, OPT_AUDIT_SYNC },
 	{ "audit-failure",	required_argument, NULL, OPT_AUDIT_FAILURE },
 	{ "audit-status",	no_argument,	   NULL, OPT_AUDIT_STATUS },
+	{ "audit-queue",	required_argument, NULL, OPT_AUDIT_QUEUE },
 	{ "help",		no_argument,	   NULL, 'h' },
 	{ "version",		no_argument,	   NULL, 'V' },
 	{ NULL, 0, NULL, 0 },
@@ -99,6 +101,9 @@ config_usage(FILE *fp)
 "                            continue\n"
 "      --audit-status        audit Status and Version calls too (in the\n"
 "                            file: audit-status = true)\n"
+"      --audit-queue N       records held in memory while FILE cannot be\n"
+"                            written, before they count as lost (default\n"
+"                            16384)\n"
 "  -h, --help                this text\n"
 "  -V, --version             version\n"
 "\n"
@@ -294,6 +299,11 @@ apply(struct config *cfg, int opt, const char *name, const char *arg,
 			return CONFIG_ERROR;
 		}
 		cfg->audit_failure = arg;
+		break;
+	case OPT_AUDIT_QUEUE:
+		if (num_opt(name, arg, 1, 1000000, &v, err, errlen) != 0)
+			return CONFIG_ERROR;
+		cfg->audit_queue = v;
 		break;
 	case OPT_AUDIT_STATUS:
 		/* From a file line: "true" or "false". */

@@ -560,7 +560,7 @@ main(int argc, char **argv)
 	if (g->cfg.audit_log != NULL) {
 		struct audit_config ac = { g->cfg.audit_log,
 		    strcmp(g->cfg.audit_sync, "every") == 0 ?
-		    AUDIT_SYNC_EVERY : AUDIT_SYNC_BATCH, 0 };
+		    AUDIT_SYNC_EVERY : AUDIT_SYNC_BATCH, g->cfg.audit_queue };
 
 		if ((d.audit_path = strdup(g->cfg.audit_log)) == NULL ||
 		    audit_open(&ac, &d.audit, err, sizeof(err)) != 0) {
