@@ -298,8 +298,8 @@ usage(FILE *fp)
 {
 	fprintf(fp,
 "Usage: p11kms audit-verify [--live] FILE...\n"
-"Checks the hash chain of p11kms audit logs (--audit-log), oldest file\n"
-"first, and prints record counts by API, operation and outcome.\n"
+"Checks the hash chain of p11kms audit logs, oldest file first, and\n"
+"prints record counts by API, operation and outcome.\n"
 "\n"
 "      --live   the last file is still being written: do not require it\n"
 "               to end with the daemon's \"close\" record\n"
