@@ -179,6 +179,8 @@ INSTALLED = {
     "usr/lib/systemd/system/p11kms.service": 0o644,
     "usr/share/doc/p11kms/README.md": 0o644,
     "usr/share/doc/p11kms/SECURITY.md": 0o644,
+    "usr/share/doc/p11kms/audit.md": 0o644,
+    "usr/share/doc/p11kms/examples/p11kms-audit.logrotate": 0o644,
     "usr/share/doc/p11kms/examples/p11kms.conf": 0o644,
     "usr/share/doc/p11kms/examples/encryption-config-v1.yaml": 0o644,
     "usr/share/doc/p11kms/examples/encryption-config-v2.yaml": 0o644,
