@@ -352,7 +352,7 @@ audit_line(uint64_t seq, const char *body, size_t len,
 
 	h = (size_t)snprintf(head, sizeof(head), "{\"seq\":%" PRIu64 ",", seq);
 	n = h + len + AUDIT_CHAIN_SUFFIX + 1;
-	if (n > cap)
+	if (n >= cap)
 		return 0;
 	memcpy(out, head, h);
 	memcpy(out + h, body, len);
@@ -361,6 +361,7 @@ audit_line(uint64_t seq, const char *body, size_t len,
 	memcpy(out + h + len, ",\"chain\":\"", 10);
 	memcpy(out + h + len + 10, hex, AUDIT_CHAIN_HEX);
 	memcpy(out + h + len + 10 + AUDIT_CHAIN_HEX, "\"}\n", 3);
+	out[n] = '\0';
 	memcpy(prev, next, AUDIT_CHAIN_LEN);
 	return n;
 }

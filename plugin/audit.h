@@ -119,8 +119,9 @@ size_t audit_json_string(const char *s, size_t max, char *out, size_t cap,
 size_t audit_encode(const struct audit_event *ev, char *out, size_t cap);
 /*
  * Makes the line for body with sequence number seq after chain value prev
- * (updated to this line's): `{"seq":N,` body `,"chain":"…"}\n`. Returns
- * its length, 0 when cap is too small (body length + 120 suffices).
+ * (updated to this line's): `{"seq":N,` body `,"chain":"…"}\n` and a NUL.
+ * Returns its length, 0 when cap is too small (body length + 120
+ * suffices).
  */
 size_t audit_line(uint64_t seq, const char *body, size_t len,
     uint8_t prev[AUDIT_CHAIN_LEN], char *out, size_t cap);

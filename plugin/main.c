@@ -625,9 +625,9 @@ main(int argc, char **argv)
 		ret = EXIT_CONFIG;
 		goto out;
 	}
-	log_info("p11kms %s serving KMS %s and v1beta1 (%s) on %s%s key_id=%s "
-	    "workers=%u max_inflight=%u%s%s", P11KMS_VERSION,
-	    g->cfg.kms_version, kms_services(),
+	log_info("p11kms %s serving %s (v2 Status version %s) on %s%s "
+	    "key_id=%s workers=%u max_inflight=%u%s%s", P11KMS_VERSION,
+	    kms_services(), g->cfg.kms_version,
 	    g->cfg.socket_path[0] == '@' ? "abstract socket " : "",
 	    g->cfg.socket_path, keyring_primary_key_id(g->kr), g->workers,
 	    g->inflight, d.audit != NULL ? " audit_log=" : "",
