@@ -384,3 +384,39 @@ def test_full_disk_fail(token, spawn, tmp_path, client_for):
     assert refused[0]["reason"] == "audit-unavailable"
     # Every Encrypt that was answered OK has its record.
     assert scrape(port)["p11kms_audit_records_lost_total"] == 0
+
+
+def test_reopen_into_a_removed_directory(token, spawn, tmp_path, client_for):
+    """The log's directory is gone at rotation: the reopen fails, the
+    daemon says so (not ready, a counted error) and keeps retrying; once
+    the directory is back the new file continues the chain."""
+    port = free_port()
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    log = str(logdir / "audit.log")
+    d = spawn(token, "rmdir", extra=["--audit-log", log, "--ops-listen",
+                                     "127.0.0.1:%d" % port])
+    wait_ops(d, port)
+    c = client_for(d)
+    round_trip(c, "before")
+    wait_for(lambda: requests_in(log, uid="before", op="Decrypt"),
+             "the first records")
+    last = records(log)[-1]["chain"]
+    shutil.rmtree(str(logdir))
+    d.proc.send_signal(signal.SIGUSR1)
+    wait_for(lambda: scrape(port).get("p11kms_audit_write_errors_total",
+                                      0) > 0, "the failed reopen")
+    wait_for(lambda: http(port, "/readyz")[0] == 503, "readyz to fail", 5)
+    assert "cannot reopen" in http(port, "/healthz")[2]
+    assert "cannot reopen" in d.stderr()
+    logdir.mkdir()
+    wait_for(lambda: os.path.exists(log), "the reopen to be retried")
+    wait_for(lambda: http(port, "/readyz")[0] == 200, "readyz again", 5)
+    round_trip(c, "after")
+    assert d.stop() == 0
+    first = records(log)[0]
+    assert first["type"] == "open" and first["reason"] == "reopen"
+    assert first["prev_chain"] != last     # the close line went to the old file
+    r = verify(log)
+    assert r.returncode == 0, r.stdout
+    assert requests_in(log, uid="after")
