@@ -16,7 +16,6 @@
 
 #include "plugin/log.h"
 #include "plugin/mem.h"
-#include "plugin/metrics.h"
 #include "plugin/unixsock.h"
 
 #define READ_CHUNK		16384
