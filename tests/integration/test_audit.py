@@ -420,3 +420,40 @@ def test_reopen_into_a_removed_directory(token, spawn, tmp_path, client_for):
     r = verify(log)
     assert r.returncode == 0, r.stdout
     assert requests_in(log, uid="after")
+
+
+def test_abandoned_and_timed_out_calls_are_recorded(token, faults, spawn,
+                                                    tmp_path, pb):
+    """A call the client resets while the token works on it, and one
+    whose deadline passes first, each still leave a record."""
+    from faultctl import FAULT_SO, FaultToken
+    log = str(tmp_path / "gone.log")
+    d = spawn(FaultToken(token, faults), "gone", module=FAULT_SO,
+              extra=["--audit-log", log, "--probe-interval", "60"])
+    faults.set("C_Encrypt delay 400")
+    pb2 = pb[0]
+    h = H2(d.sockaddr())
+    m = pb2.EncryptRequest(plaintext=os.urandom(32),
+                           uid="reset-me").SerializeToString()
+    from h2client import grpc_frame
+    sid = h.headers("/v2.KeyManagementService/Encrypt")
+    h.data(sid, grpc_frame(m), end_stream=True)
+    time.sleep(0.1)
+    h.reset(sid)
+    m = pb2.EncryptRequest(plaintext=os.urandom(32),
+                           uid="too-slow").SerializeToString()
+    sid = h.headers("/v2.KeyManagementService/Encrypt",
+                    extra=[("grpc-timeout", "100m")])
+    h.data(sid, grpc_frame(m), end_stream=True)
+    resp = h.wait(sid, timeout=5)
+    assert resp.grpc_status == 4, resp
+    h.close()
+    faults.clear()
+    wait_for(lambda: requests_in(log, uid="reset-me") and
+             requests_in(log, uid="too-slow"), "both records")
+    gone = requests_in(log, uid="reset-me")[0]
+    assert gone["code"] == "CANCELLED" and gone["reason"] == "cancelled"
+    slow = requests_in(log, uid="too-slow")[0]
+    assert slow["code"] == "DEADLINE_EXCEEDED"
+    assert slow["reason"] == "deadline"
+    assert slow["latency_us"] >= 90000
