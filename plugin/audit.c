@@ -25,12 +25,18 @@
 #define WHY_MAX			300
 #define LOST_LOG_PER_S		1
 
-struct rec {
-	struct rec *next;
-	int reopen;		/* a marker: reopen here, in queue order */
-	size_t len;
-	char body[];
+/*
+ * Encoded record bodies waiting for the writer, back to back: a 4-byte
+ * length, then the body. Length 0 is a marker: reopen the file here, in
+ * queue order. One buffer for many records: no allocation per record.
+ */
+struct qbuf {
+	char *p;
+	size_t len, cap;
+	size_t n;		/* records and markers */
 };
+
+#define QBUF_KEEP	(4u << 20)	/* emptied buffers above it are freed */
 
 struct audit {
 	/* Set at open, then read-only. */
@@ -43,8 +49,7 @@ struct audit {
 	/* Under lock: the loop's side. */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	struct rec *head, *tail;
-	size_t queued;
+	struct qbuf q;
 	uint64_t lost_new;		/* dropped, not yet in a "lost" line */
 	int stop, reopen;
 	char why[WHY_MAX];		/* while failing */
@@ -54,6 +59,9 @@ struct audit {
 	_Atomic uint64_t written, lost;
 
 	/* Writer thread only. */
+	struct qbuf wq;			/* swapped with q to take it */
+	EVP_MD *md;			/* SHA-256, fetched once */
+	EVP_MD_CTX *mdctx;
 	int fd;
 	off_t size;			/* bytes the file should hold */
 	uint64_t seq;			/* of the last line made */
@@ -149,6 +157,17 @@ audit_json_string(const char *s, size_t max, char *out, size_t cap, int *cut)
 		return 0;
 	out[o++] = '"';
 	for (i = 0; i < n; i += k) {
+		/* Fast path: a run of plain printable ASCII. */
+		for (k = 0; i + k < n && p[i + k] >= 0x20 && p[i + k] < 0x7f &&
+		    p[i + k] != '"' && p[i + k] != '\\'; k++)
+			;
+		if (k > 0) {
+			if (cap - o < k + 2)
+				return 0;
+			memcpy(out + o, p + i, k);
+			o += k;
+			continue;
+		}
 		if ((k = utf8_len(p + i, n - i, &c)) == 0) {
 			k = 1;
 			c = 0xfffd;
@@ -216,36 +235,64 @@ jb_str(struct jb *b, const char *key, const char *v, size_t max, int *cut)
 		b->len += n;
 }
 
+/* Decimal digits of v, written backwards from end; returns the start. */
+static char *
+digits(uint64_t v, char *end)
+{
+	do {
+		*--end = (char)('0' + v % 10);
+		v /= 10;
+	} while (v != 0);
+	return end;
+}
+
 static void
 jb_u64(struct jb *b, const char *key, uint64_t v)
 {
-	char num[24];
+	char num[24], *d = digits(v, num + sizeof(num));
 
 	jb_key(b, key);
-	jb_raw(b, num, (size_t)snprintf(num, sizeof(num), "%" PRIu64, v));
+	jb_raw(b, d, (size_t)(num + sizeof(num) - d));
 }
 
 static void
 jb_i64(struct jb *b, const char *key, int64_t v)
 {
-	char num[24];
+	char num[24], *d;
 
+	if (v >= 0) {
+		jb_u64(b, key, (uint64_t)v);
+		return;
+	}
+	d = digits(-(uint64_t)v, num + sizeof(num));
+	*--d = '-';
 	jb_key(b, key);
-	jb_raw(b, num, (size_t)snprintf(num, sizeof(num), "%" PRId64, v));
+	jb_raw(b, d, (size_t)(num + sizeof(num) - d));
 }
 
+/* "2024-05-01T10:00:00.123456Z"; the seconds part is made once a second
+ * per thread. */
 static void
 jb_ts(struct jb *b, const struct timespec *ts)
 {
-	char t[32], z[48];
+	static __thread time_t last = -1;
+	static __thread char head[32];
+	static __thread size_t hlen;
+	unsigned long us = (unsigned long)ts->tv_nsec / 1000 % 1000000;
+	char z[48];
 	struct tm tm;
-	time_t sec = ts->tv_sec;
+	int i;
 
-	gmtime_r(&sec, &tm);
-	if (strftime(t, sizeof(t), "%Y-%m-%dT%H:%M:%S", &tm) == 0)
-		t[0] = '\0';
-	snprintf(z, sizeof(z), "%.31s.%06uZ", t,
-	    (unsigned)((unsigned long)ts->tv_nsec / 1000 % 1000000));
+	if (ts->tv_sec != last) {
+		gmtime_r(&ts->tv_sec, &tm);
+		hlen = strftime(head, sizeof(head), "%Y-%m-%dT%H:%M:%S", &tm);
+		last = ts->tv_sec;
+	}
+	memcpy(z, head, hlen);
+	z[hlen] = '.';
+	for (i = 6; i > 0; i--, us /= 10)
+		z[hlen + (size_t)i] = (char)('0' + us % 10);
+	memcpy(z + hlen + 7, "Z", 2);
 	jb_str(b, "ts", z, sizeof(z), NULL);
 }
 
@@ -283,22 +330,28 @@ audit_encode(const struct audit_event *ev, char *out, size_t cap)
 	return b.full ? 0 : b.len;
 }
 
+/* SHA-256(prev || p) with a context (and digest) the caller keeps. */
+static void
+chain_with(EVP_MD_CTX *c, const EVP_MD *md, const uint8_t *prev,
+    const char *p, size_t len, uint8_t out[AUDIT_CHAIN_LEN])
+{
+	unsigned n = 0;
+
+	/* A failure leaves a chain value no verifier accepts. */
+	if (c == NULL || EVP_DigestInit_ex(c, md, NULL) != 1 ||
+	    EVP_DigestUpdate(c, prev, AUDIT_CHAIN_LEN) != 1 ||
+	    EVP_DigestUpdate(c, p, len) != 1 ||
+	    EVP_DigestFinal_ex(c, out, &n) != 1)
+		memset(out, 0, AUDIT_CHAIN_LEN);
+}
+
 void
 audit_chain(const uint8_t prev[AUDIT_CHAIN_LEN], const char *p, size_t len,
     uint8_t out[AUDIT_CHAIN_LEN])
 {
 	EVP_MD_CTX *c = EVP_MD_CTX_new();
-	unsigned n = 0;
 
-	/* An allocation failure leaves a chain no verifier accepts. */
-	memset(out, 0, AUDIT_CHAIN_LEN);
-	if (c == NULL)
-		return;
-	if (EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1 ||
-	    EVP_DigestUpdate(c, prev, AUDIT_CHAIN_LEN) != 1 ||
-	    EVP_DigestUpdate(c, p, len) != 1 ||
-	    EVP_DigestFinal_ex(c, out, &n) != 1)
-		memset(out, 0, AUDIT_CHAIN_LEN);
+	chain_with(c, EVP_sha256(), prev, p, len, out);
 	EVP_MD_CTX_free(c);
 }
 
@@ -342,9 +395,9 @@ audit_unhex(const char *s, size_t len, uint8_t out[AUDIT_CHAIN_LEN])
 	return 0;
 }
 
-size_t
-audit_line(uint64_t seq, const char *body, size_t len,
-    uint8_t prev[AUDIT_CHAIN_LEN], char *out, size_t cap)
+static size_t
+line_with(EVP_MD_CTX *c, const EVP_MD *md, uint64_t seq, const char *body,
+    size_t len, uint8_t prev[AUDIT_CHAIN_LEN], char *out, size_t cap)
 {
 	char head[40], hex[AUDIT_CHAIN_HEX + 1];
 	uint8_t next[AUDIT_CHAIN_LEN];
@@ -356,13 +409,24 @@ audit_line(uint64_t seq, const char *body, size_t len,
 		return 0;
 	memcpy(out, head, h);
 	memcpy(out + h, body, len);
-	audit_chain(prev, out, h + len, next);
+	chain_with(c, md, prev, out, h + len, next);
 	audit_hex(next, hex);
 	memcpy(out + h + len, ",\"chain\":\"", 10);
 	memcpy(out + h + len + 10, hex, AUDIT_CHAIN_HEX);
 	memcpy(out + h + len + 10 + AUDIT_CHAIN_HEX, "\"}\n", 3);
 	out[n] = '\0';
 	memcpy(prev, next, AUDIT_CHAIN_LEN);
+	return n;
+}
+
+size_t
+audit_line(uint64_t seq, const char *body, size_t len,
+    uint8_t prev[AUDIT_CHAIN_LEN], char *out, size_t cap)
+{
+	EVP_MD_CTX *c = EVP_MD_CTX_new();
+	size_t n = line_with(c, EVP_sha256(), seq, body, len, prev, out, cap);
+
+	EVP_MD_CTX_free(c);
 	return n;
 }
 
@@ -411,31 +475,50 @@ audit_counts(struct audit *a, uint64_t *written, uint64_t *lost)
 	*lost = atomic_load(&a->lost);
 }
 
-/* Puts r on the queue, or drops it (counted) when the queue is full. */
+/* Appends one body (len 0: a reopen marker). 0, or -1 out of memory. */
+static int
+qbuf_put(struct qbuf *q, const char *body, size_t len)
+{
+	size_t need = 4 + len, ncap;
+	uint32_t n32 = (uint32_t)len;
+	char *np;
+
+	if (need > q->cap - q->len) {
+		ncap = q->cap ? q->cap : 65536;
+		while (ncap - q->len < need)
+			ncap *= 2;
+		if ((np = realloc(q->p, ncap)) == NULL)
+			return -1;
+		q->p = np;
+		q->cap = ncap;
+	}
+	memcpy(q->p + q->len, &n32, 4);
+	if (len > 0)
+		memcpy(q->p + q->len + 4, body, len);
+	q->len += need;
+	q->n++;
+	return 0;
+}
+
+/* Queues body, or drops it (counted) when the queue is full. */
 static void
-enqueue(struct audit *a, struct rec *r)
+enqueue(struct audit *a, const char *body, size_t len)
 {
 	size_t depth;
 	int wake, dropped = 0;
 	unsigned n;
 
 	pthread_mutex_lock(&a->lock);
-	if (r == NULL || (a->queued >= a->queue_max && !r->reopen)) {
+	if (len == 0 || a->q.n >= a->queue_max ||
+	    qbuf_put(&a->q, body, len) != 0) {
 		a->lost_new++;
 		dropped = 1;
-		free(r);
-	} else {
-		r->next = NULL;
-		if (a->tail != NULL)
-			a->tail->next = r;
-		else
-			a->head = r;
-		a->tail = r;
-		a->queued++;
 	}
-	depth = a->queued;
+	depth = a->q.n;
+	/* batch: the writer gathers for BATCH_GATHER_MS unless the queue
+	 * fills up; every: it writes each record at once. */
 	wake = !dropped && (a->sync == AUDIT_SYNC_EVERY ? depth == 1 :
-	    depth == WAKE_AT);
+	    depth == WAKE_AT || depth == a->queue_max / 2);
 	if (wake)
 		pthread_cond_signal(&a->cond);
 	pthread_mutex_unlock(&a->lock);
@@ -447,8 +530,8 @@ enqueue(struct audit *a, struct rec *r)
 			log_error("audit log: %u more audit records lost", n);
 		if (log_ratelim_allow(&a->lost_rl, mono_ns()))
 			log_error("audit log: an audit record was lost: %zu "
-			    "records wait for %s, which cannot be written",
-			    depth, a->path);
+			    "records wait for %s (it cannot be written, or "
+			    "the writer is behind)", depth, a->path);
 	}
 }
 
@@ -456,42 +539,22 @@ void
 audit_record(struct audit *a, const struct audit_event *ev)
 {
 	char body[AUDIT_RECORD_MAX];
-	struct rec *r;
-	size_t n;
 
 	if (a == NULL)
 		return;
-	n = audit_encode(ev, body, sizeof(body));
-	r = n == 0 ? NULL : malloc(sizeof(*r) + n + 1);
-	if (r != NULL) {
-		r->reopen = 0;
-		r->len = n;
-		memcpy(r->body, body, n + 1);
-	}
-	enqueue(a, r);
+	/* 0 (cannot happen with AUDIT_RECORD_MAX) counts as lost. */
+	enqueue(a, body, audit_encode(ev, body, sizeof(body)));
 }
 
 void
 audit_reopen(struct audit *a)
 {
-	struct rec *r;
-
 	if (a == NULL)
 		return;
-	/* A marker in the queue: records before it go to the old file. */
-	r = calloc(1, sizeof(*r));
 	pthread_mutex_lock(&a->lock);
-	if (r != NULL) {
-		r->reopen = 1;
-		if (a->tail != NULL)
-			a->tail->next = r;
-		else
-			a->head = r;
-		a->tail = r;
-		a->queued++;
-	} else {
+	/* A marker in the queue: records before it go to the old file. */
+	if (qbuf_put(&a->q, NULL, 0) != 0)
 		a->reopen = 1;		/* out of memory: at the next batch */
-	}
 	pthread_cond_signal(&a->cond);
 	pthread_mutex_unlock(&a->lock);
 }
@@ -514,8 +577,8 @@ out_add(struct audit *a, const char *body, size_t len)
 		a->out = np;
 		a->out_cap = ncap;
 	}
-	a->out_len += audit_line(a->seq + 1, body, len, a->chain,
-	    a->out + a->out_len, a->out_cap - a->out_len);
+	a->out_len += line_with(a->mdctx, a->md, a->seq + 1, body, len,
+	    a->chain, a->out + a->out_len, a->out_cap - a->out_len);
 	a->seq++;
 	return 0;
 }
@@ -692,8 +755,10 @@ static void *
 writer_main(void *arg)
 {
 	struct audit *a = arg;
-	struct rec *list, *r, *next;
+	struct qbuf tmp;
 	uint64_t lost, n;
+	uint32_t len;
+	size_t off;
 	size_t depth;
 	char extra[64];
 	int stop, ok;
@@ -707,16 +772,15 @@ writer_main(void *arg)
 		}
 		/* While output is owed, leave the queue be: it is the bound. */
 		if (a->out_len == 0) {
-			list = a->head;
-			a->head = a->tail = NULL;
-			a->queued = 0;
+			tmp = a->q;
+			a->q = a->wq;
+			a->wq = tmp;
 			lost = a->lost_new;
 			a->lost_new = 0;
 		} else {
-			list = NULL;
 			lost = 0;
 		}
-		depth = a->queued;
+		depth = a->q.n;
 		pthread_mutex_unlock(&a->lock);
 		metrics_audit_queue((unsigned)(depth + a->owed));
 
@@ -730,18 +794,22 @@ writer_main(void *arg)
 			out_event(a, "lost", extra);
 		}
 		n = 0;
-		for (r = list; r != NULL; r = next) {
-			next = r->next;
-			if (r->reopen) {
+		for (off = 0; off < a->wq.len; off += 4 + len) {
+			memcpy(&len, a->wq.p + off, 4);
+			if (len == 0) {
 				a->reopen_pending = 1;
 				do_reopen(a);
-			} else if (out_add(a, r->body, r->len) == 0) {
+			} else if (out_add(a, a->wq.p + off + 4, len) == 0) {
 				n++;
 			} else {
 				atomic_fetch_add(&a->lost, 1);
 				metrics_audit_lost(1);
 			}
-			free(r);
+		}
+		a->wq.len = a->wq.n = 0;
+		if (a->wq.cap > QBUF_KEEP) {	/* after a burst */
+			free(a->wq.p);
+			memset(&a->wq, 0, sizeof(a->wq));
 		}
 		if (stop && !atomic_load(&a->failing))
 			out_event(a, "close", "\"reason\":\"stop\"");
@@ -763,11 +831,11 @@ writer_main(void *arg)
 			break;
 		if (atomic_load(&a->failing))
 			timed_wait(a, RETRY_MS);
-		else if (a->head == NULL && !a->reopen && !a->stop)
+		else if (a->q.n == 0 && !a->reopen && !a->stop)
 			timed_wait(a, a->sync == AUDIT_SYNC_EVERY ?
 			    SYNC_MAX_MS : BATCH_GATHER_MS);
 		else if (a->sync == AUDIT_SYNC_BATCH && !a->reopen &&
-		    !a->stop && a->queued < WAKE_AT)
+		    !a->stop && a->q.n < WAKE_AT)
 			timed_wait(a, BATCH_GATHER_MS);
 	}
 	pthread_mutex_unlock(&a->lock);
@@ -859,6 +927,11 @@ audit_open(const struct audit_config *cfg, struct audit **out, char *err,
 		pthread_condattr_destroy(&ca);
 	}
 	log_ratelim_init(&a->lost_rl, LOST_LOG_PER_S);
+	if ((a->md = EVP_MD_fetch(NULL, "SHA256", NULL)) == NULL ||
+	    (a->mdctx = EVP_MD_CTX_new()) == NULL) {
+		snprintf(err, errlen, "audit log: OpenSSL has no SHA-256");
+		goto fail;
+	}
 	if ((a->fd = open_path(a->path)) == -1) {
 		snprintf(err, errlen, "--audit-log '%.200s': %s; give a file "
 		    "in a directory p11kms can write", a->path,
@@ -896,6 +969,8 @@ audit_open(const struct audit_config *cfg, struct audit **out, char *err,
  fail:
 	if (a->fd != -1)
 		close(a->fd);
+	EVP_MD_CTX_free(a->mdctx);
+	EVP_MD_free(a->md);
 	pthread_cond_destroy(&a->cond);
 	pthread_mutex_destroy(&a->lock);
 	free(a->out);
@@ -907,8 +982,6 @@ audit_open(const struct audit_config *cfg, struct audit **out, char *err,
 void
 audit_close(struct audit *a)
 {
-	struct rec *r;
-
 	if (a == NULL)
 		return;
 	if (a->started) {
@@ -918,13 +991,13 @@ audit_close(struct audit *a)
 		pthread_mutex_unlock(&a->lock);
 		pthread_join(a->thread, NULL);
 	}
-	if (a->out_len > a->out_off || a->head != NULL)
+	if (a->out_len > a->out_off || a->q.n > 0)
 		log_error("audit log %s: stopping with records not written",
 		    a->path);
-	while ((r = a->head) != NULL) {
-		a->head = r->next;
-		free(r);
-	}
+	free(a->q.p);
+	free(a->wq.p);
+	EVP_MD_CTX_free(a->mdctx);
+	EVP_MD_free(a->md);
 	if (a->fd != -1)
 		close(a->fd);
 	pthread_cond_destroy(&a->cond);
