@@ -788,11 +788,6 @@ writer_main(void *arg)
 		if (a->reopen_pending)
 			do_reopen(a);
 		check_truncated(a);
-		if (lost > 0) {
-			snprintf(extra, sizeof(extra), "\"count\":%" PRIu64,
-			    lost);
-			out_event(a, "lost", extra);
-		}
 		n = 0;
 		for (off = 0; off < a->wq.len; off += 4 + len) {
 			memcpy(&len, a->wq.p + off, 4);
@@ -805,6 +800,12 @@ writer_main(void *arg)
 				atomic_fetch_add(&a->lost, 1);
 				metrics_audit_lost(1);
 			}
+		}
+		/* The records dropped came after every one the queue held. */
+		if (lost > 0) {
+			snprintf(extra, sizeof(extra), "\"count\":%" PRIu64,
+			    lost);
+			out_event(a, "lost", extra);
 		}
 		a->wq.len = a->wq.n = 0;
 		if (a->wq.cap > QBUF_KEEP) {	/* after a burst */

@@ -33,6 +33,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <time.h>
 #include <sys/types.h>
 
@@ -139,5 +140,7 @@ int audit_unhex(const char *s, size_t len, uint8_t out[AUDIT_CHAIN_LEN]);
  * bad usage.
  */
 int audit_verify_main(int argc, char **argv);
+/* The same check of one stream, printing nothing (fuzzing); 0, 1 or 2. */
+int audit_verify_stream(FILE *fp, int live);
 
 #endif

@@ -139,6 +139,7 @@ struct verify {
 	struct tally t[MAX_TALLY];
 	size_t nt;
 	uint64_t lost;
+	int quiet;		/* print nothing (fuzzing) */
 };
 
 static void
@@ -173,11 +174,16 @@ span_copy(const struct field *f, char *out, size_t cap)
 }
 
 static int
-bad(const char *file, unsigned long line, const char *why)
+bad_at(const struct verify *v, const char *file, unsigned long line,
+    const char *why)
 {
-	printf("audit-verify: BROKEN at %s:%lu: %s\n", file, line, why);
+	if (!v->quiet)
+		printf("audit-verify: BROKEN at %s:%lu: %s\n", file, line,
+		    why);
 	return EXIT_BROKEN;
 }
+
+#define bad(file, line, why)	bad_at(v, file, line, why)
 
 /* Checks one line; 0 when it follows, else the exit status. */
 static int
@@ -251,21 +257,16 @@ check_line(struct verify *v, const char *file, unsigned long lineno,
 	return 0;
 }
 
+/* Checks the lines of fp (named path in messages) after what v saw. */
 static int
-verify_file(struct verify *v, const char *path)
+verify_stream(struct verify *v, const char *path, FILE *fp)
 {
 	char *line = NULL;
 	size_t cap = 0;
 	ssize_t n;
 	unsigned long lineno = 0;
 	int r = 0;
-	FILE *fp;
 
-	if ((fp = fopen(path, "re")) == NULL) {
-		fprintf(stderr, "p11kms: audit-verify: cannot read %s: %s\n",
-		    path, strerror(errno));
-		return EXIT_UNREADABLE;
-	}
 	while ((n = getline(&line, &cap, fp)) > 0) {
 		lineno++;
 		if (line[n - 1] != '\n') {
@@ -282,15 +283,44 @@ verify_file(struct verify *v, const char *path)
 			break;
 	}
 	if (r == 0 && ferror(fp)) {
-		fprintf(stderr, "p11kms: audit-verify: cannot read %s: %s\n",
-		    path, strerror(errno));
+		if (!v->quiet)
+			fprintf(stderr, "p11kms: audit-verify: cannot read "
+			    "%s: %s\n", path, strerror(errno));
 		r = EXIT_UNREADABLE;
 	}
 	if (r == 0 && lineno == 0)
 		r = bad(path, 1, "file is empty");
 	free(line);
+	return r;
+}
+
+static int
+verify_file(struct verify *v, const char *path)
+{
+	FILE *fp;
+	int r;
+
+	if ((fp = fopen(path, "re")) == NULL) {
+		fprintf(stderr, "p11kms: audit-verify: cannot read %s: %s\n",
+		    path, strerror(errno));
+		return EXIT_UNREADABLE;
+	}
+	r = verify_stream(v, path, fp);
 	fclose(fp);
 	return r;
+}
+
+int
+audit_verify_stream(FILE *fp, int live)
+{
+	struct verify v;
+	int r;
+
+	memset(&v, 0, sizeof(v));
+	v.quiet = 1;
+	if ((r = verify_stream(&v, "-", fp)) != 0)
+		return r;
+	return live || v.last_close ? EXIT_INTACT : EXIT_BROKEN;
 }
 
 static void
