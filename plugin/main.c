@@ -186,23 +186,25 @@ reap_retired(struct daemon *d)
 static void
 log_config(const struct config *c, const struct gen *g)
 {
-	char workers[16], inflight[16], probe[16];
+	char workers[16], inflight[16], probe[16], audit[96];
 
 	snprintf(workers, sizeof(workers), "%u", g->workers);
 	snprintf(inflight, sizeof(inflight), "%u", g->inflight);
 	snprintf(probe, sizeof(probe), "%u", c->probe_interval_s);
+	snprintf(audit, sizeof(audit), "sync=%s failure=%s status=%s",
+	    c->audit_sync, c->audit_failure, c->audit_status ? "on" : "off");
 	log_kv(LOG_INFO, "configuration", "config", c->config_file ?
 	    c->config_file : "(flags only)", "socket", c->socket_path,
 	    "module", c->module ? c->module : "(from URI or p11-kit)",
 	    "pin_file", c->pin_file ? c->pin_file : "(URI pin-source)",
-	    "mechanism", c->mechanism, "kms_version", c->kms_version,
+	    "mechanism", c->mechanism, "services", kms_services(),
+	    "kms_version", c->kms_version,
 	    "workers", workers, "workers_from", g->workers_from,
 	    "max_inflight", inflight,
 	    "probe_interval_s", probe, "ops_listen", c->ops_listen ?
 	    c->ops_listen : "(off)", "log_format", c->log_format,
-	    "audit_log", c->audit_log ? c->audit_log : "(off)",
-	    "audit_sync", c->audit_sync, "audit_failure", c->audit_failure,
-	    NULL);
+	    "audit_log", c->audit_log ? c->audit_log : "(off)", "audit",
+	    audit, NULL);
 }
 
 static void
