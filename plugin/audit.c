@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,7 +21,6 @@
 #define BATCH_GATHER_MS		50	/* batch mode: writes at most this often */
 #define SYNC_MAX_MS		1000	/* batch mode: fdatasync at least this often */
 #define RETRY_MS		500	/* after a failed write, open or sync */
-#define WAKE_AT			256	/* batch mode: queued records that wake */
 #define TAIL_READ		(2 * AUDIT_RECORD_MAX)
 #define WHY_MAX			300
 #define LOST_LOG_PER_S		1
@@ -43,6 +43,7 @@ struct audit {
 	char *path;
 	enum audit_sync sync;
 	size_t queue_max;
+	size_t wake_at;			/* batch: records that end a gather */
 	pthread_t thread;
 	int started;
 
@@ -518,7 +519,7 @@ enqueue(struct audit *a, const char *body, size_t len)
 	/* batch: the writer gathers for BATCH_GATHER_MS unless the queue
 	 * fills up; every: it writes each record at once. */
 	wake = !dropped && (a->sync == AUDIT_SYNC_EVERY ? depth == 1 :
-	    depth == WAKE_AT || depth == a->queue_max / 2);
+	    depth == a->wake_at);
 	if (wake)
 		pthread_cond_signal(&a->cond);
 	pthread_mutex_unlock(&a->lock);
@@ -755,6 +756,7 @@ static void *
 writer_main(void *arg)
 {
 	struct audit *a = arg;
+	struct sched_param sp = { 0 };
 	struct qbuf tmp;
 	uint64_t lost, n;
 	uint32_t len;
@@ -763,6 +765,13 @@ writer_main(void *arg)
 	char extra[64];
 	int stop, ok;
 
+	/*
+	 * No wake-up preemption for the writer: when it wakes it must not
+	 * push the event loop off its CPU, which stalls every request. It
+	 * keeps its fair share (SCHED_BATCH is not idle priority). Best
+	 * effort: a seccomp filter may refuse it.
+	 */
+	(void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);
 	pthread_mutex_lock(&a->lock);
 	for (;;) {
 		stop = a->stop;
@@ -836,7 +845,7 @@ writer_main(void *arg)
 			timed_wait(a, a->sync == AUDIT_SYNC_EVERY ?
 			    SYNC_MAX_MS : BATCH_GATHER_MS);
 		else if (a->sync == AUDIT_SYNC_BATCH && !a->reopen &&
-		    !a->stop && a->q.n < WAKE_AT)
+		    !a->stop && a->q.n < a->wake_at)
 			timed_wait(a, BATCH_GATHER_MS);
 	}
 	pthread_mutex_unlock(&a->lock);
@@ -917,6 +926,9 @@ audit_open(const struct audit_config *cfg, struct audit **out, char *err,
 	}
 	a->sync = cfg->sync;
 	a->queue_max = cfg->queue_max ? cfg->queue_max : AUDIT_QUEUE_MAX;
+	/* A quarter full ends the 50 ms gather early, well before the queue
+	 * fills; at 100k records a second that is rarely before the timer. */
+	a->wake_at = a->queue_max / 4 > 0 ? a->queue_max / 4 : 1;
 	a->fd = -1;
 	pthread_mutex_init(&a->lock, NULL);
 	{
