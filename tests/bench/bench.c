@@ -79,6 +79,7 @@ static struct {
 	unsigned only;		/* S_* bits of the scenarios to run */
 	const char *wrap[MAX_WRAP];	/* --wrap: runs the daemon under it */
 	size_t nwrap;
+	const char *audit_log, *audit_sync;	/* audit scenario */
 } opt;
 
 /* Scenario groups for --only. */
@@ -2293,11 +2294,16 @@ audit_scenario(void)
 	unsigned k, side, K = opt.rounds, C = opt.conc;
 	int audited, st;
 
-	snprintf(path, sizeof(path), "%s/audit.log", g_dir);
+	if (opt.audit_log != NULL)
+		snprintf(path, sizeof(path), "%s", opt.audit_log);
+	else
+		snprintf(path, sizeof(path), "%s/audit.log", g_dir);
+	(void)unlink(path);
 	if (K > MAX_ROUNDS)
 		K = MAX_ROUNDS;
 	slice = opt.n64 / K > 0 ? opt.n64 / K : 1;
-	snprintf(label, sizeof(label), "v2 Encrypt c=%u audit-log batch", C);
+	snprintf(label, sizeof(label), "v2 Encrypt c=%u audit-log %s", C,
+	    opt.audit_sync != NULL ? opt.audit_sync : "batch");
 	r = row_new("audit_encrypt_c64", label);
 	for (k = 0; k < K; k++) {
 		rd = &r->rnd[k];
@@ -2309,7 +2315,8 @@ audit_scenario(void)
 				g_dextra[g_ndextra++] = "--audit-log";
 				g_dextra[g_ndextra++] = path;
 				g_dextra[g_ndextra++] = "--audit-sync";
-				g_dextra[g_ndextra++] = "batch";
+				g_dextra[g_ndextra++] = opt.audit_sync != NULL ?
+				    opt.audit_sync : "batch";
 			}
 			(void)daemon_start(opt.module, opt.workers, NULL, &t0);
 			(void)daemon_wait_ready(t0);
@@ -3180,6 +3187,9 @@ usage(FILE *fp)
 "                       mixed,v1,storm,slow,audit (default all); decrypt and storm\n"
 "                       bring in encrypt, storm brings in v1 (their inputs)\n"
 "  --keep               keep the temp dir (token, daemon logs)\n"
+"  --audit-log FILE     audit scenario: the audited daemon's log (default\n"
+"                       audit.log in the temp dir; it is removed first)\n"
+"  --audit-sync S       audit scenario: batch (default) or every\n"
 "  --wrap 'CMD ARGS'    start the daemon under CMD (profiling, e.g.\n"
 "                       'valgrind --tool=callgrind'); figures then measure\n"
 "                       the wrapper too\n"
@@ -3219,7 +3229,7 @@ parse_args(int argc, char **argv)
 		O_DAEMON = 256, O_MKTOKEN, O_MODULE, O_FAULT, O_WORKERS,
 		O_CONC, O_CONNS, O_REQ, O_REQ1, O_STORM, O_COLD, O_MIXED,
 		O_TIMEOUT, O_SLOWW, O_SLOWD, O_SLOWS, O_NOSLOW, O_QUICK,
-		O_KEEP, O_ONLY, O_WRAP, O_ROUNDS,
+		O_KEEP, O_ONLY, O_WRAP, O_ROUNDS, O_AUDIT_LOG, O_AUDIT_SYNC,
 	};
 	static const struct option lo[] = {
 		{ "daemon", required_argument, NULL, O_DAEMON },
@@ -3242,6 +3252,8 @@ parse_args(int argc, char **argv)
 		{ "no-slow", no_argument, NULL, O_NOSLOW },
 		{ "quick", no_argument, NULL, O_QUICK },
 		{ "keep", no_argument, NULL, O_KEEP },
+		{ "audit-log", required_argument, NULL, O_AUDIT_LOG },
+		{ "audit-sync", required_argument, NULL, O_AUDIT_SYNC },
 		{ "only", required_argument, NULL, O_ONLY },
 		{ "wrap", required_argument, NULL, O_WRAP },
 		{ "help", no_argument, NULL, 'h' },
@@ -3330,6 +3342,13 @@ parse_args(int argc, char **argv)
 		case O_NOSLOW: opt.no_slow = 1; break;
 		case O_QUICK: opt.quick = 1; break;
 		case O_KEEP: opt.keep = 1; break;
+		case O_AUDIT_LOG: opt.audit_log = optarg; break;
+		case O_AUDIT_SYNC:
+			if (strcmp(optarg, "batch") != 0 &&
+			    strcmp(optarg, "every") != 0)
+				die("--audit-sync: batch or every");
+			opt.audit_sync = optarg;
+			break;
 		case O_WRAP:
 			if ((list = strdup(optarg)) == NULL)
 				die("out of memory");
