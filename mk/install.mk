@@ -9,10 +9,11 @@
 #   /usr/sbin/p11kms                          the daemon and its subcommands
 #   /usr/share/man/man8/p11kms.8              p11kms(8)
 #   /usr/lib/systemd/system/p11kms.service    unit, ExecStart -> $(SBINDIR)
-#   /usr/share/doc/p11kms/{README,SECURITY}.md
+#   /usr/share/doc/p11kms/{README,SECURITY,audit}.md
 #   /usr/share/doc/p11kms/examples/           conf/ samples (p11kms.conf,
 #                                             EncryptionConfigurations,
-#                                             kubeadm/p11kms.yaml, softhsm2.conf)
+#                                             kubeadm/p11kms.yaml, softhsm2.conf,
+#                                             p11kms-audit.logrotate)
 # Nothing goes to /etc: the site's configuration is never overwritten.
 
 # Included before the Makefile's own `all`: keep it the default goal.
@@ -27,7 +28,7 @@ INSTALL_STRIP	?=
 
 INSTALL_EXAMPLES = conf/p11kms.conf conf/encryption-config-v1.yaml \
 		   conf/encryption-config-v2.yaml conf/softhsm2.conf \
-		   conf/README.md
+		   conf/README.md conf/p11kms-audit.logrotate
 
 .PHONY: install uninstall
 
@@ -44,7 +45,8 @@ install: $(BUILD)/p11kms
 	$(Q)chmod 0644 '$(DESTDIR)$(SYSTEMDUNITDIR)/p11kms.service.tmp'
 	$(Q)mv -f '$(DESTDIR)$(SYSTEMDUNITDIR)/p11kms.service.tmp' \
 	    '$(DESTDIR)$(SYSTEMDUNITDIR)/p11kms.service'
-	$(Q)$(INSTALL) -m 0644 README.md SECURITY.md '$(DESTDIR)$(DOCDIR)/'
+	$(Q)$(INSTALL) -m 0644 README.md SECURITY.md docs/audit.md \
+	    '$(DESTDIR)$(DOCDIR)/'
 	$(Q)$(INSTALL) -m 0644 $(INSTALL_EXAMPLES) '$(DESTDIR)$(DOCDIR)/examples/'
 	$(Q)$(INSTALL) -m 0644 conf/kubeadm/p11kms.yaml \
 	    '$(DESTDIR)$(DOCDIR)/examples/kubeadm/'

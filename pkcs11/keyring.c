@@ -348,6 +348,42 @@ keyring_key_mechanisms(const struct keyring *kr, size_t i)
 	return i < kr->nkeys ? kr->keys[i].mechs : NULL;
 }
 
+int
+keyring_key_token(const struct keyring *kr, size_t i, char *label,
+    char *serial)
+{
+	label[0] = serial[0] = '\0';
+	if (kr == NULL || i >= kr->nkeys)
+		return -1;
+	token_printable(kr->tok->info.label, sizeof(kr->tok->info.label),
+	    label, KEYRING_TOKEN_TEXT_MAX);
+	token_printable(kr->tok->info.serialNumber,
+	    sizeof(kr->tok->info.serialNumber), serial,
+	    KEYRING_TOKEN_TEXT_MAX);
+	return 0;
+}
+
+int
+keyring_envelope_info(const struct keyring *kr, const uint8_t *ct,
+    size_t ctlen, const char **mech, char *key_id)
+{
+	struct envelope e;
+	size_t i;
+
+	*mech = NULL;
+	key_id[0] = '\0';
+	if (envelope_decode(ct, ctlen, &e) != 0)
+		return -1;
+	*mech = mech_env_name(e.mech);
+	for (i = 0; kr != NULL && i < kr->nkeys; i++)
+		if (memcmp(kr->keys[i].keyref, e.keyref,
+		    sizeof(e.keyref)) == 0) {
+			memcpy(key_id, kr->keys[i].key_id, KEYRING_KEY_ID_MAX);
+			break;
+		}
+	return 0;
+}
+
 /*
  * The token-wide session limit as the token reports it. The keyring itself
  * holds one session, and other applications may hold more: callers sizing a

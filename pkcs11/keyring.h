@@ -131,6 +131,24 @@ const char *keyring_key_mechanism(const struct keyring *kr, size_t i);
 const char *keyring_key_seal_detail(const struct keyring *kr, size_t i);
 /* Every mechanism key i can open with, comma-separated ("aes-gcm,aes-kwp"). */
 const char *keyring_key_mechanisms(const struct keyring *kr, size_t i);
+/*
+ * The token key i lives on, for audit records: its label and serial
+ * number, printable and trimmed (at most KEYRING_TOKEN_TEXT_MAX bytes with
+ * the NUL each). Returns 0, or -1 when there is no key i.
+ */
+#define KEYRING_TOKEN_TEXT_MAX	33
+int keyring_key_token(const struct keyring *kr, size_t i, char *label,
+    char *serial);
+/*
+ * What an envelope's header says, without a token call (loop thread):
+ * *mech gets its mechanism's name ("aes-gcm", …; "unknown" for a byte no
+ * mechanism has), key_id (KEYRING_KEY_ID_MAX bytes) the key_id of the
+ * configured key it names, "" when none. Returns 0, or -1 (both left
+ * empty: *mech NULL) when ct is not an envelope. kr may be NULL.
+ */
+int keyring_envelope_info(const struct keyring *kr, const uint8_t *ct,
+    size_t ctlen, const char **mech, char *key_id);
+
 /* Token's ulMaxSessionCount, 0 when the token says "no limit"/unknown. */
 unsigned long keyring_max_sessions(const struct keyring *kr);
 /*

@@ -13,6 +13,8 @@ enum {
 	OPT_WORKERS = 256, OPT_MAX_INFLIGHT, OPT_PROBE, OPT_KMS_VERSION,
 	OPT_MAX_REQUEST, OPT_LOG_LEVEL, OPT_GRACE, OPT_MECHANISM,
 	OPT_OPS_LISTEN, OPT_LOG_FORMAT, OPT_MODULE_INIT_ARGS,
+	OPT_AUDIT_LOG = 300, OPT_AUDIT_SYNC, OPT_AUDIT_FAILURE, OPT_AUDIT_STATUS,
+	OPT_AUDIT_QUEUE,
 };
 
 #define CONFIG_FILE_MAX	(64 * 1024)
@@ -35,6 +37,11 @@ static const struct option longopts[] = {
 	{ "ops-listen",		required_argument, NULL, OPT_OPS_LISTEN },
 	{ "log-level",		required_argument, NULL, OPT_LOG_LEVEL },
 	{ "log-format",		required_argument, NULL, OPT_LOG_FORMAT },
+	{ "audit-log",		required_argument, NULL, OPT_AUDIT_LOG },
+	{ "audit-sync",		required_argument, NULL, OPT_AUDIT_SYNC },
+	{ "audit-failure",	required_argument, NULL, OPT_AUDIT_FAILURE },
+	{ "audit-status",	no_argument,	   NULL, OPT_AUDIT_STATUS },
+	{ "audit-queue",	required_argument, NULL, OPT_AUDIT_QUEUE },
 	{ "help",		no_argument,	   NULL, 'h' },
 	{ "version",		no_argument,	   NULL, 'V' },
 	{ NULL, 0, NULL, 0 },
@@ -46,6 +53,7 @@ config_usage(FILE *fp)
 	fprintf(fp,
 "Usage: p11kms [OPTIONS]\n"
 "       p11kms keygen|keys|selftest [OPTIONS]   (see p11kms CMD --help)\n"
+"       p11kms audit-verify [--live] FILE...\n"
 "Kubernetes KMS plugin (KMS v2 and v1beta1 on one socket) that wraps\n"
 "keys with a non-extractable key inside a PKCS#11 token.\n"
 "\n"
@@ -87,6 +95,21 @@ config_usage(FILE *fp)
 "                            HTTP on HOST:PORT or unix:/path (default off)\n"
 "      --log-level L         error, warn, info or debug (default info)\n"
 "      --log-format F        logfmt or json (default logfmt)\n"
+"      --audit-log FILE      append a tamper-evident record of every\n"
+"                            Encrypt and Decrypt to FILE (JSON Lines, hash\n"
+"                            chained; check with p11kms audit-verify);\n"
+"                            SIGHUP or SIGUSR1 reopens it (default off)\n"
+"      --audit-sync S        every (fsync each write) or batch (fsync at\n"
+"                            least once a second; default batch)\n"
+"      --audit-failure F     while FILE cannot be written: continue (serve,\n"
+"                            not ready, count lost records) or fail (refuse\n"
+"                            Encrypt/Decrypt with UNAVAILABLE); default\n"
+"                            continue\n"
+"      --audit-status        audit Status and Version calls too (in the\n"
+"                            file: audit-status = true)\n"
+"      --audit-queue N       records held in memory while FILE cannot be\n"
+"                            written, before they count as lost (default\n"
+"                            16384)\n"
 "  -h, --help                this text\n"
 "  -V, --version             version\n"
 "\n"
@@ -108,6 +131,8 @@ config_defaults(struct config *cfg)
 	cfg->mechanism = "auto";
 	cfg->log_format = "logfmt";
 	cfg->log_level = LOG_INFO;
+	cfg->audit_sync = "batch";
+	cfg->audit_failure = "continue";
 }
 
 /* Parses a whole decimal number in [min, max]; -1 when it is not one. */
@@ -266,6 +291,45 @@ apply(struct config *cfg, int opt, const char *name, const char *arg,
 		}
 		cfg->log_format = arg;
 		break;
+	case OPT_AUDIT_LOG:
+		if (arg[0] == '\0') {
+			snprintf(err, errlen, "%s is empty: give a file path",
+			    name);
+			return CONFIG_ERROR;
+		}
+		cfg->audit_log = arg;
+		break;
+	case OPT_AUDIT_SYNC:
+		if (strcmp(arg, "every") != 0 && strcmp(arg, "batch") != 0) {
+			snprintf(err, errlen, "%s '%.40s': use every or batch",
+			    name, arg);
+			return CONFIG_ERROR;
+		}
+		cfg->audit_sync = arg;
+		break;
+	case OPT_AUDIT_FAILURE:
+		if (strcmp(arg, "continue") != 0 && strcmp(arg, "fail") != 0) {
+			snprintf(err, errlen, "%s '%.40s': use continue or fail",
+			    name, arg);
+			return CONFIG_ERROR;
+		}
+		cfg->audit_failure = arg;
+		break;
+	case OPT_AUDIT_QUEUE:
+		if (num_opt(name, arg, 1, 1000000, &v, err, errlen) != 0)
+			return CONFIG_ERROR;
+		cfg->audit_queue = v;
+		break;
+	case OPT_AUDIT_STATUS:
+		/* From a file line: "true" or "false". */
+		if (arg != NULL && strcmp(arg, "true") != 0 &&
+		    strcmp(arg, "false") != 0) {
+			snprintf(err, errlen, "%s '%.40s': use true or false",
+			    name, arg);
+			return CONFIG_ERROR;
+		}
+		cfg->audit_status = arg == NULL || strcmp(arg, "true") == 0;
+		break;
 	case 'h':
 		config_usage(stdout);
 		return CONFIG_EXIT;
@@ -373,8 +437,8 @@ load_file(struct config *cfg, const char *path, char *err, size_t errlen)
 		for (o = longopts; o->name != NULL; o++)
 			if (strcmp(o->name, name) == 0)
 				break;
-		if (o->name == NULL || o->has_arg != required_argument ||
-		    o->val == 'c') {
+		if (o->name == NULL || (o->has_arg != required_argument &&
+		    o->val != OPT_AUDIT_STATUS) || o->val == 'c') {
 			snprintf(err, errlen, "%.200s:%u: unknown option "
 			    "'%.60s'; names are the long flags of p11kms "
 			    "--help without \"--\"", path, lineno, name);

@@ -40,6 +40,11 @@ struct config {
 	const char *ops_listen;		/* NULL: no ops endpoint */
 	const char *log_format;		/* "logfmt" or "json" */
 	int log_level;
+	const char *audit_log;		/* NULL: no audit log */
+	const char *audit_sync;		/* "batch" or "every" */
+	const char *audit_failure;	/* "continue" or "fail" */
+	int audit_status;		/* audit Status/Version too */
+	size_t audit_queue;		/* 0: AUDIT_QUEUE_MAX */
 	const char *config_file;	/* NULL: flags only */
 	char *filebuf;			/* owned: the file's text */
 };

@@ -16,7 +16,6 @@
 
 #include "plugin/log.h"
 #include "plugin/mem.h"
-#include "plugin/metrics.h"
 #include "plugin/unixsock.h"
 
 #define READ_CHUNK		16384
@@ -30,7 +29,6 @@
 #define MAX_BUFFERED		(32u * 1024 * 1024)	/* all request bodies */
 #define MAX_CONN_BUFFERED	(4u * 1024 * 1024)	/* one connection's */
 #define REQUEST_READ_S		10	/* to send a whole request */
-#define LOG_FAILURES_PER_S	50	/* "request failed" lines a second */
 #define ACCEPT_PAUSE_MS		100	/* after EMFILE/ENFILE/ENOMEM */
 #define RST_BURST		8192		/* RST_STREAMs at once */
 #define RST_RATE		2048		/* RST_STREAMs per second */
@@ -55,6 +53,7 @@ struct grpc_call {
 	size_t len, cap;
 	grpc_cancel_cb cancel;
 	void *cancel_arg;
+	void *tag;			/* the handler's, see grpc_call_set_tag */
 	uint8_t *resp;			/* framed response, secret */
 	size_t resp_len, resp_off;
 	struct grpc_call *prev, *next;	/* conn->calls */
@@ -91,6 +90,7 @@ struct conn {
 	size_t buffered;		/* bytes of this conn's request buffers */
 	int dead, dirty;
 	int replied;			/* a call ended since the last flush */
+	struct grpc_peer peer;		/* SO_PEERCRED, read at accept */
 	struct grpc_call *calls;
 	struct conn *prev, *next;	/* srv->conns */
 	struct conn *dirty_next;
@@ -101,6 +101,7 @@ struct grpc_server {
 	const struct grpc_method *methods;
 	size_t nmethods;
 	void *ctx;
+	grpc_done_cb done;		/* every call's end, or NULL */
 	size_t max_request;
 	struct loop_watch lwatch;
 	struct loop_timer accept_timer;	/* resumes accepts after EMFILE */
@@ -114,6 +115,17 @@ struct grpc_server {
 };
 
 static void conn_close(struct conn *c);
+
+/* The one place a call ends, answered or not: tells the server's owner. */
+static void
+call_complete(struct grpc_call *call, enum grpc_code code, const char *text)
+{
+	struct grpc_server *s = call->conn->srv;
+
+	if (s->done != NULL)
+		s->done(s->ctx, call, code, text != NULL ? text : "");
+	call->tag = NULL;
+}
 
 /* ---- small parsers (also unit-tested) ---- */
 
@@ -314,8 +326,13 @@ call_free(struct grpc_call *call)
 {
 	struct conn *c = call->conn;
 
-	if (call->state == CALL_RUNNING)
+	if (call->state == CALL_RUNNING) {
 		call_cancel(call);
+		/* The client reset the stream or went away: the handler had
+		 * the call, so it is accounted for like an answered one. */
+		call_complete(call, GRPC_CANCELLED, "the client cancelled the "
+		    "call or closed its connection before the answer");
+	}
 	if (call->prev != NULL)
 		call->prev->next = call->next;
 	else
@@ -343,15 +360,40 @@ grpc_call_on_cancel(struct grpc_call *call, grpc_cancel_cb cb, void *arg)
 	call->cancel_arg = arg;
 }
 
-/* Counts the call in the metrics by method and status. */
-static void
-call_record(const struct grpc_call *call, enum grpc_code code)
+void
+grpc_call_set_tag(struct grpc_call *call, void *tag)
 {
-	double secs = call->started != 0 ?
-	    (double)(loop_now() - call->started) / 1e9 : 0.0;
+	call->tag = tag;
+}
 
-	metrics_request_path(call->method != NULL ? call->method->path : NULL,
-	    (int)code, secs);
+void *
+grpc_call_tag(const struct grpc_call *call)
+{
+	return call->tag;
+}
+
+const struct grpc_method *
+grpc_call_method(const struct grpc_call *call)
+{
+	return call->method;
+}
+
+const struct grpc_peer *
+grpc_call_peer(const struct grpc_call *call)
+{
+	return &call->conn->peer;
+}
+
+uint64_t
+grpc_call_elapsed(const struct grpc_call *call)
+{
+	return call->started != 0 ? loop_now() - call->started : 0;
+}
+
+void
+grpc_server_on_done(struct grpc_server *s, grpc_done_cb cb)
+{
+	s->done = cb;
 }
 
 /* Ends the handler's ownership; the stream stays until nghttp2 closes it. */
@@ -395,42 +437,13 @@ respond_status(struct grpc_call *call, const char *http_status,
 		hdr[3].valuelen = strlen(enc);
 		n = 4;
 	}
-	call_record(call, code);
+	call_complete(call, code, text);
 	/* Trailers-only response: one HEADERS frame with END_STREAM. */
 	rv = nghttp2_submit_response(c->h2, call->id, hdr, n, NULL);
 	if (rv != 0)
 		log_debug("stream %d: cannot submit response: %s", call->id,
 		    nghttp2_strerror(rv));
 	call_finish(call);
-}
-
-/*
- * At most LOG_FAILURES_PER_S "request failed" lines a second: while the
- * token is down every request fails at once, and a line each would flood
- * the log. The next failure after the second is over logs how many lines
- * were left out.
- * Loop thread only.
- */
-static int
-log_failure_allowed(void)
-{
-	static uint64_t window;
-	static unsigned logged, dropped;
-	uint64_t now = loop_now();
-
-	if (now - window >= 1000000000ull) {
-		if (dropped > 0)
-			log_warn("%u failed requests were not logged (at most "
-			    "%d lines a second)", dropped, LOG_FAILURES_PER_S);
-		window = now;
-		logged = dropped = 0;
-	}
-	if (logged < LOG_FAILURES_PER_S) {
-		logged++;
-		return 1;
-	}
-	dropped++;
-	return 0;
 }
 
 void
@@ -446,12 +459,8 @@ grpc_call_fail(struct grpc_call *call, enum grpc_code code, const char *fmt,
 	vsnprintf(text, sizeof(text), fmt, ap);
 	va_end(ap);
 	utf8_sanitize(text);
-	/* One line per failed request; the text holds no secret (key_ids and
-	 * bounded, escaped peer strings at most). */
-	if (log_failure_allowed())
-		log_kv(LOG_WARN, "request failed", "method",
-		    call->method != NULL ? call->method->path : "(unknown)",
-		    "code", grpc_code_name(code), "error", text, NULL);
+	/* The text holds no secret (key_ids and bounded, escaped peer strings
+	 * at most): the done callback may log it. */
 	respond_status(call, "200", code, text);
 }
 
@@ -507,7 +516,7 @@ grpc_call_reply(struct grpc_call *call, const ProtobufCMessage *msg)
 	protobuf_c_message_pack(msg, call->resp + GRPC_FRAME_HDR);
 	call->resp_len = GRPC_FRAME_HDR + n;
 	call->resp_off = 0;
-	call_record(call, GRPC_OK);
+	call_complete(call, GRPC_OK, NULL);
 	prd.source.ptr = call;
 	prd.read_callback = resp_read;
 	rv = nghttp2_submit_response(call->conn->h2, call->id, hdr,
@@ -1007,6 +1016,23 @@ conn_free(struct conn *c)
 	free(c);
 }
 
+/* The peer's credentials as the kernel saw them at connect. */
+static void
+peer_read(int fd, struct grpc_peer *p)
+{
+	struct ucred uc;
+	socklen_t len = sizeof(uc);
+
+	memset(p, 0, sizeof(*p));
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) == 0 &&
+	    len == sizeof(uc) && uc.pid != 0) {
+		p->known = 1;
+		p->uid = uc.uid;
+		p->gid = uc.gid;
+		p->pid = uc.pid;
+	}
+}
+
 /* Takes ownership of fd: on failure it is closed. Returns 0 or -1. */
 static int
 conn_add(struct grpc_server *s, int fd)
@@ -1024,6 +1050,7 @@ conn_add(struct grpc_server *s, int fd)
 	}
 	c->srv = s;
 	c->scan.preface_left = H2_PREFACE_LEN;
+	peer_read(fd, &c->peer);
 	c->watch.fd = fd;
 	c->watch.cb = conn_io;
 	c->watch.arg = c;

@@ -15,6 +15,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <protobuf-c/protobuf-c.h>
 
 #include "plugin/loop.h"
@@ -45,6 +46,24 @@ struct grpc_method {
 	grpc_handler handler;
 };
 
+/* The process at the other end of a connection (SO_PEERCRED at accept). */
+struct grpc_peer {
+	int known;		/* 0: the kernel did not say (not AF_UNIX…) */
+	uid_t uid;
+	gid_t gid;
+	pid_t pid;
+};
+
+/*
+ * Runs once for every call that ends, on the loop thread: answered
+ * (code GRPC_OK), refused by the server or the handler, or abandoned by
+ * the client while its handler had it (GRPC_CANCELLED). message: the
+ * grpc-message sent ("" for none). The call's tag is forgotten afterwards:
+ * the callback frees what it points to.
+ */
+typedef void (*grpc_done_cb)(void *ctx, struct grpc_call *call,
+    enum grpc_code code, const char *message);
+
 int grpc_server_new(struct loop *l, const struct grpc_method *methods,
     size_t nmethods, void *ctx, size_t max_request,
     struct grpc_server **out);
@@ -63,6 +82,8 @@ int grpc_server_listen(struct grpc_server *s, const char *path, char *err,
  * and makes it non-blocking. Returns 0, or -1 with fd closed.
  */
 int grpc_server_adopt(struct grpc_server *s, int fd);
+/* Sets the done callback (ctx as given to grpc_server_new); NULL: none. */
+void grpc_server_on_done(struct grpc_server *s, grpc_done_cb cb);
 /* Stops accepting, unlinks the socket, sends GOAWAY on every connection. */
 void grpc_server_shutdown(struct grpc_server *s);
 /* Calls accepted and not yet finished. */
@@ -78,6 +99,15 @@ void grpc_server_free(struct grpc_server *s);
 uint64_t grpc_call_deadline(const struct grpc_call *call);
 void grpc_call_on_cancel(struct grpc_call *call, grpc_cancel_cb cb,
     void *arg);
+/* One pointer the handler keeps with the call, for the done callback. */
+void grpc_call_set_tag(struct grpc_call *call, void *tag);
+void *grpc_call_tag(const struct grpc_call *call);
+/* Its entry in the server's method table; NULL for an unknown path. */
+const struct grpc_method *grpc_call_method(const struct grpc_call *call);
+/* Who sent it; never NULL. */
+const struct grpc_peer *grpc_call_peer(const struct grpc_call *call);
+/* Nanoseconds since the request was complete and dispatched; 0 before. */
+uint64_t grpc_call_elapsed(const struct grpc_call *call);
 /* Packs msg as the response and ends the call with grpc-status 0. The
  * packed bytes are wiped when sent. */
 void grpc_call_reply(struct grpc_call *call, const ProtobufCMessage *msg);

@@ -1,21 +1,29 @@
+/*
+ * kms: the plumbing the KMS services share: token health (the probe),
+ * queueing jobs on the pool and mapping their failures to statuses, and
+ * the one completion point of every call (call_done). The services
+ * themselves are kms_v2.c and kms_v1beta1.c.
+ */
 #include "plugin/kms.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "kms_v1beta1.pb-c.h"
-#include "kms_v2.pb-c.h"
+#include "plugin/kms_api.h"
 #include "plugin/log.h"
 #include "plugin/mem.h"
+#include "plugin/metrics.h"
 #include "plugin/pbscan.h"
-#include "plugin/version.h"
 
 #define NS_PER_S		1000000000ull
 #define PROBE_RETRY_S		2	/* after a failure, probe this soon */
 #define PROBE_SESSION_TRIES	3	/* lost sessions before "down" */
 #define PROBE_SESSION_RETRY_NS	100000000ull	/* 100 ms */
+#define LOG_FAILURES_PER_S	50	/* "request failed" lines a second */
+#define KMS_MAX_METHODS		16
 
 struct kms {
 	struct loop *loop;
@@ -36,6 +44,13 @@ struct kms {
 	void (*token_fault)(void *arg);
 	void (*health_changed)(void *arg);
 	void *fault_arg;
+	struct audit *audit;		/* NULL: no audit log */
+	int audit_status;		/* audit Status and Version too */
+	int audit_fail_closed;		/* refuse key operations meanwhile */
+	char tok_label[KEYRING_TOKEN_TEXT_MAX];	/* of the primary key */
+	char tok_serial[KEYRING_TOKEN_TEXT_MAX];
+	struct log_ratelim fail_rl;	/* "request failed" lines */
+	char audit_healthz[400];
 };
 
 static void
@@ -188,6 +203,15 @@ kms_healthz(struct kms *k)
 
 	if (!k->probed)
 		return "starting: first token round trip has not finished";
+	if (k->healthy && k->audit_fail_closed && audit_failing(k->audit)) {
+		char why[300];
+
+		audit_why(k->audit, why, sizeof(why));
+		snprintf(k->audit_healthz, sizeof(k->audit_healthz), "audit "
+		    "log cannot be written (%s): refusing Encrypt and Decrypt "
+		    "until it can (--audit-failure fail)", why);
+		return k->audit_healthz;
+	}
 	if (k->healthy) {
 		age = now - k->last_ok;
 		/* Probes run every interval; allow one slow probe. */
@@ -226,6 +250,11 @@ kms_new(struct loop *l, struct keyring *kr, struct pool *pool,
 	k->token_fault = cfg->token_fault;
 	k->health_changed = cfg->health_changed;
 	k->fault_arg = cfg->fault_arg;
+	k->audit = cfg->audit;
+	k->audit_status = cfg->audit_status;
+	k->audit_fail_closed = cfg->audit_fail_closed;
+	(void)keyring_key_token(kr, 0, k->tok_label, k->tok_serial);
+	log_ratelim_init(&k->fail_rl, LOG_FAILURES_PER_S);
 	*out = k;
 	return 0;
 }
@@ -249,6 +278,7 @@ kms_set_keyring(struct kms *k, struct keyring *kr, struct pool *pool)
 	}
 	snprintf(k->key_id, sizeof(k->key_id), "%s",
 	    keyring_primary_key_id(kr));
+	(void)keyring_key_token(kr, 0, k->tok_label, k->tok_serial);
 	if (!k->healthy)
 		log_info("token healthy: keyring reloaded");
 	k->probed = 1;
@@ -272,6 +302,44 @@ kms_free(struct kms *k)
 }
 
 /* ---- requests ---- */
+
+struct kms_req *
+kms_req(struct grpc_call *call)
+{
+	struct kms_req *r = grpc_call_tag(call);
+
+	if (r == NULL && (r = calloc(1, sizeof(*r))) != NULL)
+		grpc_call_set_tag(call, r);
+	return r;
+}
+
+void
+kms_req_uid(struct grpc_call *call, const char *uid)
+{
+	struct kms_req *r = kms_req(call);
+
+	if (r == NULL)
+		return;
+	/* One byte more than kept, so the record can say it was cut. */
+	snprintf(r->uid, sizeof(r->uid), "%s", uid != NULL ? uid : "");
+	r->has_uid = 1;
+}
+
+void
+kms_fail(struct grpc_call *call, const char *reason, enum grpc_code code,
+    const char *fmt, ...)
+{
+	struct kms_req *r = kms_req(call);
+	char text[512];
+	va_list ap;
+
+	if (r != NULL)
+		r->reason = reason;
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	grpc_call_fail(call, code, "%s", text);
+}
 
 static void
 job_cancelled(void *arg)
@@ -302,42 +370,43 @@ fail_job(struct kms *k, struct grpc_call *call, struct pool_job *job,
 {
 	switch (job->status) {
 	case POOL_E_BUSY:
-		grpc_call_fail(call, GRPC_RESOURCE_EXHAUSTED, "too many "
+		kms_fail(call, KMS_R_BUSY, GRPC_RESOURCE_EXHAUSTED, "too many "
 		    "requests in flight; retry later");
 		break;
 	case POOL_E_DEADLINE:
-		grpc_call_fail(call, GRPC_DEADLINE_EXCEEDED, "deadline passed "
-		    "while the request waited for a token session");
+		kms_fail(call, KMS_R_DEADLINE, GRPC_DEADLINE_EXCEEDED,
+		    "deadline passed while the request waited for a token "
+		    "session");
 		break;
 	case KEYRING_E_UNKNOWN_KEY:
 		if (!key_configured(k, job->key_id_out))
-			grpc_call_fail(call, GRPC_NOT_FOUND, "ciphertext was "
-			    "sealed by key_id %s, which is not configured in "
-			    "this plugin", job->key_id_out);
+			kms_fail(call, KMS_R_UNKNOWN_KEY, GRPC_NOT_FOUND,
+			    "ciphertext was sealed by key_id %s, which is not "
+			    "configured in this plugin", job->key_id_out);
 		else
-			grpc_call_fail(call, GRPC_NOT_FOUND, "key_id '%.100s' "
-			    "does not match the ciphertext, which was sealed "
-			    "by key_id %s", want_key != NULL ? want_key : "",
-			    job->key_id_out);
+			kms_fail(call, KMS_R_UNKNOWN_KEY, GRPC_NOT_FOUND,
+			    "key_id '%.100s' does not match the ciphertext, "
+			    "which was sealed by key_id %s", want_key != NULL ?
+			    want_key : "", job->key_id_out);
 		break;
 	case KEYRING_E_AUTH:
-		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "ciphertext does "
-		    "not authenticate under key_id %s: it was altered or "
+		kms_fail(call, KMS_R_AUTH, GRPC_INVALID_ARGUMENT, "ciphertext "
+		    "does not authenticate under key_id %s: it was altered or "
 		    "belongs to another key", want_key != NULL ? want_key :
 		    k->key_id);
 		break;
 	case KEYRING_E_INVALID:
-		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "ciphertext is not "
-		    "a p11kms envelope");
+		kms_fail(call, KMS_R_INVALID_CT, GRPC_INVALID_ARGUMENT,
+		    "ciphertext is not a p11kms envelope");
 		break;
 	case KEYRING_E_TOOBIG:
-		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "plaintext is "
-		    "larger than %d bytes", KEYRING_MAX_PLAINTEXT);
+		kms_fail(call, KMS_R_TOO_BIG, GRPC_INVALID_ARGUMENT, "plaintext "
+		    "is larger than %d bytes", KEYRING_MAX_PLAINTEXT);
 		break;
 	case KEYRING_E_SESSION:
 		/* A new session is already open: only this request fails. */
-		grpc_call_fail(call, GRPC_UNAVAILABLE, "token session lost "
-		    "(%s); retry", job->detail[0] ? job->detail :
+		kms_fail(call, KMS_R_SESSION, GRPC_UNAVAILABLE, "token session "
+		    "lost (%s); retry", job->detail[0] ? job->detail :
 		    keyring_strerror(job->status));
 		break;
 	case KEYRING_E_TOKEN:
@@ -345,12 +414,12 @@ fail_job(struct kms *k, struct grpc_call *call, struct pool_job *job,
 		health_fail(k, "token operation failed", job->status,
 		    job->detail);
 		kms_probe(k);
-		grpc_call_fail(call, GRPC_UNAVAILABLE, "token error: %s",
+		kms_fail(call, KMS_R_TOKEN, GRPC_UNAVAILABLE, "token error: %s",
 		    job->detail[0] ? job->detail :
 		    keyring_strerror(job->status));
 		break;
 	default:
-		grpc_call_fail(call, GRPC_INTERNAL, "%s",
+		kms_fail(call, KMS_R_INTERNAL, GRPC_INTERNAL, "%s",
 		    keyring_strerror(job->status));
 	}
 }
@@ -360,11 +429,23 @@ static void
 submit(struct kms *k, struct grpc_call *call, struct pool_job *job,
     pool_done_cb done)
 {
+	char why[300];
+
 	if (k->pool == NULL || (k->probed && !k->healthy)) {
 		/* Fail now rather than at the deadline; the probe and the
 		 * daemon's recovery bring the token back. */
-		grpc_call_fail(call, GRPC_UNAVAILABLE, "token unavailable: "
-		    "%s", k->why);
+		kms_fail(call, KMS_R_TOKEN_DOWN, GRPC_UNAVAILABLE, "token "
+		    "unavailable: %s", k->why);
+		pool_job_free(job);
+		return;
+	}
+	if (k->audit_fail_closed && audit_failing(k->audit)) {
+		/* No key operation without its record (--audit-failure fail);
+		 * the writer retries and this clears by itself. */
+		audit_why(k->audit, why, sizeof(why));
+		kms_fail(call, KMS_R_AUDIT, GRPC_UNAVAILABLE, "audit log "
+		    "cannot be written (%s); key operations are refused until "
+		    "it can", why);
 		pool_job_free(job);
 		return;
 	}
@@ -381,14 +462,8 @@ submit(struct kms *k, struct grpc_call *call, struct pool_job *job,
 	grpc_call_on_cancel(call, job_cancelled, job);
 }
 
-/*
- * Unpacks a request through the wiping allocator, refusing what protobuf-c
- * would accept wrongly: string fields with a hidden NUL ("id\0junk" would
- * pass for "id"). Returns the message, or NULL with the call failed. Free
- * with release().
- */
-static ProtobufCMessage *
-unpack(struct grpc_call *call, const ProtobufCMessageDescriptor *d,
+ProtobufCMessage *
+kms_unpack(struct grpc_call *call, const ProtobufCMessageDescriptor *d,
     const uint8_t *msg, size_t len)
 {
 	ProtobufCMessage *m = NULL;
@@ -398,47 +473,65 @@ unpack(struct grpc_call *call, const ProtobufCMessageDescriptor *d,
 		m = protobuf_c_message_unpack(d, &mem_protobuf_allocator, len,
 		    msg);
 	if (f > 0)
-		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "%s field %d "
-		    "contains a NUL byte", d->short_name, f);
+		kms_fail(call, KMS_R_BAD_REQUEST, GRPC_INVALID_ARGUMENT,
+		    "%s field %d contains a NUL byte", d->short_name, f);
 	else if (m == NULL)
-		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "%s is not valid "
-		    "protobuf", d->short_name);
+		kms_fail(call, KMS_R_BAD_REQUEST, GRPC_INVALID_ARGUMENT,
+		    "%s is not valid protobuf", d->short_name);
 	return m;
 }
 
-static void
-release(void *m)
+void
+kms_release(void *m)
 {
 	protobuf_c_message_free_unpacked(m, &mem_protobuf_allocator);
 }
 
-/* 1 when in holds 1..max bytes; else fails call naming the field. */
-static int
-size_ok(struct grpc_call *call, const ProtobufCBinaryData *in, size_t max,
-    const char *what)
+int
+kms_size_ok(struct grpc_call *call, const ProtobufCBinaryData *in,
+    size_t max, const char *what)
 {
 	if (in->len > 0 && in->len <= max)
 		return 1;
-	grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "%s must be 1 to %zu "
-	    "bytes, got %zu", what, max, in->len);
+	kms_fail(call, KMS_R_BAD_REQUEST, GRPC_INVALID_ARGUMENT, "%s must be "
+	    "1 to %zu bytes, got %zu", what, max, in->len);
 	return 0;
 }
 
-/*
- * Queues a seal or open of in (1..max bytes, `what` names the field in
- * the error) for call; key_id: the key a v2 open must use, or NULL.
- */
-static void
-queue(struct kms *k, struct grpc_call *call, enum pool_op op,
+int
+kms_key_id_ok(struct grpc_call *call, const char *key_id)
+{
+	size_t n = strlen(key_id);
+
+	if (n > 0 && n < KEYRING_KEY_ID_MAX)
+		return 1;
+	kms_fail(call, KMS_R_UNKNOWN_KEY, GRPC_NOT_FOUND, "key_id '%.100s' is "
+	    "not configured in this plugin", key_id);
+	return 0;
+}
+
+void
+kms_queue(struct kms *k, struct grpc_call *call, enum pool_op op,
     const ProtobufCBinaryData *in, size_t max, const char *what,
     const char *key_id, pool_done_cb done)
 {
+	struct kms_req *r = kms_req(call);
 	struct pool_job *job;
+	char seen[KEYRING_KEY_ID_MAX];
 
-	if (!size_ok(call, in, max, what))
+	if (!kms_size_ok(call, in, max, what))
 		return;
+	if (op == POOL_OPEN && r != NULL) {
+		/* For the record: what the envelope says, read on the loop
+		 * (its header only, no token call). */
+		(void)keyring_envelope_info(k->kr, in->data, in->len, &r->mech,
+		    seen);
+		if (key_id == NULL)
+			memcpy(r->key_id, seen, sizeof(r->key_id));
+	}
 	if ((job = pool_job_new(op)) == NULL) {
-		grpc_call_fail(call, GRPC_RESOURCE_EXHAUSTED, "out of memory");
+		kms_fail(call, KMS_R_BUSY, GRPC_RESOURCE_EXHAUSTED,
+		    "out of memory");
 		return;
 	}
 	memcpy(job->in, in->data, in->len);
@@ -448,276 +541,216 @@ queue(struct kms *k, struct grpc_call *call, enum pool_op op,
 	submit(k, call, job, done);
 }
 
-/*
- * The call a finished job should answer with its output, or NULL when the
- * call is gone or the job failed (the call then got its error status);
- * on NULL the job is freed.
- */
-static struct grpc_call *
-job_answer(struct pool_job *job)
+struct grpc_call *
+kms_job_answer(struct pool_job *job)
 {
 	struct grpc_call *call = job->arg;
+	struct kms_req *r;
+	char seen[KEYRING_KEY_ID_MAX];
 
 	if (call != NULL && job->status != KEYRING_OK) {
 		fail_job(job->ctx, call, job, job->key_id[0] != '\0' ?
 		    job->key_id : NULL);
 		call = NULL;
 	}
-	if (call == NULL)
+	if (call == NULL) {
 		pool_job_free(job);
+		return NULL;
+	}
+	if (job->op == POOL_SEAL && (r = kms_req(call)) != NULL) {
+		snprintf(r->key_id, sizeof(r->key_id), "%s", job->key_id_out);
+		(void)keyring_envelope_info(NULL, job->out, job->out_len,
+		    &r->mech, seen);
+	}
 	return call;
 }
 
-/* ---- KMS v2 ---- */
-
-static void
-status_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
-    size_t len)
+const char *
+kms_status_version(const struct kms *k)
 {
-	struct kms *k = ctx;
-	V2__StatusResponse resp = V2__STATUS_RESPONSE__INIT;
-	ProtobufCMessage *req;
-
-	if ((req = unpack(call, &v2__status_request__descriptor, msg,
-	    len)) == NULL)
-		return;
-	release(req);
-	resp.version = (char *)k->version;
-	resp.healthz = (char *)kms_healthz(k);
-	resp.key_id = k->key_id;
-	grpc_call_reply(call, &resp.base);
+	return k->version;
 }
 
-static void
-encrypt_done(struct pool_job *job)
+const char *
+kms_status_key_id(const struct kms *k)
 {
-	struct grpc_call *call = job_answer(job);
-	V2__EncryptResponse resp = V2__ENCRYPT_RESPONSE__INIT;
-	V2__EncryptResponse__AnnotationsEntry ann =
-	    V2__ENCRYPT_RESPONSE__ANNOTATIONS_ENTRY__INIT;
-	V2__EncryptResponse__AnnotationsEntry *anns[1] = { &ann };
-
-	if (call == NULL)
-		return;
-	resp.ciphertext.data = job->out;
-	resp.ciphertext.len = job->out_len;
-	resp.key_id = job->key_id_out;
-	ann.key = (char *)KMS_ANNOTATION_VERSION;
-	ann.value.data = (uint8_t *)KMS_ENVELOPE_VERSION;
-	ann.value.len = sizeof(KMS_ENVELOPE_VERSION) - 1;
-	resp.n_annotations = 1;
-	resp.annotations = anns;
-	grpc_call_reply(call, &resp.base);
-	pool_job_free(job);
+	return k->key_id;
 }
 
-static void
-encrypt_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
-    size_t len)
-{
-	V2__EncryptRequest *req;
+/* ---- the method tables and the completion point ---- */
 
-	if ((req = (V2__EncryptRequest *)unpack(call,
-	    &v2__encrypt_request__descriptor, msg, len)) == NULL)
-		return;
-	log_debug("Encrypt uid=%.100s bytes=%zu", req->uid,
-	    req->plaintext.len);
-	queue(ctx, call, POOL_SEAL, &req->plaintext, KEYRING_MAX_PLAINTEXT,
-	    "plaintext", NULL, encrypt_done);
-	release(req);
-}
-
-/* Answers Decrypt (v2) and v1beta1 Decrypt: both carry one bytes field. */
-static void
-open_done(struct pool_job *job, int v1)
-{
-	struct grpc_call *call = job_answer(job);
-	V2__DecryptResponse r2 = V2__DECRYPT_RESPONSE__INIT;
-	V1beta1__DecryptResponse r1 = V1BETA1__DECRYPT_RESPONSE__INIT;
-	ProtobufCBinaryData *pt = v1 ? &r1.plain : &r2.plaintext;
-
-	if (call == NULL)
-		return;
-	pt->data = job->out;
-	pt->len = job->out_len;
-	grpc_call_reply(call, v1 ? &r1.base : &r2.base);
-	pool_job_free(job);		/* wipes the plaintext */
-}
-
-static void
-decrypt_done(struct pool_job *job)
-{
-	open_done(job, 0);
-}
-
-/* A key_id that could be configured; else fails call with NOT_FOUND. */
-static int
-key_id_ok(struct grpc_call *call, const char *key_id)
-{
-	size_t n = strlen(key_id);
-
-	if (n > 0 && n < KEYRING_KEY_ID_MAX)
-		return 1;
-	grpc_call_fail(call, GRPC_NOT_FOUND, "key_id '%.100s' is not "
-	    "configured in this plugin", key_id);
-	return 0;
-}
-
-/* The annotations must be exactly what Encrypt returned. */
-static int
-check_annotations(V2__DecryptRequest *req, struct grpc_call *call)
-{
-	size_t i;
-	int seen = 0;
-
-	for (i = 0; i < req->n_annotations; i++) {
-		V2__DecryptRequest__AnnotationsEntry *a = req->annotations[i];
-		if (a->key == NULL ||
-		    strcmp(a->key, KMS_ANNOTATION_VERSION) != 0) {
-			grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "unknown "
-			    "annotation '%.100s'; p11kms sets only "
-			    KMS_ANNOTATION_VERSION, a->key ? a->key : "");
-			return -1;
-		}
-		if (a->value.len != sizeof(KMS_ENVELOPE_VERSION) - 1 ||
-		    memcmp(a->value.data, KMS_ENVELOPE_VERSION,
-		    a->value.len) != 0) {
-			grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "annotation "
-			    KMS_ANNOTATION_VERSION " has an unsupported "
-			    "value; this plugin reads envelope version "
-			    KMS_ENVELOPE_VERSION);
-			return -1;
-		}
-		seen = 1;
-	}
-	if (!seen) {
-		grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "annotation "
-		    KMS_ANNOTATION_VERSION " is missing; pass back the "
-		    "annotations Encrypt returned");
-		return -1;
-	}
-	return 0;
-}
-
-static void
-decrypt_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
-    size_t len)
-{
-	V2__DecryptRequest *req;
-
-	if ((req = (V2__DecryptRequest *)unpack(call,
-	    &v2__decrypt_request__descriptor, msg, len)) == NULL)
-		return;
-	if (size_ok(call, &req->ciphertext, KEYRING_MAX_CIPHERTEXT,
-	    "ciphertext") && key_id_ok(call, req->key_id) &&
-	    check_annotations(req, call) == 0) {
-		log_debug("Decrypt uid=%.100s bytes=%zu", req->uid,
-		    req->ciphertext.len);
-		queue(ctx, call, POOL_OPEN, &req->ciphertext,
-		    KEYRING_MAX_CIPHERTEXT, "ciphertext", req->key_id,
-		    decrypt_done);
-	}
-	release(req);
-}
-
-/* ---- KMS v1beta1 ---- */
-
-#define V1_VERSION	"v1beta1"
-
-/* v1 requests carry the API version; empty is taken as v1beta1. */
-static int
-v1_version_ok(const char *v, struct grpc_call *call)
-{
-	if (v == NULL || v[0] == '\0' || strcmp(v, V1_VERSION) == 0)
-		return 1;
-	grpc_call_fail(call, GRPC_INVALID_ARGUMENT, "unsupported KMS API "
-	    "version '%.40s': this service is " V1_VERSION, v);
-	return 0;
-}
-
-static void
-v1_version_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
-    size_t len)
-{
-	V1beta1__VersionRequest *req;
-	V1beta1__VersionResponse resp = V1BETA1__VERSION_RESPONSE__INIT;
-
-	(void)ctx;
-	if ((req = (V1beta1__VersionRequest *)unpack(call,
-	    &v1beta1__version_request__descriptor, msg, len)) == NULL)
-		return;
-	if (v1_version_ok(req->version, call)) {
-		resp.version = (char *)V1_VERSION;
-		resp.runtime_name = (char *)"p11kms";
-		resp.runtime_version = (char *)P11KMS_VERSION;
-		grpc_call_reply(call, &resp.base);
-	}
-	release(req);
-}
-
-static void
-v1_encrypt_done(struct pool_job *job)
-{
-	struct grpc_call *call = job_answer(job);
-	V1beta1__EncryptResponse resp = V1BETA1__ENCRYPT_RESPONSE__INIT;
-
-	if (call == NULL)
-		return;
-	resp.cipher.data = job->out;
-	resp.cipher.len = job->out_len;
-	grpc_call_reply(call, &resp.base);
-	pool_job_free(job);
-}
-
-static void
-v1_encrypt_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
-    size_t len)
-{
-	V1beta1__EncryptRequest *req;
-
-	if ((req = (V1beta1__EncryptRequest *)unpack(call,
-	    &v1beta1__encrypt_request__descriptor, msg, len)) == NULL)
-		return;
-	if (v1_version_ok(req->version, call))
-		queue(ctx, call, POOL_SEAL, &req->plain,
-		    KEYRING_MAX_PLAINTEXT, "plain", NULL, v1_encrypt_done);
-	release(req);
-}
-
-static void
-v1_decrypt_done(struct pool_job *job)
-{
-	open_done(job, 1);
-}
-
-static void
-v1_decrypt_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
-    size_t len)
-{
-	V1beta1__DecryptRequest *req;
-
-	if ((req = (V1beta1__DecryptRequest *)unpack(call,
-	    &v1beta1__decrypt_request__descriptor, msg, len)) == NULL)
-		return;
-	/* No key_id in v1: the envelope names its key. */
-	if (v1_version_ok(req->version, call))
-		queue(ctx, call, POOL_OPEN, &req->cipher,
-		    KEYRING_MAX_CIPHERTEXT, "cipher", NULL, v1_decrypt_done);
-	release(req);
-}
-
-static const struct grpc_method methods[] = {
-	{ "/v2.KeyManagementService/Status", status_handler },
-	{ "/v2.KeyManagementService/Encrypt", encrypt_handler },
-	{ "/v2.KeyManagementService/Decrypt", decrypt_handler },
-	{ "/v1beta1.KeyManagementService/Version", v1_version_handler },
-	{ "/v1beta1.KeyManagementService/Encrypt", v1_encrypt_handler },
-	{ "/v1beta1.KeyManagementService/Decrypt", v1_decrypt_handler },
+static const struct kms_api *const apis[] = {
+	&kms_api_v2,
+	&kms_api_v1beta1,
 };
+#define NAPI	(sizeof(apis) / sizeof(apis[0]))
+
+/* Built once from apis[]: entry i of gm is (gm_api[i], gm_m[i]). */
+static struct grpc_method gm[KMS_MAX_METHODS];
+static const struct kms_api *gm_api[KMS_MAX_METHODS];
+static const struct kms_method *gm_m[KMS_MAX_METHODS];
+static char gm_path[KMS_MAX_METHODS][96];
+static size_t ngm;
+
+static void
+tables_build(void)
+{
+	size_t a, i;
+
+	if (ngm > 0)
+		return;
+	for (a = 0; a < NAPI; a++)
+		for (i = 0; i < apis[a]->nmethods && ngm < KMS_MAX_METHODS;
+		    i++) {
+			snprintf(gm_path[ngm], sizeof(gm_path[ngm]), "/%s/%s",
+			    apis[a]->service, apis[a]->methods[i].name);
+			gm[ngm].path = gm_path[ngm];
+			gm[ngm].handler = apis[a]->methods[i].handler;
+			gm_api[ngm] = apis[a];
+			gm_m[ngm] = &apis[a]->methods[i];
+			ngm++;
+		}
+}
 
 const struct grpc_method *
 kms_methods(size_t *n)
 {
-	*n = sizeof(methods) / sizeof(methods[0]);
-	return methods;
+	tables_build();
+	*n = ngm;
+	return gm;
+}
+
+void
+kms_metrics_register(void)
+{
+	size_t i;
+
+	tables_build();
+	for (i = 0; i < ngm; i++)
+		(void)metrics_add_method(gm_api[i]->service, gm_m[i]->name);
+}
+
+const char *
+kms_services(void)
+{
+	static char buf[256];
+	size_t a, o = 0;
+
+	if (buf[0] != '\0')
+		return buf;
+	for (a = 0; a < NAPI && o < sizeof(buf); a++)
+		o += (size_t)snprintf(buf + o, sizeof(buf) - o, "%s%s",
+		    a > 0 ? ", " : "", apis[a]->service);
+	return buf;
+}
+
+/* The reason class of a call the handler did not classify. */
+static const char *
+reason_of(enum grpc_code code)
+{
+	switch (code) {
+	case GRPC_OK:
+		return KMS_R_OK;
+	case GRPC_CANCELLED:
+		return "cancelled";
+	case GRPC_DEADLINE_EXCEEDED:
+		return KMS_R_DEADLINE;
+	case GRPC_RESOURCE_EXHAUSTED:
+		return KMS_R_BUSY;
+	case GRPC_UNIMPLEMENTED:
+		return "unimplemented";
+	case GRPC_INVALID_ARGUMENT:
+	case GRPC_UNKNOWN:
+		return KMS_R_BAD_REQUEST;
+	default:
+		return KMS_R_INTERNAL;
+	}
+}
+
+static void
+failure_log(struct kms *k, const char *path, enum grpc_code code,
+    const char *text, const char *reason)
+{
+	uint64_t now = loop_now();
+	unsigned n;
+
+	/* At most LOG_FAILURES_PER_S lines a second: while the token is down
+	 * every request fails at once. The audit log never goes through this:
+	 * it keeps every record. */
+	if ((n = log_ratelim_take_dropped(&k->fail_rl, now)) > 0)
+		log_warn("%u failed requests were not logged (at most %d lines "
+		    "a second)", n, LOG_FAILURES_PER_S);
+	if (log_ratelim_allow(&k->fail_rl, now))
+		log_kv(LOG_WARN, "request failed", "method", path, "code",
+		    grpc_code_name(code), "reason", reason, "error", text,
+		    NULL);
+}
+
+static void
+audit_call(struct kms *k, struct grpc_call *call, const struct kms_api *api,
+    const struct kms_method *m, const struct kms_req *r, enum grpc_code code,
+    const char *reason, uint64_t elapsed)
+{
+	const struct grpc_peer *p = grpc_call_peer(call);
+	struct audit_event ev;
+
+	memset(&ev, 0, sizeof(ev));
+	clock_gettime(CLOCK_REALTIME, &ev.ts);
+	ev.api = api->version;
+	ev.op = m->name;
+	ev.key_id = r != NULL && r->key_id[0] != '\0' ? r->key_id :
+	    m->op == KMS_OP_ENCRYPT ? k->key_id : "";
+	ev.token_label = k->tok_label;
+	ev.token_serial = k->tok_serial;
+	ev.mechanism = r != NULL && r->mech != NULL ? r->mech : "";
+	ev.uid = r != NULL && r->has_uid ? r->uid : NULL;
+	ev.peer_known = p->known;
+	ev.peer_uid = p->uid;
+	ev.peer_gid = p->gid;
+	ev.peer_pid = p->pid;
+	ev.code = (int)code;
+	ev.code_name = grpc_code_name(code);
+	ev.reason = reason;
+	ev.latency_ns = elapsed;
+	audit_record(k->audit, &ev);
+}
+
+/*
+ * Every call ends here, once: answered, refused by the handler or the
+ * server, or abandoned by the client. Metrics, the failure log and the
+ * audit log all take it from here.
+ */
+static void
+call_done(void *ctx, struct grpc_call *call, enum grpc_code code,
+    const char *text)
+{
+	struct kms *k = ctx;
+	struct kms_req *r = grpc_call_tag(call);
+	const struct grpc_method *g = grpc_call_method(call);
+	const struct kms_api *api = NULL;
+	const struct kms_method *m = NULL;
+	uint64_t elapsed = grpc_call_elapsed(call);
+	const char *reason;
+
+	if (g != NULL && g >= gm && g < gm + ngm) {
+		api = gm_api[g - gm];
+		m = gm_m[g - gm];
+	}
+	reason = r != NULL && r->reason != NULL ? r->reason : reason_of(code);
+	metrics_request(api != NULL ? api->service : NULL,
+	    m != NULL ? m->name : NULL, (int)code, (double)elapsed / 1e9);
+	if (code != GRPC_OK && k != NULL)
+		failure_log(k, g != NULL ? g->path : "(unknown)", code, text,
+		    reason);
+	if (k != NULL && k->audit != NULL && m != NULL &&
+	    (m->op != KMS_OP_STATUS || k->audit_status))
+		audit_call(k, call, api, m, r, code, reason, elapsed);
+	free(r);
+}
+
+void
+kms_attach(struct kms *k, struct grpc_server *s)
+{
+	(void)k;		/* it is the server's ctx */
+	grpc_server_on_done(s, call_done);
 }

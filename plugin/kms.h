@@ -1,8 +1,13 @@
 /*
- * kms: the KeyManagementService handlers. They unpack requests, check them
- * against the apiserver's contract, hand seal/open jobs to the token pool
- * and pack replies. Status is answered from the health probe's last result
- * and never waits on the token.
+ * kms: the KeyManagementService handlers, one file per API version
+ * (kms_v2.c, kms_v1beta1.c, each with its method table) over shared
+ * plumbing (kms.c). They unpack requests, check them against the
+ * apiserver's contract, hand seal/open jobs to the token pool and pack
+ * replies. Status is answered from the health probe's last result and never
+ * waits on the token. Every call ends in one place, which counts it in the
+ * metrics, logs it when it failed (at most 50 lines a second) and writes
+ * its audit record (every Encrypt and Decrypt; Status and Version with
+ * audit_status).
  */
 #ifndef P11KMS_KMS_H
 #define P11KMS_KMS_H
@@ -11,6 +16,7 @@
 
 #include "pkcs11/keyring.h"
 #include "pkcs11/pool.h"
+#include "plugin/audit.h"
 #include "plugin/grpc.h"
 #include "plugin/loop.h"
 
@@ -29,6 +35,11 @@ struct kms_config {
 	/* Called when healthz turns "ok" or stops being "ok". */
 	void (*health_changed)(void *arg);
 	void *fault_arg;		/* for both callbacks */
+	struct audit *audit;		/* NULL: no audit log; outlives kms */
+	int audit_status;		/* audit Status and Version calls too */
+	/* While the audit log cannot be written: 1 refuses Encrypt and
+	 * Decrypt with UNAVAILABLE and says so in healthz. */
+	int audit_fail_closed;
 };
 
 /* kr and pool must outlive the kms. */
@@ -50,6 +61,12 @@ void kms_set_down(struct kms *k, const char *why);
 
 /* The method table to give grpc_server_new, with k as ctx. */
 const struct grpc_method *kms_methods(size_t *n);
+/* Makes k the end point of every call of s (s was made with k as ctx). */
+void kms_attach(struct kms *k, struct grpc_server *s);
+/* Declares every service and method to the metrics (once, at start). */
+void kms_metrics_register(void);
+/* "v2.KeyManagementService, v1beta1.KeyManagementService" */
+const char *kms_services(void);
 
 /* Starts a health round trip now (if none is running). */
 void kms_probe(struct kms *k);

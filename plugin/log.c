@@ -356,41 +356,45 @@ log_kv(int level, const char *msg, ...)
 
 /* ---- rate limiter ---- */
 
+#define RATELIM_WINDOW_NS	1000000000ull
+
 void
-log_ratelim_init(struct log_ratelim *rl, unsigned burst, uint64_t window_ns)
+log_ratelim_init(struct log_ratelim *rl, unsigned per_s)
 {
 	memset(rl, 0, sizeof(*rl));
-	rl->burst = burst;
-	rl->window_ns = window_ns;
+	rl->per_s = per_s;
 }
 
-int
-log_ratelim_window_over(const struct log_ratelim *rl, uint64_t now)
+/* Starts a new window when the current one is over. */
+static void
+ratelim_roll(struct log_ratelim *rl, uint64_t now)
 {
-	return !rl->started || now - rl->start >= rl->window_ns;
+	if (now - rl->window < RATELIM_WINDOW_NS && rl->window != 0)
+		return;
+	rl->report += rl->dropped;
+	rl->window = now != 0 ? now : 1;
+	rl->taken = rl->dropped = 0;
 }
 
 int
 log_ratelim_allow(struct log_ratelim *rl, uint64_t now)
 {
-	if (log_ratelim_window_over(rl, now)) {
-		rl->start = now;
-		rl->used = 0;
-		rl->started = 1;
-	}
-	if (rl->used < rl->burst) {
-		rl->used++;
+	ratelim_roll(rl, now);
+	if (rl->taken < rl->per_s) {
+		rl->taken++;
 		return 1;
 	}
 	rl->dropped++;
 	return 0;
 }
 
-unsigned long
-log_ratelim_dropped(struct log_ratelim *rl)
+unsigned
+log_ratelim_take_dropped(struct log_ratelim *rl, uint64_t now)
 {
-	unsigned long n = rl->dropped;
+	unsigned n;
 
-	rl->dropped = 0;
+	ratelim_roll(rl, now);
+	n = rl->report;
+	rl->report = 0;
 	return n;
 }

@@ -51,41 +51,30 @@ void log_msg(int level, const char *fmt, ...)
  */
 void log_kv(int level, const char *msg, ...) __attribute__((sentinel));
 
-/*
- * A fixed-window rate limiter for log lines: at most burst lines per window,
- * the rest counted as dropped so the caller can log how many it left out
- * (log_ratelim_dropped). Not locked: one thread per limiter, or the
- * caller's lock. Time is CLOCK_MONOTONIC nanoseconds from the caller.
- *
- *   if (log_ratelim_allow(&rl, now)) {
- *           if ((n = log_ratelim_dropped(&rl)) > 0)
- *                   log_warn("%lu lines left out", n);
- *           log_warn(...);
- *   }
- */
-struct log_ratelim {
-	uint64_t window_ns;	/* length of one window */
-	unsigned burst;		/* lines allowed per window */
-	uint64_t start;		/* current window's start */
-	unsigned used;		/* lines allowed in it */
-	unsigned long dropped;	/* refused since log_ratelim_dropped */
-	int started;
-};
-
-/* burst lines per window_ns (burst 0: every line is dropped). */
-void log_ratelim_init(struct log_ratelim *rl, unsigned burst,
-    uint64_t window_ns);
-/* 1: log this line; 0: drop it (counted). A new window starts once the
- * last one is over. */
-int log_ratelim_allow(struct log_ratelim *rl, uint64_t now);
-/* Lines refused since the last call; resets the count. */
-unsigned long log_ratelim_dropped(struct log_ratelim *rl);
-/* 1 when the window that refused lines is over (time to report them). */
-int log_ratelim_window_over(const struct log_ratelim *rl, uint64_t now);
-
 #define log_error(...)	log_msg(LOG_ERROR, __VA_ARGS__)
 #define log_warn(...)	log_msg(LOG_WARN, __VA_ARGS__)
 #define log_info(...)	log_msg(LOG_INFO, __VA_ARGS__)
+/*
+ * A lines-per-second limiter for a log line that may repeat in bulk (one
+ * per failed request while the token is down). Not thread-safe: each
+ * limiter belongs to one thread. Times are CLOCK_MONOTONIC nanoseconds.
+ *   log_ratelim_init(&rl, 50);
+ *   if ((n = log_ratelim_take_dropped(&rl, now)) > 0) log_warn("%u …", n);
+ *   if (log_ratelim_allow(&rl, now)) log_kv(…);
+ */
+struct log_ratelim {
+	uint64_t window;		/* start of the current second */
+	unsigned per_s;			/* lines allowed a second */
+	unsigned taken, dropped;	/* in the current window */
+	unsigned report;		/* dropped in a finished window */
+};
+
+void log_ratelim_init(struct log_ratelim *rl, unsigned per_s);
+/* 1 when one more line fits in the second now falls in; else counts it. */
+int log_ratelim_allow(struct log_ratelim *rl, uint64_t now);
+/* Lines refused in windows that are over, once (then 0 until more are). */
+unsigned log_ratelim_take_dropped(struct log_ratelim *rl, uint64_t now);
+
 #define log_debug(...)	do { if (log_level >= LOG_DEBUG) \
 				log_msg(LOG_DEBUG, __VA_ARGS__); } while (0)
 

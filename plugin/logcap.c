@@ -60,15 +60,19 @@ now_ns(void)
 	return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
 }
 
+/*
+ * Says how many lines the limiter refused in seconds that are over (all of
+ * them with now = UINT64_MAX, at the end).
+ */
 static void
-report_dropped(void)
+report_dropped(uint64_t now)
 {
-	unsigned long n = log_ratelim_dropped(&cap.rl);
+	unsigned n = log_ratelim_take_dropped(&cap.rl, now);
 	char num[24], lim[24];
 
 	if (n == 0)
 		return;
-	snprintf(num, sizeof(num), "%lu", n);
+	snprintf(num, sizeof(num), "%u", n);
 	snprintf(lim, sizeof(lim), "%u", cap.cfg.lines_per_s);
 	log_kv(LOG_WARN, "module stderr lines dropped", "dropped", num,
 	    "limit_per_s", lim, NULL);
@@ -87,7 +91,7 @@ emit_line(uint64_t now, int cut)
 		return;
 	if (!log_ratelim_allow(&cap.rl, now))
 		return;
-	report_dropped();
+	report_dropped(now);
 	/* A NUL would end the string early: make it an invalid byte. */
 	for (i = 0; i < n; i++)
 		if (cap.line[i] == '\0')
@@ -168,8 +172,9 @@ reader(void *arg)
 		timeout = -1;
 		if (cap.len > 0)
 			timeout = ms_until(cap.since + flush_ns, now);
+		/* Wake when a second with refused lines is over, to say so. */
 		if (cap.rl.dropped > 0) {
-			t = ms_until(cap.rl.start + cap.rl.window_ns, now);
+			t = ms_until(cap.rl.window + NS_PER_S, now);
 			timeout = timeout < 0 || t < timeout ? t : timeout;
 		}
 		p[0].revents = p[1].revents = 0;
@@ -183,9 +188,7 @@ reader(void *arg)
 		if (cap.len > 0 && (stop || eof ||
 		    now - cap.since >= flush_ns))
 			emit_line(now, 0);
-		if (cap.rl.dropped > 0 && (stop || eof ||
-		    log_ratelim_window_over(&cap.rl, now)))
-			report_dropped();
+		report_dropped(stop || eof ? UINT64_MAX : now);
 	}
 	return NULL;
 }
@@ -235,7 +238,7 @@ logcap_start(const struct logcap_config *cfg, char *err, size_t errlen)
 	cap.line = line;
 	cap.len = 0;
 	cap.cut = 0;
-	log_ratelim_init(&cap.rl, cap.cfg.lines_per_s, NS_PER_S);
+	log_ratelim_init(&cap.rl, cap.cfg.lines_per_s);
 	cap.moved_log = log_fd == 2;
 	if (cap.moved_log)
 		log_fd = saved;

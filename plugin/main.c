@@ -16,6 +16,7 @@
 
 #include "pkcs11/keyring.h"
 #include "pkcs11/pool.h"
+#include "plugin/audit.h"
 #include "plugin/config.h"
 #include "plugin/gen.h"
 #include "plugin/grpc.h"
@@ -62,6 +63,8 @@ struct daemon {
 	int pin_fault;			/* PIN refused: no logins until SIGHUP */
 	int stopping;
 	struct ops *ops;		/* --ops-listen, or NULL */
+	struct audit *audit;		/* --audit-log, or NULL */
+	char *audit_path;		/* fixed: a reload keeps it */
 	struct loop_timer ops_timer;	/* 1 s: heartbeat, health, gauges */
 };
 
@@ -91,6 +94,17 @@ fatal(const char *fmt, ...)
 	(void)!write(log_fd, b, (size_t)n);
 }
 
+/* Serving, but the audit log cannot be written (--audit-failure continue). */
+static void
+audit_not_ready(struct daemon *d)
+{
+	char why[300], msg[400];
+
+	audit_why(d->audit, why, sizeof(why));
+	snprintf(msg, sizeof(msg), "audit log cannot be written: %s", why);
+	ops_set_ready(0, msg);
+}
+
 /*
  * Publishes what the ops thread serves: a heartbeat (the loop turns), the
  * health verdict and the gauges. Runs on the loop thread.
@@ -104,7 +118,10 @@ publish(struct daemon *d)
 	ops_heartbeat();
 	if (d->kms != NULL) {
 		h = kms_healthz(d->kms);
-		ops_set_ready(strcmp(h, "ok") == 0, h);
+		if (strcmp(h, "ok") == 0 && audit_failing(d->audit))
+			audit_not_ready(d);
+		else
+			ops_set_ready(strcmp(h, "ok") == 0, h);
 		metrics_set_token_up(strcmp(h, "ok") == 0);
 	}
 	if (d->cur != NULL) {
@@ -197,27 +214,32 @@ reap_retired(struct daemon *d)
 static void
 log_config(const struct config *c, const struct gen *g)
 {
-	char workers[16], inflight[16], probe[16], init_args[32];
+	char workers[16], inflight[16], probe[16], init_args[32], audit[96];
 
-	snprintf(workers, sizeof(workers), "%u", g->workers);
-	snprintf(inflight, sizeof(inflight), "%u", g->inflight);
-	snprintf(probe, sizeof(probe), "%u", c->probe_interval_s);
 	/* Its length only: a module's string may hold what a log must not. */
 	if (c->module_init_args != NULL)
 		snprintf(init_args, sizeof(init_args), "(%zu bytes)",
 		    strlen(c->module_init_args));
 	else
 		snprintf(init_args, sizeof(init_args), "(none)");
+	snprintf(audit, sizeof(audit), "sync=%s failure=%s status=%s",
+	    c->audit_sync, c->audit_failure, c->audit_status ? "on" : "off");
+	snprintf(workers, sizeof(workers), "%u", g->workers);
+	snprintf(inflight, sizeof(inflight), "%u", g->inflight);
+	snprintf(probe, sizeof(probe), "%u", c->probe_interval_s);
 	log_kv(LOG_INFO, "configuration", "config", c->config_file ?
 	    c->config_file : "(flags only)", "socket", c->socket_path,
 	    "module", c->module ? c->module : "(from URI or p11-kit)",
 	    "module_init_args", init_args,
 	    "pin_file", c->pin_file ? c->pin_file : "(URI pin-source)",
-	    "mechanism", c->mechanism, "kms_version", c->kms_version,
+	    "mechanism", c->mechanism, "services", kms_services(),
+	    "kms_version", c->kms_version,
 	    "workers", workers, "workers_from", g->workers_from,
 	    "max_inflight", inflight,
 	    "probe_interval_s", probe, "ops_listen", c->ops_listen ?
-	    c->ops_listen : "(off)", "log_format", c->log_format, NULL);
+	    c->ops_listen : "(off)", "log_format", c->log_format,
+	    "audit_log", c->audit_log ? c->audit_log : "(off)", "audit",
+	    audit, NULL);
 }
 
 static void
@@ -275,6 +297,16 @@ keep_fixed(struct daemon *d, struct config *n)
 		log_warn("reload: ops-listen changes need a restart");
 	if (n->probe_interval_s != o->probe_interval_s)
 		log_warn("reload: probe-interval changes need a restart");
+}
+
+/* The audit settings are fixed too; a reload only reopens the file. */
+static void
+keep_audit(const struct daemon *d, const struct config *n)
+{
+	if ((d->audit_path == NULL) != (n->audit_log == NULL) ||
+	    (d->audit_path != NULL && strcmp(d->audit_path,
+	    n->audit_log) != 0))
+		log_warn("reload: audit-log changes need a restart");
 }
 
 /*
@@ -338,6 +370,7 @@ on_loaded(void *arg, struct gen *g, int status, const char *err)
 		goto again;
 	}
 	keep_fixed(d, &g->cfg);
+	keep_audit(d, &g->cfg);
 	pool_watch_init(g);
 	if (loop_watch(d->loop, &g->watch, EPOLLIN) != 0) {
 		log_error("%s failed: epoll: %s", d->recovering ? "recovery" :
@@ -431,8 +464,13 @@ on_signal(void *arg, uint32_t events)
 				    (int)si.ssi_signo);
 			d->stopping = 1;
 			break;
+		case SIGUSR1:
+			log_info("SIGUSR1: reopening the audit log");
+			audit_reopen(d->audit);
+			break;
 		case SIGHUP:
 			log_info("SIGHUP: reloading the configuration");
+			audit_reopen(d->audit);
 			d->recover_s = RECOVER_MIN_S;
 			loop_timer_stop(d->loop, &d->recover_timer);
 			start_load(d, 0);
@@ -452,6 +490,7 @@ setup_signals(struct daemon *d)
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGUSR1);
 	/* Before any thread starts, so workers inherit the mask. */
 	if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0)
 		return -1;
@@ -522,6 +561,7 @@ main(int argc, char **argv)
 	log_level = cfg.log_level;
 	log_format = log_format_parse(cfg.log_format);
 	metrics_set_rv_namer(keyring_rv_name);
+	kms_metrics_register();
 	keyring_set_call_observer(metrics_token_call);
 	/* Before the PIN is read or a key is touched. */
 	harden_process(err, sizeof(err));
@@ -561,12 +601,28 @@ main(int argc, char **argv)
 		goto out;
 	}
 
+	if (g->cfg.audit_log != NULL) {
+		struct audit_config ac = { g->cfg.audit_log,
+		    strcmp(g->cfg.audit_sync, "every") == 0 ?
+		    AUDIT_SYNC_EVERY : AUDIT_SYNC_BATCH, g->cfg.audit_queue };
+
+		if ((d.audit_path = strdup(g->cfg.audit_log)) == NULL ||
+		    audit_open(&ac, &d.audit, err, sizeof(err)) != 0) {
+			fprintf(stderr, "p11kms: %s\n", d.audit_path ? err :
+			    "out of memory");
+			ret = EXIT_CONFIG;
+			goto out;
+		}
+	}
 	memset(&mcfg, 0, sizeof(mcfg));
 	mcfg.version = d.fixed.kms_version;	/* outlives any config */
 	mcfg.probe_interval_s = g->cfg.probe_interval_s;
 	mcfg.token_fault = on_token_fault;
 	mcfg.health_changed = on_health;
 	mcfg.fault_arg = &d;
+	mcfg.audit = d.audit;
+	mcfg.audit_status = g->cfg.audit_status;
+	mcfg.audit_fail_closed = strcmp(g->cfg.audit_failure, "fail") == 0;
 	if (kms_new(d.loop, g->kr, g->pool, &mcfg, &d.kms) != 0) {
 		fatal("out of memory");
 		goto out;
@@ -606,18 +662,20 @@ main(int argc, char **argv)
 		fatal("out of memory");
 		goto out;
 	}
+	kms_attach(d.kms, d.srv);
 	if (grpc_server_listen(d.srv, g->cfg.socket_path, err,
 	    sizeof(err)) != 0) {
 		fatal("%s", err);
 		ret = EXIT_CONFIG;
 		goto out;
 	}
-	log_info("p11kms %s serving KMS %s and v1beta1 on %s%s key_id=%s "
-	    "workers=%u max_inflight=%u", P11KMS_VERSION,
-	    g->cfg.kms_version,
+	log_info("p11kms %s serving %s (v2 Status version %s) on %s%s "
+	    "key_id=%s workers=%u max_inflight=%u%s%s", P11KMS_VERSION,
+	    kms_services(), g->cfg.kms_version,
 	    g->cfg.socket_path[0] == '@' ? "abstract socket " : "",
 	    g->cfg.socket_path, keyring_primary_key_id(g->kr), g->workers,
-	    g->inflight);
+	    g->inflight, d.audit != NULL ? " audit_log=" : "",
+	    d.audit != NULL ? d.audit_path : "");
 
 	serve(&d);
 	log_info("stopped");
@@ -630,6 +688,9 @@ main(int argc, char **argv)
 	loop_timer_stop(d.loop, &d.recover_timer);
 	grpc_server_free(d.srv);
 	kms_free(d.kms);
+	/* After the server: calls it ends as it closes are recorded too. */
+	audit_close(d.audit);
+	free(d.audit_path);
 	/* Pools run the done callbacks of detached jobs as they stop. */
 	while ((g = d.retired) != NULL) {
 		d.retired = g->next;

@@ -16,12 +16,14 @@
 
 /* ---- label tables (fixed: they bound the number of series) ---- */
 
-static const char *const services[] = {
-	"v2.KeyManagementService", "v1beta1.KeyManagementService", "other",
-};
-static const char *const methods[] = {
-	"Status", "Encrypt", "Decrypt", "Version", "other",
-};
+/*
+ * Services and methods come from the KMS method tables (metrics_add_method
+ * at start-up); the last slot of each is "other". Written before threads
+ * record or render, read-only afterwards.
+ */
+static const char *services[METRICS_MAX_SERVICES + 1] = { "other" };
+static const char *methods[METRICS_MAX_METHODS + 1] = { "other" };
+static size_t nsvc = 1, nmeth = 1;	/* in use, "other" included */
 static const char *const codes[] = {
 	"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
 	"NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
@@ -46,8 +48,10 @@ static const char *const functions[] = {
 	"C_MessageDecryptFinal", "other",
 };
 
-#define NSVC	N(services)
-#define NMETH	N(methods)
+#define NSVC	nsvc
+#define NMETH	nmeth
+#define SVC_DIM	(METRICS_MAX_SERVICES + 1)
+#define METH_DIM (METRICS_MAX_METHODS + 1)
 #define NCODE	N(codes)
 #define NFUNC	N(functions)
 #define NRV	(METRICS_RV_SLOTS + 1)	/* last: "other" */
@@ -78,8 +82,8 @@ struct hist {
 /* ---- the registry (static: recording never allocates) ---- */
 
 static struct {
-	_Atomic uint64_t requests[NSVC][NMETH][NCODE];
-	struct hist req_hist[NSVC][NMETH];
+	_Atomic uint64_t requests[SVC_DIM][METH_DIM][NCODE];
+	struct hist req_hist[SVC_DIM][METH_DIM];
 	struct hist tok_hist[NFUNC][NRV];
 	/* rv + 1 of each claimed slot; 0 = free. Claimed once, never freed. */
 	_Atomic uint64_t rv_slot[METRICS_RV_SLOTS];
@@ -87,6 +91,10 @@ static struct {
 	_Atomic uint64_t token_changes;
 	_Atomic unsigned pool_workers, pool_busy, pool_queued;
 	_Atomic unsigned grpc_conns, grpc_calls;
+	_Atomic int audit_on;
+	_Atomic uint64_t audit_written, audit_lost, audit_errors,
+	    audit_truncated;
+	_Atomic unsigned audit_queue;
 } reg;
 
 static _Atomic(const char *(*)(unsigned long)) rv_namer;
@@ -126,6 +134,32 @@ hist_observe(struct hist *h, double seconds)
 		;
 	atomic_fetch_add_explicit(&h->bucket[i], 1, RELAXED);
 	atomic_fetch_add_explicit(&h->sum_ns, ns, RELAXED);
+}
+
+/* Adds name before "other" in table (n entries); 0, or -1 when full. */
+static int
+table_add(const char **table, size_t *n, size_t max, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i + 1 < *n; i++)
+		if (strcmp(table[i], name) == 0)
+			return 0;
+	if (*n == max + 1)
+		return -1;
+	table[*n - 1] = name;
+	table[*n] = "other";
+	(*n)++;
+	return 0;
+}
+
+int
+metrics_add_method(const char *service, const char *method)
+{
+	if (table_add(services, &nsvc, METRICS_MAX_SERVICES, service) != 0 ||
+	    table_add(methods, &nmeth, METRICS_MAX_METHODS, method) != 0)
+		return -1;
+	return 0;
 }
 
 /* Index of s in table (last entry "other" on no match or NULL). */
@@ -254,6 +288,42 @@ metrics_set_key_id(const char *id)
 	pthread_mutex_lock(&key_lock);
 	snprintf(key_id, sizeof(key_id), "%s", id != NULL ? id : "");
 	pthread_mutex_unlock(&key_lock);
+}
+
+void
+metrics_audit_enable(void)
+{
+	atomic_store(&reg.audit_on, 1);
+}
+
+void
+metrics_audit_written(unsigned long n)
+{
+	atomic_fetch_add_explicit(&reg.audit_written, n, RELAXED);
+}
+
+void
+metrics_audit_lost(unsigned long n)
+{
+	atomic_fetch_add_explicit(&reg.audit_lost, n, RELAXED);
+}
+
+void
+metrics_audit_write_error(void)
+{
+	atomic_fetch_add_explicit(&reg.audit_errors, 1, RELAXED);
+}
+
+void
+metrics_audit_truncated(void)
+{
+	atomic_fetch_add_explicit(&reg.audit_truncated, 1, RELAXED);
+}
+
+void
+metrics_audit_queue(unsigned depth)
+{
+	atomic_store_explicit(&reg.audit_queue, depth, RELAXED);
 }
 
 void
@@ -488,6 +558,33 @@ render_gauges(struct sb *b)
 		sb_printf(b, "p11kms_active_key_info{key_id=\"%s\"} 1\n", id);
 }
 
+static void
+counter(struct sb *b, const char *name, const char *help, _Atomic uint64_t *v)
+{
+	sb_header(b, name, "counter", help);
+	sb_printf(b, "%s %llu\n", name, (unsigned long long)load64(v));
+}
+
+static void
+render_audit(struct sb *b)
+{
+	if (!atomic_load(&reg.audit_on))
+		return;
+	counter(b, "p11kms_audit_records_written_total",
+	    "Audit records written to the audit log.", &reg.audit_written);
+	counter(b, "p11kms_audit_records_lost_total",
+	    "Audit records dropped: the audit log could not be written and "
+	    "the in-memory queue was full.", &reg.audit_lost);
+	counter(b, "p11kms_audit_write_errors_total",
+	    "Failed writes, syncs or opens of the audit log.",
+	    &reg.audit_errors);
+	counter(b, "p11kms_audit_truncations_total",
+	    "Times the audit log was found shorter than written "
+	    "(copytruncate or tampering).", &reg.audit_truncated);
+	gauge(b, "p11kms_audit_queue_depth",
+	    "Audit records waiting to be written.", &reg.audit_queue);
+}
+
 int
 metrics_render(char **buf, size_t *len)
 {
@@ -507,6 +604,7 @@ metrics_render(char **buf, size_t *len)
 	render_requests(&b);
 	render_token(&b);
 	render_gauges(&b);
+	render_audit(&b);
 	if (b.oom) {
 		free(b.p);
 		return -1;

@@ -28,6 +28,11 @@
  *   p11kms_pool_busy_workers                                gauge
  *   p11kms_pool_queued_jobs                                 gauge
  *   p11kms_active_key_info{key_id}                          gauge, 1
+ *   p11kms_audit_records_written_total                      counter
+ *   p11kms_audit_records_lost_total                         counter
+ *   p11kms_audit_write_errors_total                         counter
+ *   p11kms_audit_truncations_total                          counter
+ *   p11kms_audit_queue_depth                                gauge
  */
 #ifndef P11KMS_METRICS_H
 #define P11KMS_METRICS_H
@@ -37,10 +42,20 @@
 #define METRICS_CONTENT_TYPE	"text/plain; version=0.0.4; charset=utf-8"
 #define METRICS_RV_SLOTS	8	/* distinct CK_RV label values kept */
 
+#define METRICS_MAX_SERVICES	4
+#define METRICS_MAX_METHODS	8
+
 /*
- * One finished gRPC call. service: "v2.KeyManagementService" or
- * "v1beta1.KeyManagementService"; method: "Status", "Encrypt", "Decrypt",
- * "Version"; grpc_code: enum grpc_code (0..16; others count as UNKNOWN);
+ * Declares a service and method the request metrics know (the KMS method
+ * tables, kms_metrics_register()); others count as "other". Names must
+ * outlive the process. Call before any thread records or renders.
+ * Returns 0, or -1 when the tables are full.
+ */
+int metrics_add_method(const char *service, const char *method);
+
+/*
+ * One finished gRPC call. service and method as declared with
+ * metrics_add_method ("v2.KeyManagementService", "Encrypt"); grpc_code: enum grpc_code (0..16; others count as UNKNOWN);
  * seconds: from the end of the request to the reply being queued.
  */
 void metrics_request(const char *service, const char *method, int grpc_code,
@@ -72,6 +87,18 @@ void metrics_set_pool(unsigned workers, unsigned busy, unsigned queued);
 void metrics_set_grpc(unsigned connections, unsigned active_calls);
 /* key_id of the key that encrypts (copied; NULL or "" removes the series). */
 void metrics_set_key_id(const char *key_id);
+
+/*
+ * The audit log (--audit-log); rendered only after metrics_audit_enable().
+ * Counters: records written, records lost, failed writes/syncs/opens,
+ * truncations found; gauge: records queued.
+ */
+void metrics_audit_enable(void);
+void metrics_audit_written(unsigned long n);
+void metrics_audit_lost(unsigned long n);
+void metrics_audit_write_error(void);
+void metrics_audit_truncated(void);
+void metrics_audit_queue(unsigned depth);
 
 /*
  * Renders every metric in the Prometheus text format 0.0.4 into a new

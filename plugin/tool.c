@@ -25,6 +25,7 @@
 #include <openssl/rand.h>
 
 #include "pkcs11/keyring.h"
+#include "plugin/audit.h"
 #include "plugin/config.h"
 
 #define EXIT_OK		0
@@ -444,7 +445,8 @@ int
 tool_is_subcommand(const char *name)
 {
 	return strcmp(name, "keygen") == 0 || strcmp(name, "keys") == 0 ||
-	    strcmp(name, "selftest") == 0;
+	    strcmp(name, "selftest") == 0 ||
+	    strcmp(name, "audit-verify") == 0;
 }
 
 int
@@ -456,6 +458,8 @@ tool_main(int argc, char **argv)
 		return cmd_keys(argc, argv);
 	if (strcmp(argv[0], "selftest") == 0)
 		return cmd_selftest(argc, argv);
+	if (strcmp(argv[0], "audit-verify") == 0)
+		return audit_verify_main(argc, argv);
 	fprintf(stderr, "p11kms: unknown subcommand '%.40s'\n", argv[0]);
 	return EXIT_USAGE;
 }

@@ -79,17 +79,18 @@ static struct {
 	unsigned only;		/* S_* bits of the scenarios to run */
 	const char *wrap[MAX_WRAP];	/* --wrap: runs the daemon under it */
 	size_t nwrap;
+	const char *audit_log, *audit_sync;	/* audit scenario */
 } opt;
 
 /* Scenario groups for --only. */
 enum {
 	S_STATUS = 1, S_ENCRYPT = 2, S_DECRYPT = 4, S_MIXED = 8, S_V1 = 16,
-	S_STORM = 32, S_SLOW = 64, S_CALLS = 128, S_ALL = 255,
+	S_STORM = 32, S_SLOW = 64, S_CALLS = 128, S_AUDIT = 256, S_ALL = 511,
 };
 
 static const char *const group_names[] = {
 	"status", "encrypt", "decrypt", "mixed", "v1", "storm", "slow",
-	"calls",
+	"calls", "audit",
 };
 
 static int
@@ -114,6 +115,8 @@ static int g_dclk_ok;
 static const char *g_cpu_src = "none";
 static long g_clk_tck;
 static unsigned g_nstarts;		/* daemon starts, for log names */
+static const char *g_dextra[4];		/* more daemon flags (audit) */
+static size_t g_ndextra;
 
 static uint64_t
 now_ns(void)
@@ -1438,7 +1441,8 @@ daemon_start(const char *module, unsigned workers, const char *fault_ctl,
     uint64_t *t0)
 {
 	char wbuf[16];
-	const char *argv[16 + MAX_WRAP];
+	const char *argv[20 + MAX_WRAP];
+	size_t x;
 	pid_t pid, parent = getpid();
 	int fd, i = 0;
 
@@ -1458,6 +1462,8 @@ daemon_start(const char *module, unsigned workers, const char *fault_ctl,
 	argv[i++] = g_pin;
 	argv[i++] = "--workers";
 	argv[i++] = wbuf;
+	for (x = 0; x < g_ndextra; x++)
+		argv[i++] = g_dextra[x];
 	argv[i] = NULL;
 	(void)unlink(g_sock);
 	fflush(NULL);
@@ -2438,6 +2444,114 @@ probe_v1(struct client *cl)
 	lane_free(&ln);
 }
 
+/*
+ * The audit log's cost: v2 Encrypt c=64 on a daemon with --audit-log and
+ * --audit-sync batch against the same daemon without, in interleaved
+ * rounds (a fresh daemon per side and round, each warmed up first), so both
+ * sides see the same machine. The audit side is the row, the other side
+ * its "base"; then audit-verify checks the file the audited daemon wrote.
+ */
+static void
+audit_scenario(void)
+{
+	char path[128], label[64], cmd[400];
+	struct client cl;
+	struct lane ln, *lp = &ln;
+	struct row *r;
+	struct round *rd;
+	uint64_t t0, c0, c1;
+	size_t slice, total_a = 0, total_b = 0;
+	double secs_a = 0, secs_b = 0, cpu_a = 0, cpu_b = 0;
+	unsigned k, side, K = opt.rounds, C = opt.conc;
+	int audited, st;
+
+	if (opt.audit_log != NULL)
+		snprintf(path, sizeof(path), "%s", opt.audit_log);
+	else
+		snprintf(path, sizeof(path), "%s/audit.log", g_dir);
+	(void)unlink(path);
+	if (K > MAX_ROUNDS)
+		K = MAX_ROUNDS;
+	slice = opt.n64 / K > 0 ? opt.n64 / K : 1;
+	snprintf(label, sizeof(label), "v2 Encrypt c=%u audit-log %s", C,
+	    opt.audit_sync != NULL ? opt.audit_sync : "batch");
+	r = row_new("audit_encrypt_c64", label);
+	for (k = 0; k < K; k++) {
+		rd = &r->rnd[k];
+		rd->raw_first = k % 2 == 1;	/* "raw": without audit */
+		for (side = 0; side < 2; side++) {
+			audited = (side == 0) != (rd->raw_first != 0);
+			g_ndextra = 0;
+			if (audited) {
+				g_dextra[g_ndextra++] = "--audit-log";
+				g_dextra[g_ndextra++] = path;
+				g_dextra[g_ndextra++] = "--audit-sync";
+				g_dextra[g_ndextra++] = opt.audit_sync != NULL ?
+				    opt.audit_sync : "batch";
+			}
+			(void)daemon_start(opt.module, opt.workers, NULL, &t0);
+			(void)daemon_wait_ready(t0);
+			client_open(&cl, opt.conns);
+			lane_init(&ln, K_V2ENC, C, 4 * C);
+			run_quiet(&cl, &ln, "audit warm-up");
+			lane_free(&ln);
+			g_scen = audited ? "audit: with --audit-log" :
+			    "audit: without --audit-log";
+			lane_init(&ln, K_V2ENC, C, slice);
+			c0 = daemon_cpu_ns();
+			if (run_lanes(&cl, &lp, 1) != 0)
+				die_run("load failed");
+			c1 = daemon_cpu_ns();
+			if (ln.failed > 0)
+				r->failed += ln.failed;
+			if (audited) {
+				rd->n = ln.done;
+				rd->secs = (double)(ln.t_last - ln.t_first) /
+				    1e9;
+				rd->srv_cpu = ln.done ? (double)(c1 - c0) /
+				    1e3 / (double)ln.done : NAN;
+				total_a += ln.done;
+				secs_a += rd->secs;
+				cpu_a += (double)(c1 - c0);
+			} else {
+				rd->bn = ln.done;
+				rd->bsecs = (double)(ln.t_last - ln.t_first) /
+				    1e9;
+				rd->bcpu = ln.done ? (double)(c1 - c0) / 1e3 /
+				    (double)ln.done : NAN;
+				total_b += ln.done;
+				secs_b += rd->bsecs;
+				cpu_b += (double)(c1 - c0);
+			}
+			lane_free(&ln);
+			client_close(&cl);
+			if ((st = daemon_stop()) != 0)
+				fprintf(stderr, "p11kms-bench: audit daemon "
+				    "exited with status %d\n", st);
+		}
+	}
+	g_ndextra = 0;
+	r->nrnd = K;
+	r->n = total_a;
+	r->secs = secs_a;
+	r->ops = secs_a > 0 ? (double)total_a / secs_a : NAN;
+	r->p50 = r->p99 = r->max = NAN;
+	r->srv_cpu = total_a ? cpu_a / 1e3 / (double)total_a : NAN;
+	r->base.has = 1;
+	r->base.threads = g_daemon_workers;
+	r->base.n = total_b;
+	r->base.secs = secs_b;
+	r->base.ops = secs_b > 0 ? (double)total_b / secs_b : NAN;
+	r->base.p50 = r->base.p99 = r->base.max = NAN;
+	r->base.cpu = total_b ? cpu_b / 1e3 / (double)total_b : NAN;
+	snprintf(cmd, sizeof(cmd), "'%s' audit-verify '%s' | head -n 1",
+	    opt.daemon, path);
+	printf("audit log of the audited rounds: ");
+	fflush(stdout);
+	if (system(cmd) != 0)
+		printf("(audit-verify could not run)\n");
+}
+
 static void
 server_scenarios(struct keyring *kr)
 {
@@ -2839,6 +2953,16 @@ compute_targets(void)
 		target("slow_status_p99_us", "Status p99 with a slow token "
 		    "(worst worker count)", "us", worst, 200, 1);
 	}
+	if ((st = row_find("audit_encrypt_c64")) != NULL && st->base.has) {
+		target("audit_ratio", "v2 Encrypt c=64 ops/s with --audit-log "
+		    "--audit-sync batch / without (same run)", "x",
+		    st->ops / st->base.ops, 0.9, 0);
+		for (k = 0; k < st->nrnd; k++)
+			rv[k] = st->rnd[k].secs > 0 && st->rnd[k].bsecs > 0 ?
+			    ((double)st->rnd[k].n / st->rnd[k].secs) /
+			    ((double)st->rnd[k].bn / st->rnd[k].bsecs) : NAN;
+		target_rounds(rv, st->nrnd);
+	}
 	if ((st = row_find("status_paced")) != NULL)
 		target("idle_status_p99_us", "Status p99 idle, same pace "
 		    "(reference for the two above)", "us", st->p99, 200, 1);
@@ -3231,9 +3355,13 @@ usage(FILE *fp)
 "  --no-slow            skip the slow-token scenario\n"
 "  --quick              small counts for a smoke run (2000/200/1000, 1 start)\n"
 "  --only LIST          scenario groups to run, of status,encrypt,decrypt,\n"
-"                       mixed,v1,storm,slow,calls (default all); decrypt and\n"
-"                       storm bring in encrypt, storm brings in v1 (inputs)\n"
+"                       mixed,v1,storm,slow,calls,audit (default all);\n"
+"                       decrypt and storm bring in encrypt, storm brings in\n"
+"                       v1 (their inputs)\n"
 "  --keep               keep the temp dir (token, daemon logs)\n"
+"  --audit-log FILE     audit scenario: the audited daemon's log (default\n"
+"                       audit.log in the temp dir; it is removed first)\n"
+"  --audit-sync S       audit scenario: batch (default) or every\n"
 "  --wrap 'CMD ARGS'    start the daemon under CMD (profiling, e.g.\n"
 "                       'valgrind --tool=callgrind'); figures then measure\n"
 "                       the wrapper too\n"
@@ -3273,7 +3401,7 @@ parse_args(int argc, char **argv)
 		O_DAEMON = 256, O_MKTOKEN, O_MODULE, O_FAULT, O_WORKERS,
 		O_CONC, O_CONNS, O_REQ, O_REQ1, O_STORM, O_COLD, O_MIXED,
 		O_TIMEOUT, O_SLOWW, O_SLOWD, O_SLOWS, O_NOSLOW, O_QUICK,
-		O_KEEP, O_ONLY, O_WRAP, O_ROUNDS,
+		O_KEEP, O_ONLY, O_WRAP, O_ROUNDS, O_AUDIT_LOG, O_AUDIT_SYNC,
 	};
 	static const struct option lo[] = {
 		{ "daemon", required_argument, NULL, O_DAEMON },
@@ -3296,6 +3424,8 @@ parse_args(int argc, char **argv)
 		{ "no-slow", no_argument, NULL, O_NOSLOW },
 		{ "quick", no_argument, NULL, O_QUICK },
 		{ "keep", no_argument, NULL, O_KEEP },
+		{ "audit-log", required_argument, NULL, O_AUDIT_LOG },
+		{ "audit-sync", required_argument, NULL, O_AUDIT_SYNC },
 		{ "only", required_argument, NULL, O_ONLY },
 		{ "wrap", required_argument, NULL, O_WRAP },
 		{ "help", no_argument, NULL, 'h' },
@@ -3384,6 +3514,13 @@ parse_args(int argc, char **argv)
 		case O_NOSLOW: opt.no_slow = 1; break;
 		case O_QUICK: opt.quick = 1; break;
 		case O_KEEP: opt.keep = 1; break;
+		case O_AUDIT_LOG: opt.audit_log = optarg; break;
+		case O_AUDIT_SYNC:
+			if (strcmp(optarg, "batch") != 0 &&
+			    strcmp(optarg, "every") != 0)
+				die("--audit-sync: batch or every");
+			opt.audit_sync = optarg;
+			break;
 		case O_WRAP:
 			if ((list = strdup(optarg)) == NULL)
 				die("out of memory");
@@ -3530,6 +3667,9 @@ main(int argc, char **argv)
 		fprintf(stderr, "p11kms-bench: daemon exited with status %d "
 		    "after SIGTERM\n", g_exit_status);
 	keyring_free(kr);
+
+	if (want(S_AUDIT))
+		audit_scenario();
 
 	if (want(S_SLOW))
 		slow_scenario();

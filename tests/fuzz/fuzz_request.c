@@ -300,6 +300,8 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	if (grpc_server_new(loop, methods, nmethods, kms, MAX_REQUEST,
 	    &srv) != 0)
 		die("grpc_server_new failed");
+	/* Every call ends in the daemon's completion point, as it serves. */
+	kms_attach(kms, srv);
 	atexit(cleanup);
 	return 0;
 }

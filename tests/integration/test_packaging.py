@@ -21,7 +21,7 @@ UNIT = os.path.join(REPO, "conf", "p11kms.service")
 CONF = os.path.join(REPO, "conf", "p11kms.conf")
 DOCKERFILES = [os.path.join(REPO, "docker", f)
                for f in ("Dockerfile", "Dockerfile.softhsm")]
-SUBCOMMANDS = ("keygen", "keys")
+SUBCOMMANDS = ("keygen", "keys", "audit-verify")
 # Daemon flags that are not settings, so not lines of a config file.
 NOT_IN_CONF = {"--config", "--help", "--version"}
 # What a runtime image must never carry.
@@ -179,6 +179,8 @@ INSTALLED = {
     "usr/lib/systemd/system/p11kms.service": 0o644,
     "usr/share/doc/p11kms/README.md": 0o644,
     "usr/share/doc/p11kms/SECURITY.md": 0o644,
+    "usr/share/doc/p11kms/audit.md": 0o644,
+    "usr/share/doc/p11kms/examples/p11kms-audit.logrotate": 0o644,
     "usr/share/doc/p11kms/examples/p11kms.conf": 0o644,
     "usr/share/doc/p11kms/examples/encryption-config-v1.yaml": 0o644,
     "usr/share/doc/p11kms/examples/encryption-config-v2.yaml": 0o644,

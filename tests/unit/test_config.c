@@ -345,6 +345,61 @@ test_module_init_args(void **state)
 	unlink(path);
 }
 
+/* The audit options, from flags and from a file. */
+static void
+test_audit_options(void **state)
+{
+	const char *path = write_conf(
+	    "key = pkcs11:token=a;object=k1\n"
+	    "audit-log = /var/log/p11kms/audit.log\n"
+	    "audit-sync = every\n"
+	    "audit-failure = fail\n"
+	    "audit-queue = 100\n"
+	    "audit-status = true\n");
+	char *argv[] = { "p11kms", "--config", (char *)path, NULL };
+	char *flags[] = { "p11kms", "-k", "pkcs11:token=a;object=k1",
+	    "--audit-status", NULL };
+	char *bad1[] = { "p11kms", "-k", "x", "--audit-sync", "sometimes",
+	    NULL };
+	char *bad2[] = { "p11kms", "-k", "x", "--audit-failure", "ignore",
+	    NULL };
+	char *bad3[] = { "p11kms", "-k", "x", "--audit-log", "", NULL };
+	struct config cfg;
+	char err[256];
+
+	(void)state;
+	assert_int_equal(parse(&cfg, argv, ARGC(argv), err, sizeof(err)),
+	    CONFIG_OK);
+	assert_string_equal(cfg.audit_log, "/var/log/p11kms/audit.log");
+	assert_string_equal(cfg.audit_sync, "every");
+	assert_string_equal(cfg.audit_failure, "fail");
+	assert_int_equal(cfg.audit_queue, 100);
+	assert_int_equal(cfg.audit_status, 1);
+	config_free(&cfg);
+	unlink(path);
+	assert_int_equal(parse(&cfg, flags, ARGC(flags), err, sizeof(err)),
+	    CONFIG_OK);
+	assert_null(cfg.audit_log);
+	assert_string_equal(cfg.audit_sync, "batch");
+	assert_string_equal(cfg.audit_failure, "continue");
+	assert_int_equal(cfg.audit_status, 1);
+	assert_int_equal(parse(&cfg, bad1, ARGC(bad1), err, sizeof(err)),
+	    CONFIG_ERROR);
+	assert_non_null(strstr(err, "every or batch"));
+	assert_int_equal(parse(&cfg, bad2, ARGC(bad2), err, sizeof(err)),
+	    CONFIG_ERROR);
+	assert_non_null(strstr(err, "continue or fail"));
+	assert_int_equal(parse(&cfg, bad3, ARGC(bad3), err, sizeof(err)),
+	    CONFIG_ERROR);
+	path = write_conf("key = x\naudit-status = maybe\n");
+	argv[2] = (char *)path;
+	assert_int_equal(parse(&cfg, argv, ARGC(argv), err, sizeof(err)),
+	    CONFIG_ERROR);
+	assert_non_null(strstr(err, "true or false"));
+	config_free(&cfg);
+	unlink(path);
+}
+
 int
 main(void)
 {
@@ -358,6 +413,7 @@ main(void)
 		cmocka_unit_test(test_file_keys_replaced_by_flags),
 		cmocka_unit_test(test_file_errors),
 		cmocka_unit_test(test_module_init_args),
+		cmocka_unit_test(test_audit_options),
 	};
 
 	return cmocka_run_group_tests_name("config", tests, NULL, NULL);

@@ -372,6 +372,110 @@ test_reply_before_rest_of_read(void **state)
 	loop_free(l);
 }
 
+/* ---- the done callback: once per call, with the peer ---- */
+
+static int done_calls, done_code, done_codes, done_tag_seen;
+static struct grpc_peer done_peer;
+static int tag_value = 42;
+
+static void
+on_done(void *ctx, struct grpc_call *call, enum grpc_code code,
+    const char *message)
+{
+	(void)ctx;
+	(void)message;
+	done_calls++;
+	done_code = (int)code;
+	done_codes |= 1 << code;
+	done_tag_seen = grpc_call_tag(call) == &tag_value;
+	done_peer = *grpc_call_peer(call);
+}
+
+static void
+tagging_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
+    size_t len)
+{
+	grpc_call_set_tag(call, &tag_value);
+	assert_non_null(grpc_call_method(call));
+	status_handler(ctx, call, msg, len);
+}
+
+static void
+fail_handler(void *ctx, struct grpc_call *call, const uint8_t *msg,
+    size_t len)
+{
+	(void)ctx;
+	(void)msg;
+	(void)len;
+	grpc_call_fail(call, GRPC_NOT_FOUND, "no such key");
+}
+
+/* Runs the server until the client has n done calls or 50 turns. */
+static void
+serve_until(struct loop *l, struct grpc_server *srv, int n)
+{
+	int i;
+
+	for (i = 0; i < 50 && done_calls < n; i++) {
+		assert_int_equal(loop_once(l, 10), 0);
+		grpc_server_tick(srv);
+	}
+}
+
+static void
+test_done_once_per_call(void **state)
+{
+	static const struct grpc_method methods[] = {
+		{ "/v2.KeyManagementService/Status", tagging_handler },
+		{ "/v2.KeyManagementService/Fail", fail_handler },
+	};
+	nghttp2_session_callbacks *cbs;
+	nghttp2_session *cl;
+	struct grpc_server *srv;
+	struct loop *l;
+	int sv[2];
+
+	(void)state;
+	assert_int_equal(loop_new(&l), 0);
+	assert_int_equal(grpc_server_new(l, methods, 2, NULL, 65536, &srv),
+	    0);
+	grpc_server_on_done(srv, on_done);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0,
+	    sv), 0);
+	assert_int_equal(grpc_server_adopt(srv, sv[0]), 0);
+	assert_int_equal(nghttp2_session_callbacks_new(&cbs), 0);
+	assert_int_equal(nghttp2_session_client_new(&cl, cbs, NULL), 0);
+	assert_int_equal(nghttp2_submit_settings(cl, NGHTTP2_FLAG_NONE, NULL,
+	    0), 0);
+	done_calls = done_codes = 0;
+	(void)submit_call(cl, "/v2.KeyManagementService/Status");
+	client_send(cl, sv[1]);
+	serve_until(l, srv, 1);
+	assert_int_equal(done_calls, 1);
+	assert_int_equal(done_code, GRPC_OK);
+	assert_true(done_tag_seen);
+	/* SO_PEERCRED of the socketpair: this process. */
+	assert_true(done_peer.known);
+	assert_int_equal(done_peer.pid, getpid());
+	assert_int_equal(done_peer.uid, getuid());
+	assert_int_equal(done_peer.gid, getgid());
+	(void)submit_call(cl, "/v2.KeyManagementService/Fail");
+	(void)submit_call(cl, "/v2.KeyManagementService/Unknown");
+	client_send(cl, sv[1]);
+	serve_until(l, srv, 3);
+	assert_int_equal(done_calls, 3);
+	/* The unknown path is refused at its headers, before the other. */
+	assert_int_equal(done_codes, 1 << GRPC_OK | 1 << GRPC_NOT_FOUND |
+	    1 << GRPC_UNIMPLEMENTED);
+	assert_false(done_tag_seen);
+	nghttp2_session_del(cl);
+	nghttp2_session_callbacks_del(cbs);
+	close(sv[1]);
+	grpc_server_free(srv);
+	loop_free(l);
+	assert_int_equal(done_calls, 3);	/* no second end at free */
+}
+
 int
 main(void)
 {
@@ -383,6 +487,7 @@ main(void)
 		cmocka_unit_test(test_frame_bad),
 		cmocka_unit_test(test_reply_is_one_send),
 		cmocka_unit_test(test_reply_before_rest_of_read),
+		cmocka_unit_test(test_done_once_per_call),
 	};
 
 	return cmocka_run_group_tests_name("grpc", tests, NULL, NULL);

@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <cmocka.h>
 
+#include "plugin/kms.h"
 #include "plugin/metrics.h"
 #include "plugin/version.h"
 #include "tests/unit/prom_check.h"
@@ -323,5 +324,7 @@ main(void)
 		cmocka_unit_test_setup(test_concurrent, reset),
 	};
 
+	/* The labels come from the KMS method tables, as in the daemon. */
+	kms_metrics_register();
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

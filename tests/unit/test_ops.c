@@ -25,6 +25,7 @@
 #include <cmocka.h>
 
 #include "plugin/log.h"
+#include "plugin/kms.h"
 #include "plugin/metrics.h"
 #include "plugin/ops.h"
 #include "tests/unit/prom_check.h"
@@ -577,5 +578,7 @@ main(void)
 	};
 
 	log_level = LOG_WARN;
+	/* The labels come from the KMS method tables, as in the daemon. */
+	kms_metrics_register();
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
