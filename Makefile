@@ -12,7 +12,8 @@
 
 CC	?= cc
 PKG_CONFIG ?= pkg-config
-PKGS	= p11-kit-1 libprotobuf-c libnghttp2 libcrypto libmicrohttpd
+PKGS	= p11-kit-1 libprotobuf-c libnghttp2 libcrypto libmicrohttpd \
+	  libseccomp
 
 CFLAGS	?= -O2 -g
 CFLAGS	+= -std=gnu11 -Wall -Wextra -Wshadow -Wformat=2 -Wno-unused-parameter \

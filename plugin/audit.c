@@ -639,11 +639,20 @@ error_log(struct audit *a, const char *what, int err)
  * Opens the path for appending. Returns the fd, or -1 with errno. The
  * mode 0600 applies when the file is created; umask only narrows it.
  */
+static int (*opener)(const char *path);
+
+void
+audit_set_opener(int (*fn)(const char *path))
+{
+	opener = fn;
+}
+
 static int
 open_path(const char *path)
 {
-	return open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC |
-	    O_NOFOLLOW, 0600);
+	if (opener != NULL)
+		return opener(path);
+	return open(path, AUDIT_OPEN_FLAGS, 0600);
 }
 
 /*

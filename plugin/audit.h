@@ -31,6 +31,7 @@
 #ifndef P11KMS_AUDIT_H
 #define P11KMS_AUDIT_H
 
+#include <fcntl.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -90,6 +91,15 @@ void audit_close(struct audit *a);
 void audit_record(struct audit *a, const struct audit_event *ev);
 /* Asks the writer to close the file and open the path again (rotation). */
 void audit_reopen(struct audit *a);
+/* How the log is opened, mode 0600; an opener must do the same. */
+#define AUDIT_OPEN_FLAGS	(O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | \
+				 O_NOFOLLOW)
+/*
+ * Opens the log through fn (the fd, or -1 with errno) instead of open():
+ * the sandboxed front asks the token process spawner, which may open
+ * that one path. Set once before audit_open. NULL: open().
+ */
+void audit_set_opener(int (*fn)(const char *path));
 /*
  * 1 while the log cannot be written (a write, sync or reopen failed and
  * has not worked since), else 0. audit_why copies the reason (cap bytes).

@@ -15,6 +15,7 @@ enum {
 	OPT_OPS_LISTEN, OPT_LOG_FORMAT, OPT_MODULE_INIT_ARGS,
 	OPT_AUDIT_LOG = 300, OPT_AUDIT_SYNC, OPT_AUDIT_FAILURE, OPT_AUDIT_STATUS,
 	OPT_AUDIT_QUEUE,
+	OPT_TOKEN_PROCESS = 320, OPT_TOKEN_USER,
 };
 
 #define CONFIG_FILE_MAX	(64 * 1024)
@@ -42,6 +43,8 @@ static const struct option longopts[] = {
 	{ "audit-failure",	required_argument, NULL, OPT_AUDIT_FAILURE },
 	{ "audit-status",	no_argument,	   NULL, OPT_AUDIT_STATUS },
 	{ "audit-queue",	required_argument, NULL, OPT_AUDIT_QUEUE },
+	{ "token-process",	required_argument, NULL, OPT_TOKEN_PROCESS },
+	{ "token-user",		required_argument, NULL, OPT_TOKEN_USER },
 	{ "help",		no_argument,	   NULL, 'h' },
 	{ "version",		no_argument,	   NULL, 'V' },
 	{ NULL, 0, NULL, 0 },
@@ -110,6 +113,11 @@ config_usage(FILE *fp)
 "      --audit-queue N       records held in memory while FILE cannot be\n"
 "                            written, before they count as lost (default\n"
 "                            16384)\n"
+"      --token-process on|off  on (default): the module, PIN and sessions\n"
+"                            live in a separate token process and the\n"
+"                            network side runs sandboxed (seccomp); off:\n"
+"                            all in one process (debugging, baseline)\n"
+"      --token-user USER     run the token process as USER (needs root)\n"
 "  -h, --help                this text\n"
 "  -V, --version             version\n"
 "\n"
@@ -133,6 +141,7 @@ config_defaults(struct config *cfg)
 	cfg->log_level = LOG_INFO;
 	cfg->audit_sync = "batch";
 	cfg->audit_failure = "continue";
+	cfg->token_process = 1;
 }
 
 /* Parses a whole decimal number in [min, max]; -1 when it is not one. */
@@ -246,6 +255,22 @@ apply(struct config *cfg, int opt, const char *name, const char *arg,
 		if (num_opt(name, arg, 1, 3600, &v, err, errlen) != 0)
 			return CONFIG_ERROR;
 		cfg->probe_interval_s = (unsigned)v;
+		break;
+	case OPT_TOKEN_PROCESS:
+		if (strcmp(arg, "on") != 0 && strcmp(arg, "off") != 0) {
+			snprintf(err, errlen, "%s: token-process must be on or "
+			    "off, got '%.100s'", name, arg);
+			return CONFIG_ERROR;
+		}
+		cfg->token_process = strcmp(arg, "on") == 0;
+		break;
+	case OPT_TOKEN_USER:
+		if (arg[0] == '\0') {
+			snprintf(err, errlen, "%s: token-user needs a user "
+			    "name", name);
+			return CONFIG_ERROR;
+		}
+		cfg->token_user = arg;
 		break;
 	case OPT_GRACE:
 		if (num_opt(name, arg, 0, 600, &v, err, errlen) != 0)

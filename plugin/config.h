@@ -45,6 +45,8 @@ struct config {
 	const char *audit_failure;	/* "continue" or "fail" */
 	int audit_status;		/* audit Status/Version too */
 	size_t audit_queue;		/* 0: AUDIT_QUEUE_MAX */
+	int token_process;		/* 1: module in a token process */
+	const char *token_user;		/* NULL: the daemon's own uid */
 	const char *config_file;	/* NULL: flags only */
 	char *filebuf;			/* owned: the file's text */
 };

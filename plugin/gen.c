@@ -181,6 +181,12 @@ gen_open(struct config *cfg, struct gen **out, char *err, size_t errlen)
 	g->cfg = *cfg;			/* the file buffer moves with it */
 	cfg->filebuf = NULL;
 	g->watch.fd = -1;
+	if (gen_remote()) {
+		if ((r = gen_open_tokproc(g, err, errlen)) != KEYRING_OK)
+			goto fail;
+		*out = g;
+		return KEYRING_OK;
+	}
 	memset(&kcfg, 0, sizeof(kcfg));
 	kcfg.module = g->cfg.module;
 	kcfg.module_init_args = g->cfg.module_init_args;
@@ -215,6 +221,7 @@ gen_free(struct gen *g)
 {
 	if (g == NULL)
 		return;
+	tokproc_free(g->tp);
 	pool_free(g->pool);	/* workers before their keyring */
 	keyring_free(g->kr);
 	config_free(&g->cfg);
@@ -233,8 +240,9 @@ loader_main(void *arg)
 
 	config_defaults(&cfg);
 	ld->err[0] = '\0';
-	r = config_parse_args(&cfg, ld->argc, ld->argv, ld->err,
-	    sizeof(ld->err));
+	/* The token process reads the config file, not the front. */
+	r = gen_remote() ? CONFIG_OK : config_parse_args(&cfg, ld->argc,
+	    ld->argv, ld->err, sizeof(ld->err));
 	if (r != CONFIG_OK) {
 		config_free(&cfg);
 		ld->status = KEYRING_E_CONFIG;

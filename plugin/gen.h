@@ -15,6 +15,7 @@
 #include "pkcs11/pool.h"
 #include "plugin/config.h"
 #include "plugin/loop.h"
+#include "plugin/tokproc.h"
 
 /* Default worker count on a hardware slot: 4 per CPU, 8 to 64. */
 #define GEN_HW_WORKERS_PER_CPU	4
@@ -41,6 +42,12 @@ struct gen {
 	char workers_from[GEN_WORKERS_FROM_MAX];	/* for the log */
 	struct loop_watch watch;	/* the pool's eventfd */
 	struct gen *next;		/* retired list */
+	/*
+	 * --token-process=on (in the front): kr and pool are NULL, the
+	 * keyring and pool live in this token process, and the gen_key_*
+	 * answers come from the metadata it sent.
+	 */
+	struct tokproc *tp;
 };
 
 /*
@@ -94,5 +101,50 @@ int gen_loader_init(struct gen_loader *ld, struct loop *l, int argc,
 int gen_loader_start(struct gen_loader *ld);
 /* Waits for a running load and discards its result. */
 void gen_loader_fini(struct gen_loader *ld);
+
+/* ---- one view of both modes (gen_view.c) ---- */
+
+/*
+ * The front (--token-process=on, spawner started): from now on gen_open
+ * starts a token process instead of loading the keyring here, and a
+ * reload takes its settings from that process (the sandboxed front
+ * cannot read the config file). Set once at start.
+ */
+void gen_set_remote(int on);
+int gen_remote(void);
+/*
+ * gen_open's remote half: starts g's token process. A g->cfg with no keys
+ * (a reload in the front) is filled from the settings the process sent.
+ */
+int gen_open_tokproc(struct gen *g, char *err, size_t errlen);
+
+/*
+ * What plugin/ asks of keyring.h and pool.h, for either kind of
+ * generation (g may be NULL: none serving). Loop thread.
+ */
+size_t gen_nkeys(const struct gen *g);
+const char *gen_key_id(const struct gen *g, size_t i);
+const char *gen_primary_key_id(const struct gen *g);
+const char *gen_key_desc(const struct gen *g, size_t i);
+const char *gen_key_mechanism(const struct gen *g, size_t i);
+const char *gen_key_seal_detail(const struct gen *g, size_t i);
+int gen_key_token(const struct gen *g, size_t i, char *label,
+    char *serial);
+/* As keyring_envelope_info (pure header parsing, no token call). */
+int gen_envelope_info(const struct gen *g, const uint8_t *ct, size_t ctlen,
+    const char **mech, char *key_id);
+/* As pool_submit; KEYRING_E_TOKEN when the token process is gone. */
+int gen_submit(struct gen *g, struct pool_job *job);
+unsigned gen_workers(const struct gen *g);
+unsigned gen_inflight(const struct gen *g);
+unsigned gen_busy(const struct gen *g);
+/*
+ * Watches the pool's eventfd (off: done(g, events) reaps the finished
+ * jobs) or the token process's socket (on: dead(arg, why) runs once when
+ * the process is lost; token calls it reports go to the metrics).
+ */
+int gen_watch(struct gen *g, struct loop *l, loop_io_cb done,
+    tokproc_dead_cb dead, void *arg);
+void gen_unwatch(struct gen *g, struct loop *l);
 
 #endif

@@ -1221,7 +1221,7 @@ grpc_server_shutdown(struct grpc_server *s)
 		s->lwatch.fd = -1;
 	}
 	if (s->sock_path != NULL) {
-		(void)unlink(s->sock_path);
+		unixsock_unlink(s->sock_path);
 		free(s->sock_path);
 		s->sock_path = NULL;
 	}

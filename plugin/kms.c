@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "plugin/gen.h"
 #include "plugin/kms_api.h"
 #include "plugin/log.h"
 #include "plugin/mem.h"
@@ -27,8 +28,7 @@
 
 struct kms {
 	struct loop *loop;
-	struct keyring *kr;
-	struct pool *pool;
+	struct gen *g;			/* serving; NULL while recovering */
 	const char *version;
 	uint64_t interval;		/* ns */
 	struct loop_timer timer;
@@ -161,7 +161,7 @@ kms_probe(struct kms *k)
 	if (k->probe_job != NULL)
 		return;
 	loop_timer_stop(k->loop, &k->timer);
-	if (k->pool == NULL)		/* recovering: the daemon reports */
+	if (k->g == NULL)		/* recovering: the daemon reports */
 		return;
 	if ((job = pool_job_new(POOL_PROBE)) == NULL) {
 		(void)loop_timer_start(k->loop, &k->timer,
@@ -171,8 +171,9 @@ kms_probe(struct kms *k)
 	job->deadline = loop_now() + k->interval;
 	job->done = probe_done;
 	job->arg = k;
-	if ((r = pool_submit(k->pool, job)) != 0) {
-		/* Every slot busy: the token is answering others, retry. */
+	if ((r = gen_submit(k->g, job)) != 0) {
+		/* Every slot busy (or the token process is gone, which
+		 * the daemon hears about itself): retry. */
 		pool_job_free(job);
 		(void)loop_timer_start(k->loop, &k->timer,
 		    loop_now() + NS_PER_S);
@@ -230,8 +231,8 @@ kms_healthz(struct kms *k)
 }
 
 int
-kms_new(struct loop *l, struct keyring *kr, struct pool *pool,
-    const struct kms_config *cfg, struct kms **out)
+kms_new(struct loop *l, struct gen *g, const struct kms_config *cfg,
+    struct kms **out)
 {
 	struct kms *k;
 
@@ -239,10 +240,8 @@ kms_new(struct loop *l, struct keyring *kr, struct pool *pool,
 	if ((k = calloc(1, sizeof(*k))) == NULL)
 		return -1;
 	k->loop = l;
-	k->kr = kr;
-	k->pool = pool;
-	snprintf(k->key_id, sizeof(k->key_id), "%s",
-	    keyring_primary_key_id(kr));
+	k->g = g;
+	snprintf(k->key_id, sizeof(k->key_id), "%s", gen_primary_key_id(g));
 	k->version = cfg->version;
 	k->interval = (uint64_t)cfg->probe_interval_s * NS_PER_S;
 	k->timer.cb = probe_timer;
@@ -253,32 +252,30 @@ kms_new(struct loop *l, struct keyring *kr, struct pool *pool,
 	k->audit = cfg->audit;
 	k->audit_status = cfg->audit_status;
 	k->audit_fail_closed = cfg->audit_fail_closed;
-	(void)keyring_key_token(kr, 0, k->tok_label, k->tok_serial);
+	(void)gen_key_token(g, 0, k->tok_label, k->tok_serial);
 	log_ratelim_init(&k->fail_rl, LOG_FAILURES_PER_S);
 	*out = k;
 	return 0;
 }
 
 void
-kms_set_keyring(struct kms *k, struct keyring *kr, struct pool *pool)
+kms_set_gen(struct kms *k, struct gen *g)
 {
 	if (k->probe_job != NULL) {	/* it belongs to the old pool */
 		pool_job_cancel(k->probe_job);
 		k->probe_job->arg = NULL;
 		k->probe_job = NULL;
 	}
-	k->kr = kr;
-	k->pool = pool;
-	if (kr == NULL) {
+	k->g = g;
+	if (g == NULL) {
 		/* Recovering: no token until the daemon hands a new one. */
 		loop_timer_stop(k->loop, &k->timer);
 		if (k->healthy)
 			set_down(k, "reopening the token after a fault");
 		return;
 	}
-	snprintf(k->key_id, sizeof(k->key_id), "%s",
-	    keyring_primary_key_id(kr));
-	(void)keyring_key_token(kr, 0, k->tok_label, k->tok_serial);
+	snprintf(k->key_id, sizeof(k->key_id), "%s", gen_primary_key_id(g));
+	(void)gen_key_token(g, 0, k->tok_label, k->tok_serial);
 	if (!k->healthy)
 		log_info("token healthy: keyring reloaded");
 	k->probed = 1;
@@ -357,8 +354,8 @@ key_configured(const struct kms *k, const char *key_id)
 {
 	size_t i;
 
-	for (i = 0; k->kr != NULL && i < keyring_nkeys(k->kr); i++)
-		if (strcmp(keyring_key_id(k->kr, i), key_id) == 0)
+	for (i = 0; i < gen_nkeys(k->g); i++)
+		if (strcmp(gen_key_id(k->g, i), key_id) == 0)
 			return 1;
 	return 0;
 }
@@ -430,8 +427,9 @@ submit(struct kms *k, struct grpc_call *call, struct pool_job *job,
     pool_done_cb done)
 {
 	char why[300];
+	int r;
 
-	if (k->pool == NULL || (k->probed && !k->healthy)) {
+	if (k->g == NULL || (k->probed && !k->healthy)) {
 		/* Fail now rather than at the deadline; the probe and the
 		 * daemon's recovery bring the token back. */
 		kms_fail(call, KMS_R_TOKEN_DOWN, GRPC_UNAVAILABLE, "token "
@@ -453,8 +451,8 @@ submit(struct kms *k, struct grpc_call *call, struct pool_job *job,
 	job->done = done;
 	job->arg = call;
 	job->ctx = k;
-	if (pool_submit(k->pool, job) != 0) {
-		job->status = POOL_E_BUSY;
+	if ((r = gen_submit(k->g, job)) != 0) {
+		job->status = r;
 		fail_job(k, call, job, NULL);
 		pool_job_free(job);
 		return;
@@ -524,7 +522,7 @@ kms_queue(struct kms *k, struct grpc_call *call, enum pool_op op,
 	if (op == POOL_OPEN && r != NULL) {
 		/* For the record: what the envelope says, read on the loop
 		 * (its header only, no token call). */
-		(void)keyring_envelope_info(k->kr, in->data, in->len, &r->mech,
+		(void)gen_envelope_info(k->g, in->data, in->len, &r->mech,
 		    seen);
 		if (key_id == NULL)
 			memcpy(r->key_id, seen, sizeof(r->key_id));

@@ -25,6 +25,7 @@
 #define KMS_ENVELOPE_VERSION	"1"
 
 struct kms;
+struct gen;
 
 struct kms_config {
 	const char *version;		/* StatusResponse.version */
@@ -42,20 +43,20 @@ struct kms_config {
 	int audit_fail_closed;
 };
 
-/* kr and pool must outlive the kms. */
-int kms_new(struct loop *l, struct keyring *kr, struct pool *pool,
-    const struct kms_config *cfg, struct kms **out);
+/* g (its keyring and pool, or its token process) must outlive the kms. */
+int kms_new(struct loop *l, struct gen *g, const struct kms_config *cfg,
+    struct kms **out);
 /* Detaches the probe still running, if any. */
 void kms_free(struct kms *k);
 
 /*
- * Switches to a new keyring and pool (a reload or a recovery). They were
- * just loaded, which includes a round trip with every key, so the token
- * counts as healthy now. Calls in flight finish on the old pool. NULL, NULL
- * while the daemon recovers the token: requests get UNAVAILABLE, Status
- * keeps the last key_id and the reason given to kms_set_down().
+ * Switches to a new generation (a reload or a recovery). It was just
+ * loaded, which includes a round trip with every key, so the token counts
+ * as healthy now. Calls in flight finish on the old one. NULL while the
+ * daemon recovers the token: requests get UNAVAILABLE, Status keeps the
+ * last key_id and the reason given to kms_set_down().
  */
-void kms_set_keyring(struct kms *k, struct keyring *kr, struct pool *pool);
+void kms_set_gen(struct kms *k, struct gen *g);
 /* Marks the token down with a reason; new requests get UNAVAILABLE. */
 void kms_set_down(struct kms *k, const char *why);
 

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
 
@@ -27,6 +28,8 @@
 #include "plugin/loop.h"
 #include "plugin/metrics.h"
 #include "plugin/ops.h"
+#include "plugin/sandbox.h"
+#include "plugin/tokproc.h"
 #include "plugin/tool.h"
 #include "plugin/version.h"
 
@@ -125,11 +128,11 @@ publish(struct daemon *d)
 		metrics_set_token_up(strcmp(h, "ok") == 0);
 	}
 	if (d->cur != NULL) {
-		w = pool_workers(d->cur->pool);
-		n = pool_inflight(d->cur->pool);
-		busy = pool_busy(d->cur->pool);
+		w = gen_workers(d->cur);
+		n = gen_inflight(d->cur);
+		busy = gen_busy(d->cur);
 		metrics_set_pool(w, busy, n > busy ? n - busy : 0);
-		metrics_set_key_id(keyring_primary_key_id(d->cur->kr));
+		metrics_set_key_id(gen_primary_key_id(d->cur));
 	} else {
 		metrics_set_pool(0, 0, 0);
 	}
@@ -180,18 +183,7 @@ on_pool(void *arg, uint32_t events)
 	(void)pool_reap_some(g->pool, REAP_BATCH);
 }
 
-/*
- * The pool's eventfd watch. Finished jobs are taken after the connections'
- * input of the same wake-up ("late"): a Status read then is answered and
- * sent before the loop builds a burst of Encrypt/Decrypt replies.
- */
-static void
-pool_watch_init(struct gen *g)
-{
-	g->watch.cb = on_pool;
-	g->watch.arg = g;
-	g->watch.late = 1;
-}
+static void on_tokproc_dead(void *arg, const char *why);
 
 /* Frees retired generations whose last call has finished. */
 static void
@@ -200,12 +192,12 @@ reap_retired(struct daemon *d)
 	struct gen **gp = &d->retired, *g;
 
 	while ((g = *gp) != NULL) {
-		if (pool_inflight(g->pool) > 0) {
+		if (gen_inflight(g) > 0) {
 			gp = &g->next;
 			continue;
 		}
 		*gp = g->next;
-		loop_unwatch(d->loop, &g->watch);
+		gen_unwatch(g, d->loop);
 		gen_free(g);
 	}
 }
@@ -247,13 +239,13 @@ log_keys(const struct gen *g)
 {
 	size_t i;
 
-	for (i = 0; i < keyring_nkeys(g->kr); i++)
+	for (i = 0; i < gen_nkeys(g); i++)
 		log_info("key %zu: %s key_id=%s mechanism=%s%s%s%s%s", i,
-		    keyring_key_desc(g->kr, i), keyring_key_id(g->kr, i),
-		    keyring_key_mechanism(g->kr, i),
-		    *keyring_key_seal_detail(g->kr, i) ? " (" : "",
-		    keyring_key_seal_detail(g->kr, i),
-		    *keyring_key_seal_detail(g->kr, i) ? ")" : "",
+		    gen_key_desc(g, i), gen_key_id(g, i),
+		    gen_key_mechanism(g, i),
+		    *gen_key_seal_detail(g, i) ? " (" : "",
+		    gen_key_seal_detail(g, i),
+		    *gen_key_seal_detail(g, i) ? ")" : "",
 		    i == 0 ? " (encrypts)" : " (decrypts only)");
 }
 
@@ -371,8 +363,7 @@ on_loaded(void *arg, struct gen *g, int status, const char *err)
 	}
 	keep_fixed(d, &g->cfg);
 	keep_audit(d, &g->cfg);
-	pool_watch_init(g);
-	if (loop_watch(d->loop, &g->watch, EPOLLIN) != 0) {
+	if (gen_watch(g, d->loop, on_pool, on_tokproc_dead, d) != 0) {
 		log_error("%s failed: epoll: %s", d->recovering ? "recovery" :
 		    "reload", strerror(errno));
 		gen_free(g);
@@ -389,15 +380,15 @@ on_loaded(void *arg, struct gen *g, int status, const char *err)
 	d->cur = g;
 	d->grace_s = g->cfg.grace_s;
 	log_level = g->cfg.log_level;
-	kms_set_keyring(d->kms, g->kr, g->pool);
+	kms_set_gen(d->kms, g);
 	d->pin_fault = 0;
 	publish(d);
 	if (d->recovering) {
 		log_info("token recovered: keyring reopened, key_id=%s",
-		    keyring_primary_key_id(g->kr));
+		    gen_primary_key_id(g));
 	} else {
 		log_info("reloaded: %zu key(s), key_id=%s, workers=%u (%s)",
-		    keyring_nkeys(g->kr), keyring_primary_key_id(g->kr),
+		    gen_nkeys(g), gen_primary_key_id(g),
 		    g->workers, g->workers_from);
 		log_keys(g);
 	}
@@ -426,6 +417,53 @@ on_token_fault(void *arg)
 }
 
 /*
+ * A token process was lost (its jobs in flight already failed with
+ * UNAVAILABLE). The serving one: Status says why, readiness goes off and
+ * the recovery starts a new process, with backoff. A retired one that
+ * dies only loses its own calls.
+ */
+static void
+on_tokproc_dead(void *arg, const char *why)
+{
+	struct daemon *d = arg;
+
+	if (d->cur == NULL || d->cur->tp == NULL || !tokproc_dead(d->cur->tp))
+		return;
+	kms_set_down(d->kms, why);
+	publish(d);
+	on_token_fault(d);
+}
+
+/*
+ * The front's seccomp sandbox, once everything is set up. A test-only
+ * trigger (P11KMS_TEST_SANDBOX_PROBE=open|execve in the environment, which
+ * only whoever starts the daemon sets, never a peer) then tries what the
+ * filter forbids, to show it kills the process.
+ */
+static int
+enter_sandbox(struct daemon *d)
+{
+	const char *probe = getenv("P11KMS_TEST_SANDBOX_PROBE");
+	char err[256];
+
+	if (sandbox_enter(err, sizeof(err)) != 0) {
+		fatal("%s", err);
+		return -1;
+	}
+	log_info("front sandboxed (%s)", sandbox_summary());
+	if (probe != NULL && strcmp(probe, "open") == 0) {
+		log_info("sandbox probe: open");
+		(void)!open("/etc/hostname", O_RDONLY | O_CLOEXEC);
+	} else if (probe != NULL && strcmp(probe, "execve") == 0) {
+		char *const av[] = { (char *)"/bin/true", NULL };
+
+		log_info("sandbox probe: execve");
+		(void)execv(av[0], av);
+	}
+	return 0;
+}
+
+/*
  * Recovery closes the failed generation before loading the next one, so
  * its module is finalized and initialized afresh (a module loaded twice is
  * only finalized when both let go). Calls still inside the old pool, such
@@ -439,7 +477,7 @@ on_recover_timer(void *arg)
 	if (d->pin_fault || d->stopping || d->loader.running)
 		return;
 	if (d->cur != NULL) {
-		kms_set_keyring(d->kms, NULL, NULL);
+		kms_set_gen(d->kms, NULL);
 		d->cur->next = d->retired;
 		d->retired = d->cur;
 		d->cur = NULL;
@@ -543,6 +581,8 @@ main(int argc, char **argv)
 
 	if (argc > 1 && tool_is_subcommand(argv[1]))
 		return tool_main(argc - 1, argv + 1);
+	if (argc > 1 && strcmp(argv[1], TOKPROC_ARG) == 0)
+		return tokserve_main(argc, argv);
 	memset(&d, 0, sizeof(d));
 	d.sig_watch.fd = -1;
 	d.loader.watch.fd = -1;
@@ -566,13 +606,25 @@ main(int argc, char **argv)
 	/* Before the PIN is read or a key is touched. */
 	harden_process(err, sizeof(err));
 	log_info("%s", err);
+	/* Before any thread: the spawner is a fork of this process. */
+	if (cfg.token_process) {
+		if (tokproc_spawner_start(argc, argv, cfg.token_user,
+		    cfg.audit_log, err, sizeof(err)) != 0) {
+			fprintf(stderr, "p11kms: %s\n", err);
+			config_free(&cfg);
+			return EXIT_CONFIG;
+		}
+		gen_set_remote(1);
+		audit_set_opener(tokproc_open_audit);
+	}
 	if (setup_signals(&d) != 0) {
 		fprintf(stderr, "p11kms: signals: %s\n", strerror(errno));
 		config_free(&cfg);
 		return EXIT_RUNTIME;
 	}
-	/* Before the module is loaded: its stderr output becomes records. */
-	if (logcap_start(NULL, err, sizeof(err)) != 0)
+	/* Before the module is loaded: its stderr output becomes records.
+	 * With a token process that one captures its own. */
+	if (!cfg.token_process && logcap_start(NULL, err, sizeof(err)) != 0)
 		log_warn("%s; module output stays on stderr as is", err);
 	if ((r = gen_open(&cfg, &g, err, sizeof(err))) != KEYRING_OK) {
 		fatal("%s", err);
@@ -592,8 +644,7 @@ main(int argc, char **argv)
 		fatal("cannot create the event loop");
 		goto out;
 	}
-	pool_watch_init(g);
-	if (loop_watch(d.loop, &g->watch, EPOLLIN) != 0 ||
+	if (gen_watch(g, d.loop, on_pool, on_tokproc_dead, &d) != 0 ||
 	    loop_watch(d.loop, &d.sig_watch, EPOLLIN) != 0 ||
 	    gen_loader_init(&d.loader, d.loop, argc, argv, on_loaded,
 	    &d) != 0) {
@@ -623,7 +674,7 @@ main(int argc, char **argv)
 	mcfg.audit = d.audit;
 	mcfg.audit_status = g->cfg.audit_status;
 	mcfg.audit_fail_closed = strcmp(g->cfg.audit_failure, "fail") == 0;
-	if (kms_new(d.loop, g->kr, g->pool, &mcfg, &d.kms) != 0) {
+	if (kms_new(d.loop, g, &mcfg, &d.kms) != 0) {
 		fatal("out of memory");
 		goto out;
 	}
@@ -673,10 +724,12 @@ main(int argc, char **argv)
 	    "key_id=%s workers=%u max_inflight=%u%s%s", P11KMS_VERSION,
 	    kms_services(), g->cfg.kms_version,
 	    g->cfg.socket_path[0] == '@' ? "abstract socket " : "",
-	    g->cfg.socket_path, keyring_primary_key_id(g->kr), g->workers,
+	    g->cfg.socket_path, gen_primary_key_id(g), g->workers,
 	    g->inflight, d.audit != NULL ? " audit_log=" : "",
 	    d.audit != NULL ? d.audit_path : "");
 
+	if (gen_remote() && enter_sandbox(&d) != 0)
+		goto out;
 	serve(&d);
 	log_info("stopped");
 	ret = 0;
@@ -697,6 +750,7 @@ main(int argc, char **argv)
 		gen_free(g);
 	}
 	gen_free(d.cur);
+	tokproc_spawner_stop();
 	loop_free(d.loop);
 	fixed_free(&d.fixed);
 	if (d.sig_watch.fd != -1)

@@ -496,7 +496,7 @@ ops_start(const struct ops_config *cfg, struct ops **out, char *err,
 	if (fd != -1)
 		close(fd);
 	if (o->unlink_path[0] != '\0')
-		(void)unlink(o->unlink_path);
+		unixsock_unlink(o->unlink_path);
 	free(o);
 	return -1;
 }
@@ -508,7 +508,7 @@ ops_stop(struct ops *o)
 		return;
 	MHD_stop_daemon(o->mhd);	/* joins its thread, closes the socket */
 	if (o->unlink_path[0] != '\0')
-		(void)unlink(o->unlink_path);
+		unixsock_unlink(o->unlink_path);
 	free(o);
 }
 

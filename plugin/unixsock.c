@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <fcntl.h>
 #include <unistd.h>
 #include <sys/stat.h>
 
@@ -76,6 +77,70 @@ clear_path(const char *path, const struct sockaddr_un *addr, socklen_t alen,
 	return 0;
 }
 
+/*
+ * The directory of each socket file made, held open: the sandboxed front
+ * removes its sockets at shutdown with unlinkat() there (the only
+ * directories its filter lets it unlink in). Loop thread; a few entries.
+ */
+#define KEPT_MAX	4
+static struct {
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	int dirfd;
+	size_t base;			/* offset of the last component */
+} kept[KEPT_MAX];
+static size_t nkept;
+
+static void
+keep_dir(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	char dir[sizeof(kept[0].path)];
+	size_t n;
+
+	if (nkept == KEPT_MAX || strlen(path) >= sizeof(kept[0].path))
+		return;
+	if (slash == NULL)
+		snprintf(dir, sizeof(dir), ".");
+	else if (slash == path)
+		snprintf(dir, sizeof(dir), "/");
+	else {
+		n = (size_t)(slash - path);
+		memcpy(dir, path, n);
+		dir[n] = '\0';
+	}
+	kept[nkept].dirfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (kept[nkept].dirfd == -1)
+		return;
+	snprintf(kept[nkept].path, sizeof(kept[nkept].path), "%s", path);
+	kept[nkept].base = slash != NULL ? (size_t)(slash - path) + 1 : 0;
+	nkept++;
+}
+
+void
+unixsock_unlink(const char *path)
+{
+	size_t i;
+
+	for (i = 0; i < nkept; i++)
+		if (kept[i].dirfd != -1 && strcmp(kept[i].path, path) == 0) {
+			(void)unlinkat(kept[i].dirfd, kept[i].path +
+			    kept[i].base, 0);
+			return;
+		}
+	(void)unlink(path);
+}
+
+size_t
+unixsock_dirfds(int *fds, size_t max)
+{
+	size_t i, n = 0;
+
+	for (i = 0; i < nkept && n < max; i++)
+		if (kept[i].dirfd != -1)
+			fds[n++] = kept[i].dirfd;
+	return n;
+}
+
 int
 unixsock_listen(const char *path, const char *flag, int backlog,
     char *err, size_t errlen)
@@ -129,6 +194,8 @@ unixsock_listen(const char *path, const char *flag, int backlog,
 			(void)unlink(path);
 		goto fail;
 	}
+	if (path[0] != '@')
+		keep_dir(path);
 	return fd;
 
  fail:

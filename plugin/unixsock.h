@@ -23,5 +23,12 @@ socklen_t unixsock_addr(const char *path, struct sockaddr_un *addr);
  */
 int unixsock_listen(const char *path, const char *flag, int backlog,
     char *err, size_t errlen);
+/*
+ * Removes a socket file unixsock_listen made: unlinkat() in its directory,
+ * held open since (what the sandboxed front may do), else unlink().
+ */
+void unixsock_unlink(const char *path);
+/* Those directories' fds (at most max) into fds; returns how many. */
+size_t unixsock_dirfds(int *fds, size_t max);
 
 #endif

@@ -9,6 +9,7 @@ set -eu
 
 PKGS="build-essential pkg-config p11-kit libp11-kit-dev softhsm2 opensc
 libprotobuf-c-dev protobuf-c-compiler libnghttp2-dev libssl-dev libcmocka-dev libmicrohttpd-dev
+libseccomp-dev
 python3-grpcio python3-grpc-tools python3-protobuf python3-pytest python3-h2 python3-yaml nghttp2-client
 systemd groff-base"
 

@@ -41,6 +41,7 @@
 #include "pkcs11/envelope.h"
 #include "pkcs11/keyring.h"
 #include "pkcs11/pool.h"
+#include "plugin/gen.h"
 #include "plugin/grpc.h"
 #include "plugin/kms.h"
 #include "plugin/log.h"
@@ -64,6 +65,7 @@ _Static_assert(sizeof(ENV_PLAINTEXT) == 32, "plaintext");
 static struct loop *loop;
 static struct keyring *kr;
 static struct pool *pool;
+static struct gen gen;			/* kr and pool, as kms sees them */
 static struct loop_watch pool_watch;
 static struct kms *kms;
 static struct grpc_server *srv;
@@ -288,7 +290,10 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	memset(&mcfg, 0, sizeof(mcfg));
 	mcfg.version = "v2";
 	mcfg.probe_interval_s = 3600;	/* no probe during the run */
-	if (kms_new(loop, kr, pool, &mcfg, &kms) != 0)
+	gen.kr = kr;
+	gen.pool = pool;
+	gen.watch.fd = -1;
+	if (kms_new(loop, &gen, &mcfg, &kms) != 0)
 		die("kms_new failed");
 	kms_probe(kms);
 	until = loop_now() + 30 * 1000000000ull;

@@ -1,0 +1,410 @@
+/*
+ * tokserve: the token process (see tokproc.h). One loop thread reads the
+ * front's requests, queues them on the worker pool and writes the replies:
+ * everything one read brings is submitted at once, and every reply the
+ * pool has finished when its eventfd fires goes out in one write.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+
+#include <openssl/crypto.h>
+
+#include "pkcs11/keyring.h"
+#include "pkcs11/pool.h"
+#include "plugin/config.h"
+#include "plugin/gen.h"
+#include "plugin/harden.h"
+#include "plugin/log.h"
+#include "plugin/logcap.h"
+#include "plugin/loop.h"
+#include "plugin/tokproc.h"
+#include "plugin/tokwire.h"
+
+#define IN_CAP		(256 * 1024)
+#define OUT_CAP		(256 * 1024)
+#define CALL_RING	4096
+#define STATS_NS	250000000ull
+
+struct srv {
+	struct loop *loop;
+	struct gen *g;
+	int fd;
+	struct loop_watch sock, pool;
+	struct loop_timer stats_timer;
+	struct tokwire_stats sent;
+	int stop;
+	uint8_t *in, *out;		/* wiped after use */
+	size_t in_len, out_len;
+	struct tokwire_msg msg;		/* decode/encode scratch, wiped */
+};
+
+/* Token calls, from the worker threads to the loop thread. */
+static struct {
+	pthread_mutex_t lock;
+	struct tokwire_call c[CALL_RING];
+	size_t head, n;
+} calls = { PTHREAD_MUTEX_INITIALIZER, { { "", 0, 0 } }, 0, 0 };
+
+static void
+call_observer(const char *function, unsigned long rv, double seconds)
+{
+	struct tokwire_call *c;
+
+	pthread_mutex_lock(&calls.lock);
+	if (calls.n < CALL_RING) {
+		c = &calls.c[(calls.head + calls.n) % CALL_RING];
+		snprintf(c->fn, sizeof(c->fn), "%s", function ? function : "");
+		c->rv = rv;
+		c->ns = seconds > 0 ? (uint64_t)(seconds * 1e9) : 0;
+		calls.n++;
+	}
+	pthread_mutex_unlock(&calls.lock);
+}
+
+/* Writes everything queued, blocking: the front always reads. */
+static void
+flush(struct srv *s)
+{
+	size_t off = 0;
+	ssize_t w;
+
+	while (off < s->out_len) {
+		w = write(s->fd, s->out + off, s->out_len - off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			s->stop = 1;	/* the front is gone */
+			break;
+		}
+		off += (size_t)w;
+	}
+	OPENSSL_cleanse(s->out, s->out_len);
+	s->out_len = 0;
+}
+
+static void
+queue_msg(struct srv *s, const struct tokwire_msg *m)
+{
+	size_t n;
+
+	if (OUT_CAP - s->out_len < TOKWIRE_MAX_FRAME)
+		flush(s);
+	n = tokwire_encode(m, s->out + s->out_len, OUT_CAP - s->out_len);
+	if (n == 0) {
+		log_error("token process: cannot encode a %s message",
+		    tokwire_type_name(m->type));
+		s->stop = 1;
+		return;
+	}
+	s->out_len += n;
+}
+
+static void
+queue_calls(struct srv *s)
+{
+	struct tokwire_msg *m = &s->msg;
+
+	for (;;) {
+		memset(&m->u.calls, 0, sizeof(m->u.calls));
+		pthread_mutex_lock(&calls.lock);
+		while (calls.n > 0 && m->u.calls.n < TOKWIRE_CALLS_MAX) {
+			m->u.calls.c[m->u.calls.n++] = calls.c[calls.head];
+			calls.head = (calls.head + 1) % CALL_RING;
+			calls.n--;
+		}
+		pthread_mutex_unlock(&calls.lock);
+		if (m->u.calls.n == 0)
+			return;
+		m->type = TOKWIRE_CALLS;
+		m->id = 0;
+		queue_msg(s, m);
+	}
+}
+
+static void
+reply(struct srv *s, uint64_t id, struct pool_job *job)
+{
+	struct tokwire_reply *r = &s->msg.u.reply;
+
+	s->msg.type = TOKWIRE_REPLY;
+	s->msg.id = id;
+	r->status = job->status;
+	r->out_len = (uint16_t)(job->status == KEYRING_OK ? job->out_len : 0);
+	memcpy(r->out, job->out, r->out_len);
+	memcpy(r->key_id_out, job->key_id_out, sizeof(r->key_id_out));
+	r->key_id_out[sizeof(r->key_id_out) - 1] = '\0';
+	memcpy(r->detail, job->detail, sizeof(r->detail));
+	r->detail[sizeof(r->detail) - 1] = '\0';
+	r->started = job->started;
+	r->finished = job->finished;
+	queue_msg(s, &s->msg);
+	OPENSSL_cleanse(r->out, r->out_len);
+}
+
+/* The job's id rides in arg, the server in ctx. */
+static void
+job_done(struct pool_job *job)
+{
+	struct srv *s = job->ctx;
+
+	reply(s, (uint64_t)(uintptr_t)job->arg, job);
+	pool_job_free(job);		/* wipes */
+}
+
+static void
+on_request(struct srv *s, const struct tokwire_msg *m)
+{
+	const struct tokwire_req *q = &m->u.req;
+	struct pool_job *job;
+
+	if ((job = pool_job_new((enum pool_op)q->op)) == NULL) {
+		struct pool_job tmp;
+
+		memset(&tmp, 0, sizeof(tmp));
+		tmp.status = KEYRING_E_NOMEM;
+		reply(s, m->id, &tmp);
+		return;
+	}
+	job->deadline = q->deadline;
+	memcpy(job->in, q->in, q->in_len);
+	job->in_len = q->in_len;
+	memcpy(job->key_id, q->key_id, sizeof(job->key_id));
+	job->done = job_done;
+	job->arg = (void *)(uintptr_t)m->id;
+	job->ctx = s;
+	if (pool_submit(s->g->pool, job) != 0) {
+		job->status = POOL_E_BUSY;
+		job_done(job);
+	}
+}
+
+static void
+on_sock(void *arg, uint32_t events)
+{
+	struct srv *s = arg;
+	size_t off = 0;
+	ssize_t n;
+	long fl;
+	int r;
+
+	(void)events;
+	n = read(s->fd, s->in + s->in_len, IN_CAP - s->in_len);
+	if (n < 0 && (errno == EINTR || errno == EAGAIN))
+		return;
+	if (n <= 0) {
+		s->stop = 1;		/* EOF: the front closed it or died */
+		return;
+	}
+	s->in_len += (size_t)n;
+	while ((fl = tokwire_frame(s->in + off, s->in_len - off)) > 0) {
+		r = tokwire_decode(s->in + off, (size_t)fl, TOKWIRE_TO_TOKEN,
+		    &s->msg);
+		if (r != 0)
+			break;
+		if (s->msg.type == TOKWIRE_REQ)
+			on_request(s, &s->msg);
+		OPENSSL_cleanse(s->msg.u.req.in, sizeof(s->msg.u.req.in));
+		off += (size_t)fl;
+	}
+	if (fl < 0 || (fl > 0 && r != 0)) {
+		log_error("token process: bad message from the front (%s); "
+		    "exiting", tokwire_strerror(fl < 0 ? (int)fl : r));
+		s->stop = 1;
+	}
+	memmove(s->in, s->in + off, s->in_len - off);
+	OPENSSL_cleanse(s->in + (s->in_len - off), off);
+	s->in_len -= off;
+	flush(s);			/* replies of refused jobs */
+}
+
+static void
+on_pool(void *arg, uint32_t events)
+{
+	struct srv *s = arg;
+
+	(void)events;
+	pool_reap(s->g->pool);
+	queue_calls(s);
+	flush(s);
+}
+
+static void
+on_stats(void *arg)
+{
+	struct srv *s = arg;
+	struct tokwire_stats st;
+	unsigned n = pool_inflight(s->g->pool);
+
+	st.workers = pool_workers(s->g->pool);
+	st.busy = pool_busy(s->g->pool);
+	st.inflight = n;
+	if (memcmp(&st, &s->sent, sizeof(st)) != 0) {
+		s->msg.type = TOKWIRE_STATS;
+		s->msg.id = 0;
+		s->msg.u.stats = st;
+		s->sent = st;
+		queue_msg(s, &s->msg);
+	}
+	queue_calls(s);
+	flush(s);
+	(void)loop_timer_start(s->loop, &s->stats_timer,
+	    loop_now() + STATS_NS);
+}
+
+static void
+copy_str(char *dst, size_t cap, const char *src)
+{
+	snprintf(dst, cap, "%s", src != NULL ? src : "");
+}
+
+static void
+fill_ready(struct tokwire_ready *m, const struct gen *g)
+{
+	const struct config *c = &g->cfg;
+	size_t i;
+
+	memset(m, 0, sizeof(*m));
+	m->pid = (uint32_t)getpid();
+	copy_str(m->socket_path, sizeof(m->socket_path), c->socket_path);
+	copy_str(m->kms_version, sizeof(m->kms_version), c->kms_version);
+	copy_str(m->ops_listen, sizeof(m->ops_listen), c->ops_listen);
+	copy_str(m->audit_log, sizeof(m->audit_log), c->audit_log);
+	m->max_request = c->max_request;
+	m->probe_interval_s = c->probe_interval_s;
+	m->grace_s = c->grace_s;
+	m->log_level = c->log_level;
+	m->workers = g->workers;
+	m->inflight = g->inflight;
+	copy_str(m->workers_from, sizeof(m->workers_from), g->workers_from);
+	(void)keyring_key_token(g->kr, 0, m->token_label, m->token_serial);
+	m->hw_slot = (uint8_t)keyring_hw_slot(g->kr);
+	m->max_sessions = keyring_max_sessions(g->kr);
+	m->nkeys = (uint8_t)keyring_nkeys(g->kr);
+	for (i = 0; i < m->nkeys; i++) {
+		struct tokwire_key *k = &m->keys[i];
+
+		copy_str(k->key_id, sizeof(k->key_id), keyring_key_id(g->kr, i));
+		copy_str(k->desc, sizeof(k->desc), keyring_key_desc(g->kr, i));
+		copy_str(k->mechanism, sizeof(k->mechanism),
+		    keyring_key_mechanism(g->kr, i));
+		copy_str(k->seal_detail, sizeof(k->seal_detail),
+		    keyring_key_seal_detail(g->kr, i));
+		copy_str(k->mechanisms, sizeof(k->mechanisms),
+		    keyring_key_mechanisms(g->kr, i));
+	}
+}
+
+int
+tokserve_main(int argc, char **argv)
+{
+	struct srv s;
+	struct config cfg;
+	sigset_t set;
+	char err[512], *end;
+	long fd;
+	int r, ret = 1;
+
+	memset(&s, 0, sizeof(s));
+	/* The spawner is our parent; it dies with the front. */
+	(void)prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (argc < 3)
+		return 2;
+	fd = strtol(argv[2], &end, 10);
+	if (*end != '\0' || fd < 3 || fd > 1024)
+		return 2;
+	s.fd = (int)fd;
+	(void)fcntl(s.fd, F_SETFD, FD_CLOEXEC);
+	/* exec kept the front's blocked mask; the front ends us by EOF. */
+	sigemptyset(&set);
+	(void)sigprocmask(SIG_SETMASK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	signal(SIGTERM, SIG_IGN);	/* a group kill: drain, EOF ends us */
+	signal(SIGINT, SIG_IGN);
+	signal(SIGHUP, SIG_IGN);
+	signal(SIGUSR1, SIG_IGN);
+	/* argv[0] stays: the rest is the daemon's own command line. */
+	argv[2] = argv[0];
+	config_defaults(&cfg);
+	if ((r = config_parse_args(&cfg, argc - 2, argv + 2, err,
+	    sizeof(err))) != CONFIG_OK) {
+		config_free(&cfg);
+		s.msg.type = TOKWIRE_FAILED;
+		s.msg.u.failed.status = KEYRING_E_CONFIG;
+		copy_str(s.msg.u.failed.err, sizeof(s.msg.u.failed.err), r ==
+		    CONFIG_EXIT ? "--help/--version in a reload" : err);
+		goto tell;
+	}
+	log_level = cfg.log_level;
+	log_format = log_format_parse(cfg.log_format);
+	harden_process(err, sizeof(err));
+	log_debug("token process %ld: %s", (long)getpid(), err);
+	if (logcap_start(NULL, err, sizeof(err)) != 0)
+		log_warn("%s; module output stays on stderr as is", err);
+	keyring_set_call_observer(call_observer);
+	if ((s.in = malloc(IN_CAP)) == NULL || (s.out = malloc(OUT_CAP)) ==
+	    NULL || loop_new(&s.loop) != 0) {
+		config_free(&cfg);
+		goto out;
+	}
+	err[0] = '\0';
+	if ((r = gen_open(&cfg, &s.g, err, sizeof(err))) != KEYRING_OK) {
+		s.msg.type = TOKWIRE_FAILED;
+		s.msg.u.failed.status = r;
+		copy_str(s.msg.u.failed.err, sizeof(s.msg.u.failed.err), err);
+		goto tell;
+	}
+	s.msg.type = TOKWIRE_READY;
+	fill_ready(&s.msg.u.ready, s.g);
+ tell:
+	s.msg.id = 0;
+	if (s.out == NULL && (s.out = malloc(OUT_CAP)) == NULL)
+		goto out;
+	queue_msg(&s, &s.msg);
+	flush(&s);
+	if (s.g == NULL || s.stop)
+		goto out;
+	s.sock.fd = s.fd;
+	s.sock.cb = on_sock;
+	s.sock.arg = &s;
+	s.pool.fd = pool_fd(s.g->pool);
+	s.pool.cb = on_pool;
+	s.pool.arg = &s;
+	s.stats_timer.cb = on_stats;
+	s.stats_timer.arg = &s;
+	if (loop_watch(s.loop, &s.sock, EPOLLIN) != 0 ||
+	    loop_watch(s.loop, &s.pool, EPOLLIN) != 0)
+		goto out;
+	on_stats(&s);
+	while (!s.stop)
+		if (loop_once(s.loop, -1) != 0)
+			break;
+	ret = 0;
+ out:
+	if (s.loop != NULL) {
+		loop_timer_stop(s.loop, &s.stats_timer);
+		if (s.g != NULL) {
+			loop_unwatch(s.loop, &s.pool);
+			loop_unwatch(s.loop, &s.sock);
+		}
+	}
+	/* Running jobs finish; their replies go nowhere. */
+	s.stop = 1;
+	gen_free(s.g);
+	loop_free(s.loop);
+	if (s.in != NULL)
+		OPENSSL_cleanse(s.in, IN_CAP);
+	free(s.in);
+	free(s.out);
+	OPENSSL_cleanse(&s.msg, sizeof(s.msg));
+	close(s.fd);
+	logcap_stop();
+	return ret;
+}
