@@ -2,6 +2,7 @@
 #include "plugin/sandbox.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <stdio.h>
@@ -71,8 +72,14 @@ sandbox_enter(char *err, size_t errlen)
 	int nr, dirs[4];
 #endif
 
-	/* Before the filter: what libc would open later (the time zone). */
+	/*
+	 * Before the filter: what libc would open later. The time zone; and
+	 * glibc reads /proc/sys/vm/overcommit_memory the first time a
+	 * thread's own malloc arena shrinks: one arena for all (the front
+	 * has a handful of threads) never does.
+	 */
 	tzset();
+	(void)mallopt(M_ARENA_MAX, 1);
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
 		snprintf(err, errlen, "PR_SET_NO_NEW_PRIVS: %s",
 		    strerror(errno));
