@@ -616,6 +616,7 @@ main(int argc, char **argv)
 		}
 		gen_set_remote(1);
 		audit_set_opener(tokproc_open_audit);
+		sandbox_prepare();
 	}
 	if (setup_signals(&d) != 0) {
 		fprintf(stderr, "p11kms: signals: %s\n", strerror(errno));

@@ -62,6 +62,17 @@ sandbox_summary(void)
 	return summary;
 }
 
+void
+sandbox_prepare(void)
+{
+	/*
+	 * glibc reads /proc/sys/vm/overcommit_memory the first time a
+	 * thread's own malloc arena shrinks: with one arena for all (the
+	 * front has a handful of threads) that never happens.
+	 */
+	(void)mallopt(M_ARENA_MAX, 1);
+}
+
 int
 sandbox_enter(char *err, size_t errlen)
 {
@@ -72,14 +83,8 @@ sandbox_enter(char *err, size_t errlen)
 	int nr, dirs[4];
 #endif
 
-	/*
-	 * Before the filter: what libc would open later. The time zone; and
-	 * glibc reads /proc/sys/vm/overcommit_memory the first time a
-	 * thread's own malloc arena shrinks: one arena for all (the front
-	 * has a handful of threads) never does.
-	 */
+	/* Before the filter: what libc would open later (the time zone). */
 	tzset();
-	(void)mallopt(M_ARENA_MAX, 1);
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
 		snprintf(err, errlen, "PR_SET_NO_NEW_PRIVS: %s",
 		    strerror(errno));

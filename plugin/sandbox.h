@@ -24,6 +24,8 @@
 
 #include <stddef.h>
 
+/* Call before any thread starts in a process that will be sandboxed. */
+void sandbox_prepare(void);
 /*
  * Installs the filter on the calling process (every thread: TSYNC).
  * Returns 0, or -1 with err.
