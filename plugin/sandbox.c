@@ -52,7 +52,7 @@ static const char summary[] =
     "recv/send(msg), shutdown, get/setsockopt, getsock/peername; "
     "mmap/munmap/mremap/brk/madvise/mprotect; futex, clone (threads only), "
     "set_robust_list, rseq, sched_yield, clocks and sleeps, getrandom, "
-    "signal masks and actions, sched_setscheduler (SCHED_BATCH only), tgkill, eventfd2, pipe2, wait4, exit; ioctl FIONREAD/FIONBIO; "
+    "signal masks and actions, prctl PR_SET_NAME, sched_setscheduler (SCHED_BATCH only), tgkill, eventfd2, pipe2, wait4, exit; ioctl FIONREAD/FIONBIO; "
     "unlinkat only in the sockets' directories; no open at all (the "
     "spawner opens the audit log for a reopen); all else kills the process";
 
@@ -115,6 +115,10 @@ sandbox_enter(char *err, size_t errlen)
 		    SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, CLONE_THREAD));
 	if (r == 0 && (nr = seccomp_syscall_resolve_name("clone3")) >= 0)
 		r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), nr, 0);
+	/* libmicrohttpd's thread names itself as it starts. */
+	if (r == 0)
+		r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prctl), 1,
+		    SCMP_A0(SCMP_CMP_EQ, PR_SET_NAME));
 	/* The audit writer lowers its own priority as it starts. */
 	if (r == 0)
 		r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW,
