@@ -732,6 +732,8 @@ main(int argc, char **argv)
 	if (gen_remote() && enter_sandbox(&d) != 0)
 		goto out;
 	serve(&d);
+	/* Token processes finalize and log their last lines before we go. */
+	tokproc_set_exit_wait(5000);
 	log_info("stopped");
 	ret = 0;
 

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <fcntl.h>
 #include <sys/epoll.h>
@@ -824,6 +825,47 @@ tokproc_detach(struct tokproc *tp)
 	tp->loop = NULL;
 }
 
+static int exit_wait_ms;
+
+void
+tokproc_set_exit_wait(int ms)
+{
+	exit_wait_ms = ms;
+}
+
+/*
+ * Shuts our side down and reads until the process closes its own (it has
+ * finalized the module and exited) or ms pass. Replies still coming are
+ * dropped.
+ */
+static void
+wait_exit(int fd, int ms)
+{
+	struct pollfd pf = { fd, POLLIN, 0 };
+	uint64_t until;
+	struct timespec ts;
+	uint8_t junk[4096];
+	ssize_t n;
+
+	(void)shutdown(fd, SHUT_WR);
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	until = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000 +
+	    (uint64_t)ms;
+	for (;;) {
+		uint64_t now;
+
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		now = (uint64_t)ts.tv_sec * 1000 +
+		    (uint64_t)ts.tv_nsec / 1000000;
+		if (now >= until || poll(&pf, 1, (int)(until - now)) <= 0)
+			break;
+		n = read(fd, junk, sizeof(junk));
+		OPENSSL_cleanse(junk, sizeof(junk));
+		if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN))
+			break;
+	}
+}
+
 void
 tokproc_free(struct tokproc *tp)
 {
@@ -836,6 +878,8 @@ tokproc_free(struct tokproc *tp)
 			    ~O_NONBLOCK);
 			flush(tp);
 		}
+		if (tp->fd != -1 && exit_wait_ms > 0)
+			wait_exit(tp->fd, exit_wait_ms);
 		if (tp->fd != -1)
 			close(tp->fd);
 	}

@@ -75,6 +75,12 @@ int tokproc_open(struct tokproc **out, char *err, size_t errlen);
  * every job still in flight to its done callback with POOL_E_CANCELLED.
  */
 void tokproc_free(struct tokproc *tp);
+/*
+ * From now on tokproc_free waits up to ms for the process to exit (its
+ * module finalized, its last log lines written): at the daemon's
+ * shutdown. 0 (the default): it does not wait.
+ */
+void tokproc_set_exit_wait(int ms);
 
 /* Metadata and settings it sent at load (READY). */
 const struct tokwire_ready *tokproc_meta(const struct tokproc *tp);

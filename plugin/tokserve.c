@@ -404,7 +404,8 @@ tokserve_main(int argc, char **argv)
 	free(s.in);
 	free(s.out);
 	OPENSSL_cleanse(&s.msg, sizeof(s.msg));
-	close(s.fd);
+	/* The module's last words, then EOF tells the front we are done. */
 	logcap_stop();
+	close(s.fd);
 	return ret;
 }

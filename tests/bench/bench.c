@@ -16,6 +16,7 @@
  * answer (or a daemon that died under load), 2 when the bench itself could
  * not run (bad flags, no token, daemon did not start).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -80,6 +81,7 @@ static struct {
 	const char *wrap[MAX_WRAP];	/* --wrap: runs the daemon under it */
 	size_t nwrap;
 	const char *audit_log, *audit_sync;	/* audit scenario */
+	const char *token_process;	/* daemon --token-process, or NULL */
 } opt;
 
 /* Scenario groups for --only. */
@@ -1406,12 +1408,89 @@ proc_stat_cpu_ns(pid_t pid)
  * per-process CPU clock, which is what /proc/PID/stat's utime + stime are
  * rounded from, at ns instead of 10 ms resolution.
  */
+/*
+ * The daemon's processes: itself, then (--token-process=on) its spawner
+ * and the token processes below that, found by parent pid. At most max.
+ */
+static size_t
+daemon_tree(pid_t *pids, size_t max)
+{
+	char path[64], buf[512], *p;
+	struct dirent *de;
+	size_t n = 0, i;
+	DIR *d;
+	int fd, ppid;
+	ssize_t r;
+
+	if (max == 0)
+		return 0;
+	pids[n++] = g_daemon;
+	for (i = 0; i < n && i < 2; i++) {	/* two levels down */
+		if ((d = opendir("/proc")) == NULL)
+			break;
+		while ((de = readdir(d)) != NULL && n < max) {
+			if (de->d_name[0] < '1' || de->d_name[0] > '9')
+				continue;
+			snprintf(path, sizeof(path), "/proc/%.20s/stat",
+			    de->d_name);
+			if ((fd = open(path, O_RDONLY)) == -1)
+				continue;
+			r = read(fd, buf, sizeof(buf) - 1);
+			close(fd);
+			if (r <= 0)
+				continue;
+			buf[r] = '\0';
+			if ((p = strrchr(buf, ')')) != NULL &&
+			    sscanf(p + 1, " %*c %d", &ppid) == 1 &&
+			    ppid == pids[i])
+				pids[n++] = (pid_t)atoi(de->d_name);
+		}
+		closedir(d);
+	}
+	return n;
+}
+
 static uint64_t
 daemon_cpu_ns(void)
 {
-	if (g_dclk_ok)
-		return clock_ns(g_dclk);
-	return proc_stat_cpu_ns(g_daemon);
+	pid_t pids[16];
+	clockid_t ck;
+	uint64_t ns;
+	size_t n, i;
+
+	ns = g_dclk_ok ? clock_ns(g_dclk) : proc_stat_cpu_ns(g_daemon);
+	/* With a token process: its CPU (and the spawner's) counts too. */
+	n = daemon_tree(pids, sizeof(pids) / sizeof(pids[0]));
+	for (i = 1; i < n; i++)
+		ns += clock_getcpuclockid(pids[i], &ck) == 0 ? clock_ns(ck) :
+		    proc_stat_cpu_ns(pids[i]);
+	return ns;
+}
+
+/*
+ * proc_status_kib summed over the daemon's processes; *token (may be
+ * NULL) gets the part of those below the front.
+ */
+static long proc_status_kib(pid_t pid, const char *name);
+
+static long
+tree_status_kib(const char *name, long *token)
+{
+	pid_t pids[16];
+	size_t n, i;
+	long sum = 0, v;
+
+	n = daemon_tree(pids, sizeof(pids) / sizeof(pids[0]));
+	if (token != NULL)
+		*token = 0;
+	for (i = 0; i < n; i++) {
+		if ((v = proc_status_kib(pids[i], name)) < 0)
+			continue;
+		sum += v;
+		if (i > 0 && token != NULL)
+			*token += v;
+	}
+	return n > 0 ? sum : -1;
 }
 
 /* A "Name:  N kB" line of /proc/PID/status, in KiB; -1 if absent. */
@@ -1464,6 +1543,10 @@ daemon_start(const char *module, unsigned workers, const char *fault_ctl,
 	argv[i++] = wbuf;
 	for (x = 0; x < g_ndextra; x++)
 		argv[i++] = g_dextra[x];
+	if (opt.token_process != NULL) {
+		argv[i++] = "--token-process";
+		argv[i++] = opt.token_process;
+	}
 	argv[i] = NULL;
 	(void)unlink(g_sock);
 	fflush(NULL);
@@ -2165,6 +2248,7 @@ write_ctl(const char *path, const char *text)
 static double g_cold_ms[16];
 static unsigned g_ncold;
 static long g_rss_idle = -1, g_rss_peak = -1, g_rss_now = -1;
+static long g_rss_peak_token = -1;	/* of it below the front */
 static uint64_t g_cpu_clock_total, g_cpu_stat_total;
 static int g_exit_status = -2;
 static const char *g_v1_na;		/* why v1 rows are n/a, or NULL */
@@ -2686,8 +2770,8 @@ server_scenarios(struct keyring *kr)
 		lane_free(&ln);
 	}
 
-	g_rss_peak = proc_status_kib(g_daemon, "VmHWM");
-	g_rss_now = proc_status_kib(g_daemon, "VmRSS");
+	g_rss_peak = tree_status_kib("VmHWM", &g_rss_peak_token);
+	g_rss_now = tree_status_kib("VmRSS", NULL);
 	g_cpu_clock_total = daemon_cpu_ns();
 	g_cpu_stat_total = proc_stat_cpu_ns(g_daemon);
 	client_close(&cl);
@@ -3183,6 +3267,9 @@ print_json(void)
 	jint(&j, "rss_idle_kib", g_rss_idle);
 	jint(&j, "rss_after_load_kib", g_rss_now);
 	jint(&j, "rss_peak_kib", g_rss_peak);
+	jint(&j, "rss_peak_token_kib", g_rss_peak_token);
+	jstr(&j, "token_process", opt.token_process != NULL ?
+	    opt.token_process : "default");
 	jnum(&j, "cpu_total_ms_clock", (double)g_cpu_clock_total / 1e6);
 	jnum(&j, "cpu_total_ms_proc_stat", (double)g_cpu_stat_total / 1e6);
 	jint(&j, "exit_status_after_sigterm", g_exit_status);
@@ -3362,6 +3449,8 @@ usage(FILE *fp)
 "  --audit-log FILE     audit scenario: the audited daemon's log (default\n"
 "                       audit.log in the temp dir; it is removed first)\n"
 "  --audit-sync S       audit scenario: batch (default) or every\n"
+"  --token-process M    daemon --token-process on or off (default: its own);\n"
+"                       CPU and RSS count the token process too\n"
 "  --wrap 'CMD ARGS'    start the daemon under CMD (profiling, e.g.\n"
 "                       'valgrind --tool=callgrind'); figures then measure\n"
 "                       the wrapper too\n"
@@ -3402,6 +3491,7 @@ parse_args(int argc, char **argv)
 		O_CONC, O_CONNS, O_REQ, O_REQ1, O_STORM, O_COLD, O_MIXED,
 		O_TIMEOUT, O_SLOWW, O_SLOWD, O_SLOWS, O_NOSLOW, O_QUICK,
 		O_KEEP, O_ONLY, O_WRAP, O_ROUNDS, O_AUDIT_LOG, O_AUDIT_SYNC,
+		O_TOKPROC,
 	};
 	static const struct option lo[] = {
 		{ "daemon", required_argument, NULL, O_DAEMON },
@@ -3426,6 +3516,7 @@ parse_args(int argc, char **argv)
 		{ "keep", no_argument, NULL, O_KEEP },
 		{ "audit-log", required_argument, NULL, O_AUDIT_LOG },
 		{ "audit-sync", required_argument, NULL, O_AUDIT_SYNC },
+		{ "token-process", required_argument, NULL, O_TOKPROC },
 		{ "only", required_argument, NULL, O_ONLY },
 		{ "wrap", required_argument, NULL, O_WRAP },
 		{ "help", no_argument, NULL, 'h' },
@@ -3515,6 +3606,12 @@ parse_args(int argc, char **argv)
 		case O_QUICK: opt.quick = 1; break;
 		case O_KEEP: opt.keep = 1; break;
 		case O_AUDIT_LOG: opt.audit_log = optarg; break;
+		case O_TOKPROC:
+			if (strcmp(optarg, "on") != 0 &&
+			    strcmp(optarg, "off") != 0)
+				die("--token-process: on or off");
+			opt.token_process = optarg;
+			break;
 		case O_AUDIT_SYNC:
 			if (strcmp(optarg, "batch") != 0 &&
 			    strcmp(optarg, "every") != 0)
@@ -3639,7 +3736,7 @@ main(int argc, char **argv)
 		(void)daemon_start(opt.module, opt.workers, NULL, &t0);
 		g_cold_ms[g_ncold++] = daemon_wait_ready(t0);
 	}
-	g_rss_idle = proc_status_kib(g_daemon, "VmRSS");
+	g_rss_idle = tree_status_kib("VmRSS", NULL);
 	g_daemon_workers = daemon_logged_workers();
 	if (g_daemon_workers == 0)
 		g_daemon_workers = opt.workers;

@@ -26,8 +26,15 @@ $(BENCH_BIN): tests/bench/bench.c $(BUILD)/libp11kms.a | $(GEN_H)
 	    $(BUILD)/libp11kms.a $(LDLIBS)
 
 # The fault module's rule comes from its own fragment (read after this one).
+# Two runs, --token-process=off (the in-process baseline) then on, and a
+# side-by-side table of the two (tests/bench/compare.py).
 bench: $(BUILD)/p11kms $(BENCH_BIN) \
     $(if $(wildcard tests/faultmod/faultmod.mk),$(BENCH_FAULT_SO))
-	$(Q)$(BENCH_BIN) --daemon $(BUILD)/p11kms \
+	$(Q)set -e; for m in off on; do \
+	    echo "== bench --token-process=$$m"; \
+	    $(BENCH_BIN) --daemon $(BUILD)/p11kms \
 	    --mktoken tests/mktoken.sh --fault-module $(BENCH_FAULT_SO) \
-	    $(BENCH_ARGS)
+	    --token-process $$m $(BENCH_ARGS) | tee $(BUILD)/bench/$$m.out; \
+	done
+	$(Q)/usr/bin/python3 tests/bench/compare.py $(BUILD)/bench/off.out \
+	    $(BUILD)/bench/on.out

@@ -929,6 +929,25 @@ fault_counts_write(void)
 	if (close(fd) != 0 || w != (ssize_t)off ||
 	    rename(tmp, fault_counts_path) != 0)
 		unlink(tmp);
+	/*
+	 * The same numbers in PATH.pidPID too: with the daemon's token
+	 * process, each generation is a process of its own, and a reader
+	 * adds their files up (tests/integration/faultctl.py).
+	 */
+	n = snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", fault_counts_path,
+	    (long)getpid());
+	if (n > 0 && (size_t)n < sizeof(tmp) &&
+	    (fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+	    0644)) != -1) {
+		char per[PATH_MAX];
+
+		w = write(fd, buf, off);
+		n = snprintf(per, sizeof(per), "%s.pid%ld", fault_counts_path,
+		    (long)getpid());
+		if (close(fd) != 0 || w != (ssize_t)off || n < 0 ||
+		    (size_t)n >= sizeof(per) || rename(tmp, per) != 0)
+			unlink(tmp);
+	}
 out:
 	pthread_mutex_unlock(&fault_counts_mu);
 }

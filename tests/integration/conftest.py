@@ -88,6 +88,39 @@ def fault_so():
 _ALL_DAEMONS = []
 
 
+# P11KMS_TEST_TOKEN_PROCESS=off runs the daemons of these tests with
+# --token-process=off (everything in one process); default: the daemon's
+# default, on (a token process per generation).
+TOKEN_PROCESS = os.environ.get("P11KMS_TEST_TOKEN_PROCESS", "on") != "off"
+
+
+def token_process_pid(front, timeout=10.0):
+    """The pid of the token process below the daemon front (spawner's
+    child); the front's own pid with --token-process=off."""
+    if not TOKEN_PROCESS:
+        return front
+
+    def kids(pid):
+        out = []
+        for name in os.listdir("/proc"):
+            try:
+                with open("/proc/%s/stat" % name) as f:
+                    t = f.read()
+            except OSError:
+                continue
+            rest = t[t.rindex(")") + 2:].split()
+            if int(rest[1]) == pid and rest[0] != "Z":
+                out.append(int(name))
+        return out
+    until = time.time() + timeout
+    while True:
+        toks = [t for s in kids(front) for t in kids(s)]
+        if len(toks) == 1 or time.time() > until:
+            assert len(toks) == 1, "token processes: %r" % toks
+            return toks[0]
+        time.sleep(0.05)
+
+
 def binary():
     path = os.environ.get("P11KMS") or os.path.join(REPO, "build", "p11kms")
     if not os.path.isabs(path):
@@ -285,6 +318,8 @@ class Daemon:
             if module:
                 args += ["-m", module]
             args += ["-p", pin_file or token.pin_file]
+            if not TOKEN_PROCESS:
+                args += ["--token-process=off"]
             args += list(extra)
         self.args = [binary()] + args
         self.proc = None

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import MODULE
+from conftest import MODULE, token_process_pid
 from faultctl import FAULT_SO, FaultToken
 from opsclient import free_port, scrape, wait_ops
 
@@ -151,14 +151,15 @@ SCHED_OTHER, SCHED_BATCH = 0, 3
 def worker_threads(d):
     """[(policy, nice)] of the daemon's worker threads (named
     p11kms-worker), and the main thread's nice."""
-    base = "/proc/%d/task" % d.proc.pid
+    pid = token_process_pid(d.proc.pid)    # where the workers run
+    base = "/proc/%d/task" % pid
     out, main_nice = [], None
     for tid in os.listdir(base):
         with open(os.path.join(base, tid, "stat")) as f:
             fields = f.read().rsplit(")", 1)[1].split()
         # fields[0] is field 3 (state): nice is field 19, policy 41.
         nice, policy = int(fields[16]), int(fields[38])
-        if int(tid) == d.proc.pid:
+        if int(tid) == pid:
             main_nice = nice
         with open(os.path.join(base, tid, "comm")) as f:
             if f.read().strip() == "p11kms-worker":
