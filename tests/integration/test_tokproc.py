@@ -14,16 +14,19 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 
 import grpc
 import pytest
 
-from conftest import RPC_TIMEOUT, binary
+from conftest import RPC_TIMEOUT, TOKEN_PROCESS
 from opsclient import free_port, http, wait_ops
 
 SIGSYS = getattr(signal, "SIGSYS", 31)
+
+# These test the token process itself: not under P11KMS_TEST_TOKEN_PROCESS=off.
+pytestmark = pytest.mark.skipif(not TOKEN_PROCESS,
+                                reason="daemons run with --token-process=off")
 
 
 def ppid_of(pid):
