@@ -289,3 +289,37 @@ def test_read_only_token_dir_cause_in_one_process(token, spawn):
     wait_for(lambda: "reloaded:" in d.stderr() or "reload failed" in
              d.stderr(), "the reload")
     assert "none initialized" in d.stderr(), d.stderr()
+
+
+def test_token_user_runs_the_token_process_as_another_uid(spawn, client_for):
+    """--token-user: the token process runs as that user, which owns the
+    PIN file and the token store; the front (root here) does not need
+    them."""
+    import pwd
+    import tempfile
+    from conftest import make_token
+
+    if os.geteuid() != 0:
+        pytest.skip("--token-user needs root")
+    nobody = pwd.getpwnam("nobody")
+    base = tempfile.mkdtemp(prefix="p11kms-tokuser-")
+    try:
+        os.chmod(base, 0o755)
+        tok = make_token(os.path.join(base, "tok"))
+        for root, dirs, files in os.walk(base):
+            for n in dirs + files:
+                os.chown(os.path.join(root, n), nobody.pw_uid, nobody.pw_gid)
+        os.chown(base, nobody.pw_uid, nobody.pw_gid)
+        d = spawn(tok, extra=["--token-user", "nobody"])
+        pid = one_token_process(d.proc.pid)
+        with open("/proc/%d/status" % pid) as f:
+            uids = [ln.split()[1:] for ln in f if ln.startswith("Uid:")][0]
+        assert all(int(u) == nobody.pw_uid for u in uids), uids
+        assert os.stat("/proc/%d" % d.proc.pid).st_uid == 0
+        c = client_for(d)
+        enc = c.encrypt(b"u" * 32)
+        assert c.decrypt(enc.ciphertext, enc.key_id,
+                         enc.annotations).plaintext == b"u" * 32
+        assert d.stop() == 0
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
