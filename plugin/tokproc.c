@@ -678,7 +678,7 @@ drain(struct tokproc *tp)
 {
 	struct tokwire_msg *m = &tp->msg;
 	size_t off = 0, i;
-	long fl;
+	long fl = 0;
 	int r = 0;
 
 	while (!tp->dead && (fl = tokwire_frame(tp->in + off,

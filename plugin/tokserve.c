@@ -193,7 +193,7 @@ on_sock(void *arg, uint32_t events)
 	size_t off = 0;
 	ssize_t n;
 	long fl;
-	int r;
+	int r = 0;
 
 	(void)events;
 	n = read(s->fd, s->in + s->in_len, IN_CAP - s->in_len);
