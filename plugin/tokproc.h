@@ -58,6 +58,11 @@ int tokproc_spawner_start(int argc, char **argv, const char *token_user,
 int tokproc_open_audit(const char *path);
 /* Closes the spawner's socket (it exits); waits for it. */
 void tokproc_spawner_stop(void);
+/*
+ * Asks the spawner for a new token process: *fd its socket (close-on-
+ * exec), *pid its pid. Returns 0, or -1 with err. Any thread.
+ */
+int tokproc_spawn(int *fd, pid_t *pid, char *err, size_t errlen);
 
 /* ---- a token process, seen from the front ---- */
 
