@@ -324,8 +324,9 @@ test_client_ids(void **state)
 	assert_int_equal(done_calls, 1);
 	assert_int_equal(done_status, KEYRING_E_TOKEN);
 	assert_true(tokproc_dead(tp));
-	assert_int_equal(tokproc_submit(tp, pool_job_new(POOL_SEAL)),
-	    KEYRING_E_TOKEN);
+	job = pool_job_new(POOL_SEAL);
+	assert_int_equal(tokproc_submit(tp, job), KEYRING_E_TOKEN);
+	pool_job_free(job);		/* refused: still the caller's */
 	tokproc_free(tp);
 	close(peer);
 
