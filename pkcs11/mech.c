@@ -651,6 +651,21 @@ gcm_iv_ok(const struct envelope *e)
 	return e->iv_len >= MECH_GCM_IV_LEN && e->iv_len <= ENVELOPE_IV_MAX;
 }
 
+/*
+ * Checks that e can be a GCM body (IV length for its byte, tag, size) and
+ * writes its AAD into aad (ENVELOPE_AAD_MAX); the AAD's length, or 0 when
+ * the envelope cannot be this mechanism's output.
+ */
+static size_t
+gcm_open_aad(const struct envelope *e, size_t cap, uint8_t *aad)
+{
+	if (!gcm_iv_ok(e) || e->body_len <= MECH_GCM_TAG_LEN ||
+	    e->body_len - MECH_GCM_TAG_LEN > KEYRING_MAX_PLAINTEXT ||
+	    e->body_len > cap)
+		return 0;
+	return envelope_aad(e, aad, ENVELOPE_AAD_MAX);
+}
+
 static int
 open_gcm(struct mech_sess *ms, const struct mech_def *d,
     const struct mech_key *k, const struct envelope *e, uint8_t *buf,
@@ -663,10 +678,7 @@ open_gcm(struct mech_sess *ms, const struct mech_def *d,
 	size_t aadlen;
 
 	(void)d;
-	if (!gcm_iv_ok(e) || e->body_len <= MECH_GCM_TAG_LEN ||
-	    e->body_len - MECH_GCM_TAG_LEN > KEYRING_MAX_PLAINTEXT ||
-	    e->body_len > cap ||
-	    (aadlen = envelope_aad(e, aad, sizeof(aad))) == 0)
+	if ((aadlen = gcm_open_aad(e, cap, aad)) == 0)
 		return KEYRING_E_INVALID;
 	memcpy(iv, e->iv, e->iv_len);
 	gcm_params(&gcm, &m, iv, e->iv_len, aad, aadlen);
@@ -704,10 +716,7 @@ open_gcm_msg(struct mech_sess *ms, const struct mech_def *d,
 	int ret = KEYRING_E_TOKEN;
 
 	(void)d;
-	if (!gcm_iv_ok(e) || e->body_len <= MECH_GCM_TAG_LEN ||
-	    e->body_len - MECH_GCM_TAG_LEN > KEYRING_MAX_PLAINTEXT ||
-	    e->body_len > cap ||
-	    (aadlen = envelope_aad(e, aad, sizeof(aad))) == 0)
+	if ((aadlen = gcm_open_aad(e, cap, aad)) == 0)
 		return KEYRING_E_INVALID;
 	if (ms->fn3 == NULL)
 		return KEYRING_E_TOKEN;
