@@ -169,7 +169,12 @@ grpc_parse_timeout(const char *v, size_t len, uint64_t *ns)
 	case 'n': mul = 1ull; break;
 	default: return -1;
 	}
-	*ns = n * mul;	/* 99999999 H fits in 64 bits */
+	/*
+	 * Capped before multiplying: 99999999 H is 3.6e20 ns, past 64 bits
+	 * (it used to wrap into a short deadline), and a deadline past the
+	 * cap means no more than "not soon" to a daemon.
+	 */
+	*ns = n > GRPC_TIMEOUT_MAX_NS / mul ? GRPC_TIMEOUT_MAX_NS : n * mul;
 	return 0;
 }
 

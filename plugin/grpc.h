@@ -120,7 +120,11 @@ void grpc_call_fail(struct grpc_call *call, enum grpc_code code,
 const char *grpc_code_name(enum grpc_code code);
 
 /* Helpers exposed for unit tests and fuzzing. */
-/* Parses a grpc-timeout value ("100m", "3S"); -1 when malformed. */
+/*
+ * Parses a grpc-timeout value ("100m", "3S"); -1 when malformed. A value
+ * over GRPC_TIMEOUT_MAX_NS (100 days) reads as that.
+ */
+#define GRPC_TIMEOUT_MAX_NS	(100ull * 86400ull * 1000000000ull)
 int grpc_parse_timeout(const char *v, size_t len, uint64_t *ns);
 /* Percent-encodes s for grpc-message into out (cap bytes, NUL-terminated,
  * truncated on a character boundary). Returns the length written. */
