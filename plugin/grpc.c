@@ -479,9 +479,16 @@ resp_read(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t len,
 	int rv;
 
 	(void)user;
+	(void)buf;
 	if (n > len)
 		n = len;
-	memcpy(buf, call->resp + call->resp_off, n);
+	/*
+	 * No copy into nghttp2's frame buffer, which outlives the call and
+	 * would keep the last reply (a Decrypt plaintext) until the next
+	 * frame overwrote it: resp_send puts the bytes into the connection's
+	 * wiped output buffer itself.
+	 */
+	*flags |= NGHTTP2_DATA_FLAG_NO_COPY;
 	call->resp_off += n;
 	if (call->resp_off == call->resp_len) {
 		*flags |= NGHTTP2_DATA_FLAG_EOF;
@@ -491,6 +498,28 @@ resp_read(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t len,
 			*flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
 	}
 	return (ssize_t)n;
+}
+
+static int out_append(struct conn *c, const uint8_t *data, size_t len);
+
+/*
+ * The DATA frame resp_read sized: its 9-byte header, then the bytes just
+ * before resp_off (nghttp2 sends one frame's read and send back to back).
+ * We never pad, so there is no pad length byte or padding.
+ */
+static int
+resp_send(nghttp2_session *h2, nghttp2_frame *frame, const uint8_t *framehd,
+    size_t length, nghttp2_data_source *src, void *user)
+{
+	struct grpc_call *call = src->ptr;
+	struct conn *c = user;
+
+	(void)h2;
+	if (frame->data.padlen != 0 || length > call->resp_off ||
+	    out_append(c, framehd, 9) != 0 ||
+	    out_append(c, call->resp + call->resp_off - length, length) != 0)
+		return NGHTTP2_ERR_CALLBACK_FAILURE;
+	return 0;
 }
 
 void
@@ -838,7 +867,8 @@ out_append(struct conn *c, const uint8_t *data, size_t len)
 		ncap = c->out_cap ? c->out_cap : 16384;
 		while (ncap - c->out_len < len)
 			ncap *= 2;
-		if ((nb = realloc(c->out, ncap)) == NULL)
+		/* What is buffered may hold plaintexts: no plain realloc. */
+		if ((nb = mem_realloc_secret(c->out, ncap)) == NULL)
 			return -1;
 		c->out = nb;
 		c->out_cap = ncap;
@@ -966,17 +996,17 @@ conn_io(void *arg, uint32_t events)
 			n = recv(c->watch.fd, buf, sizeof(buf), 0);
 			if (n == 0) {
 				conn_close(c);
-				return;
+				goto out;
 			}
 			if (n < 0) {
 				if (errno == EAGAIN || errno == EINTR)
 					break;
 				conn_close(c);
-				return;
+				goto out;
 			}
 			k = h2scan_filter(&c->scan, buf, (size_t)n, fbuf);
 			if (conn_recv(c, fbuf, k) != 0)
-				return;
+				goto out;
 			if ((size_t)n < sizeof(buf))
 				break;
 		}
@@ -985,6 +1015,10 @@ conn_io(void *arg, uint32_t events)
 		return;
 	}
 	conn_flush(c);
+out:
+	/* What was read may hold Encrypt plaintexts. */
+	mem_wipe(buf, sizeof(buf));
+	mem_wipe(fbuf, sizeof(fbuf));
 }
 
 static void
@@ -1015,9 +1049,7 @@ conn_free(struct conn *c)
 	if (c->next != NULL)
 		c->next->prev = c->prev;
 	s->nconns--;
-	if (c->out != NULL)
-		mem_wipe(c->out, c->out_cap);
-	free(c->out);
+	mem_free_secret(c->out);
 	free(c);
 }
 
@@ -1059,7 +1091,9 @@ conn_add(struct grpc_server *s, int fd)
 	c->watch.fd = fd;
 	c->watch.cb = conn_io;
 	c->watch.arg = c;
-	if (nghttp2_session_server_new2(&c->h2, s->cbs, c, s->opt) != 0) {
+	/* nghttp2's buffers hold DATA (plaintexts): its allocator wipes. */
+	if (nghttp2_session_server_new3(&c->h2, s->cbs, c, s->opt,
+	    &mem_nghttp2) != 0) {
 		close(fd);
 		free(c);
 		return -1;
@@ -1169,6 +1203,7 @@ grpc_server_new(struct loop *l, const struct grpc_method *methods,
 	    on_frame_recv);
 	nghttp2_session_callbacks_set_on_stream_close_callback(s->cbs,
 	    on_stream_close);
+	nghttp2_session_callbacks_set_send_data_callback(s->cbs, resp_send);
 	nghttp2_option_set_max_settings(s->opt, 32);
 	/*
 	 * Rapid-reset protection (CVE-2023-44487) stays on, but with room for
