@@ -14,6 +14,7 @@
 
 #include <nghttp2/nghttp2.h>
 
+#include "plugin/h2scan.h"
 #include "plugin/log.h"
 #include "plugin/mem.h"
 #include "plugin/unixsock.h"
@@ -58,26 +59,6 @@ struct grpc_call {
 	size_t resp_len, resp_off;
 	struct grpc_call *prev, *next;	/* conn->calls */
 };
-
-/*
- * Splits the client's byte stream into HTTP/2 frames just far enough to
- * drop one thing nghttp2 would kill the connection for: RST_STREAM on a
- * stream the client never opened. grpc-core sends that when a call's
- * deadline expires before its HEADERS went out; RFC 9113 makes it a
- * connection error, which would fail every other call on the connection.
- */
-struct h2scan {
-	size_t preface_left;		/* client preface bytes still to pass */
-	uint8_t hdr[9];			/* frame header being collected */
-	size_t hdr_have;
-	size_t payload_left;		/* of the current frame */
-	int dropping;			/* current frame is discarded */
-	uint32_t max_stream;		/* highest stream id with HEADERS */
-};
-
-#define H2_PREFACE_LEN	24
-#define H2_HEADERS	0x1
-#define H2_RST_STREAM	0x3
 
 struct conn {
 	struct grpc_server *srv;
@@ -808,55 +789,6 @@ on_stream_close(nghttp2_session *h2, int32_t id, uint32_t error_code,
 
 /* ---- connections ---- */
 
-/*
- * Copies in to out (cap >= n + 9) without the frames to drop; returns the
- * bytes written. Only frame boundaries are parsed; nghttp2 checks the rest.
- */
-static size_t
-h2scan_filter(struct h2scan *sc, const uint8_t *in, size_t n, uint8_t *out)
-{
-	size_t o = 0, k;
-	uint32_t sid;
-
-	while (n > 0) {
-		if (sc->preface_left > 0 || sc->payload_left > 0) {
-			k = sc->preface_left > 0 ? sc->preface_left :
-			    sc->payload_left;
-			if (k > n)
-				k = n;
-			if (!sc->dropping || sc->preface_left > 0) {
-				memcpy(out + o, in, k);
-				o += k;
-			}
-			if (sc->preface_left > 0)
-				sc->preface_left -= k;
-			else
-				sc->payload_left -= k;
-			in += k;
-			n -= k;
-			continue;
-		}
-		sc->hdr[sc->hdr_have++] = *in++;
-		n--;
-		if (sc->hdr_have < sizeof(sc->hdr))
-			continue;
-		sc->hdr_have = 0;
-		sc->payload_left = (size_t)sc->hdr[0] << 16 |
-		    (size_t)sc->hdr[1] << 8 | sc->hdr[2];
-		sid = ((uint32_t)sc->hdr[5] << 24 | (uint32_t)sc->hdr[6] << 16 |
-		    (uint32_t)sc->hdr[7] << 8 | sc->hdr[8]) & 0x7fffffffu;
-		if (sc->hdr[3] == H2_HEADERS && sid > sc->max_stream)
-			sc->max_stream = sid;
-		sc->dropping = sc->hdr[3] == H2_RST_STREAM && sid != 0 &&
-		    sid > sc->max_stream;
-		if (!sc->dropping) {
-			memcpy(out + o, sc->hdr, sizeof(sc->hdr));
-			o += sizeof(sc->hdr);
-		}
-	}
-	return o;
-}
-
 static int
 out_append(struct conn *c, const uint8_t *data, size_t len)
 {
@@ -1086,7 +1018,7 @@ conn_add(struct grpc_server *s, int fd)
 		return -1;
 	}
 	c->srv = s;
-	c->scan.preface_left = H2_PREFACE_LEN;
+	h2scan_init(&c->scan);
 	peer_read(fd, &c->peer);
 	c->watch.fd = fd;
 	c->watch.cb = conn_io;
