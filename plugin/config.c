@@ -15,6 +15,7 @@ enum {
 	OPT_OPS_LISTEN, OPT_LOG_FORMAT, OPT_MODULE_INIT_ARGS,
 	OPT_AUDIT_LOG = 300, OPT_AUDIT_SYNC, OPT_AUDIT_FAILURE, OPT_AUDIT_STATUS,
 	OPT_AUDIT_QUEUE,
+	OPT_MAX_CONNECTIONS = 320,
 };
 
 #define CONFIG_FILE_MAX	(64 * 1024)
@@ -34,6 +35,7 @@ static const struct option longopts[] = {
 	{ "grace",		required_argument, NULL, OPT_GRACE },
 	{ "kms-version",	required_argument, NULL, OPT_KMS_VERSION },
 	{ "max-request-bytes",	required_argument, NULL, OPT_MAX_REQUEST },
+	{ "max-connections",	required_argument, NULL, OPT_MAX_CONNECTIONS },
 	{ "ops-listen",		required_argument, NULL, OPT_OPS_LISTEN },
 	{ "log-level",		required_argument, NULL, OPT_LOG_LEVEL },
 	{ "log-format",		required_argument, NULL, OPT_LOG_FORMAT },
@@ -91,6 +93,9 @@ config_usage(FILE *fp)
 "      --kms-version V       Status version: v2 (Kubernetes >= 1.29) or\n"
 "                            v2beta1 (1.27, 1.28); default v2\n"
 "      --max-request-bytes N largest gRPC request accepted (default %d)\n"
+"      --max-connections N   KMS socket connections at once; when reached,\n"
+"                            the oldest with no call open is closed for a\n"
+"                            new one (default %d)\n"
 "      --ops-listen ADDR     serve /livez /readyz /healthz /metrics over\n"
 "                            HTTP on HOST:PORT or unix:/path (default off)\n"
 "      --log-level L         error, warn, info or debug (default info)\n"
@@ -116,7 +121,7 @@ config_usage(FILE *fp)
 "Exit status: 0 after SIGTERM/SIGINT, 1 runtime failure, 2 bad flags or\n"
 "configuration.\n",
 	    CONFIG_DEFAULT_PROBE_S, CONFIG_DEFAULT_GRACE_S,
-	    CONFIG_DEFAULT_MAX_REQUEST);
+	    CONFIG_DEFAULT_MAX_REQUEST, CONFIG_DEFAULT_MAX_CONNECTIONS);
 }
 
 void
@@ -127,6 +132,7 @@ config_defaults(struct config *cfg)
 	cfg->probe_interval_s = CONFIG_DEFAULT_PROBE_S;
 	cfg->grace_s = CONFIG_DEFAULT_GRACE_S;
 	cfg->max_request = CONFIG_DEFAULT_MAX_REQUEST;
+	cfg->max_connections = CONFIG_DEFAULT_MAX_CONNECTIONS;
 	cfg->kms_version = "v2";
 	cfg->mechanism = "auto";
 	cfg->log_format = "logfmt";
@@ -251,6 +257,11 @@ apply(struct config *cfg, int opt, const char *name, const char *arg,
 		if (num_opt(name, arg, 0, 600, &v, err, errlen) != 0)
 			return CONFIG_ERROR;
 		cfg->grace_s = (unsigned)v;
+		break;
+	case OPT_MAX_CONNECTIONS:
+		if (num_opt(name, arg, 1, 1000000, &v, err, errlen) != 0)
+			return CONFIG_ERROR;
+		cfg->max_connections = (unsigned)v;
 		break;
 	case OPT_MAX_REQUEST:
 		if (num_opt(name, arg, 1024, 16 * 1024 * 1024, &v, err,

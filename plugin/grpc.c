@@ -31,6 +31,7 @@
 #define MAX_CONN_BUFFERED	(4u * 1024 * 1024)	/* one connection's */
 #define REQUEST_READ_S		10	/* to send a whole request */
 #define ACCEPT_PAUSE_MS		100	/* after EMFILE/ENFILE/ENOMEM */
+#define ACCEPTS_PER_WAKEUP	256	/* a burst is drained quickly */
 #define RST_BURST		8192		/* RST_STREAMs at once */
 #define RST_RATE		2048		/* RST_STREAMs per second */
 
@@ -90,6 +91,8 @@ struct grpc_server {
 	struct conn *conns;
 	struct conn *dirty;
 	size_t nconns, ncalls;
+	size_t max_conns;		/* 0: no limit */
+	struct log_ratelim refuse_rl;	/* "connection refused" lines */
 	size_t buffered;		/* bytes of request buffers, all calls */
 	nghttp2_session_callbacks *cbs;
 	nghttp2_option *opt;
@@ -1002,6 +1005,40 @@ peer_read(int fd, struct grpc_peer *p)
 	}
 }
 
+void
+grpc_server_set_max_conns(struct grpc_server *s, size_t n)
+{
+	s->max_conns = n;
+}
+
+/*
+ * Makes room for one more connection under max_conns: closes the oldest
+ * live connection with no call open (connections are listed newest
+ * first). 0, or -1 when every connection has a call open.
+ */
+static int
+conn_make_room(struct grpc_server *s)
+{
+	struct conn *c, *oldest = NULL;
+	size_t live = 0;
+
+	for (c = s->conns; c != NULL; c = c->next) {
+		if (c->dead)
+			continue;
+		live++;
+		if (c->calls == NULL)
+			oldest = c;
+	}
+	if (s->max_conns == 0 || live < s->max_conns)
+		return 0;
+	if (oldest == NULL)
+		return -1;
+	log_debug("--max-connections %zu reached: closing the oldest idle "
+	    "connection", s->max_conns);
+	conn_close(oldest);
+	return 0;
+}
+
 /* Takes ownership of fd: on failure it is closed. Returns 0 or -1. */
 static int
 conn_add(struct grpc_server *s, int fd)
@@ -1013,6 +1050,14 @@ conn_add(struct grpc_server *s, int fd)
 	};
 	struct conn *c;
 
+	if (conn_make_room(s) != 0) {
+		if (log_ratelim_allow(&s->refuse_rl, loop_now()))
+			log_warn("--max-connections %zu reached and every "
+			    "connection has a call open: a new connection is "
+			    "refused", s->max_conns);
+		close(fd);
+		return -1;
+	}
 	if ((c = calloc(1, sizeof(*c))) == NULL) {
 		close(fd);
 		return -1;
@@ -1055,7 +1100,7 @@ on_accept(void *arg, uint32_t events)
 	int fd, i;
 
 	(void)events;
-	for (i = 0; i < 16; i++) {
+	for (i = 0; i < ACCEPTS_PER_WAKEUP; i++) {
 		fd = accept4(s->lwatch.fd, NULL, NULL,
 		    SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd == -1) {
@@ -1119,6 +1164,7 @@ grpc_server_new(struct loop *l, const struct grpc_method *methods,
 	s->ctx = ctx;
 	s->max_request = max_request;
 	s->lwatch.fd = -1;
+	log_ratelim_init(&s->refuse_rl, 1);
 	s->accept_timer.cb = accept_resume;
 	s->accept_timer.arg = s;
 	if (nghttp2_session_callbacks_new(&s->cbs) != 0 ||
@@ -1156,7 +1202,9 @@ grpc_server_listen(struct grpc_server *s, const char *path, char *err,
 {
 	int fd;
 
-	if ((fd = unixsock_listen(path, "--socket", 128, err, errlen)) == -1)
+	/* SOMAXCONN: a burst of clients waits in the backlog, not refused. */
+	if ((fd = unixsock_listen(path, "--socket", SOMAXCONN, err,
+	    errlen)) == -1)
 		return -1;
 	if (path[0] != '@' && (s->sock_path = strdup(path)) == NULL) {
 		snprintf(err, errlen, "out of memory");

@@ -68,6 +68,13 @@ int grpc_server_new(struct loop *l, const struct grpc_method *methods,
     size_t nmethods, void *ctx, size_t max_request,
     struct grpc_server **out);
 /*
+ * At most n connections at once (n >= 1). A connection beyond it closes the
+ * oldest connection with no call open; with none idle the new one is
+ * refused. Takes effect for the next accept.
+ */
+void grpc_server_set_max_conns(struct grpc_server *s, size_t n);
+
+/*
  * Creates and listens on the unix socket (path, or "@name" for an abstract
  * one) with mode 0600 set by umask, so there is no window with wider
  * permissions. A path whose socket still accepts connections is refused

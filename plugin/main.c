@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/resource.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
 
@@ -242,6 +243,23 @@ log_config(const struct config *c, const struct gen *g)
 	    audit, NULL);
 }
 
+/*
+ * Connections are file descriptors: the soft RLIMIT_NOFILE (often 1024)
+ * goes up to the hard one, so --max-connections, not the limit, decides.
+ */
+static void
+raise_nofile(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max)
+		return;
+	rl.rlim_cur = rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+		log_warn("cannot raise the open-file limit to %llu: %s",
+		    (unsigned long long)rl.rlim_max, strerror(errno));
+}
+
 static void
 log_keys(const struct gen *g)
 {
@@ -388,6 +406,8 @@ on_loaded(void *arg, struct gen *g, int status, const char *err)
 	}
 	d->cur = g;
 	d->grace_s = g->cfg.grace_s;
+	if (d->srv != NULL)
+		grpc_server_set_max_conns(d->srv, g->cfg.max_connections);
 	log_level = g->cfg.log_level;
 	kms_set_keyring(d->kms, g->kr, g->pool);
 	d->pin_fault = 0;
@@ -566,6 +586,7 @@ main(int argc, char **argv)
 	/* Before the PIN is read or a key is touched. */
 	harden_process(err, sizeof(err));
 	log_info("%s", err);
+	raise_nofile();
 	if (setup_signals(&d) != 0) {
 		fprintf(stderr, "p11kms: signals: %s\n", strerror(errno));
 		config_free(&cfg);
@@ -663,6 +684,7 @@ main(int argc, char **argv)
 		goto out;
 	}
 	kms_attach(d.kms, d.srv);
+	grpc_server_set_max_conns(d.srv, g->cfg.max_connections);
 	if (grpc_server_listen(d.srv, g->cfg.socket_path, err,
 	    sizeof(err)) != 0) {
 		fatal("%s", err);
