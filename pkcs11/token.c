@@ -838,6 +838,7 @@ token_open(const char *module, const char *init_args, P11KitUri *uri,
 		finalize_except(t->mods, t->fn);
 		all_init = 0;
 		t->fn_init = 1;
+		t->searched = 1;
 		if ((mname = p11_kit_module_get_name(t->fn)) != NULL) {
 			snprintf(t->module, sizeof(t->module),
 			    "p11-kit module '%s'", mname);

@@ -83,6 +83,12 @@ struct token {
 	char label[TOKEN_LABEL_MAX];	/* printable, blanks trimmed */
 	char module[TOKEN_URI_TEXT_MAX]; /* how the module was found */
 	int fn_init;		/* private: fn needs p11_kit_module_finalize */
+	/*
+	 * No module was named: every module registered with p11-kit was
+	 * loaded and initialized in this process to find the token (their
+	 * code ran here; the others were finalized again).
+	 */
+	int searched;
 	int own_init;		/* private: fn was initialized by us (init args) */
 };
 
@@ -177,6 +183,12 @@ CK_RV token_find_all(struct token *t, CK_ATTRIBUTE *tmpl, CK_ULONG ntmpl,
  * session), else read-only. Returns CKR_OK or the failing CK_RV.
  */
 CK_RV token_open_session(struct token *t, int rw, CK_SESSION_HANDLE *out);
+
+/*
+ * The warning keyring_module_warning() gives for a token found by loading
+ * every registered module, into out; "" when the module was named.
+ */
+void keyring_search_warning(const struct token *t, char *out, size_t cap);
 
 /* Closes t->session and finalizes/releases the module. NULL ok. */
 void token_close(struct token *t);

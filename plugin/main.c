@@ -265,6 +265,8 @@ log_keys(const struct gen *g)
 {
 	size_t i;
 
+	if (*keyring_module_warning(g->kr) != '\0')
+		log_warn("%s", keyring_module_warning(g->kr));
 	for (i = 0; i < keyring_nkeys(g->kr); i++)
 		log_info("key %zu: %s key_id=%s mechanism=%s%s%s%s%s", i,
 		    keyring_key_desc(g->kr, i), keyring_key_id(g->kr, i),

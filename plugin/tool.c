@@ -222,15 +222,15 @@ parse_tool_args(const char *cmd, int argc, char **argv, int with_gen,
 	return -1;
 }
 
-/* keygen's notes, one "p11kms: keygen: " line each, on stderr. */
+/* Notes, one "p11kms: CMD: " line each, on stderr. */
 static void
-print_notes(const char *notes)
+print_notes(const char *cmd, const char *notes)
 {
 	const char *p = notes, *nl;
 
 	while (p != NULL && *p != '\0') {
 		nl = strchr(p, '\n');
-		fprintf(stderr, "p11kms: keygen: %.*s\n", nl != NULL ?
+		fprintf(stderr, "p11kms: %s: %.*s\n", cmd, nl != NULL ?
 		    (int)(nl - p) : (int)strlen(p), p);
 		p = nl != NULL ? nl + 1 : NULL;
 	}
@@ -248,7 +248,7 @@ cmd_keygen(int argc, char **argv)
 	    keygen_usage)) >= 0)
 		return r;
 	r = keyring_keygen(&cfg, &info, err, sizeof(err));
-	print_notes(info.notes);
+	print_notes("keygen", info.notes);
 	if (r != 0) {
 		fprintf(stderr, "p11kms: keygen: %s\n", err[0] ? err :
 		    keyring_strerror(r));
@@ -298,8 +298,7 @@ cmd_keys(int argc, char **argv)
 		    keyring_strerror(r));
 		return status_exit(r);
 	}
-	if (err[0] != '\0')
-		fprintf(stderr, "p11kms: keys: %s\n", err);
+	print_notes("keys", err);
 	wl = width(v, n, offsetof(struct keyring_key_info, label), 5);
 	wi = width(v, n, offsetof(struct keyring_key_info, id_hex), 2);
 	wt = width(v, n, offsetof(struct keyring_key_info, type), 4);

@@ -191,3 +191,25 @@ def test_pin_file_others_can_read_or_change_refused(tmp_path, mode):
     assert_usage_error(r, "pin file", "chmod 0400")
     assert tok.pin not in r.stderr.replace(str(tmp_path), "")
     assert not os.path.exists(str(tmp_path / "kms.sock"))
+
+
+def test_no_module_named_warns(token, spawn):
+    """Without --module every module registered with p11-kit is loaded
+    into the daemon to find the token: it says so, and which module has
+    the token; naming the module silences it. keys says the same."""
+    d = spawn(token, module=None)
+    err = d.stderr()
+    assert "no PKCS#11 module named" in err, err[-2000:]
+    assert "level=warn" in err.split("no PKCS#11 module named")[0] \
+        .rsplit("\n", 1)[-1]
+    assert "softhsm2" in err.split("no PKCS#11 module named")[1] \
+        .split("\n", 1)[0], err[-2000:]
+    named = spawn(token, name="named")
+    assert "no PKCS#11 module named" not in named.stderr()
+    r = run_p11kms(["keys", "-p", token.pin_file, "pkcs11:token=kms"],
+                   env=token.env(), timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "p11kms: keys: no PKCS#11 module named" in r.stderr, r.stderr
+    r = run_p11kms(["keys", "-m", MODULE, "-p", token.pin_file,
+                    "pkcs11:token=kms"], env=token.env(), timeout=30)
+    assert "no PKCS#11 module named" not in r.stderr, r.stderr
