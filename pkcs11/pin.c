@@ -13,6 +13,7 @@
 
 #include <openssl/crypto.h>
 
+#include "pkcs11/filesafe.h"
 #include "pkcs11/keyring.h"
 #include "pkcs11/token.h"
 
@@ -30,7 +31,18 @@ token_read_pin(const char *path, char *pin, size_t cap, size_t *len,
 		token_err(err, errlen, "PIN buffer too small");
 		goto out;
 	}
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	/*
+	 * O_NOFOLLOW: a link is refused, not followed; O_NONBLOCK: a FIFO
+	 * opens at once (and is refused below) instead of blocking start-up
+	 * with SIGTERM unheard.
+	 */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW |
+	    O_NONBLOCK);
+	if (fd < 0 && errno == ELOOP) {
+		token_err(err, errlen, "PIN file %s is a symbolic link: give "
+		    "the path of the file itself", path);
+		goto out;
+	}
 	if (fd < 0) {
 		token_err(err, errlen, "cannot open PIN file %s: %s", path,
 		    strerror(errno));
@@ -38,21 +50,19 @@ token_read_pin(const char *path, char *pin, size_t cap, size_t *len,
 	}
 	/*
 	 * Like ssh with a private key: a PIN others can read, or others or
-	 * the group can change, is refused. Group read stays allowed, for
-	 * the root:p11kms 0440 layout conf/README.md describes.
+	 * the group can change, is refused, as is one in a directory they
+	 * can write or owned by another user (filesafe.h). Group read stays
+	 * allowed, for the root:p11kms 0440 layout conf/README.md describes.
 	 */
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-		token_err(err, errlen, "PIN file %s is not a regular file",
-		    path);
+	if (fstat(fd, &st) != 0) {
+		token_err(err, errlen, "cannot stat PIN file %s: %s", path,
+		    strerror(errno));
 		goto out;
 	}
-	if (st.st_mode & (S_IROTH | S_IWOTH | S_IWGRP)) {
-		token_err(err, errlen, "PIN file %s has mode %04o: others may "
-		    "read or change it; chmod 0400 (or 0440 with the p11kms "
-		    "group) and rotate the PIN", path,
-		    (unsigned)(st.st_mode & 07777));
+	if (filesafe_check_stat(&st, path, "PIN file", FILESAFE_SECRET, err,
+	    errlen) != 0 || filesafe_check_dirs(path, "PIN file", err,
+	    errlen) != 0)
 		goto out;
-	}
 	/* Read one byte more than a PIN plus CRLF may take, to see excess. */
 	while (n < cap) {
 		r = read(fd, pin + n, cap - n);
@@ -85,6 +95,18 @@ token_read_pin(const char *path, char *pin, size_t cap, size_t *len,
 		n--;
 		if (n > 0 && pin[n - 1] == '\r')
 			n--;
+	}
+	/*
+	 * Another line break left ("1234\n\n", or one inside): the token
+	 * would get it as part of the PIN, and each wrong try may count
+	 * towards a lockout.
+	 */
+	if (memchr(pin, '\n', n) != NULL || memchr(pin, '\r', n) != NULL) {
+		token_err(err, errlen, "PIN file %s holds more than one line "
+		    "(an extra line break after the PIN?): not sent to the "
+		    "token; write the PIN followed by at most one newline, "
+		    "e.g. printf '%%s\\n' PIN > %s", path, path);
+		goto out;
 	}
 	if (n > cap - 2) {
 		token_err(err, errlen, "PIN file %s is longer than %zu bytes",

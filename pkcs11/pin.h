@@ -11,8 +11,12 @@ struct token;
 
 /*
  * Reads a PIN file into pin (cap bytes, not NUL-terminated), without one
- * trailing "\n" or "\r\n". Empty or over cap - 2 bytes is an error
- * (KEYRING_E_PIN). On failure pin is wiped. Caller wipes pin after use.
+ * trailing "\n" or "\r\n". Refused with KEYRING_E_PIN, before any PIN
+ * byte is read: a symbolic link, a FIFO or other non-regular file (without
+ * blocking), a file or directory failing filesafe.h's rules (FILESAFE_SECRET:
+ * group read is allowed), empty, over cap - 2 bytes, or any line break left
+ * after that one ("1234\n\n"). On failure pin is wiped. Caller wipes pin
+ * after use.
  */
 int token_read_pin(const char *path, char *pin, size_t cap, size_t *len,
     char *err, size_t errlen);

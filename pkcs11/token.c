@@ -21,6 +21,7 @@
 #include <openssl/crypto.h>
 #include <p11-kit/p11-kit.h>
 
+#include "pkcs11/filesafe.h"
 #include "pkcs11/keyring.h"
 #include "pkcs11/token.h"
 
@@ -457,6 +458,16 @@ token_open(const char *module, const char *init_args, P11KitUri *uri,
 		}
 	} else if (path != NULL) {
 		snprintf(t->module, sizeof(t->module), "module %s", path);
+		/*
+		 * Its code runs as us: filesafe.h's rules, for --module, the
+		 * config's module and a URI's module-path alike. A bare
+		 * "lib.so" is found by p11-kit in its own module directory;
+		 * a missing file gets p11-kit's message below.
+		 */
+		if (strchr(path, '/') != NULL && access(path, F_OK) == 0 &&
+		    filesafe_check_path(path, "PKCS#11 module", 0, err,
+		    errlen) != 0)
+			goto out;
 		/*
 		 * Managed load: p11-kit initializes the module with OS
 		 * locking; C_Initialize(NULL) would tell SoftHSM there is

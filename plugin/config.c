@@ -5,7 +5,9 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "pkcs11/filesafe.h"
 #include "plugin/log.h"
 #include "plugin/version.h"
 
@@ -312,6 +314,7 @@ static char *
 slurp(const char *path, char *err, size_t errlen)
 {
 	char *buf = NULL;
+	struct stat st;
 	size_t n = 0;
 	FILE *fp;
 
@@ -320,6 +323,11 @@ slurp(const char *path, char *err, size_t errlen)
 		    path, strerror(errno));
 		return NULL;
 	}
+	/* It names the module, whose code runs as us: filesafe.h's rules. */
+	if (fstat(fileno(fp), &st) != 0 || filesafe_check_stat(&st, path,
+	    "config file", 0, err, errlen) != 0 ||
+	    filesafe_check_dirs(path, "config file", err, errlen) != 0)
+		goto out;
 	if ((buf = malloc(CONFIG_FILE_MAX + 1)) == NULL) {
 		snprintf(err, errlen, "out of memory reading '%.200s'", path);
 		goto out;
