@@ -634,3 +634,44 @@ def test_security_md_cites_real_tests():
             missing.append("%s::%s" % (last, name))
     assert missing == [], "SECURITY.md cites missing tests: %s" % missing
     assert cited >= 40, "SECURITY.md names only %d tests" % cited
+
+
+# --------------------------------------------------------------------------
+# compiler hardening
+
+
+def test_binary_hardening_check():
+    """hardening-check (devscripts, installed by scripts/deps.sh) on the
+    binary under test: PIE, stack protector, RELRO, BIND_NOW, control-flow
+    protection, and FORTIFY except in a sanitizer build (the Makefile drops
+    _FORTIFY_SOURCE there, as ASan replaces those functions)."""
+    tool = shutil.which("hardening-check")
+    if tool is None:
+        pytest.skip("hardening-check missing: sh scripts/deps.sh installs "
+                    "devscripts")
+    b = binary()
+    r = subprocess.run([tool, b],
+                       capture_output=True, text=True, timeout=60)
+    out = r.stdout
+    want = ["Position Independent Executable: yes", "Stack protected: yes",
+            "Read-only relocations: yes", "Immediate binding: yes",
+            "Control flow integrity: yes"]
+    if not os.path.basename(os.path.dirname(b)).startswith("build-"):
+        want.append("Fortify Source functions: yes")
+    missing = [w for w in want if w not in out]
+    assert missing == [], "hardening-check %s lacks %s:\n%s" % (b, missing,
+                                                                out)
+
+
+def test_hardening_flags_survive_user_cflags(tmp_path):
+    """make CFLAGS=... (as a packager does) keeps the hardening flags."""
+    r = subprocess.run(["make", "-n", "-B", "V=1", "CFLAGS=-O1 -g",
+                        "BUILD=" + str(tmp_path / "b"),
+                        str(tmp_path / "b" / "plugin" / "log.o")],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    line = [l for l in r.stdout.splitlines() if "plugin/log.c" in l]
+    assert line, r.stdout + r.stderr
+    for flag in ("-O1", "-D_FORTIFY_SOURCE=2", "-fstack-protector-strong",
+                 "-fstack-clash-protection", "-fcf-protection", "-fPIE"):
+        assert flag in line[0].split(), "%s missing from: %s" % (flag,
+                                                                 line[0])
