@@ -80,6 +80,14 @@ fatal(const char *fmt, ...)
 	va_list ap;
 	int n;
 
+	/* Under --log-format json every line on stderr is a JSON record. */
+	if (log_format == LOG_FORMAT_JSON) {
+		va_start(ap, fmt);
+		(void)vsnprintf(b, sizeof(b), fmt, ap);
+		va_end(ap);
+		log_error("%s", b);
+		return;
+	}
 	memcpy(b, "p11kms: ", 8);
 	va_start(ap, fmt);
 	n = vsnprintf(b + 8, sizeof(b) - 9, fmt, ap);
@@ -513,10 +521,14 @@ main(int argc, char **argv)
 	config_defaults(&cfg);
 	r = config_parse_args(&cfg, argc, argv, err, sizeof(err));
 	if (r != CONFIG_OK) {
+		/* --log-format json seen before the error: a JSON record. */
+		if (r != CONFIG_EXIT && cfg.log_format != NULL &&
+		    log_format_parse(cfg.log_format) == LOG_FORMAT_JSON)
+			log_format = LOG_FORMAT_JSON;
 		config_free(&cfg);
 		if (r == CONFIG_EXIT)
 			return 0;
-		fprintf(stderr, "p11kms: %s\n", err);
+		fatal("%s", err);
 		return EXIT_CONFIG;
 	}
 	log_level = cfg.log_level;
