@@ -546,7 +546,8 @@ main(int argc, char **argv)
 	/* Before the module is loaded: its stderr output becomes records. */
 	if (logcap_start(NULL, err, sizeof(err)) != 0)
 		log_warn("%s; module output stays on stderr as is", err);
-	if ((r = gen_open(&cfg, &g, err, sizeof(err))) != KEYRING_OK) {
+	if ((r = gen_open_or_signal(&cfg, d.sig_watch.fd, &g, err,
+	    sizeof(err))) != KEYRING_OK) {
 		fatal("%s", err);
 		ret = r == KEYRING_E_CONFIG || r == KEYRING_E_PIN ?
 		    EXIT_CONFIG : EXIT_RUNTIME;
@@ -638,6 +639,13 @@ main(int argc, char **argv)
  out:
 	ops_stop(d.ops);
 	loop_timer_stop(d.loop, &d.ops_timer);
+	/* A reload hung in the token delays the exit by --grace at most. */
+	if (gen_loader_wait(&d.loader, d.grace_s) != 0) {
+		log_error("a reload is still inside the token after the %u s "
+		    "grace period: exiting without finalizing the module",
+		    d.grace_s);
+		_exit(ret);
+	}
 	gen_loader_fini(&d.loader);
 	loop_timer_stop(d.loop, &d.recover_timer);
 	grpc_server_free(d.srv);

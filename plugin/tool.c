@@ -26,6 +26,7 @@
 
 #include "pkcs11/keyring.h"
 #include "plugin/config.h"
+#include "plugin/harden.h"
 
 #define EXIT_OK		0
 #define EXIT_NOT_READY	1
@@ -120,6 +121,23 @@ selftest_usage(FILE *fp)
 "\n"
 "The daemon's options:\n");
 	config_usage(fp);
+}
+
+/*
+ * The daemon's hardening (harden.h: no core dumps, not dumpable, memory
+ * locked where permitted), before a subcommand reads a PIN or touches a
+ * key. Its summary line is the daemon's log; a tool keeps stderr for
+ * errors and says only what could not be applied.
+ */
+static void
+tool_harden(const char *cmd)
+{
+	char msg[256];
+
+	harden_process(msg, sizeof(msg));
+	if (strstr(msg, "NOT disabled") != NULL ||
+	    strstr(msg, "still dumpable") != NULL)
+		fprintf(stderr, "p11kms: %s: %s\n", cmd, msg);
 }
 
 static int
@@ -246,6 +264,7 @@ cmd_keygen(int argc, char **argv)
 	if ((r = parse_tool_args("keygen", argc, argv, 1, &cfg,
 	    keygen_usage)) >= 0)
 		return r;
+	tool_harden("keygen");
 	r = keyring_keygen(&cfg, &info, err, sizeof(err));
 	print_notes(info.notes);
 	if (r != 0) {
@@ -291,6 +310,7 @@ cmd_keys(int argc, char **argv)
 	if ((r = parse_tool_args("keys", argc, argv, 0, &cfg,
 	    keys_usage)) >= 0)
 		return r;
+	tool_harden("keys");
 	if ((r = keyring_list(&cfg, &v, &n, &truncated, err,
 	    sizeof(err))) != 0) {
 		fprintf(stderr, "p11kms: keys: %s\n", err[0] ? err :
@@ -391,6 +411,7 @@ cmd_selftest(int argc, char **argv)
 		ret = EXIT_USAGE;
 		goto out;
 	}
+	tool_harden("selftest");
 	memset(&kcfg, 0, sizeof(kcfg));
 	kcfg.module = cfg.module;
 	kcfg.module_init_args = cfg.module_init_args;
