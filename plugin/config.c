@@ -47,7 +47,8 @@ config_usage(FILE *fp)
 {
 	fprintf(fp,
 "Usage: p11kms [OPTIONS]\n"
-"       p11kms keygen|keys|selftest [OPTIONS]   (see p11kms CMD --help)\n"
+"       p11kms keygen|keys|selftest|init-token [OPTIONS]\n"
+"                                            (see p11kms CMD --help)\n"
 "Kubernetes KMS plugin (KMS v2 and v1beta1 on one socket) that wraps\n"
 "keys with a non-extractable key inside a PKCS#11 token.\n"
 "\n"
