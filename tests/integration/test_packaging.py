@@ -21,7 +21,7 @@ UNIT = os.path.join(REPO, "conf", "p11kms.service")
 CONF = os.path.join(REPO, "conf", "p11kms.conf")
 DOCKERFILES = [os.path.join(REPO, "docker", f)
                for f in ("Dockerfile", "Dockerfile.softhsm")]
-SUBCOMMANDS = ("keygen", "keys")
+SUBCOMMANDS = ("keygen", "keys", "init-token")
 # Daemon flags that are not settings, so not lines of a config file.
 NOT_IN_CONF = {"--config", "--help", "--version"}
 # What a runtime image must never carry.
