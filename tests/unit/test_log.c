@@ -678,8 +678,8 @@ main(void)
 		cmocka_unit_test(test_ratelim),
 		cmocka_unit_test_setup_teardown(test_nul_in_uid, setup,
 		    teardown),
-		cmocka_unit_test_setup_teardown(
-		    test_level_changes_while_threads_log, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_level_changes_while_threads_log,
+		    setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
