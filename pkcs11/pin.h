@@ -11,12 +11,13 @@ struct token;
 
 /*
  * Reads a PIN file into pin (cap bytes, not NUL-terminated), without one
- * trailing "\n" or "\r\n". Refused with KEYRING_E_PIN, before any PIN
- * byte is read: a symbolic link, a FIFO or other non-regular file (without
- * blocking), a file or directory failing filesafe.h's rules (FILESAFE_SECRET:
- * group read is allowed), empty, over cap - 2 bytes, or any line break left
- * after that one ("1234\n\n"). On failure pin is wiped. Caller wipes pin
- * after use.
+ * trailing "\n" or "\r\n". Refused with KEYRING_E_PIN before a byte is
+ * read: a symbolic link or a FIFO or other non-regular file (opened
+ * O_NOFOLLOW | O_NONBLOCK, so never blocking), a file or directory failing
+ * filesafe.h's rules (FILESAFE_SECRET: group read is allowed). Refused
+ * after reading: empty, over cap - 2 bytes, or any line break left after
+ * that one ("1234\n\n"), which the token would take as part of the PIN.
+ * On failure pin is wiped. Caller wipes pin after use.
  */
 int token_read_pin(const char *path, char *pin, size_t cap, size_t *len,
     char *err, size_t errlen);
