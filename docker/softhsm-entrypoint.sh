@@ -33,11 +33,10 @@ slots.removable = false
 CONF
 	random_pin >"$state/so-pin"
 	random_pin >"$state/pin.new"
-	# softhsm2-util takes PINs only as arguments; this runs once, inside
-	# the container, before anything else does.
-	softhsm2-util --init-token --free --label kms \
-	    --so-pin "$(cat "$state/so-pin")" \
-	    --pin "$(cat "$state/pin.new")" >/dev/null
+	# PINs from the files, never as arguments (softhsm2-util takes them
+	# only there, where /proc/PID/cmdline shows them to everyone).
+	p11kms init-token --module "$module" --label kms \
+	    --so-pin-file "$state/so-pin" --pin-file "$state/pin.new" >/dev/null
 	p11kms keygen --module "$module" --pin-file "$state/pin.new" "$uri" >&2
 	mv "$state/pin.new" "$state/pin"
 fi

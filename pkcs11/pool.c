@@ -179,7 +179,7 @@ worker_main(void *varg)
 	struct keyring_worker *w = p->workers[wa->idx];
 	struct pool_job *job;
 	uint64_t one = 1;
-	int nice_now, wake;
+	int nice_now, wake, stop;
 
 	free(wa);
 	(void)pthread_setname_np(pthread_self(), "p11kms-worker");
@@ -207,9 +207,10 @@ worker_main(void *varg)
 			p->tail = NULL;
 		job->next = NULL;
 		p->busy++;
+		stop = p->stopping;	/* under lock, as pool.c's struct says */
 		pthread_mutex_unlock(&p->lock);
 
-		if (p->stopping || atomic_load(&job->cancelled))
+		if (stop || atomic_load(&job->cancelled))
 			job->status = POOL_E_CANCELLED;
 		else if (job->deadline != 0 && token_now_ns() >= job->deadline)
 			job->status = POOL_E_DEADLINE;
@@ -446,6 +447,19 @@ pool_inflight(struct pool *p)
 
 	pthread_mutex_lock(&p->lock);
 	n = p->inflight;
+	pthread_mutex_unlock(&p->lock);
+	return n;
+}
+
+unsigned
+pool_finished(struct pool *p)
+{
+	const struct pool_job *j;
+	unsigned n = 0;
+
+	pthread_mutex_lock(&p->lock);
+	for (j = p->done; j != NULL; j = j->next)
+		n++;
 	pthread_mutex_unlock(&p->lock);
 	return n;
 }

@@ -5,7 +5,9 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "pkcs11/filesafe.h"
 #include "plugin/log.h"
 #include "plugin/version.h"
 
@@ -54,7 +56,8 @@ config_usage(FILE *fp)
 {
 	fprintf(fp,
 "Usage: p11kms [OPTIONS]\n"
-"       p11kms keygen|keys|selftest [OPTIONS]   (see p11kms CMD --help)\n"
+"       p11kms keygen|keys|selftest|init-token [OPTIONS]\n"
+"                                            (see p11kms CMD --help)\n"
 "       p11kms audit-verify [--live] FILE...\n"
 "Kubernetes KMS plugin (KMS v2 and v1beta1 on one socket) that wraps\n"
 "keys with a non-extractable key inside a PKCS#11 token.\n"
@@ -389,6 +392,7 @@ static char *
 slurp(const char *path, char *err, size_t errlen)
 {
 	char *buf = NULL;
+	struct stat st;
 	size_t n = 0;
 	FILE *fp;
 
@@ -397,6 +401,11 @@ slurp(const char *path, char *err, size_t errlen)
 		    path, strerror(errno));
 		return NULL;
 	}
+	/* It names the module, whose code runs as us: filesafe.h's rules. */
+	if (fstat(fileno(fp), &st) != 0 || filesafe_check_stat(&st, path,
+	    "config file", 0, err, errlen) != 0 ||
+	    filesafe_check_dirs(path, "config file", err, errlen) != 0)
+		goto out;
 	if ((buf = malloc(CONFIG_FILE_MAX + 1)) == NULL) {
 		snprintf(err, errlen, "out of memory reading '%.200s'", path);
 		goto out;

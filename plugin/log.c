@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -12,7 +13,7 @@
 /* Kept free for what closes a line: quote, truncation mark, "}\n". */
 #define RESERVE		32
 
-int log_level = LOG_INFO;
+_Atomic int log_level = LOG_INFO;
 int log_format = LOG_FORMAT_LOGFMT;
 int log_fd = 2;
 
@@ -149,10 +150,10 @@ is_bidi(const unsigned char *s, size_t k)
  * logfmt value). Stops at an escape boundary when the line is full.
  */
 static int
-put_escaped(struct line *l, const char *str)
+put_escaped_n(struct line *l, const char *str, size_t n)
 {
 	const unsigned char *s = (const unsigned char *)str;
-	size_t n = strlen(str), i = 0, k, m;
+	size_t i = 0, k, m;
 	char esc[8];
 
 	while (i < n) {
@@ -202,6 +203,12 @@ put_escaped(struct line *l, const char *str)
 	return 0;
 }
 
+static int
+put_escaped(struct line *l, const char *str)
+{
+	return put_escaped_n(l, str, strlen(str));
+}
+
 /* logfmt values that need no quotes: non-empty, only these bytes. */
 static int
 logfmt_bare(const char *s)
@@ -231,9 +238,12 @@ clean_key(const char *key, char *out)
 	out[i] = '\0';
 }
 
-/* Appends one whole key/value field, or nothing (line marked truncated). */
+/*
+ * Appends one whole key/value field, or nothing (line marked truncated).
+ * vlen: the value's length, or SIZE_MAX for a NUL-terminated one.
+ */
 static void
-put_field(struct line *l, const char *key, const char *val)
+put_field(struct line *l, const char *key, const char *val, size_t vlen)
 {
 	size_t save = l->len;
 	char k[KEY_MAX];
@@ -242,15 +252,17 @@ put_field(struct line *l, const char *key, const char *val)
 	clean_key(key, k);
 	if (val == NULL)
 		val = "";
+	if (vlen == SIZE_MAX)
+		vlen = strlen(val);
 	if (log_format == LOG_FORMAT_JSON) {
 		r = put_str(l, ",\"") || put_str(l, k) || put_str(l, "\":\"") ||
-		    put_escaped(l, val) || put_str(l, "\"");
-	} else if (logfmt_bare(val)) {
+		    put_escaped_n(l, val, vlen) || put_str(l, "\"");
+	} else if (vlen == strlen(val) && logfmt_bare(val)) {
 		r = put_str(l, " ") || put_str(l, k) || put_str(l, "=") ||
 		    put_str(l, val);
 	} else {
 		r = put_str(l, " ") || put_str(l, k) || put_str(l, "=\"") ||
-		    put_escaped(l, val) || put_str(l, "\"");
+		    put_escaped_n(l, val, vlen) || put_str(l, "\"");
 	}
 	if (r != 0) {
 		l->len = save;
@@ -258,9 +270,16 @@ put_field(struct line *l, const char *key, const char *val)
 	}
 }
 
+/* A value with a length (may hold NUL bytes), logged before the pairs. */
+struct bytes_field {
+	const char *key;
+	const char *val;
+	size_t len;
+};
+
 static void
-emit(int level, const char *msg, const char *const *kv, size_t nkv,
-    int dropped)
+emit(int level, const char *msg, const struct bytes_field *bf,
+    const char *const *kv, size_t nkv, int dropped)
 {
 	struct line l;
 	struct timespec now;
@@ -294,8 +313,10 @@ emit(int level, const char *msg, const char *const *kv, size_t nkv,
 	/* A message cut short still gets its closing quote (reserve). */
 	(void)put_escaped(&l, msg);
 	put_close(&l, "\"");
+	if (bf != NULL)
+		put_field(&l, bf->key, bf->val, bf->len);
 	for (i = 0; i + 1 < nkv && !l.trunc; i += 2)
-		put_field(&l, kv[i], kv[i + 1]);
+		put_field(&l, kv[i], kv[i + 1], SIZE_MAX);
 	if (l.trunc || dropped)
 		put_close(&l, json ? ",\"truncated\":true" :
 		    " truncated=true");
@@ -325,36 +346,65 @@ log_msg(int level, const char *fmt, ...)
 	if (vsnprintf(msg, sizeof(msg), fmt, ap) < 0)
 		msg[0] = '\0';
 	va_end(ap);
-	emit(level, msg, NULL, 0, 0);
+	emit(level, msg, NULL, NULL, 0, 0);
+}
+
+/* The NULL-terminated key/value list of ap into kv; 1 when some did not fit. */
+static int
+collect(va_list ap, const char **kv, size_t *n)
+{
+	const char *key;
+	int dropped = 0;
+
+	*n = 0;
+	while ((key = va_arg(ap, const char *)) != NULL) {
+		const char *val = va_arg(ap, const char *);
+
+		if (*n == 2 * LOG_KV_MAX) {
+			dropped = 1;
+			continue;
+		}
+		kv[(*n)++] = key;
+		kv[(*n)++] = val;
+	}
+	return dropped;
 }
 
 void
 log_kv(int level, const char *msg, ...)
 {
 	const char *kv[2 * LOG_KV_MAX];
-	const char *key;
-	size_t n = 0;
-	int dropped = 0;
+	size_t n;
+	int dropped;
 	va_list ap;
 
 	if (level < LOG_ERROR || level > log_level)
 		return;
 	va_start(ap, msg);
-	while ((key = va_arg(ap, const char *)) != NULL) {
-		const char *val = va_arg(ap, const char *);
-
-		if (n == 2 * LOG_KV_MAX) {
-			dropped = 1;
-			continue;
-		}
-		kv[n++] = key;
-		kv[n++] = val;
-	}
+	dropped = collect(ap, kv, &n);
 	va_end(ap);
-	emit(level, msg != NULL ? msg : "", kv, n, dropped);
+	emit(level, msg != NULL ? msg : "", NULL, kv, n, dropped);
 }
 
-/* ---- rate limiter ---- */
+void
+log_kv_bytes(int level, const char *msg, const char *key, const void *val,
+    size_t len, ...)
+{
+	const char *kv[2 * LOG_KV_MAX];
+	struct bytes_field bf = { key, val, len };
+	size_t n;
+	int dropped;
+	va_list ap;
+
+	if (level < LOG_ERROR || level > log_level)
+		return;
+	if (bf.val == NULL)
+		bf.len = 0;
+	va_start(ap, len);
+	dropped = collect(ap, kv, &n);
+	va_end(ap);
+	emit(level, msg != NULL ? msg : "", &bf, kv, n, dropped);
+}
 
 #define RATELIM_WINDOW_NS	1000000000ull
 

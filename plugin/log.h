@@ -16,11 +16,14 @@
  * Never pass a PIN, plaintext, DEK or key handle value; print strings that
  * come from a peer bounded (%.100s).
  *
- * log_level and log_format are set once at start-up, before threads start.
+ * log_format is set once at start-up, before threads start. log_level is
+ * atomic: a reload (SIGHUP) sets it on the loop thread while the ops
+ * thread and the workers' callers read it.
  */
 #ifndef P11KMS_LOG_H
 #define P11KMS_LOG_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
@@ -29,7 +32,7 @@ enum log_format { LOG_FORMAT_LOGFMT = 0, LOG_FORMAT_JSON };
 #define LOG_LINE_MAX	4096	/* bytes per line, newline included */
 #define LOG_KV_MAX	16	/* key/value pairs per log_kv line */
 
-extern int log_level;
+extern _Atomic int log_level;
 extern int log_format;
 /* Where lines go: stderr unless a test points it elsewhere. */
 extern int log_fd;
@@ -50,6 +53,14 @@ void log_msg(int level, const char *fmt, ...)
  *       "code", "INVALID_ARGUMENT", NULL);
  */
 void log_kv(int level, const char *msg, ...) __attribute__((sentinel));
+/*
+ * log_kv with one more field first whose value has a length: key = the
+ * len bytes at val, NUL bytes included (escaped \u0000 like every other
+ * control byte), for a peer's string such as a KMS request uid, which a
+ * C string would cut at its first NUL. Then the NULL-terminated pairs.
+ */
+void log_kv_bytes(int level, const char *msg, const char *key,
+    const void *val, size_t len, ...) __attribute__((sentinel));
 
 #define log_error(...)	log_msg(LOG_ERROR, __VA_ARGS__)
 #define log_warn(...)	log_msg(LOG_WARN, __VA_ARGS__)

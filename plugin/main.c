@@ -84,6 +84,14 @@ fatal(const char *fmt, ...)
 	va_list ap;
 	int n;
 
+	/* Under --log-format json every line on stderr is a JSON record. */
+	if (log_format == LOG_FORMAT_JSON) {
+		va_start(ap, fmt);
+		(void)vsnprintf(b, sizeof(b), fmt, ap);
+		va_end(ap);
+		log_error("%s", b);
+		return;
+	}
 	memcpy(b, "p11kms: ", 8);
 	va_start(ap, fmt);
 	n = vsnprintf(b + 8, sizeof(b) - 9, fmt, ap);
@@ -574,10 +582,14 @@ main(int argc, char **argv)
 	config_defaults(&cfg);
 	r = config_parse_args(&cfg, argc, argv, err, sizeof(err));
 	if (r != CONFIG_OK) {
+		/* --log-format json seen before the error: a JSON record. */
+		if (r != CONFIG_EXIT && cfg.log_format != NULL &&
+		    log_format_parse(cfg.log_format) == LOG_FORMAT_JSON)
+			log_format = LOG_FORMAT_JSON;
 		config_free(&cfg);
 		if (r == CONFIG_EXIT)
 			return 0;
-		fprintf(stderr, "p11kms: %s\n", err);
+		fatal("%s", err);
 		return EXIT_CONFIG;
 	}
 	log_level = cfg.log_level;
@@ -597,7 +609,8 @@ main(int argc, char **argv)
 	/* Before the module is loaded: its stderr output becomes records. */
 	if (logcap_start(NULL, err, sizeof(err)) != 0)
 		log_warn("%s; module output stays on stderr as is", err);
-	if ((r = gen_open(&cfg, &g, err, sizeof(err))) != KEYRING_OK) {
+	if ((r = gen_open_or_signal(&cfg, d.sig_watch.fd, &g, err,
+	    sizeof(err))) != KEYRING_OK) {
 		fatal("%s", err);
 		ret = r == KEYRING_E_CONFIG || r == KEYRING_E_PIN ?
 		    EXIT_CONFIG : EXIT_RUNTIME;
@@ -708,6 +721,13 @@ main(int argc, char **argv)
  out:
 	ops_stop(d.ops);
 	loop_timer_stop(d.loop, &d.ops_timer);
+	/* A reload hung in the token delays the exit by --grace at most. */
+	if (gen_loader_wait(&d.loader, d.grace_s) != 0) {
+		log_error("a reload is still inside the token after the %u s "
+		    "grace period: exiting without finalizing the module",
+		    d.grace_s);
+		_exit(ret);
+	}
 	gen_loader_fini(&d.loader);
 	loop_timer_stop(d.loop, &d.recover_timer);
 	grpc_server_free(d.srv);

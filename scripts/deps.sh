@@ -10,8 +10,10 @@ set -eu
 PKGS="build-essential pkg-config p11-kit libp11-kit-dev softhsm2 opensc
 libprotobuf-c-dev protobuf-c-compiler libnghttp2-dev libssl-dev libcmocka-dev libmicrohttpd-dev
 python3-grpcio python3-grpc-tools python3-protobuf python3-pytest python3-h2 python3-yaml nghttp2-client
-systemd groff-base"
+systemd groff-base devscripts"
 
+# devscripts: hardening-check, for the packaging test of the binary's
+# compiler hardening.
 # opencryptoki: its soft token (pkcsslotd, pkcsconf); util-linux: unshare,
 # mount. tpm2-pkcs11 on swtpm behind tpm2-abrmd on a private dbus-daemon;
 # libtss2-tcti-tabrmd0 is the TCTI that reaches abrmd (tpm2_ptool and the

@@ -10,9 +10,11 @@ module=/usr/lib/softhsm/libsofthsm2.so
 label=kms
 key=kek1
 
-mkdir -p "$var"
-var=$(cd "$var" && pwd)
+# Before var/ exists: it holds the PINs and the token (0700, files 0600).
 umask 077
+mkdir -p "$var"
+chmod 700 "$var"
+var=$(cd "$var" && pwd)
 export SOFTHSM2_CONF="$var/softhsm2.conf"
 
 if [ ! -f "$var/pin" ]; then
@@ -27,8 +29,10 @@ CONF
 	# Random PINs, kept in files only readable by this user.
 	openssl rand -hex 16 >"$var/so-pin"
 	openssl rand -hex 16 >"$var/pin.new"
-	softhsm2-util --init-token --free --label "$label" \
-	    --so-pin "$(cat "$var/so-pin")" --pin "$(cat "$var/pin.new")" >/dev/null
+	# PINs from the files, never as arguments (any local user reads
+	# those in /proc/PID/cmdline).
+	"$bin" init-token --module "$module" --label "$label" \
+	    --so-pin-file "$var/so-pin" --pin-file "$var/pin.new" >/dev/null
 	# AES-256 KEK made by p11kms itself: sensitive, private,
 	# non-extractable, encrypt/decrypt only (AES-GCM).
 	"$bin" keygen --module "$module" --pin-file "$var/pin.new" \

@@ -213,3 +213,30 @@ def test_no_module_named_warns(token, spawn):
     r = run_p11kms(["keys", "-m", MODULE, "-p", token.pin_file,
                     "pkcs11:token=kms"], env=token.env(), timeout=30)
     assert "no PKCS#11 module named" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("case", ["bad-uri", "missing-key", "bad-flag"])
+def test_fatal_errors_are_json_records(tmp_path, case):
+    """Under --log-format json every stderr line is a JSON record, the
+    fatal start-up error included (it used to be a plain line)."""
+    import json
+    tok = make_token(str(tmp_path / "t"))
+    args = ["--log-format", "json"] + base_args(tok, str(tmp_path / "s.sock"))
+    if case == "bad-uri":
+        args[args.index("-k") + 1] = "pkcs11:token=kms;object=kek1;bogus=1"
+    elif case == "missing-key":
+        args[args.index("-k") + 1] = tok.uri("nosuchkey")
+    else:
+        args += ["--workers", "0"]
+    r = run_p11kms(args, env=tok.env())
+    assert r.returncode == 2, r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert lines, "no output"
+    recs = []
+    for l in lines:
+        try:
+            recs.append(json.loads(l))
+        except ValueError:
+            raise AssertionError("not a JSON record: %r\nstderr:\n%s"
+                                 % (l, r.stderr))
+    assert any(x.get("level") == "error" for x in recs), r.stderr
