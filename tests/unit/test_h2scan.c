@@ -46,7 +46,7 @@ static size_t
 stream(uint8_t *in, uint8_t *want, size_t *wantlen)
 {
 	size_t n = 0, w = 0, k;
-	uint8_t fake[9];
+	uint8_t fake[9 + 4];
 
 	memcpy(in, preface, 24);
 	memcpy(want, preface, 24);
