@@ -80,7 +80,8 @@ integration() {
 	what=$1
 	shift
 	echo "== integration ($label$what)"
-	P11KMS=$bin sh tests/run-integration.sh "$@" >"$log" 2>&1
+	P11KMS=$bin P11KMS_TEST_PRELOAD=$preload \
+	    sh tests/run-integration.sh "$@" >"$log" 2>&1
 	rc=$?
 	cat "$log"
 	p=$(count '.* \([0-9][0-9]*\) passed.*' "$log")
