@@ -38,6 +38,13 @@ log_level_parse(const char *s)
 	return find(level_names, 4, s);
 }
 
+const char *
+log_level_name(int level)
+{
+	return level >= LOG_ERROR && level <= LOG_DEBUG ? level_names[level] :
+	    "?";
+}
+
 int
 log_format_parse(const char *s)
 {
@@ -231,18 +238,55 @@ clean_key(const char *key, char *out)
 	out[i] = '\0';
 }
 
+/*
+ * 1 when s is a JSON number: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+ */
+static int
+json_number(const char *s)
+{
+	if (*s == '-')
+		s++;
+	if (*s == '0')
+		s++;
+	else if (*s >= '1' && *s <= '9')
+		while (*s >= '0' && *s <= '9')
+			s++;
+	else
+		return 0;
+	if (*s == '.') {
+		s++;
+		if (*s < '0' || *s > '9')
+			return 0;
+		while (*s >= '0' && *s <= '9')
+			s++;
+	}
+	if (*s == 'e' || *s == 'E') {
+		s++;
+		if (*s == '+' || *s == '-')
+			s++;
+		if (*s < '0' || *s > '9')
+			return 0;
+		while (*s >= '0' && *s <= '9')
+			s++;
+	}
+	return *s == '\0';
+}
+
 /* Appends one whole key/value field, or nothing (line marked truncated). */
 static void
-put_field(struct line *l, const char *key, const char *val)
+put_field(struct line *l, const char *key, const char *val, int json)
 {
 	size_t save = l->len;
 	char k[KEY_MAX];
-	int r;
+	int r, num = key[0] == '#';
 
-	clean_key(key, k);
+	clean_key(num ? key + 1 : key, k);
 	if (val == NULL)
 		val = "";
-	if (log_format == LOG_FORMAT_JSON) {
+	if (json && num && json_number(val)) {
+		r = put_str(l, ",\"") || put_str(l, k) || put_str(l, "\":") ||
+		    put_str(l, val);
+	} else if (json) {
 		r = put_str(l, ",\"") || put_str(l, k) || put_str(l, "\":\"") ||
 		    put_escaped(l, val) || put_str(l, "\"");
 	} else if (logfmt_bare(val)) {
@@ -268,7 +312,8 @@ emit(int level, const char *msg, const char *const *kv, size_t nkv,
 	char ts[48];
 	size_t i, off;
 	ssize_t w;
-	int json = log_format == LOG_FORMAT_JSON;
+	int json = __atomic_load_n(&log_format, __ATOMIC_RELAXED) ==
+	    LOG_FORMAT_JSON;
 
 	clock_gettime(CLOCK_REALTIME, &now);
 	gmtime_r(&now.tv_sec, &tm);
@@ -295,7 +340,7 @@ emit(int level, const char *msg, const char *const *kv, size_t nkv,
 	(void)put_escaped(&l, msg);
 	put_close(&l, "\"");
 	for (i = 0; i + 1 < nkv && !l.trunc; i += 2)
-		put_field(&l, kv[i], kv[i + 1]);
+		put_field(&l, kv[i], kv[i + 1], json);
 	if (l.trunc || dropped)
 		put_close(&l, json ? ",\"truncated\":true" :
 		    " truncated=true");
@@ -319,7 +364,8 @@ log_msg(int level, const char *fmt, ...)
 	char msg[MSG_MAX];
 	va_list ap;
 
-	if (level < LOG_ERROR || level > log_level)
+	if (level < LOG_ERROR ||
+	    level > __atomic_load_n(&log_level, __ATOMIC_RELAXED))
 		return;
 	va_start(ap, fmt);
 	if (vsnprintf(msg, sizeof(msg), fmt, ap) < 0)
@@ -337,7 +383,8 @@ log_kv(int level, const char *msg, ...)
 	int dropped = 0;
 	va_list ap;
 
-	if (level < LOG_ERROR || level > log_level)
+	if (level < LOG_ERROR ||
+	    level > __atomic_load_n(&log_level, __ATOMIC_RELAXED))
 		return;
 	va_start(ap, msg);
 	while ((key = va_arg(ap, const char *)) != NULL) {
