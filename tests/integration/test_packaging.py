@@ -21,7 +21,7 @@ UNIT = os.path.join(REPO, "conf", "p11kms.service")
 CONF = os.path.join(REPO, "conf", "p11kms.conf")
 DOCKERFILES = [os.path.join(REPO, "docker", f)
                for f in ("Dockerfile", "Dockerfile.softhsm")]
-SUBCOMMANDS = ("keygen", "keys", "audit-verify")
+SUBCOMMANDS = ("keygen", "keys", "audit-verify", "status", "reload")
 # Daemon flags that are not settings, so not lines of a config file.
 NOT_IN_CONF = {"--config", "--help", "--version"}
 # What a runtime image must never carry.
@@ -435,7 +435,9 @@ REQUIRED_UNIT = [
     "PrivateTmp=yes", "MemoryDenyWriteExecute=yes",
     "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
     "LockPersonality=yes", "SystemCallFilter=@system-service",
-    "CapabilityBoundingSet=", "ExecReload=/bin/kill -HUP $MAINPID",
+    "CapabilityBoundingSet=", "Type=notify", "WatchdogSec=30s",
+    "ExecReload=/usr/sbin/p11kms reload --pid $MAINPID --config "
+    "/etc/p11kms/p11kms.conf",
     "LimitCORE=0", "LimitMEMLOCK=infinity", "UMask=0077",
     "RestartPreventExitStatus=2",
     "SystemCallFilter=~@privileged", "DevicePolicy=closed",
