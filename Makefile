@@ -4,7 +4,11 @@
 #   make run        install missing packages, build, make a SoftHSM token
 #                   under ./var if there is none, serve on ./var/kms.sock
 #   make check      install missing packages, build, run every test, then
-#                   the ASan+UBSan build of the tests
+#                   the ASan+UBSan build of the tests, then (as root) the
+#                   packaging checks: the .deb installed, tried and purged
+#                   (deb-check), the alert rules' promtool tests
+#                   (prom-check)
+#   make deb        build/p11kms_VERSION_ARCH.deb
 #   make SANITIZE=1 sanitizer build into build-asan/
 #   V=1             show commands
 
@@ -119,6 +123,8 @@ test: all $(UNIT_BIN) $(EXTRA_TEST_BIN) $(TEST_DEPS)
 check: deps
 	$(Q)$(MAKE) --no-print-directory WERROR=1 test
 	$(Q)$(MAKE) --no-print-directory WERROR=1 SANITIZE=1 test
+	$(Q)sh scripts/deps.sh --packaging
+	$(Q)$(MAKE) --no-print-directory WERROR=1 prom-check deb-check
 
 asan:
 	$(Q)$(MAKE) --no-print-directory SANITIZE=1 test

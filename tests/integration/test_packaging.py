@@ -290,7 +290,7 @@ def test_dockerfile_copies_what_make_install_produces(path, staged):
 
 
 # Top-level entries the image build does not need.
-NOT_IN_IMAGE = {"tests", "docker", "scripts", "var", ".git", ".ci",
+NOT_IN_IMAGE = {"tests", "docker", "pkg", "scripts", "var", ".git", ".ci",
                 ".gitignore", ".clang-format", "TOKEN-NOTES.md"}
 
 
