@@ -186,6 +186,9 @@ INSTALLED = {
     "usr/share/doc/p11kms/examples/encryption-config-v2.yaml": 0o644,
     "usr/share/doc/p11kms/examples/softhsm2.conf": 0o644,
     "usr/share/doc/p11kms/examples/kubeadm/p11kms.yaml": 0o644,
+    "usr/share/doc/p11kms/examples/prometheus/p11kms-alerts.yaml": 0o644,
+    "usr/share/doc/p11kms/examples/prometheus/p11kms-alerts.test.yaml": 0o644,
+    "usr/share/doc/p11kms/examples/grafana/p11kms-dashboard.json": 0o644,
 }
 
 
