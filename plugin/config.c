@@ -1,3 +1,9 @@
+/*
+ * config: flags and the --config file into struct config (config.h). One
+ * getopt table drives both: a file line "name = value" is handled as the
+ * flag --name, so a new option is one table row, one case and one usage
+ * line. Messages name the bad flag or file:line and the fix.
+ */
 #include "plugin/config.h"
 
 #include <errno.h>

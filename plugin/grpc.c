@@ -1,3 +1,11 @@
+/*
+ * grpc: the gRPC server (grpc.h). Per connection an nghttp2 server session
+ * fed with mem_recv/mem_send from the loop; per stream a call whose path,
+ * content-type, framing and size are checked before the method's handler
+ * runs; replies and errors (trailers-only) with grpc-status; deadlines from
+ * grpc-timeout on loop timers; a per-connection limiter against stream and
+ * reset floods. A bad request costs its stream only.
+ */
 #include "plugin/grpc.h"
 
 #include <errno.h>

@@ -1,3 +1,9 @@
+/*
+ * log: the logger (log.h). Each line is built in a stack buffer, escaped
+ * (control, bidi and invalid UTF-8 never pass through) and written with one
+ * write(2), so threads never interleave; '#' keys are JSON numbers. Level
+ * and format are read atomically: a reload changes them while workers log.
+ */
 #include "plugin/log.h"
 
 #include <errno.h>

@@ -1,3 +1,10 @@
+/*
+ * metrics: the Prometheus registry (metrics.h). Static arrays of relaxed
+ * atomics indexed by fixed tables (service, method, code, PKCS#11 function,
+ * a few CK_RV slots), so recording from any thread never locks, allocates
+ * or creates a series a peer chose; metrics_render formats it on the ops
+ * thread.
+ */
 #include "plugin/metrics.h"
 
 #include <pthread.h>

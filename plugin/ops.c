@@ -1,3 +1,9 @@
+/*
+ * ops: the ops HTTP endpoint (ops.h) on libmicrohttpd's own thread. It
+ * serves only what the loop published (a heartbeat, the ready verdict and
+ * reason, the /status text) and the metrics registry, never calling into
+ * the loop, so a stuck loop shows as a failing /livez, not a hung probe.
+ */
 #include "plugin/ops.h"
 #include "plugin/unixsock.h"
 
