@@ -338,7 +338,7 @@ ctl_status_main(int argc, char **argv)
 		"busy_workers", "queued_jobs", "connections", "active_calls",
 		"reload_requested", "reload_completed", "reload_time", NULL };
 	static const char *const strs[] = { "version", "healthz", "token",
-		"key_id", "reload_result", "reload_error", NULL };
+		"key_id", "reload_result", "reload_message", NULL };
 	struct ctl_args a;
 	struct ctl_kms_status st;
 	char kerr[600] = "", oerr[600] = "", v[VAL_MAX], w[VAL_MAX], t[40];
@@ -456,7 +456,7 @@ ctl_status_main(int argc, char **argv)
 			printf("%-10s none since start\n", "reload");
 		else
 			printf("%-10s %s at %s: %s\n", "reload", v, t,
-			    field(sbody, "reload_error", w, sizeof(w)) ? w :
+			    field(sbody, "reload_message", w, sizeof(w)) ? w :
 			    "");
 	}
  out:
@@ -572,7 +572,7 @@ ctl_reload_main(int argc, char **argv)
 			return EXIT_BAD;
 		}
 	}
-	if (field(body, "reload_error", why, sizeof(why)) == NULL)
+	if (field(body, "reload_message", why, sizeof(why)) == NULL)
 		snprintf(why, sizeof(why), "-");
 	if (field(body, "reload_result", v, sizeof(v)) != NULL &&
 	    strcmp(v, "ok") == 0) {

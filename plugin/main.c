@@ -153,7 +153,7 @@ publish_status(struct daemon *d)
 	    "key_id %s\nkeys %zu\nworkers %u\nbusy_workers %u\n"
 	    "queued_jobs %u\nconnections %zu\nactive_calls %zu\n"
 	    "reload_requested %lu\nreload_completed %lu\n"
-	    "reload_result %s\nreload_time %lld\nreload_error %s\n",
+	    "reload_result %s\nreload_time %lld\nreload_message %s\n",
 	    P11KMS_VERSION, (long)getpid(), d->serving, why,
 	    d->cur == NULL ? "recovering" : strcmp(h, "ok") == 0 ? "up" :
 	    "down", d->cur != NULL ? keyring_primary_key_id(d->cur->kr) : "-",
