@@ -4,7 +4,11 @@
 #   make run        install missing packages, build, make a SoftHSM token
 #                   under ./var if there is none, serve on ./var/kms.sock
 #   make check      install missing packages, build, run every test, then
-#                   the ASan+UBSan build of the tests
+#                   the ASan+UBSan build of the tests, then (as root) the
+#                   packaging checks: the .deb installed, tried and purged
+#                   (deb-check), the alert rules' promtool tests
+#                   (prom-check)
+#   make deb        build/p11kms_VERSION_ARCH.deb
 #   make SANITIZE=1 sanitizer build into build-asan/
 #   make tsan       the unit tests built with ThreadSanitizer (build-tsan/)
 #   V=1             show commands
@@ -134,6 +138,8 @@ check: deps
 	$(Q)$(MAKE) --no-print-directory WERROR=1 test
 	$(Q)$(MAKE) --no-print-directory WERROR=1 SANITIZE=1 test
 	$(Q)$(MAKE) --no-print-directory WERROR=1 tsan
+	$(Q)sh scripts/deps.sh --packaging
+	$(Q)$(MAKE) --no-print-directory WERROR=1 prom-check deb-check
 
 asan:
 	$(Q)$(MAKE) --no-print-directory SANITIZE=1 test

@@ -1,3 +1,10 @@
+/*
+ * pool: the token worker threads (pool.h). Workers sleep on a condition
+ * variable over a bounded FIFO; each runs jobs on its own logged-in session
+ * (one retry on a fresh session after KEYRING_E_SESSION) and pushes the
+ * result onto a done list the loop drains after an eventfd wake-up. The
+ * queue, the done list and the counts are under the pool mutex.
+ */
 #include "pkcs11/pool.h"
 #include "pkcs11/token.h"
 

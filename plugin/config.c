@@ -1,3 +1,9 @@
+/*
+ * config: flags and the --config file into struct config (config.h). One
+ * getopt table drives both: a file line "name = value" is handled as the
+ * flag --name, so a new option is one table row, one case and one usage
+ * line. Messages name the bad flag or file:line and the fix.
+ */
 #include "plugin/config.h"
 
 #include <errno.h>
@@ -16,8 +22,8 @@ enum {
 	OPT_MAX_REQUEST, OPT_LOG_LEVEL, OPT_GRACE, OPT_MECHANISM,
 	OPT_OPS_LISTEN, OPT_LOG_FORMAT, OPT_MODULE_INIT_ARGS,
 	OPT_AUDIT_LOG = 300, OPT_AUDIT_SYNC, OPT_AUDIT_FAILURE, OPT_AUDIT_STATUS,
-	OPT_AUDIT_QUEUE,
-	OPT_MAX_CONNECTIONS = 320,
+	OPT_AUDIT_QUEUE, OPT_PID_FILE = 320,
+	OPT_MAX_CONNECTIONS = 340,
 };
 
 #define CONFIG_FILE_MAX	(64 * 1024)
@@ -39,6 +45,7 @@ static const struct option longopts[] = {
 	{ "max-request-bytes",	required_argument, NULL, OPT_MAX_REQUEST },
 	{ "max-connections",	required_argument, NULL, OPT_MAX_CONNECTIONS },
 	{ "ops-listen",		required_argument, NULL, OPT_OPS_LISTEN },
+	{ "pid-file",		required_argument, NULL, OPT_PID_FILE },
 	{ "log-level",		required_argument, NULL, OPT_LOG_LEVEL },
 	{ "log-format",		required_argument, NULL, OPT_LOG_FORMAT },
 	{ "audit-log",		required_argument, NULL, OPT_AUDIT_LOG },
@@ -59,6 +66,7 @@ config_usage(FILE *fp)
 "       p11kms keygen|keys|selftest|init-token [OPTIONS]\n"
 "                                            (see p11kms CMD --help)\n"
 "       p11kms audit-verify [--live] FILE...\n"
+"       p11kms reload|status [OPTIONS]   (a running daemon)\n"
 "Kubernetes KMS plugin (KMS v2 and v1beta1 on one socket) that wraps\n"
 "keys with a non-extractable key inside a PKCS#11 token.\n"
 "\n"
@@ -103,6 +111,8 @@ config_usage(FILE *fp)
 "                            new one (default %d)\n"
 "      --ops-listen ADDR     serve /livez /readyz /healthz /metrics over\n"
 "                            HTTP on HOST:PORT or unix:/path (default off)\n"
+"      --pid-file FILE       write the daemon's pid to FILE once it serves\n"
+"                            (for p11kms reload); removed at exit\n"
 "      --log-level L         error, warn, info or debug (default info)\n"
 "      --log-format F        logfmt or json (default logfmt)\n"
 "      --audit-log FILE      append a tamper-evident record of every\n"
@@ -290,6 +300,14 @@ apply(struct config *cfg, int opt, const char *name, const char *arg,
 			return CONFIG_ERROR;
 		}
 		cfg->ops_listen = arg;
+		break;
+	case OPT_PID_FILE:
+		if (arg[0] != '/') {
+			snprintf(err, errlen, "%s '%.100s': give an absolute "
+			    "path, e.g. /run/p11kms/p11kms.pid", name, arg);
+			return CONFIG_ERROR;
+		}
+		cfg->pid_file = arg;
 		break;
 	case OPT_LOG_LEVEL:
 		if ((lvl = log_level_parse(arg)) < 0) {

@@ -40,6 +40,7 @@ struct config {
 	const char *kms_version;	/* "v2" or "v2beta1" */
 	const char *mechanism;		/* "auto", "aes-gcm", "aes-kwp", "rsa-oaep" */
 	const char *ops_listen;		/* NULL: no ops endpoint */
+	const char *pid_file;		/* NULL: none */
 	const char *log_format;		/* "logfmt" or "json" */
 	int log_level;
 	const char *audit_log;		/* NULL: no audit log */

@@ -1,3 +1,9 @@
+/*
+ * gen: building a generation (config + keyring + worker pool, gen.h), the
+ * worker count it gets from the CPUs this process may use (affinity and
+ * cgroup v2 quota) and the token, and the helper thread that loads the next
+ * generation for a reload or recovery and hands it to the loop via eventfd.
+ */
 #include "plugin/gen.h"
 
 #include <errno.h>

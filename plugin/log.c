@@ -1,3 +1,9 @@
+/*
+ * log: the logger (log.h). Each line is built in a stack buffer, escaped
+ * (control, bidi and invalid UTF-8 never pass through) and written with one
+ * write(2), so threads never interleave; '#' keys are JSON numbers. Level
+ * and format are read atomically: a reload changes them while workers log.
+ */
 #include "plugin/log.h"
 
 #include <errno.h>
@@ -37,6 +43,13 @@ int
 log_level_parse(const char *s)
 {
 	return find(level_names, 4, s);
+}
+
+const char *
+log_level_name(int level)
+{
+	return level >= LOG_ERROR && level <= LOG_DEBUG ? level_names[level] :
+	    "?";
 }
 
 int
@@ -239,22 +252,60 @@ clean_key(const char *key, char *out)
 }
 
 /*
+ * 1 when s is a JSON number: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+ */
+static int
+json_number(const char *s)
+{
+	if (*s == '-')
+		s++;
+	if (*s == '0')
+		s++;
+	else if (*s >= '1' && *s <= '9')
+		while (*s >= '0' && *s <= '9')
+			s++;
+	else
+		return 0;
+	if (*s == '.') {
+		s++;
+		if (*s < '0' || *s > '9')
+			return 0;
+		while (*s >= '0' && *s <= '9')
+			s++;
+	}
+	if (*s == 'e' || *s == 'E') {
+		s++;
+		if (*s == '+' || *s == '-')
+			s++;
+		if (*s < '0' || *s > '9')
+			return 0;
+		while (*s >= '0' && *s <= '9')
+			s++;
+	}
+	return *s == '\0';
+}
+
+/*
  * Appends one whole key/value field, or nothing (line marked truncated).
  * vlen: the value's length, or SIZE_MAX for a NUL-terminated one.
  */
 static void
-put_field(struct line *l, const char *key, const char *val, size_t vlen)
+put_field(struct line *l, const char *key, const char *val, size_t vlen,
+    int json)
 {
 	size_t save = l->len;
 	char k[KEY_MAX];
-	int r;
+	int r, num = key[0] == '#';
 
-	clean_key(key, k);
+	clean_key(num ? key + 1 : key, k);
 	if (val == NULL)
 		val = "";
 	if (vlen == SIZE_MAX)
 		vlen = strlen(val);
-	if (log_format == LOG_FORMAT_JSON) {
+	if (json && num && vlen == strlen(val) && json_number(val)) {
+		r = put_str(l, ",\"") || put_str(l, k) || put_str(l, "\":") ||
+		    put_str(l, val);
+	} else if (json) {
 		r = put_str(l, ",\"") || put_str(l, k) || put_str(l, "\":\"") ||
 		    put_escaped_n(l, val, vlen) || put_str(l, "\"");
 	} else if (vlen == strlen(val) && logfmt_bare(val)) {
@@ -287,7 +338,8 @@ emit(int level, const char *msg, const struct bytes_field *bf,
 	char ts[48];
 	size_t i, off;
 	ssize_t w;
-	int json = log_format == LOG_FORMAT_JSON;
+	int json = __atomic_load_n(&log_format, __ATOMIC_RELAXED) ==
+	    LOG_FORMAT_JSON;
 
 	clock_gettime(CLOCK_REALTIME, &now);
 	gmtime_r(&now.tv_sec, &tm);
@@ -314,9 +366,9 @@ emit(int level, const char *msg, const struct bytes_field *bf,
 	(void)put_escaped(&l, msg);
 	put_close(&l, "\"");
 	if (bf != NULL)
-		put_field(&l, bf->key, bf->val, bf->len);
+		put_field(&l, bf->key, bf->val, bf->len, json);
 	for (i = 0; i + 1 < nkv && !l.trunc; i += 2)
-		put_field(&l, kv[i], kv[i + 1], SIZE_MAX);
+		put_field(&l, kv[i], kv[i + 1], SIZE_MAX, json);
 	if (l.trunc || dropped)
 		put_close(&l, json ? ",\"truncated\":true" :
 		    " truncated=true");
@@ -340,7 +392,8 @@ log_msg(int level, const char *fmt, ...)
 	char msg[MSG_MAX];
 	va_list ap;
 
-	if (level < LOG_ERROR || level > log_level)
+	if (level < LOG_ERROR ||
+	    level > __atomic_load_n(&log_level, __ATOMIC_RELAXED))
 		return;
 	va_start(ap, fmt);
 	if (vsnprintf(msg, sizeof(msg), fmt, ap) < 0)
@@ -378,7 +431,8 @@ log_kv(int level, const char *msg, ...)
 	int dropped;
 	va_list ap;
 
-	if (level < LOG_ERROR || level > log_level)
+	if (level < LOG_ERROR ||
+	    level > __atomic_load_n(&log_level, __ATOMIC_RELAXED))
 		return;
 	va_start(ap, msg);
 	dropped = collect(ap, kv, &n);

@@ -16,9 +16,10 @@
  * Never pass a PIN, plaintext, DEK or key handle value; print strings that
  * come from a peer bounded (%.100s).
  *
- * log_format is set once at start-up, before threads start. log_level is
- * atomic: a reload (SIGHUP) sets it on the loop thread while the ops
- * thread and the workers' callers read it.
+ * log_level and log_format are set at start-up and again by a reload (on
+ * the loop thread, while the ops thread and the workers log): log_level is
+ * _Atomic; write log_format with __atomic_store_n; the logger reads both
+ * atomically.
  */
 #ifndef P11KMS_LOG_H
 #define P11KMS_LOG_H
@@ -39,6 +40,8 @@ extern int log_fd;
 
 /* Parses "error|warn|info|debug"; -1 when unknown. */
 int log_level_parse(const char *s);
+/* "error".."debug" for a level; "?" when out of range. */
+const char *log_level_name(int level);
 /* Parses "logfmt|json"; -1 when unknown. */
 int log_format_parse(const char *s);
 
@@ -48,6 +51,9 @@ void log_msg(int level, const char *fmt, ...)
  * A line with a fixed message and fields: key, value, key, value, …, NULL.
  * Keys are code constants ([A-Za-z0-9_.-], other bytes become '_'); values
  * are any strings (NULL prints as empty) and are escaped like messages.
+ * A key written with a leading '#' ("#workers") holds a number: JSON gets
+ * it bare ("workers":4) when it is a valid JSON number, quoted otherwise;
+ * logfmt drops the '#'.
  * Pairs beyond LOG_KV_MAX are dropped and the line marked truncated.
  *   log_kv(LOG_WARN, "request failed", "method", "Encrypt",
  *       "code", "INVALID_ARGUMENT", NULL);
@@ -86,7 +92,8 @@ int log_ratelim_allow(struct log_ratelim *rl, uint64_t now);
 /* Lines refused in windows that are over, once (then 0 until more are). */
 unsigned log_ratelim_take_dropped(struct log_ratelim *rl, uint64_t now);
 
-#define log_debug(...)	do { if (log_level >= LOG_DEBUG) \
+#define log_debug(...)	do { if (__atomic_load_n(&log_level, \
+				__ATOMIC_RELAXED) >= LOG_DEBUG) \
 				log_msg(LOG_DEBUG, __VA_ARGS__); } while (0)
 
 #endif

@@ -1,3 +1,8 @@
+/*
+ * mem: allocations that are wiped on free (mem.h). A size header in front
+ * of each block lets mem_free_secret() OPENSSL_cleanse all of it; the
+ * protobuf-c allocator uses the same pair so unpacked DEKs are wiped too.
+ */
 #include "plugin/mem.h"
 
 #include <stdint.h>

@@ -7,6 +7,7 @@
  *   p11kms selftest [daemon flags: --config F, --key URI..., --module M,
  *                    --pin-file F, --mechanism X, ...]
  *   p11kms init-token --module M --label L --so-pin-file F --pin-file F
+ *   p11kms status|reload  (plugin/ctl.c: ask or reload a running daemon)
  *
  * Exit status: 0 done (selftest: every key passed), 1 not ready or a
  * runtime failure, 2 usage or configuration error. Errors go to stderr and
@@ -29,6 +30,7 @@
 #include "pkcs11/keyring.h"
 #include "plugin/audit.h"
 #include "plugin/config.h"
+#include "plugin/ctl.h"
 #include "plugin/harden.h"
 
 #define EXIT_OK		0
@@ -556,28 +558,61 @@ cmd_init_token(int argc, char **argv)
 	return EXIT_OK;
 }
 
+/* Every subcommand, in the order usage lists them. */
+static const struct {
+	const char *name;
+	int (*main)(int argc, char **argv);
+	const char *what;
+} subcommands[] = {
+	{ "keygen",	  cmd_keygen,	     "create a key-encryption key" },
+	{ "keys",	  cmd_keys,	     "list a token's keys" },
+	{ "selftest",	  cmd_selftest,	     "check the configured keys" },
+	{ "init-token",	  cmd_init_token,    "create a token (PINs from files)" },
+	{ "status",	  ctl_status_main,   "ask a running daemon how it is" },
+	{ "reload",	  ctl_reload_main,   "reload a running daemon" },
+	{ "audit-verify", audit_verify_main, "check an audit log" },
+};
+#define NSUBCOMMANDS	(sizeof(subcommands) / sizeof(subcommands[0]))
+
 int
 tool_is_subcommand(const char *name)
 {
-	return strcmp(name, "keygen") == 0 || strcmp(name, "keys") == 0 ||
-	    strcmp(name, "selftest") == 0 ||
-	    strcmp(name, "audit-verify") == 0 ||
-	    strcmp(name, "init-token") == 0;
+	size_t i;
+
+	for (i = 0; i < NSUBCOMMANDS; i++)
+		if (strcmp(name, subcommands[i].name) == 0)
+			return 1;
+	return 0;
+}
+
+int
+tool_looks_like_subcommand(const char *arg)
+{
+	return arg[0] != '-' && arg[0] != '\0';
+}
+
+void
+tool_list_subcommands(FILE *fp)
+{
+	size_t i;
+
+	for (i = 0; i < NSUBCOMMANDS; i++)
+		fprintf(fp, "  p11kms %-13s %s\n", subcommands[i].name,
+		    subcommands[i].what);
 }
 
 int
 tool_main(int argc, char **argv)
 {
-	if (strcmp(argv[0], "keygen") == 0)
-		return cmd_keygen(argc, argv);
-	if (strcmp(argv[0], "keys") == 0)
-		return cmd_keys(argc, argv);
-	if (strcmp(argv[0], "selftest") == 0)
-		return cmd_selftest(argc, argv);
-	if (strcmp(argv[0], "audit-verify") == 0)
-		return audit_verify_main(argc, argv);
-	if (strcmp(argv[0], "init-token") == 0)
-		return cmd_init_token(argc, argv);
-	fprintf(stderr, "p11kms: unknown subcommand '%.40s'\n", argv[0]);
+	size_t i;
+
+	for (i = 0; i < NSUBCOMMANDS; i++)
+		if (strcmp(argv[0], subcommands[i].name) == 0)
+			return subcommands[i].main(argc, argv);
+	fprintf(stderr, "p11kms: unknown subcommand '%.40s'; the "
+	    "subcommands are:\n", argv[0]);
+	tool_list_subcommands(stderr);
+	fprintf(stderr, "and the daemon itself: p11kms [OPTIONS] (see "
+	    "p11kms --help)\n");
 	return EXIT_USAGE;
 }

@@ -21,7 +21,8 @@ UNIT = os.path.join(REPO, "conf", "p11kms.service")
 CONF = os.path.join(REPO, "conf", "p11kms.conf")
 DOCKERFILES = [os.path.join(REPO, "docker", f)
                for f in ("Dockerfile", "Dockerfile.softhsm")]
-SUBCOMMANDS = ("keygen", "keys", "audit-verify", "init-token")
+SUBCOMMANDS = ("keygen", "keys", "audit-verify", "init-token", "status",
+               "reload")
 # Daemon flags that are not settings, so not lines of a config file.
 NOT_IN_CONF = {"--config", "--help", "--version"}
 # What a runtime image must never carry.
@@ -186,6 +187,9 @@ INSTALLED = {
     "usr/share/doc/p11kms/examples/encryption-config-v2.yaml": 0o644,
     "usr/share/doc/p11kms/examples/softhsm2.conf": 0o644,
     "usr/share/doc/p11kms/examples/kubeadm/p11kms.yaml": 0o644,
+    "usr/share/doc/p11kms/examples/prometheus/p11kms-alerts.yaml": 0o644,
+    "usr/share/doc/p11kms/examples/prometheus/p11kms-alerts.test.yaml": 0o644,
+    "usr/share/doc/p11kms/examples/grafana/p11kms-dashboard.json": 0o644,
 }
 
 
@@ -290,7 +294,7 @@ def test_dockerfile_copies_what_make_install_produces(path, staged):
 
 
 # Top-level entries the image build does not need.
-NOT_IN_IMAGE = {"tests", "docker", "scripts", "var", ".git", ".ci",
+NOT_IN_IMAGE = {"tests", "docker", "pkg", "scripts", "var", ".git", ".ci",
                 ".gitignore", ".clang-format", "TOKEN-NOTES.md"}
 
 
@@ -435,7 +439,9 @@ REQUIRED_UNIT = [
     "PrivateTmp=yes", "MemoryDenyWriteExecute=yes",
     "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
     "LockPersonality=yes", "SystemCallFilter=@system-service",
-    "CapabilityBoundingSet=", "ExecReload=/bin/kill -HUP $MAINPID",
+    "CapabilityBoundingSet=", "Type=notify", "WatchdogSec=30s",
+    "ExecReload=/usr/sbin/p11kms reload --pid $MAINPID --config "
+    "/etc/p11kms/p11kms.conf",
     "LimitCORE=0", "LimitMEMLOCK=infinity", "UMask=0077",
     "RestartPreventExitStatus=2",
     "SystemCallFilter=~@privileged", "DevicePolicy=closed",

@@ -648,6 +648,43 @@ test_level_changes_while_threads_log(void **state)
 	}
 }
 
+/* '#' keys hold numbers: bare in JSON when they are JSON numbers, quoted
+ * when not (never invalid JSON), and the '#' never shows. */
+static void
+test_kv_numbers(void **state)
+{
+	char *s;
+
+	(void)state;
+	log_format = LOG_FORMAT_JSON;
+	log_kv(LOG_INFO, "serving", "#workers", "4", "#ratio", "-0.25e3",
+	    "#bad", "4x", "#lead0", "012", "key_id", "1234", NULL);
+	s = captured(NULL);
+	assert_non_null(strstr(s, ",\"workers\":4,"));
+	assert_non_null(strstr(s, ",\"ratio\":-0.25e3,"));
+	assert_non_null(strstr(s, ",\"bad\":\"4x\","));
+	assert_non_null(strstr(s, ",\"lead0\":\"012\","));
+	/* A string of digits without '#' stays a string. */
+	assert_non_null(strstr(s, ",\"key_id\":\"1234\"}"));
+	assert_null(strchr(s, '#'));
+	free(s);
+
+	log_format = LOG_FORMAT_LOGFMT;
+	log_kv(LOG_INFO, "serving", "#workers", "4", NULL);
+	s = captured(NULL);
+	assert_non_null(strstr(s, "msg=\"serving\" workers=4\n"));
+	free(s);
+}
+
+static void
+test_level_names(void **state)
+{
+	(void)state;
+	assert_string_equal(log_level_name(LOG_ERROR), "error");
+	assert_string_equal(log_level_name(LOG_DEBUG), "debug");
+	assert_string_equal(log_level_name(7), "?");
+}
+
 int
 main(void)
 {
@@ -674,6 +711,9 @@ main(void)
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_level_changes_while_threads_log,
 		    setup, teardown),
+		cmocka_unit_test_setup_teardown(test_kv_numbers, setup,
+		    teardown),
+		cmocka_unit_test(test_level_names),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
