@@ -4,8 +4,13 @@
 #   make run        install missing packages, build, make a SoftHSM token
 #                   under ./var if there is none, serve on ./var/kms.sock
 #   make check      install missing packages, build, run every test, then
-#                   the ASan+UBSan build of the tests
+#                   the ASan+UBSan build of the tests, then (as root) the
+#                   packaging checks: the .deb installed, tried and purged
+#                   (deb-check), the alert rules' promtool tests
+#                   (prom-check)
+#   make deb        build/p11kms_VERSION_ARCH.deb
 #   make SANITIZE=1 sanitizer build into build-asan/
+#   make tsan       the unit tests built with ThreadSanitizer (build-tsan/)
 #   V=1             show commands
 
 .DEFAULT_GOAL := all
@@ -16,25 +21,38 @@ PKGS	= p11-kit-1 libprotobuf-c libnghttp2 libcrypto libmicrohttpd \
 	  libseccomp
 
 CFLAGS	?= -O2 -g
-CFLAGS	+= -std=gnu11 -Wall -Wextra -Wshadow -Wformat=2 -Wno-unused-parameter \
+# Warnings and hardening stay when CFLAGS or LDFLAGS come from the command
+# line (make CFLAGS=..., as packagers do): hence override.
+override CFLAGS	+= -std=gnu11 -Wall -Wextra -Wshadow -Wformat=2 -Wno-unused-parameter \
 	   -Wmissing-prototypes -Wstrict-prototypes -MMD -MP
-CFLAGS	+= -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE
-CFLAGS	+= $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
-LDFLAGS	+= -pie -Wl,-z,relro,-z,now
+override CFLAGS	+= -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE \
+	   -fstack-clash-protection -fcf-protection
+override CFLAGS	+= $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
+override LDFLAGS += -pie -Wl,-z,relro,-z,now
 LDLIBS	+= $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null) -lpthread
 ifeq ($(CI),true)
-CFLAGS	+= -Werror
+override CFLAGS	+= -Werror
 endif
 ifneq ($(WERROR),)
-CFLAGS	+= -Werror
+override CFLAGS	+= -Werror
 endif
 
+# SANITIZE=1 (or address,undefined): ASan+UBSan into build-asan/;
+# SANITIZE=thread: TSan into build-tsan/ (make tsan runs the unit tests).
 ifneq ($(SANITIZE),)
+ifeq ($(SANITIZE),thread)
+BUILD	?= build-tsan
+SAN_KIND = thread
+else
 BUILD	?= build-asan
-CFLAGS	:= $(filter-out -O2 -D_FORTIFY_SOURCE=2,$(CFLAGS)) -O1 \
-	   -fsanitize=address,undefined -fno-omit-frame-pointer \
-	   -fno-sanitize-recover=undefined
-LDFLAGS	+= -fsanitize=address,undefined
+SAN_KIND = address,undefined
+endif
+override CFLAGS	:= $(filter-out -O2 -D_FORTIFY_SOURCE=2,$(CFLAGS)) -O1 \
+	   -fsanitize=$(SAN_KIND) -fno-omit-frame-pointer
+ifneq ($(SAN_KIND),thread)
+override CFLAGS	+= -fno-sanitize-recover=undefined
+endif
+override LDFLAGS += -fsanitize=$(SAN_KIND)
 endif
 BUILD	?= build
 
@@ -66,7 +84,7 @@ TEST_DEPS =
 # Each of these adds its own rules and appends to the lists above.
 -include $(wildcard tests/*/*.mk mk/*.mk)
 
-.PHONY: all run check test unit integration asan deps clean distclean
+.PHONY: all run check test unit integration asan tsan tsan-unit deps clean distclean
 .SECONDARY: $(GEN_C) $(GEN_H)
 
 all: $(BUILD)/p11kms
@@ -120,12 +138,24 @@ test: all $(UNIT_BIN) $(EXTRA_TEST_BIN) $(TEST_DEPS)
 check: deps
 	$(Q)$(MAKE) --no-print-directory WERROR=1 test
 	$(Q)$(MAKE) --no-print-directory WERROR=1 SANITIZE=1 test
+	$(Q)$(MAKE) --no-print-directory WERROR=1 tsan
+	$(Q)sh scripts/deps.sh --packaging
+	$(Q)$(MAKE) --no-print-directory WERROR=1 prom-check deb-check
 
 asan:
 	$(Q)$(MAKE) --no-print-directory SANITIZE=1 test
 
+# The unit tests only (the integration suite under TSan would mostly test
+# SoftHSM and p11-kit, which are not instrumented).
+tsan:
+	$(Q)$(MAKE) --no-print-directory SANITIZE=thread tsan-unit
+
+tsan-unit: $(UNIT_BIN)
+	$(Q)BUILD=$(BUILD) SANITIZE=thread UNIT_ONLY=1 CC="$(CC)" sh tests/run-all.sh - \
+	    $(UNIT_BIN)
+
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-tsan
 
 distclean: clean
 	rm -rf var

@@ -13,7 +13,10 @@
 #   /usr/share/doc/p11kms/examples/           conf/ samples (p11kms.conf,
 #                                             EncryptionConfigurations,
 #                                             kubeadm/p11kms.yaml, softhsm2.conf,
-#                                             p11kms-audit.logrotate)
+#                                             p11kms-audit.logrotate,
+#                                             prometheus/ alert rules and
+#                                             their tests, grafana/
+#                                             dashboard)
 # Nothing goes to /etc: the site's configuration is never overwritten.
 
 # Included before the Makefile's own `all`: keep it the default goal.
@@ -36,7 +39,9 @@ install: $(BUILD)/p11kms
 	$(E) INSTALL '$(DESTDIR)$(PREFIX)'
 	$(Q)$(INSTALL) -d -m 0755 '$(DESTDIR)$(SBINDIR)' \
 	    '$(DESTDIR)$(MANDIR)/man8' '$(DESTDIR)$(SYSTEMDUNITDIR)' \
-	    '$(DESTDIR)$(DOCDIR)/examples/kubeadm'
+	    '$(DESTDIR)$(DOCDIR)/examples/kubeadm' \
+	    '$(DESTDIR)$(DOCDIR)/examples/prometheus' \
+	    '$(DESTDIR)$(DOCDIR)/examples/grafana'
 	$(Q)$(INSTALL) $(INSTALL_STRIP) -m 0755 $(BUILD)/p11kms \
 	    '$(DESTDIR)$(SBINDIR)/p11kms'
 	$(Q)$(INSTALL) -m 0644 docs/p11kms.8 '$(DESTDIR)$(MANDIR)/man8/p11kms.8'
@@ -50,6 +55,11 @@ install: $(BUILD)/p11kms
 	$(Q)$(INSTALL) -m 0644 $(INSTALL_EXAMPLES) '$(DESTDIR)$(DOCDIR)/examples/'
 	$(Q)$(INSTALL) -m 0644 conf/kubeadm/p11kms.yaml \
 	    '$(DESTDIR)$(DOCDIR)/examples/kubeadm/'
+	$(Q)$(INSTALL) -m 0644 conf/prometheus/p11kms-alerts.yaml \
+	    conf/prometheus/p11kms-alerts.test.yaml \
+	    '$(DESTDIR)$(DOCDIR)/examples/prometheus/'
+	$(Q)$(INSTALL) -m 0644 conf/grafana/p11kms-dashboard.json \
+	    '$(DESTDIR)$(DOCDIR)/examples/grafana/'
 
 uninstall:
 	$(E) UNINST '$(DESTDIR)$(PREFIX)'

@@ -31,6 +31,7 @@ _Static_assert(KEYRING_MAX_CIPHERTEXT <= ENVELOPE_MAX_LEN, "envelope max");
 
 struct keyring {
 	struct token *tok;		/* owns module, login session */
+	char module_warning[2 * TOKEN_URI_TEXT_MAX];
 	size_t nkeys;
 	struct kek keys[KEYRING_MAX_KEYS];	/* [0] seals */
 };
@@ -267,6 +268,8 @@ keyring_load(const struct keyring_config *cfg, struct keyring **out,
 		k->seal_row = (uint8_t)row;
 	}
 	kr->nkeys = n;
+	keyring_search_warning(kr->tok, kr->module_warning,
+	    sizeof(kr->module_warning));
 
 	/* success */
 	*out = kr;
@@ -329,6 +332,26 @@ const char *
 keyring_key_mechanism(const struct keyring *kr, size_t i)
 {
 	return i < kr->nkeys ? mech_table[kr->keys[i].seal_row].name : NULL;
+}
+
+/* The warning for a token found by loading every registered module. */
+void
+keyring_search_warning(const struct token *t, char *out, size_t cap)
+{
+	if (!t->searched) {
+		token_err(out, cap, "%s", "");
+		return;
+	}
+	token_err(out, cap, "no PKCS#11 module named: every module registered "
+	    "with p11-kit was loaded into this process to find token '%s' "
+	    "(their code ran here); it is in %s: name it with --module (or "
+	    "module-name= in the key URI)", t->label, t->module);
+}
+
+const char *
+keyring_module_warning(const struct keyring *kr)
+{
+	return kr->module_warning;
 }
 
 const char *

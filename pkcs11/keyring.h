@@ -158,6 +158,13 @@ unsigned long keyring_max_sessions(const struct keyring *kr);
  */
 int keyring_hw_slot(const struct keyring *kr);
 
+/*
+ * "" when the configuration named the module; else a warning that no
+ * module was named, so every module registered with p11-kit was loaded
+ * into this process to find the token, naming the one that has it.
+ */
+const char *keyring_module_warning(const struct keyring *kr);
+
 /* Opens one session for one thread (login is already held by the keyring). */
 int keyring_worker_new(struct keyring *kr, struct keyring_worker **out);
 void keyring_worker_free(struct keyring_worker *w);

@@ -248,9 +248,14 @@ keyring_list(const struct keyring_tool_config *cfg,
 		}
 	}
 
-	/* success */
-	token_err(err, errlen, "%s", logged_in ? "" : "not logged in: "
-	    "private keys are not shown");
+	/* success: what err says now are notes, one a line */
+	keyring_search_warning(t, err, errlen);
+	if (!logged_in) {
+		size_t o = strlen(err);
+
+		token_err(err + o, errlen - o, "%snot logged in: private keys "
+		    "are not shown", o > 0 ? "\n" : "");
+	}
 	*out = list;
 	list = NULL;
 	*n = count;

@@ -211,6 +211,29 @@ int mech_kwp_wrap(mech_block_fn blk, void *ctx, const uint8_t *in, size_t n,
 int mech_kwp_unwrap(mech_block_fn blk, void *ctx, const uint8_t *in, size_t n,
     uint8_t *out, size_t *outlen);
 
+/* A failed open's status: a session or token fault, else "does not open". */
+int mech_open_status(CK_RV rv);
+
+/* Seal/open functions of the AES-GCM rows (mech_gcm.c). */
+int mech_gcm_seal(struct mech_sess *ms, const struct mech_def *d,
+    const struct mech_key *k, struct envelope *e, const uint8_t *pt,
+    size_t ptlen, uint8_t *body, size_t cap, size_t *bodylen,
+    struct mech_err *me);
+int mech_gcm_tiv_seal(struct mech_sess *ms, const struct mech_def *d,
+    const struct mech_key *k, struct envelope *e, const uint8_t *pt,
+    size_t ptlen, uint8_t *body, size_t cap, size_t *bodylen,
+    struct mech_err *me);
+int mech_gcm_msg_seal(struct mech_sess *ms, const struct mech_def *d,
+    const struct mech_key *k, struct envelope *e, const uint8_t *pt,
+    size_t ptlen, uint8_t *body, size_t cap, size_t *bodylen,
+    struct mech_err *me);
+int mech_gcm_open(struct mech_sess *ms, const struct mech_def *d,
+    const struct mech_key *k, const struct envelope *e, uint8_t *buf,
+    size_t cap, size_t *len, struct mech_err *me);
+int mech_gcm_msg_open(struct mech_sess *ms, const struct mech_def *d,
+    const struct mech_key *k, const struct envelope *e, uint8_t *buf,
+    size_t cap, size_t *len, struct mech_err *me);
+
 /* Seal/open functions of the KWP rows (mech_kwp.c). */
 int mech_kwp_seal(struct mech_sess *ms, const struct mech_def *d,
     const struct mech_key *k, struct envelope *e, const uint8_t *pt,

@@ -211,12 +211,6 @@ out:
 	return ret;
 }
 
-static int
-status_of(CK_RV rv)
-{
-	return token_rv_is_fault(rv) ? KEYRING_E_TOKEN : KEYRING_E_AUTH;
-}
-
 /* RFC 5649 output: a multiple of 8, at least two blocks. */
 static int
 kwp_body_ok(const struct envelope *e, size_t cap)
@@ -255,7 +249,7 @@ mech_kwp_open(struct mech_sess *ms, const struct mech_def *d,
 	    sizeof(tmpl) / sizeof(tmpl[0]), &obj));
 	if (me->rv != CKR_OK) {
 		obj = CK_INVALID_HANDLE;
-		ret = status_of(me->rv);
+		ret = mech_open_status(me->rv);
 		goto out;
 	}
 	ret = KEYRING_E_TOKEN;
@@ -396,7 +390,7 @@ mech_kwp_ecb_open(struct mech_sess *ms, const struct mech_def *d,
 	r = mech_kwp_unwrap(ecb_block, &c, e->body, e->body_len, buf, &n);
 	if (r == -1) {
 		(void)ecb_final(&c, 1, 0);
-		return status_of(me->rv);
+		return mech_open_status(me->rv);
 	}
 	if (ecb_final(&c, 1, 1) != CKR_OK)
 		return KEYRING_E_TOKEN;

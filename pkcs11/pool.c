@@ -1,3 +1,10 @@
+/*
+ * pool: the token worker threads (pool.h). Workers sleep on a condition
+ * variable over a bounded FIFO; each runs jobs on its own logged-in session
+ * (one retry on a fresh session after KEYRING_E_SESSION) and pushes the
+ * result onto a done list the loop drains after an eventfd wake-up. The
+ * queue, the done list and the counts are under the pool mutex.
+ */
 #include "pkcs11/pool.h"
 #include "pkcs11/token.h"
 
@@ -179,7 +186,7 @@ worker_main(void *varg)
 	struct keyring_worker *w = p->workers[wa->idx];
 	struct pool_job *job;
 	uint64_t one = 1;
-	int nice_now, wake;
+	int nice_now, wake, stop;
 
 	free(wa);
 	(void)pthread_setname_np(pthread_self(), "p11kms-worker");
@@ -207,9 +214,10 @@ worker_main(void *varg)
 			p->tail = NULL;
 		job->next = NULL;
 		p->busy++;
+		stop = p->stopping;	/* under lock, as pool.c's struct says */
 		pthread_mutex_unlock(&p->lock);
 
-		if (p->stopping || atomic_load(&job->cancelled))
+		if (stop || atomic_load(&job->cancelled))
 			job->status = POOL_E_CANCELLED;
 		else if (job->deadline != 0 && token_now_ns() >= job->deadline)
 			job->status = POOL_E_DEADLINE;
@@ -446,6 +454,19 @@ pool_inflight(struct pool *p)
 
 	pthread_mutex_lock(&p->lock);
 	n = p->inflight;
+	pthread_mutex_unlock(&p->lock);
+	return n;
+}
+
+unsigned
+pool_finished(struct pool *p)
+{
+	const struct pool_job *j;
+	unsigned n = 0;
+
+	pthread_mutex_lock(&p->lock);
+	for (j = p->done; j != NULL; j = j->next)
+		n++;
 	pthread_mutex_unlock(&p->lock);
 	return n;
 }

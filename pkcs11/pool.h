@@ -54,7 +54,12 @@ struct pool_job {
 	size_t out_len;
 	char key_id_out[KEYRING_KEY_ID_MAX];
 	char detail[KEYRING_ERROR_MAX];	/* token failure, "" if none */
-	uint64_t started, finished;	/* loop_now() clock; 0 = never ran */
+	/*
+	 * loop_now() clock; 0 = never ran. Written by the worker, readable
+	 * by the loop once pool_reap hands the job back (the pool lock
+	 * orders them); never poll them from another thread.
+	 */
+	uint64_t started, finished;
 
 	atomic_int cancelled;
 	struct pool_job *next;
@@ -100,5 +105,10 @@ unsigned pool_workers(const struct pool *p);
 unsigned pool_inflight(struct pool *p);
 /* Workers inside a token call right now (hung ones included). */
 unsigned pool_busy(struct pool *p);
+/*
+ * Finished jobs waiting for pool_reap. Takes the pool lock, so a thread
+ * other than the workers may poll it (tests); O(jobs waiting).
+ */
+unsigned pool_finished(struct pool *p);
 
 #endif

@@ -1,6 +1,6 @@
 /*
- * token: PKCS#11 module loading through p11-kit, RFC 7512 URIs, token
- * selection, PIN sources and login (see token.h for the contracts).
+ * token: PKCS#11 module loading through p11-kit, token selection and the
+ * login session (see token.h for the contracts).
  *
  * The vendor module is foreign code: every CK_RV is checked, and every path
  * out of token_open() that does not hand a token to the caller finalizes and
@@ -21,6 +21,7 @@
 #include <openssl/crypto.h>
 #include <p11-kit/p11-kit.h>
 
+#include "pkcs11/filesafe.h"
 #include "pkcs11/keyring.h"
 #include "pkcs11/token.h"
 
@@ -38,165 +39,6 @@ token_err(char *err, size_t errlen, const char *fmt, ...)
 	va_end(ap);
 }
 
-const char *
-token_rv_name(CK_RV rv)
-{
-	static __thread char buf[48];
-
-	switch (rv) {
-#define RV(x) case x: return #x;
-	RV(CKR_OK)
-	RV(CKR_CANCEL)
-	RV(CKR_HOST_MEMORY)
-	RV(CKR_SLOT_ID_INVALID)
-	RV(CKR_GENERAL_ERROR)
-	RV(CKR_FUNCTION_FAILED)
-	RV(CKR_ARGUMENTS_BAD)
-	RV(CKR_NO_EVENT)
-	RV(CKR_NEED_TO_CREATE_THREADS)
-	RV(CKR_CANT_LOCK)
-	RV(CKR_ATTRIBUTE_READ_ONLY)
-	RV(CKR_ATTRIBUTE_SENSITIVE)
-	RV(CKR_ATTRIBUTE_TYPE_INVALID)
-	RV(CKR_ATTRIBUTE_VALUE_INVALID)
-	RV(CKR_ACTION_PROHIBITED)
-	RV(CKR_DATA_INVALID)
-	RV(CKR_DATA_LEN_RANGE)
-	RV(CKR_DEVICE_ERROR)
-	RV(CKR_DEVICE_MEMORY)
-	RV(CKR_DEVICE_REMOVED)
-	RV(CKR_ENCRYPTED_DATA_INVALID)
-	RV(CKR_ENCRYPTED_DATA_LEN_RANGE)
-	RV(CKR_FUNCTION_CANCELED)
-	RV(CKR_FUNCTION_NOT_PARALLEL)
-	RV(CKR_FUNCTION_NOT_SUPPORTED)
-	RV(CKR_KEY_HANDLE_INVALID)
-	RV(CKR_KEY_SIZE_RANGE)
-	RV(CKR_KEY_TYPE_INCONSISTENT)
-	RV(CKR_KEY_NOT_NEEDED)
-	RV(CKR_KEY_CHANGED)
-	RV(CKR_KEY_NEEDED)
-	RV(CKR_KEY_INDIGESTIBLE)
-	RV(CKR_KEY_FUNCTION_NOT_PERMITTED)
-	RV(CKR_KEY_NOT_WRAPPABLE)
-	RV(CKR_KEY_UNEXTRACTABLE)
-	RV(CKR_MECHANISM_INVALID)
-	RV(CKR_MECHANISM_PARAM_INVALID)
-	RV(CKR_OBJECT_HANDLE_INVALID)
-	RV(CKR_OPERATION_ACTIVE)
-	RV(CKR_OPERATION_NOT_INITIALIZED)
-	RV(CKR_PIN_INCORRECT)
-	RV(CKR_PIN_INVALID)
-	RV(CKR_PIN_LEN_RANGE)
-	RV(CKR_PIN_EXPIRED)
-	RV(CKR_PIN_LOCKED)
-	RV(CKR_SESSION_CLOSED)
-	RV(CKR_SESSION_COUNT)
-	RV(CKR_SESSION_HANDLE_INVALID)
-	RV(CKR_SESSION_PARALLEL_NOT_SUPPORTED)
-	RV(CKR_SESSION_READ_ONLY)
-	RV(CKR_SESSION_EXISTS)
-	RV(CKR_SESSION_READ_ONLY_EXISTS)
-	RV(CKR_SESSION_READ_WRITE_SO_EXISTS)
-	RV(CKR_SIGNATURE_INVALID)
-	RV(CKR_SIGNATURE_LEN_RANGE)
-	RV(CKR_TEMPLATE_INCOMPLETE)
-	RV(CKR_TEMPLATE_INCONSISTENT)
-	RV(CKR_TOKEN_NOT_PRESENT)
-	RV(CKR_TOKEN_NOT_RECOGNIZED)
-	RV(CKR_TOKEN_WRITE_PROTECTED)
-	RV(CKR_UNWRAPPING_KEY_HANDLE_INVALID)
-	RV(CKR_UNWRAPPING_KEY_SIZE_RANGE)
-	RV(CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT)
-	RV(CKR_USER_ALREADY_LOGGED_IN)
-	RV(CKR_USER_NOT_LOGGED_IN)
-	RV(CKR_USER_PIN_NOT_INITIALIZED)
-	RV(CKR_USER_TYPE_INVALID)
-	RV(CKR_USER_ANOTHER_ALREADY_LOGGED_IN)
-	RV(CKR_USER_TOO_MANY_TYPES)
-	RV(CKR_WRAPPED_KEY_INVALID)
-	RV(CKR_WRAPPED_KEY_LEN_RANGE)
-	RV(CKR_WRAPPING_KEY_HANDLE_INVALID)
-	RV(CKR_WRAPPING_KEY_SIZE_RANGE)
-	RV(CKR_WRAPPING_KEY_TYPE_INCONSISTENT)
-	RV(CKR_RANDOM_SEED_NOT_SUPPORTED)
-	RV(CKR_RANDOM_NO_RNG)
-	RV(CKR_DOMAIN_PARAMS_INVALID)
-	RV(CKR_CURVE_NOT_SUPPORTED)
-	RV(CKR_BUFFER_TOO_SMALL)
-	RV(CKR_SAVED_STATE_INVALID)
-	RV(CKR_INFORMATION_SENSITIVE)
-	RV(CKR_STATE_UNSAVEABLE)
-	RV(CKR_CRYPTOKI_NOT_INITIALIZED)
-	RV(CKR_CRYPTOKI_ALREADY_INITIALIZED)
-	RV(CKR_MUTEX_BAD)
-	RV(CKR_MUTEX_NOT_LOCKED)
-	RV(CKR_NEW_PIN_MODE)
-	RV(CKR_NEXT_OTP)
-	RV(CKR_EXCEEDED_MAX_ITERATIONS)
-	RV(CKR_FIPS_SELF_TEST_FAILED)
-	RV(CKR_LIBRARY_LOAD_FAILED)
-	RV(CKR_PIN_TOO_WEAK)
-	RV(CKR_PUBLIC_KEY_INVALID)
-	RV(CKR_FUNCTION_REJECTED)
-#undef RV
-	}
-	/* PKCS#11 3.0 codes p11-kit 0.24's header does not name yet. */
-	switch (rv) {
-	case 0x35UL: return "CKR_AEAD_DECRYPT_FAILED";
-	case 0x201UL: return "CKR_TOKEN_RESOURCE_EXCEEDED";
-	case 0x202UL: return "CKR_OPERATION_CANCEL_FAILED";
-	}
-	if (rv >= CKR_VENDOR_DEFINED)
-		snprintf(buf, sizeof(buf), "CKR_VENDOR_DEFINED+0x%lx",
-		    (unsigned long)(rv - CKR_VENDOR_DEFINED));
-	else
-		snprintf(buf, sizeof(buf), "CKR_0x%08lx", (unsigned long)rv);
-	return buf;
-}
-
-int
-token_rv_is_fault(CK_RV rv)
-{
-	switch (rv) {
-	case CKR_HOST_MEMORY:
-	case CKR_SLOT_ID_INVALID:
-	case CKR_ARGUMENTS_BAD:
-	case CKR_CANT_LOCK:
-	case CKR_DEVICE_ERROR:
-	case CKR_DEVICE_MEMORY:
-	case CKR_DEVICE_REMOVED:
-	case CKR_FUNCTION_CANCELED:
-	case CKR_FUNCTION_NOT_SUPPORTED:
-	case CKR_KEY_HANDLE_INVALID:
-	case CKR_KEY_SIZE_RANGE:
-	case CKR_KEY_TYPE_INCONSISTENT:
-	case CKR_KEY_FUNCTION_NOT_PERMITTED:
-	case CKR_KEY_CHANGED:
-	case CKR_KEY_NEEDED:
-	case CKR_MECHANISM_INVALID:
-	case CKR_MECHANISM_PARAM_INVALID:
-	case CKR_OBJECT_HANDLE_INVALID:
-	case CKR_OPERATION_ACTIVE:
-	case CKR_OPERATION_NOT_INITIALIZED:
-	case CKR_PIN_EXPIRED:
-	case CKR_SESSION_CLOSED:
-	case CKR_SESSION_COUNT:
-	case CKR_SESSION_HANDLE_INVALID:
-	case CKR_TOKEN_NOT_PRESENT:
-	case CKR_TOKEN_NOT_RECOGNIZED:
-	case CKR_USER_NOT_LOGGED_IN:
-	case CKR_USER_PIN_NOT_INITIALIZED:
-	/* The operation stays active: only a new session clears it. */
-	case CKR_BUFFER_TOO_SMALL:
-	case CKR_CRYPTOKI_NOT_INITIALIZED:
-	case CKR_MUTEX_BAD:
-	case CKR_FUNCTION_REJECTED:
-		return 1;
-	}
-	return 0;
-}
-
 void
 token_printable(const unsigned char *s, size_t n, char *out, size_t cap)
 {
@@ -212,165 +54,6 @@ token_printable(const unsigned char *s, size_t n, char *out, size_t cap)
 	for (i = 0; i < len; i++)
 		out[i] = (s[i] >= 0x20 && s[i] < 0x7f) ? (char)s[i] : '?';
 	out[len] = '\0';
-}
-
-static int
-hexval(int c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	c = tolower(c);
-	return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
-/*
- * 1 when the segment's attribute name is pin-value or pin-source, however
- * it is spelled: any case, percent-encoded ("pin%2Dvalue"). White space is
- * already gone (token_uri_redact drops it, as p11-kit's parser does).
- */
-static int
-is_pin_attr(const char *seg, size_t n)
-{
-	static const char *const names[] = { "pin-value", "pin-source" };
-	char name[16];
-	size_t i, k = 0;
-	int hi, lo;
-
-	for (i = 0; i < n && seg[i] != '=' && k < sizeof(name) - 1; i++) {
-		if (seg[i] == '%' && n - i > 2 &&
-		    (hi = hexval((unsigned char)seg[i + 1])) >= 0 &&
-		    (lo = hexval((unsigned char)seg[i + 2])) >= 0) {
-			name[k++] = (char)tolower(hi << 4 | lo);
-			i += 2;
-		} else {
-			name[k++] = (char)tolower((unsigned char)seg[i]);
-		}
-	}
-	name[k] = '\0';
-	if (i < n && seg[i] != '=')
-		return 0;	/* longer than any PIN attribute name */
-	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-		if (strcmp(name, names[i]) == 0)
-			return 1;
-	return 0;
-}
-
-static void
-append(char *out, size_t cap, size_t *o, const char *p, size_t n)
-{
-	if (n > cap - 1 - *o)
-		n = cap - 1 - *o;
-	memcpy(out + *o, p, n);
-	*o += n;
-	out[*o] = '\0';
-}
-
-void
-token_uri_redact(const char *in, char *out, size_t cap)
-{
-	char clean[TOKEN_URI_TEXT_MAX];
-	const char *p, *end, *s = clean;
-	size_t o = 0, n, scheme, c = 0;
-	int in_query = 0, nseg = 0;
-
-	if (cap == 0)
-		return;
-	out[0] = '\0';
-	if (in == NULL)
-		return;
-	/*
-	 * p11-kit ignores white space anywhere in a URI, so "; pin-value=…"
-	 * is a PIN too: drop it first. Other control bytes become '?', so a
-	 * URI cannot break a log line.
-	 */
-	for (; *in != '\0' && c < sizeof(clean) - 1; in++) {
-		unsigned char ch = (unsigned char)*in;
-
-		if (isspace(ch))
-			continue;
-		clean[c++] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
-	}
-	clean[c] = '\0';
-	scheme = strncasecmp(s, "pkcs11:", 7) == 0 ? 7 : 0;
-	append(out, cap, &o, s, scheme);
-	/*
-	 * Walk the segments (";" in the path, "&" in the query, "?" between),
-	 * dropping pin-value/pin-source wherever they stand: p11-kit accepts
-	 * them in the path too.
-	 */
-	for (p = s + scheme;; p = end + 1) {
-		end = p + strcspn(p, in_query ? "&" : ";?");
-		n = (size_t)(end - p);
-		if (n > 0 && !is_pin_attr(p, n)) {
-			if (nseg > 0)
-				append(out, cap, &o, in_query ? "&" : ";", 1);
-			else if (in_query)
-				append(out, cap, &o, "?", 1);
-			append(out, cap, &o, p, n);
-			nseg++;
-		}
-		if (*end == '\0')
-			break;
-		if (*end == '?' && !in_query) {
-			in_query = 1;
-			nseg = 0;
-		}
-	}
-}
-
-int
-token_uri_parse(const char *s, P11KitUri **out, char *err, size_t errlen)
-{
-	P11KitUri *uri = NULL;
-	char text[TOKEN_URI_TEXT_MAX];
-	const char *msg;
-	int r, ret = KEYRING_E_CONFIG;
-
-	*out = NULL;
-	token_uri_redact(s, text, sizeof(text));
-	if (s == NULL || *s == '\0') {
-		token_err(err, errlen, "empty key URI");
-		goto out;
-	}
-	if ((uri = p11_kit_uri_new()) == NULL) {
-		ret = KEYRING_E_NOMEM;
-		token_err(err, errlen, "out of memory");
-		goto out;
-	}
-	r = p11_kit_uri_parse(s, P11_KIT_URI_FOR_ANY, uri);
-	if (r != P11_KIT_URI_OK) {
-		msg = p11_kit_uri_message(r);
-		token_err(err, errlen, "key URI %s: %s", text,
-		    msg != NULL ? msg : "cannot parse");
-		goto out;
-	}
-	if (p11_kit_uri_get_pin_value(uri) != NULL) {
-		token_err(err, errlen, "key URI %s carries pin-value: a PIN "
-		    "must never be on a command line or in a config file; "
-		    "use --pin-file or a pin-source in the URI", text);
-		goto out;
-	}
-	if (p11_kit_uri_any_unrecognized(uri)) {
-		token_err(err, errlen, "key URI %s has an attribute p11-kit "
-		    "does not know (RFC 7512 path attributes: token, serial, "
-		    "manufacturer, model, object, id, type, ...)", text);
-		goto out;
-	}
-	if (p11_kit_uri_get_slot_id(uri) != (CK_SLOT_ID)-1) {
-		token_err(err, errlen, "key URI %s selects a slot-id: slot "
-		    "numbers change between runs; select the token with "
-		    "token= or serial=", text);
-		goto out;
-	}
-
-	/* success */
-	*out = uri;
-	uri = NULL;
-	ret = KEYRING_OK;
-out:
-	if (uri != NULL)
-		p11_kit_uri_free(uri);
-	return ret;
 }
 
 /* A path (contains '/' or names a .so) rather than a p11-kit module name. */
@@ -776,6 +459,16 @@ token_open(const char *module, const char *init_args, P11KitUri *uri,
 	} else if (path != NULL) {
 		snprintf(t->module, sizeof(t->module), "module %s", path);
 		/*
+		 * Its code runs as us: filesafe.h's rules, for --module, the
+		 * config's module and a URI's module-path alike. A bare
+		 * "lib.so" is found by p11-kit in its own module directory;
+		 * a missing file gets p11-kit's message below.
+		 */
+		if (strchr(path, '/') != NULL && access(path, F_OK) == 0 &&
+		    filesafe_check_path(path, "PKCS#11 module", 0, err,
+		    errlen) != 0)
+			goto out;
+		/*
 		 * Managed load: p11-kit initializes the module with OS
 		 * locking; C_Initialize(NULL) would tell SoftHSM there is
 		 * only one thread.
@@ -838,6 +531,7 @@ token_open(const char *module, const char *init_args, P11KitUri *uri,
 		finalize_except(t->mods, t->fn);
 		all_init = 0;
 		t->fn_init = 1;
+		t->searched = 1;
 		if ((mname = p11_kit_module_get_name(t->fn)) != NULL) {
 			snprintf(t->module, sizeof(t->module),
 			    "p11-kit module '%s'", mname);
@@ -890,216 +584,6 @@ token_close(struct token *t)
 	else if (t->fn != NULL)
 		p11_kit_module_release(t->fn);
 	free(t);
-}
-
-int
-token_read_pin(const char *path, char *pin, size_t cap, size_t *len,
-    char *err, size_t errlen)
-{
-	struct stat st;
-	size_t n = 0;
-	ssize_t r;
-	int fd = -1, ret = KEYRING_E_PIN;
-
-	*len = 0;
-	if (cap < 3) {
-		token_err(err, errlen, "PIN buffer too small");
-		goto out;
-	}
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-	if (fd < 0) {
-		token_err(err, errlen, "cannot open PIN file %s: %s", path,
-		    strerror(errno));
-		goto out;
-	}
-	/*
-	 * Like ssh with a private key: a PIN others can read, or others or
-	 * the group can change, is refused. Group read stays allowed, for
-	 * the root:p11kms 0440 layout conf/README.md describes.
-	 */
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-		token_err(err, errlen, "PIN file %s is not a regular file",
-		    path);
-		goto out;
-	}
-	if (st.st_mode & (S_IROTH | S_IWOTH | S_IWGRP)) {
-		token_err(err, errlen, "PIN file %s has mode %04o: others may "
-		    "read or change it; chmod 0400 (or 0440 with the p11kms "
-		    "group) and rotate the PIN", path,
-		    (unsigned)(st.st_mode & 07777));
-		goto out;
-	}
-	/* Read one byte more than a PIN plus CRLF may take, to see excess. */
-	while (n < cap) {
-		r = read(fd, pin + n, cap - n);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0) {
-			token_err(err, errlen, "cannot read PIN file %s: %s",
-			    path, strerror(errno));
-			goto out;
-		}
-		if (r == 0)
-			break;
-		n += (size_t)r;
-	}
-	if (n == cap) {
-		/* Full: one more byte means a PIN we would cut short. */
-		char extra;
-
-		do
-			r = read(fd, &extra, 1);
-		while (r < 0 && errno == EINTR);
-		OPENSSL_cleanse(&extra, sizeof(extra));
-		if (r != 0) {
-			token_err(err, errlen, "PIN file %s is longer than "
-			    "%zu bytes", path, cap - 2);
-			goto out;
-		}
-	}
-	if (n > 0 && pin[n - 1] == '\n') {
-		n--;
-		if (n > 0 && pin[n - 1] == '\r')
-			n--;
-	}
-	if (n > cap - 2) {
-		token_err(err, errlen, "PIN file %s is longer than %zu bytes",
-		    path, cap - 2);
-		goto out;
-	}
-	if (n == 0) {
-		token_err(err, errlen, "PIN file %s is empty", path);
-		goto out;
-	}
-
-	/* success */
-	*len = n;
-	ret = KEYRING_OK;
-out:
-	if (ret != KEYRING_OK)
-		OPENSSL_cleanse(pin, cap);
-	if (fd >= 0)
-		close(fd);
-	return ret;
-}
-
-/*
- * Maps an RFC 7512 pin-source to a file path: "file:/p", "file:///p" or a
- * plain path. Other schemes are refused rather than read as a file name.
- */
-static int
-pin_source_path(const char *src, const char **path, char *err, size_t errlen)
-{
-	const char *p;
-
-	*path = NULL;
-	if (strncmp(src, "file://", 7) == 0) {
-		p = src + 7;
-		if (*p != '/') {
-			token_err(err, errlen, "pin-source %.100s: only local "
-			    "file:///path URIs are supported", src);
-			return KEYRING_E_CONFIG;
-		}
-	} else if (strncmp(src, "file:", 5) == 0) {
-		p = src + 5;
-	} else {
-		for (p = src; isalnum((unsigned char)*p) || *p == '+' ||
-		    *p == '-' || *p == '.'; p++)
-			;
-		if (*p == ':' && p != src && isalpha((unsigned char)*src)) {
-			token_err(err, errlen, "pin-source %.100s: only file "
-			    "paths and file: URIs are supported", src);
-			return KEYRING_E_CONFIG;
-		}
-		p = src;
-	}
-	if (*p == '\0') {
-		token_err(err, errlen, "pin-source is empty");
-		return KEYRING_E_CONFIG;
-	}
-	*path = p;
-	return KEYRING_OK;
-}
-
-int
-token_login(struct token *t, const char *pin_file, const char *pin_source,
-    char *err, size_t errlen)
-{
-	char pin[TOKEN_PIN_MAX + 2];
-	const char *path = NULL;
-	size_t pinlen = 0;
-	CK_TOKEN_INFO ti;
-	CK_RV rv;
-	int ret;
-
-	memset(&ti, 0, sizeof(ti));
-	rv = t->fn->C_GetTokenInfo(t->slot, &ti);
-	if (rv != CKR_OK) {
-		ret = KEYRING_E_TOKEN;
-		token_err(err, errlen, "token '%s': C_GetTokenInfo: %s",
-		    t->label, token_rv_name(rv));
-		goto out;
-	}
-	/* Never spend a try on a locked PIN. */
-	if (ti.flags & CKF_USER_PIN_LOCKED) {
-		ret = KEYRING_E_PIN;
-		token_err(err, errlen, "the user PIN of token '%s' is locked; "
-		    "unlock it with the SO PIN", t->label);
-		goto out;
-	}
-	if (pin_file != NULL)
-		path = pin_file;
-	else if (pin_source != NULL &&
-	    (ret = pin_source_path(pin_source, &path, err, errlen)) != 0)
-		goto out;
-
-	if (path == NULL) {
-		if (ti.flags & CKF_PROTECTED_AUTHENTICATION_PATH) {
-			rv = t->fn->C_Login(t->session, CKU_USER, NULL, 0);
-		} else if (ti.flags & CKF_LOGIN_REQUIRED) {
-			ret = KEYRING_E_PIN;
-			token_err(err, errlen, "token '%s' needs a user PIN: "
-			    "give --pin-file or a pin-source in the key URI",
-			    t->label);
-			goto out;
-		} else {
-			ret = KEYRING_OK;	/* a token without login */
-			goto out;
-		}
-	} else {
-		if ((ret = token_read_pin(path, pin, sizeof(pin), &pinlen,
-		    err, errlen)) != 0)
-			goto out;
-		rv = t->fn->C_Login(t->session, CKU_USER, (CK_UTF8CHAR *)pin,
-		    pinlen);
-	}
-
-	switch (rv) {
-	case CKR_OK:
-	case CKR_USER_ALREADY_LOGGED_IN:
-		ret = KEYRING_OK;
-		break;
-	case CKR_PIN_INCORRECT:
-	case CKR_PIN_INVALID:
-	case CKR_PIN_LEN_RANGE:
-	case CKR_PIN_LOCKED:
-	case CKR_PIN_EXPIRED:
-		ret = KEYRING_E_PIN;
-		token_err(err, errlen, "token '%s' refused the user PIN%s%s "
-		    "(%s); not retried, as retries could lock the token",
-		    t->label, path != NULL ? " from " : "",
-		    path != NULL ? path : "",
-		    token_rv_name(rv));
-		break;
-	default:
-		ret = KEYRING_E_TOKEN;
-		token_err(err, errlen, "login to token '%s' failed: %s",
-		    t->label, token_rv_name(rv));
-		break;
-	}
-out:
-	OPENSSL_cleanse(pin, sizeof(pin));
-	return ret;
 }
 
 CK_RV

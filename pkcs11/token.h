@@ -1,6 +1,7 @@
 /*
- * token: PKCS#11 module loading through p11-kit, RFC 7512 URIs, token
- * selection, PIN sources and login. Internal to pkcs11/: this is the one
+ * token: PKCS#11 module loading through p11-kit, token selection and the
+ * login session (URIs in uri.h, PINs in pin.h, CK_RV names in rvname.h,
+ * all included here). Internal to pkcs11/: this is the one
  * header that hands CK_* types to the rest of pkcs11/ (keyring, keyid, pool).
  *
  * Every function that can fail returns a keyring status (keyring.h) and
@@ -52,6 +53,12 @@
 #define TOKEN_LABEL_MAX		33	/* 32 padded chars + NUL */
 #define TOKEN_URI_TEXT_MAX	256	/* redacted URI kept for messages */
 
+struct token;
+
+#include "pkcs11/pin.h"
+#include "pkcs11/rvname.h"
+#include "pkcs11/uri.h"
+
 /*
  * One token in one module. The module is loaded "managed" by p11-kit, so it
  * was initialized with OS locking (multi-thread safe) and its sessions are
@@ -83,6 +90,12 @@ struct token {
 	char label[TOKEN_LABEL_MAX];	/* printable, blanks trimmed */
 	char module[TOKEN_URI_TEXT_MAX]; /* how the module was found */
 	int fn_init;		/* private: fn needs p11_kit_module_finalize */
+	/*
+	 * No module was named: every module registered with p11-kit was
+	 * loaded and initialized in this process to find the token (their
+	 * code ran here; the others were finalized again).
+	 */
+	int searched;
 	int own_init;		/* private: fn was initialized by us (init args) */
 };
 
@@ -90,30 +103,8 @@ struct token {
 void token_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* "CKR_PIN_INCORRECT"; unknown codes as "CKR_0x…" (thread-local buffer). */
-const char *token_rv_name(CK_RV rv);
-/*
- * 1 when rv means the session, the login or the token itself failed (so a
- * new session may help), 0 when it concerns the data or the request.
- */
-int token_rv_is_fault(CK_RV rv);
-
 /* Copies a blank-padded PKCS#11 string, trimmed, non-printables as '?'. */
 void token_printable(const unsigned char *s, size_t n, char *out, size_t cap);
-
-/*
- * Copies the URI s into out (cap bytes) without pin-value / pin-source
- * attributes, truncated if need be. Safe to print.
- */
-void token_uri_redact(const char *s, char *out, size_t cap);
-
-/*
- * Parses a key URI. Refuses a URI that p11-kit cannot parse, one with an
- * attribute p11-kit does not know (it would silently match nothing), one
- * carrying pin-value, and one selecting a slot by slot-id (slot ids are not
- * stable). *out is set only on success; caller frees with p11_kit_uri_free.
- */
-int token_uri_parse(const char *s, P11KitUri **out, char *err, size_t errlen);
 
 /*
  * Loads the module and opens the one initialized token matching uri
@@ -134,24 +125,6 @@ int token_uri_parse(const char *s, P11KitUri **out, char *err, size_t errlen);
  */
 int token_open(const char *module, const char *init_args, P11KitUri *uri,
     const char *uri_text, struct token **out, char *err, size_t errlen);
-
-/*
- * Reads a PIN file into pin (cap bytes, not NUL-terminated), without one
- * trailing "\n" or "\r\n". Empty or over cap - 2 bytes is an error
- * (KEYRING_E_PIN). On failure pin is wiped. Caller wipes pin after use.
- */
-int token_read_pin(const char *path, char *pin, size_t cap, size_t *len,
-    char *err, size_t errlen);
-
-/*
- * Logs the user in once, on t->session. The PIN comes from pin_file, else
- * from pin_source (a URI's pin-source: a path or a "file:" URI), else the
- * token must not need one. Every PIN buffer is wiped before returning. A
- * refused PIN is KEYRING_E_PIN and is never retried; already logged in (by
- * another struct token on the same module) is success.
- */
-int token_login(struct token *t, const char *pin_file, const char *pin_source,
-    char *err, size_t errlen);
 
 /*
  * Finds the one key on t's token that uri names (its object/id/type
@@ -177,6 +150,12 @@ CK_RV token_find_all(struct token *t, CK_ATTRIBUTE *tmpl, CK_ULONG ntmpl,
  * session), else read-only. Returns CKR_OK or the failing CK_RV.
  */
 CK_RV token_open_session(struct token *t, int rw, CK_SESSION_HANDLE *out);
+
+/*
+ * The warning keyring_module_warning() gives for a token found by loading
+ * every registered module, into out; "" when the module was named.
+ */
+void keyring_search_warning(const struct token *t, char *out, size_t cap);
 
 /* Closes t->session and finalizes/releases the module. NULL ok. */
 void token_close(struct token *t);

@@ -1,3 +1,11 @@
+/*
+ * audit: the audit log's writer (audit.h has the record format and the hash
+ * chain). The loop thread builds each record and queues it; one writer
+ * thread (SCHED_BATCH) owns the file, appends, syncs (every record, or in
+ * batches) and reopens on SIGHUP/SIGUSR1, so the loop never waits on disk.
+ * While the file cannot be written, records wait in a bounded queue and the
+ * overflow is counted as lost and reported in a 'lost' record.
+ */
 #include "plugin/audit.h"
 
 #include <errno.h>

@@ -1,3 +1,9 @@
+/*
+ * config: flags and the --config file into struct config (config.h). One
+ * getopt table drives both: a file line "name = value" is handled as the
+ * flag --name, so a new option is one table row, one case and one usage
+ * line. Messages name the bad flag or file:line and the fix.
+ */
 #include "plugin/config.h"
 
 #include <errno.h>
@@ -5,7 +11,9 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "pkcs11/filesafe.h"
 #include "plugin/log.h"
 #include "plugin/version.h"
 
@@ -14,8 +22,9 @@ enum {
 	OPT_MAX_REQUEST, OPT_LOG_LEVEL, OPT_GRACE, OPT_MECHANISM,
 	OPT_OPS_LISTEN, OPT_LOG_FORMAT, OPT_MODULE_INIT_ARGS,
 	OPT_AUDIT_LOG = 300, OPT_AUDIT_SYNC, OPT_AUDIT_FAILURE, OPT_AUDIT_STATUS,
-	OPT_AUDIT_QUEUE,
-	OPT_TOKEN_PROCESS = 320, OPT_TOKEN_USER,
+	OPT_AUDIT_QUEUE, OPT_PID_FILE = 320,
+	OPT_MAX_CONNECTIONS = 340,
+	OPT_TOKEN_PROCESS = 360, OPT_TOKEN_USER,
 };
 
 #define CONFIG_FILE_MAX	(64 * 1024)
@@ -35,7 +44,9 @@ static const struct option longopts[] = {
 	{ "grace",		required_argument, NULL, OPT_GRACE },
 	{ "kms-version",	required_argument, NULL, OPT_KMS_VERSION },
 	{ "max-request-bytes",	required_argument, NULL, OPT_MAX_REQUEST },
+	{ "max-connections",	required_argument, NULL, OPT_MAX_CONNECTIONS },
 	{ "ops-listen",		required_argument, NULL, OPT_OPS_LISTEN },
+	{ "pid-file",		required_argument, NULL, OPT_PID_FILE },
 	{ "log-level",		required_argument, NULL, OPT_LOG_LEVEL },
 	{ "log-format",		required_argument, NULL, OPT_LOG_FORMAT },
 	{ "audit-log",		required_argument, NULL, OPT_AUDIT_LOG },
@@ -55,8 +66,10 @@ config_usage(FILE *fp)
 {
 	fprintf(fp,
 "Usage: p11kms [OPTIONS]\n"
-"       p11kms keygen|keys|selftest [OPTIONS]   (see p11kms CMD --help)\n"
+"       p11kms keygen|keys|selftest|init-token [OPTIONS]\n"
+"                                            (see p11kms CMD --help)\n"
 "       p11kms audit-verify [--live] FILE...\n"
+"       p11kms reload|status [OPTIONS]   (a running daemon)\n"
 "Kubernetes KMS plugin (KMS v2 and v1beta1 on one socket) that wraps\n"
 "keys with a non-extractable key inside a PKCS#11 token.\n"
 "\n"
@@ -64,7 +77,9 @@ config_usage(FILE *fp)
 "                            per line, names as the long flags below;\n"
 "                            flags override it; SIGHUP re-reads it\n"
 "  -s, --socket PATH|@NAME   unix socket to serve on; @NAME is a Linux\n"
-"                            abstract socket (default " CONFIG_DEFAULT_SOCKET ")\n"
+"                            abstract socket, which has no file mode: any\n"
+"                            process in the network namespace can connect\n"
+"                            (default " CONFIG_DEFAULT_SOCKET ")\n"
 "  -k, --key URI             key-encryption key as an RFC 7512 URI, e.g.\n"
 "                            pkcs11:token=kms;object=kek1;type=secret-key\n"
 "                            Repeat for older keys: the first encrypts,\n"
@@ -94,8 +109,13 @@ config_usage(FILE *fp)
 "      --kms-version V       Status version: v2 (Kubernetes >= 1.29) or\n"
 "                            v2beta1 (1.27, 1.28); default v2\n"
 "      --max-request-bytes N largest gRPC request accepted (default %d)\n"
+"      --max-connections N   KMS socket connections at once; when reached,\n"
+"                            the oldest with no call open is closed for a\n"
+"                            new one (default %d)\n"
 "      --ops-listen ADDR     serve /livez /readyz /healthz /metrics over\n"
 "                            HTTP on HOST:PORT or unix:/path (default off)\n"
+"      --pid-file FILE       write the daemon's pid to FILE once it serves\n"
+"                            (for p11kms reload); removed at exit\n"
 "      --log-level L         error, warn, info or debug (default info)\n"
 "      --log-format F        logfmt or json (default logfmt)\n"
 "      --audit-log FILE      append a tamper-evident record of every\n"
@@ -124,7 +144,7 @@ config_usage(FILE *fp)
 "Exit status: 0 after SIGTERM/SIGINT, 1 runtime failure, 2 bad flags or\n"
 "configuration.\n",
 	    CONFIG_DEFAULT_PROBE_S, CONFIG_DEFAULT_GRACE_S,
-	    CONFIG_DEFAULT_MAX_REQUEST);
+	    CONFIG_DEFAULT_MAX_REQUEST, CONFIG_DEFAULT_MAX_CONNECTIONS);
 }
 
 void
@@ -135,6 +155,7 @@ config_defaults(struct config *cfg)
 	cfg->probe_interval_s = CONFIG_DEFAULT_PROBE_S;
 	cfg->grace_s = CONFIG_DEFAULT_GRACE_S;
 	cfg->max_request = CONFIG_DEFAULT_MAX_REQUEST;
+	cfg->max_connections = CONFIG_DEFAULT_MAX_CONNECTIONS;
 	cfg->kms_version = "v2";
 	cfg->mechanism = "auto";
 	cfg->log_format = "logfmt";
@@ -277,6 +298,11 @@ apply(struct config *cfg, int opt, const char *name, const char *arg,
 			return CONFIG_ERROR;
 		cfg->grace_s = (unsigned)v;
 		break;
+	case OPT_MAX_CONNECTIONS:
+		if (num_opt(name, arg, 1, 1000000, &v, err, errlen) != 0)
+			return CONFIG_ERROR;
+		cfg->max_connections = (unsigned)v;
+		break;
 	case OPT_MAX_REQUEST:
 		if (num_opt(name, arg, 1024, 16 * 1024 * 1024, &v, err,
 		    errlen) != 0)
@@ -299,6 +325,14 @@ apply(struct config *cfg, int opt, const char *name, const char *arg,
 			return CONFIG_ERROR;
 		}
 		cfg->ops_listen = arg;
+		break;
+	case OPT_PID_FILE:
+		if (arg[0] != '/') {
+			snprintf(err, errlen, "%s '%.100s': give an absolute "
+			    "path, e.g. /run/p11kms/p11kms.pid", name, arg);
+			return CONFIG_ERROR;
+		}
+		cfg->pid_file = arg;
 		break;
 	case OPT_LOG_LEVEL:
 		if ((lvl = log_level_parse(arg)) < 0) {
@@ -401,6 +435,7 @@ static char *
 slurp(const char *path, char *err, size_t errlen)
 {
 	char *buf = NULL;
+	struct stat st;
 	size_t n = 0;
 	FILE *fp;
 
@@ -409,6 +444,11 @@ slurp(const char *path, char *err, size_t errlen)
 		    path, strerror(errno));
 		return NULL;
 	}
+	/* It names the module, whose code runs as us: filesafe.h's rules. */
+	if (fstat(fileno(fp), &st) != 0 || filesafe_check_stat(&st, path,
+	    "config file", 0, err, errlen) != 0 ||
+	    filesafe_check_dirs(path, "config file", err, errlen) != 0)
+		goto out;
 	if ((buf = malloc(CONFIG_FILE_MAX + 1)) == NULL) {
 		snprintf(err, errlen, "out of memory reading '%.200s'", path);
 		goto out;

@@ -19,6 +19,7 @@
 
 #define CONFIG_DEFAULT_SOCKET		"/run/p11kms/kms.sock"
 #define CONFIG_DEFAULT_MAX_REQUEST	65536
+#define CONFIG_DEFAULT_MAX_CONNECTIONS	1024
 #define CONFIG_DEFAULT_PROBE_S		10
 #define CONFIG_DEFAULT_GRACE_S		5
 #define CONFIG_MAX_WORKERS		256
@@ -35,9 +36,11 @@ struct config {
 	unsigned probe_interval_s;
 	unsigned grace_s;
 	size_t max_request;
+	unsigned max_connections;	/* KMS socket connections at once */
 	const char *kms_version;	/* "v2" or "v2beta1" */
 	const char *mechanism;		/* "auto", "aes-gcm", "aes-kwp", "rsa-oaep" */
 	const char *ops_listen;		/* NULL: no ops endpoint */
+	const char *pid_file;		/* NULL: none */
 	const char *log_format;		/* "logfmt" or "json" */
 	int log_level;
 	const char *audit_log;		/* NULL: no audit log */

@@ -1,3 +1,9 @@
+/*
+ * gen: building a generation (config + keyring + worker pool, gen.h), the
+ * worker count it gets from the CPUs this process may use (affinity and
+ * cgroup v2 quota) and the token, and the helper thread that loads the next
+ * generation for a reload or recovery and hands it to the loop via eventfd.
+ */
 #include "plugin/gen.h"
 
 #include <errno.h>
@@ -10,6 +16,9 @@
 #include <unistd.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
 
 #include "plugin/log.h"
 
@@ -328,4 +337,112 @@ gen_loader_fini(struct gen_loader *ld)
 		close(ld->watch.fd);
 		ld->watch.fd = -1;
 	}
+}
+
+int
+gen_loader_wait(struct gen_loader *ld, unsigned max_s)
+{
+	struct pollfd pfd;
+	uint64_t until, now;
+	int r;
+
+	if (!ld->running)
+		return 0;
+	pfd.fd = ld->watch.fd;
+	pfd.events = POLLIN;
+	until = loop_now() + (uint64_t)max_s * 1000000000ull;
+	/* The thread writes the eventfd as its last act: then join. */
+	for (;;) {
+		now = loop_now();
+		r = poll(&pfd, 1, now >= until ? 0 :
+		    (int)((until - now) / 1000000 + 1));
+		if (r > 0)
+			break;
+		if (r == 0 && loop_now() >= until)
+			return -1;
+		if (r < 0 && errno != EINTR)
+			return -1;
+	}
+	gen_loader_fini(ld);
+	return 0;
+}
+
+/* ---- start-up that a signal can end ---- */
+
+struct start_job {
+	struct config *cfg;
+	struct gen *g;
+	int status;
+	char *err;
+	size_t errlen;
+	int efd;
+};
+
+static void *
+start_main(void *arg)
+{
+	struct start_job *j = arg;
+	uint64_t one = 1;
+
+	j->status = gen_open(j->cfg, &j->g, j->err, j->errlen);
+	(void)!write(j->efd, &one, sizeof(one));
+	return NULL;
+}
+
+int
+gen_open_or_signal(struct config *cfg, int sigfd, struct gen **out,
+    char *err, size_t errlen)
+{
+	struct start_job j;
+	struct signalfd_siginfo si;
+	struct pollfd pfd[2];
+	pthread_t t;
+	int r;
+
+	*out = NULL;
+	memset(&j, 0, sizeof(j));
+	j.cfg = cfg;
+	j.err = err;
+	j.errlen = errlen;
+	if ((j.efd = eventfd(0, EFD_CLOEXEC)) == -1 ||
+	    pthread_create(&t, NULL, start_main, &j) != 0) {
+		/* No thread: open here, as before (a signal waits for it). */
+		if (j.efd != -1)
+			close(j.efd);
+		return gen_open(cfg, out, err, errlen);
+	}
+	pfd[0].fd = j.efd;
+	pfd[0].events = POLLIN;
+	pfd[1].fd = sigfd;
+	pfd[1].events = POLLIN;
+	for (;;) {
+		if (poll(pfd, 2, -1) < 0 && errno != EINTR)
+			continue;
+		if (pfd[0].revents & POLLIN)
+			break;
+		if (!(pfd[1].revents & POLLIN))
+			continue;
+		while (read(sigfd, &si, sizeof(si)) == sizeof(si)) {
+			if (si.ssi_signo != SIGTERM && si.ssi_signo != SIGINT) {
+				log_info("signal %d during start-up: ignored "
+				    "until the keys are loaded",
+				    (int)si.ssi_signo);
+				continue;
+			}
+			/*
+			 * The module has not answered (C_Initialize, C_Login
+			 * or a search hung): it cannot be finalized while a
+			 * thread is inside it, so leave without unwinding.
+			 */
+			log_info("signal %d during start-up: exiting while "
+			    "the token still has not answered",
+			    (int)si.ssi_signo);
+			_exit(0);
+		}
+	}
+	pthread_join(t, NULL);
+	close(j.efd);
+	r = j.status;
+	*out = j.g;
+	return r;
 }

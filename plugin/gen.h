@@ -55,6 +55,16 @@ struct gen {
  * Returns KEYRING_OK, or a keyring status with a message in err.
  */
 int gen_open(struct config *cfg, struct gen **out, char *err, size_t errlen);
+/*
+ * gen_open on a helper thread while this one watches sigfd (a signalfd of
+ * SIGTERM, SIGINT and SIGHUP, blocked in every thread): a SIGTERM or
+ * SIGINT while the module hangs (C_Initialize, C_Login...) logs a line and
+ * ends the process at once with status 0 (_exit: a module with a thread
+ * inside cannot be finalized); SIGHUP is logged and dropped. Otherwise as
+ * gen_open.
+ */
+int gen_open_or_signal(struct config *cfg, int sigfd, struct gen **out,
+    char *err, size_t errlen);
 /* Stops the pool (running its pending done callbacks), frees it all. */
 void gen_free(struct gen *g);
 
@@ -101,6 +111,12 @@ int gen_loader_init(struct gen_loader *ld, struct loop *l, int argc,
 int gen_loader_start(struct gen_loader *ld);
 /* Waits for a running load and discards its result. */
 void gen_loader_fini(struct gen_loader *ld);
+/*
+ * Waits at most max_s seconds for a running load; 0 when none runs any
+ * more (its result discarded, as gen_loader_fini), -1 when it is still
+ * inside the token (then the caller must not finalize modules: _exit).
+ */
+int gen_loader_wait(struct gen_loader *ld, unsigned max_s);
 
 /* ---- one view of both modes (gen_view.c) ---- */
 

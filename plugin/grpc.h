@@ -68,6 +68,13 @@ int grpc_server_new(struct loop *l, const struct grpc_method *methods,
     size_t nmethods, void *ctx, size_t max_request,
     struct grpc_server **out);
 /*
+ * At most n connections at once (n >= 1). A connection beyond it closes the
+ * oldest connection with no call open; with none idle the new one is
+ * refused. Takes effect for the next accept.
+ */
+void grpc_server_set_max_conns(struct grpc_server *s, size_t n);
+
+/*
  * Creates and listens on the unix socket (path, or "@name" for an abstract
  * one) with mode 0600 set by umask, so there is no window with wider
  * permissions. A path whose socket still accepts connections is refused
@@ -120,7 +127,11 @@ void grpc_call_fail(struct grpc_call *call, enum grpc_code code,
 const char *grpc_code_name(enum grpc_code code);
 
 /* Helpers exposed for unit tests and fuzzing. */
-/* Parses a grpc-timeout value ("100m", "3S"); -1 when malformed. */
+/*
+ * Parses a grpc-timeout value ("100m", "3S"); -1 when malformed. A value
+ * over GRPC_TIMEOUT_MAX_NS (100 days) reads as that.
+ */
+#define GRPC_TIMEOUT_MAX_NS	(100ull * 86400ull * 1000000000ull)
 int grpc_parse_timeout(const char *v, size_t len, uint64_t *ns);
 /* Percent-encodes s for grpc-message into out (cap bytes, NUL-terminated,
  * truncated on a character boundary). Returns the length written. */

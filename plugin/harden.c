@@ -1,3 +1,8 @@
+/*
+ * harden: start-up hardening (harden.h): RLIMIT_CORE 0, PR_SET_DUMPABLE 0,
+ * mlockall when RLIMIT_MEMLOCK allows it. Each step reports instead of
+ * failing, so a restricted environment still starts and says what is off.
+ */
 #include "plugin/harden.h"
 
 #include <errno.h>

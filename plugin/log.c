@@ -1,8 +1,15 @@
+/*
+ * log: the logger (log.h). Each line is built in a stack buffer, escaped
+ * (control, bidi and invalid UTF-8 never pass through) and written with one
+ * write(2), so threads never interleave; '#' keys are JSON numbers. Level
+ * and format are read atomically: a reload changes them while workers log.
+ */
 #include "plugin/log.h"
 
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -12,7 +19,7 @@
 /* Kept free for what closes a line: quote, truncation mark, "}\n". */
 #define RESERVE		32
 
-int log_level = LOG_INFO;
+_Atomic int log_level = LOG_INFO;
 int log_format = LOG_FORMAT_LOGFMT;
 int log_fd = 2;
 
@@ -36,6 +43,13 @@ int
 log_level_parse(const char *s)
 {
 	return find(level_names, 4, s);
+}
+
+const char *
+log_level_name(int level)
+{
+	return level >= LOG_ERROR && level <= LOG_DEBUG ? level_names[level] :
+	    "?";
 }
 
 int
@@ -149,10 +163,10 @@ is_bidi(const unsigned char *s, size_t k)
  * logfmt value). Stops at an escape boundary when the line is full.
  */
 static int
-put_escaped(struct line *l, const char *str)
+put_escaped_n(struct line *l, const char *str, size_t n)
 {
 	const unsigned char *s = (const unsigned char *)str;
-	size_t n = strlen(str), i = 0, k, m;
+	size_t i = 0, k, m;
 	char esc[8];
 
 	while (i < n) {
@@ -202,6 +216,12 @@ put_escaped(struct line *l, const char *str)
 	return 0;
 }
 
+static int
+put_escaped(struct line *l, const char *str)
+{
+	return put_escaped_n(l, str, strlen(str));
+}
+
 /* logfmt values that need no quotes: non-empty, only these bytes. */
 static int
 logfmt_bare(const char *s)
@@ -231,26 +251,69 @@ clean_key(const char *key, char *out)
 	out[i] = '\0';
 }
 
-/* Appends one whole key/value field, or nothing (line marked truncated). */
+/*
+ * 1 when s is a JSON number: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+ */
+static int
+json_number(const char *s)
+{
+	if (*s == '-')
+		s++;
+	if (*s == '0')
+		s++;
+	else if (*s >= '1' && *s <= '9')
+		while (*s >= '0' && *s <= '9')
+			s++;
+	else
+		return 0;
+	if (*s == '.') {
+		s++;
+		if (*s < '0' || *s > '9')
+			return 0;
+		while (*s >= '0' && *s <= '9')
+			s++;
+	}
+	if (*s == 'e' || *s == 'E') {
+		s++;
+		if (*s == '+' || *s == '-')
+			s++;
+		if (*s < '0' || *s > '9')
+			return 0;
+		while (*s >= '0' && *s <= '9')
+			s++;
+	}
+	return *s == '\0';
+}
+
+/*
+ * Appends one whole key/value field, or nothing (line marked truncated).
+ * vlen: the value's length, or SIZE_MAX for a NUL-terminated one.
+ */
 static void
-put_field(struct line *l, const char *key, const char *val)
+put_field(struct line *l, const char *key, const char *val, size_t vlen,
+    int json)
 {
 	size_t save = l->len;
 	char k[KEY_MAX];
-	int r;
+	int r, num = key[0] == '#';
 
-	clean_key(key, k);
+	clean_key(num ? key + 1 : key, k);
 	if (val == NULL)
 		val = "";
-	if (log_format == LOG_FORMAT_JSON) {
+	if (vlen == SIZE_MAX)
+		vlen = strlen(val);
+	if (json && num && vlen == strlen(val) && json_number(val)) {
+		r = put_str(l, ",\"") || put_str(l, k) || put_str(l, "\":") ||
+		    put_str(l, val);
+	} else if (json) {
 		r = put_str(l, ",\"") || put_str(l, k) || put_str(l, "\":\"") ||
-		    put_escaped(l, val) || put_str(l, "\"");
-	} else if (logfmt_bare(val)) {
+		    put_escaped_n(l, val, vlen) || put_str(l, "\"");
+	} else if (vlen == strlen(val) && logfmt_bare(val)) {
 		r = put_str(l, " ") || put_str(l, k) || put_str(l, "=") ||
 		    put_str(l, val);
 	} else {
 		r = put_str(l, " ") || put_str(l, k) || put_str(l, "=\"") ||
-		    put_escaped(l, val) || put_str(l, "\"");
+		    put_escaped_n(l, val, vlen) || put_str(l, "\"");
 	}
 	if (r != 0) {
 		l->len = save;
@@ -258,9 +321,16 @@ put_field(struct line *l, const char *key, const char *val)
 	}
 }
 
+/* A value with a length (may hold NUL bytes), logged before the pairs. */
+struct bytes_field {
+	const char *key;
+	const char *val;
+	size_t len;
+};
+
 static void
-emit(int level, const char *msg, const char *const *kv, size_t nkv,
-    int dropped)
+emit(int level, const char *msg, const struct bytes_field *bf,
+    const char *const *kv, size_t nkv, int dropped)
 {
 	struct line l;
 	struct timespec now;
@@ -268,7 +338,8 @@ emit(int level, const char *msg, const char *const *kv, size_t nkv,
 	char ts[48];
 	size_t i, off;
 	ssize_t w;
-	int json = log_format == LOG_FORMAT_JSON;
+	int json = __atomic_load_n(&log_format, __ATOMIC_RELAXED) ==
+	    LOG_FORMAT_JSON;
 
 	clock_gettime(CLOCK_REALTIME, &now);
 	gmtime_r(&now.tv_sec, &tm);
@@ -294,8 +365,10 @@ emit(int level, const char *msg, const char *const *kv, size_t nkv,
 	/* A message cut short still gets its closing quote (reserve). */
 	(void)put_escaped(&l, msg);
 	put_close(&l, "\"");
+	if (bf != NULL)
+		put_field(&l, bf->key, bf->val, bf->len, json);
 	for (i = 0; i + 1 < nkv && !l.trunc; i += 2)
-		put_field(&l, kv[i], kv[i + 1]);
+		put_field(&l, kv[i], kv[i + 1], SIZE_MAX, json);
 	if (l.trunc || dropped)
 		put_close(&l, json ? ",\"truncated\":true" :
 		    " truncated=true");
@@ -319,42 +392,73 @@ log_msg(int level, const char *fmt, ...)
 	char msg[MSG_MAX];
 	va_list ap;
 
-	if (level < LOG_ERROR || level > log_level)
+	if (level < LOG_ERROR ||
+	    level > __atomic_load_n(&log_level, __ATOMIC_RELAXED))
 		return;
 	va_start(ap, fmt);
 	if (vsnprintf(msg, sizeof(msg), fmt, ap) < 0)
 		msg[0] = '\0';
 	va_end(ap);
-	emit(level, msg, NULL, 0, 0);
+	emit(level, msg, NULL, NULL, 0, 0);
+}
+
+/* The NULL-terminated key/value list of ap into kv; 1 when some did not fit. */
+static int
+collect(va_list ap, const char **kv, size_t *n)
+{
+	const char *key;
+	int dropped = 0;
+
+	*n = 0;
+	while ((key = va_arg(ap, const char *)) != NULL) {
+		const char *val = va_arg(ap, const char *);
+
+		if (*n == 2 * LOG_KV_MAX) {
+			dropped = 1;
+			continue;
+		}
+		kv[(*n)++] = key;
+		kv[(*n)++] = val;
+	}
+	return dropped;
 }
 
 void
 log_kv(int level, const char *msg, ...)
 {
 	const char *kv[2 * LOG_KV_MAX];
-	const char *key;
-	size_t n = 0;
-	int dropped = 0;
+	size_t n;
+	int dropped;
+	va_list ap;
+
+	if (level < LOG_ERROR ||
+	    level > __atomic_load_n(&log_level, __ATOMIC_RELAXED))
+		return;
+	va_start(ap, msg);
+	dropped = collect(ap, kv, &n);
+	va_end(ap);
+	emit(level, msg != NULL ? msg : "", NULL, kv, n, dropped);
+}
+
+void
+log_kv_bytes(int level, const char *msg, const char *key, const void *val,
+    size_t len, ...)
+{
+	const char *kv[2 * LOG_KV_MAX];
+	struct bytes_field bf = { key, val, len };
+	size_t n;
+	int dropped;
 	va_list ap;
 
 	if (level < LOG_ERROR || level > log_level)
 		return;
-	va_start(ap, msg);
-	while ((key = va_arg(ap, const char *)) != NULL) {
-		const char *val = va_arg(ap, const char *);
-
-		if (n == 2 * LOG_KV_MAX) {
-			dropped = 1;
-			continue;
-		}
-		kv[n++] = key;
-		kv[n++] = val;
-	}
+	if (bf.val == NULL)
+		bf.len = 0;
+	va_start(ap, len);
+	dropped = collect(ap, kv, &n);
 	va_end(ap);
-	emit(level, msg != NULL ? msg : "", kv, n, dropped);
+	emit(level, msg != NULL ? msg : "", &bf, kv, n, dropped);
 }
-
-/* ---- rate limiter ---- */
 
 #define RATELIM_WINDOW_NS	1000000000ull
 

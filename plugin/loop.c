@@ -1,3 +1,9 @@
+/*
+ * loop: the epoll loop (loop.h). Watches are epoll registrations whose
+ * callbacks run on the loop thread; "late" watches run after the others of
+ * the same wake-up. Timers sit in a binary heap keyed by CLOCK_MONOTONIC
+ * deadlines and bound each epoll_wait.
+ */
 #include "plugin/loop.h"
 
 #include <errno.h>

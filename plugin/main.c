@@ -1,7 +1,9 @@
 /*
  * p11kms: wiring. Flags, signals, the token generation (keyring + worker
  * pool), reloads and token recovery, the health probe, the gRPC server, and
- * the loop that runs them all.
+ * the loop that runs them all. What the daemon tells its supervisor lives
+ * here too: systemd notifications (notify.h), the pid file, and the status
+ * and reload outcome the ops endpoint serves (`p11kms status|reload`).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -10,7 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+#include <sys/resource.h>
 #include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
@@ -27,6 +31,7 @@
 #include "plugin/logcap.h"
 #include "plugin/loop.h"
 #include "plugin/metrics.h"
+#include "plugin/notify.h"
 #include "plugin/ops.h"
 #include "plugin/sandbox.h"
 #include "plugin/tokproc.h"
@@ -69,6 +74,16 @@ struct daemon {
 	struct audit *audit;		/* --audit-log, or NULL */
 	char *audit_path;		/* fixed: a reload keeps it */
 	struct loop_timer ops_timer;	/* 1 s: heartbeat, health, gauges */
+	uint64_t ops_period_ns;		/* 1 s, or less for the watchdog */
+	char *pid_file;			/* written once serving; NULL: none */
+	int serving;			/* READY=1 sent */
+	/* Reloads asked for (SIGHUP), the request the running or last load
+	 * answers, and that load's outcome: for `p11kms reload`. */
+	unsigned long reload_asked, reload_loading, reload_done;
+	int reload_is_request;		/* the running load answers a SIGHUP */
+	int reload_ok;			/* -1: none finished yet */
+	time_t reload_time;
+	char reload_why[512];
 };
 
 static void fatal(const char *fmt, ...)
@@ -86,6 +101,14 @@ fatal(const char *fmt, ...)
 	va_list ap;
 	int n;
 
+	/* Under --log-format json every line on stderr is a JSON record. */
+	if (log_format == LOG_FORMAT_JSON) {
+		va_start(ap, fmt);
+		(void)vsnprintf(b, sizeof(b), fmt, ap);
+		va_end(ap);
+		log_error("%s", b);
+		return;
+	}
 	memcpy(b, "p11kms: ", 8);
 	va_start(ap, fmt);
 	n = vsnprintf(b + 8, sizeof(b) - 9, fmt, ap);
@@ -106,6 +129,54 @@ audit_not_ready(struct daemon *d)
 	audit_why(d->audit, why, sizeof(why));
 	snprintf(msg, sizeof(msg), "audit log cannot be written: %s", why);
 	ops_set_ready(0, msg);
+}
+
+/* Copies s into a /status value: one line, no control characters. */
+static void
+status_value(char *out, size_t cap, const char *s)
+{
+	size_t i;
+
+	for (i = 0; s != NULL && s[i] != '\0' && i + 1 < cap; i++)
+		out[i] = (unsigned char)s[i] < 0x20 ? ' ' : s[i];
+	out[i] = '\0';
+}
+
+/*
+ * The /status body: "name value" lines, the names a contract with
+ * `p11kms status` and `p11kms reload` (plugin/ctl.c).
+ */
+static void
+publish_status(struct daemon *d)
+{
+	char b[OPS_STATUS_MAX], why[300], rwhy[300];
+	const char *h = d->kms != NULL ? kms_healthz(d->kms) : "starting";
+	unsigned w = 0, n = 0, busy = 0;
+
+	if (d->cur != NULL) {
+		w = gen_workers(d->cur);
+		n = gen_inflight(d->cur);
+		busy = gen_busy(d->cur);
+	}
+	status_value(why, sizeof(why), h);
+	status_value(rwhy, sizeof(rwhy), d->reload_why);
+	snprintf(b, sizeof(b),
+	    "version %s\npid %ld\nserving %d\nhealthz %s\ntoken %s\n"
+	    "key_id %s\nkeys %zu\nworkers %u\nbusy_workers %u\n"
+	    "queued_jobs %u\nconnections %zu\nactive_calls %zu\n"
+	    "reload_requested %lu\nreload_completed %lu\n"
+	    "reload_result %s\nreload_time %lld\nreload_message %s\n",
+	    P11KMS_VERSION, (long)getpid(), d->serving, why,
+	    d->cur == NULL ? "recovering" : strcmp(h, "ok") == 0 ? "up" :
+	    "down", d->cur != NULL ? gen_primary_key_id(d->cur) : "-",
+	    d->cur != NULL ? gen_nkeys(d->cur) : (size_t)0, w, busy,
+	    n > busy ? n - busy : 0,
+	    d->srv != NULL ? grpc_server_connections(d->srv) : (size_t)0,
+	    d->srv != NULL ? grpc_server_active_calls(d->srv) : (size_t)0,
+	    d->reload_asked, d->reload_done,
+	    d->reload_ok < 0 ? "none" : d->reload_ok ? "ok" : "failed",
+	    (long long)d->reload_time, rwhy[0] != '\0' ? rwhy : "-");
+	ops_set_status(b);
 }
 
 /*
@@ -139,6 +210,7 @@ publish(struct daemon *d)
 	if (d->srv != NULL)
 		metrics_set_grpc((unsigned)grpc_server_connections(d->srv),
 		    (unsigned)grpc_server_active_calls(d->srv));
+	publish_status(d);
 }
 
 static void
@@ -147,7 +219,11 @@ on_ops_timer(void *arg)
 	struct daemon *d = arg;
 
 	publish(d);
-	(void)loop_timer_start(d->loop, &d->ops_timer, loop_now() + NS_PER_S);
+	/* The loop turned: tell systemd's watchdog (WatchdogSec=). */
+	if (d->serving && notify_watchdog_usec() != 0)
+		(void)notify_send("WATCHDOG=1");
+	(void)loop_timer_start(d->loop, &d->ops_timer, loop_now() +
+	    d->ops_period_ns);
 }
 
 /*
@@ -226,12 +302,29 @@ log_config(const struct config *c, const struct gen *g)
 	    "pin_file", c->pin_file ? c->pin_file : "(URI pin-source)",
 	    "mechanism", c->mechanism, "services", kms_services(),
 	    "kms_version", c->kms_version,
-	    "workers", workers, "workers_from", g->workers_from,
-	    "max_inflight", inflight,
-	    "probe_interval_s", probe, "ops_listen", c->ops_listen ?
+	    "#workers", workers, "workers_from", g->workers_from,
+	    "#max_inflight", inflight,
+	    "#probe_interval_s", probe, "ops_listen", c->ops_listen ?
 	    c->ops_listen : "(off)", "log_format", c->log_format,
 	    "audit_log", c->audit_log ? c->audit_log : "(off)", "audit",
 	    audit, NULL);
+}
+
+/*
+ * Connections are file descriptors: the soft RLIMIT_NOFILE (often 1024)
+ * goes up to the hard one, so --max-connections, not the limit, decides.
+ */
+static void
+raise_nofile(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max)
+		return;
+	rl.rlim_cur = rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+		log_warn("cannot raise the open-file limit to %llu: %s",
+		    (unsigned long long)rl.rlim_max, strerror(errno));
 }
 
 static void
@@ -239,6 +332,8 @@ log_keys(const struct gen *g)
 {
 	size_t i;
 
+	if (!gen_remote() && *keyring_module_warning(g->kr) != '\0')
+		log_warn("%s", keyring_module_warning(g->kr));
 	for (i = 0; i < gen_nkeys(g); i++)
 		log_info("key %zu: %s key_id=%s mechanism=%s%s%s%s%s", i,
 		    gen_key_desc(g, i), gen_key_id(g, i),
@@ -327,6 +422,37 @@ start_load(struct daemon *d, int recovery)
 		return;
 	}
 	d->recovering = recovery;
+	d->reload_is_request = !recovery;
+	if (!recovery)
+		d->reload_loading = d->reload_asked;
+}
+
+/*
+ * A load that answers a SIGHUP finished: kept for /status, counted in the
+ * metrics, and told to systemd (READY=1 ends the RELOADING=1 of SIGHUP).
+ */
+static void
+reload_finished(struct daemon *d, int ok, const char *why)
+{
+	char msg[700];
+
+	if (!d->reload_is_request)
+		return;
+	d->reload_is_request = 0;
+	d->reload_done = d->reload_loading;
+	d->reload_ok = ok;
+	d->reload_time = time(NULL);
+	snprintf(d->reload_why, sizeof(d->reload_why), "%s", why);
+	metrics_reload(ok, (double)d->reload_time);
+	snprintf(msg, sizeof(msg), "READY=1\nSTATUS=%s: %s",
+	    ok ? "reloaded" : "reload failed, serving the old configuration",
+	    why);
+	/* One line: STATUS= ends at the newline. */
+	for (char *p = msg + 8; *p != '\0'; p++)
+		if (*p == '\n')
+			*p = ' ';
+	(void)notify_send(msg);
+	publish_status(d);
 }
 
 static void
@@ -339,6 +465,7 @@ on_loaded(void *arg, struct gen *g, int status, const char *err)
 	if (d->cur == NULL)
 		d->recovering = 1;
 	if (g == NULL) {
+		reload_finished(d, 0, err);
 		if (!d->recovering) {
 			log_error("reload failed, still serving the old "
 			    "configuration: %s", err);
@@ -366,6 +493,7 @@ on_loaded(void *arg, struct gen *g, int status, const char *err)
 	if (gen_watch(g, d->loop, on_pool, on_tokproc_dead, d) != 0) {
 		log_error("%s failed: epoll: %s", d->recovering ? "recovery" :
 		    "reload", strerror(errno));
+		reload_finished(d, 0, "epoll_ctl failed");
 		gen_free(g);
 		if (d->cur == NULL)
 			(void)loop_timer_start(d->loop, &d->recover_timer,
@@ -379,18 +507,33 @@ on_loaded(void *arg, struct gen *g, int status, const char *err)
 	}
 	d->cur = g;
 	d->grace_s = g->cfg.grace_s;
-	log_level = g->cfg.log_level;
+	if (d->srv != NULL)
+		grpc_server_set_max_conns(d->srv, g->cfg.max_connections);
+	/* The logger reads these from every thread (log.h). */
+	__atomic_store_n(&log_level, g->cfg.log_level, __ATOMIC_RELAXED);
+	__atomic_store_n(&log_format, log_format_parse(g->cfg.log_format),
+	    __ATOMIC_RELAXED);
 	kms_set_gen(d->kms, g);
 	d->pin_fault = 0;
 	publish(d);
 	if (d->recovering) {
 		log_info("token recovered: keyring reopened, key_id=%s",
 		    gen_primary_key_id(g));
+		reload_finished(d, 1, "token recovered, keyring reopened");
 	} else {
-		log_info("reloaded: %zu key(s), key_id=%s, workers=%u (%s)",
-		    gen_nkeys(g), gen_primary_key_id(g),
-		    g->workers, g->workers_from);
+		char nk[24], nw[16];
+
+		snprintf(nk, sizeof(nk), "%zu", gen_nkeys(g));
+		snprintf(nw, sizeof(nw), "%u", g->workers);
+		log_kv(LOG_INFO, "reloaded: new configuration serving",
+		    "#keys", nk, "key_id", gen_primary_key_id(g),
+		    "#workers", nw, "workers_from", g->workers_from,
+		    "log_level", log_level_name(g->cfg.log_level),
+		    "log_format", g->cfg.log_format, NULL);
 		log_keys(g);
+		snprintf(why, sizeof(why), "%zu key(s), key_id=%s",
+		    gen_nkeys(g), gen_primary_key_id(g));
+		reload_finished(d, 1, why);
 	}
 	reap_retired(d);
  again:
@@ -497,9 +640,12 @@ on_signal(void *arg, uint32_t events)
 		switch (si.ssi_signo) {
 		case SIGTERM:
 		case SIGINT:
-			if (!d->stopping)
+			if (!d->stopping) {
 				log_info("signal %d: shutting down",
 				    (int)si.ssi_signo);
+				(void)notify_send("STOPPING=1\nSTATUS="
+				    "shutting down");
+			}
 			d->stopping = 1;
 			break;
 		case SIGUSR1:
@@ -508,6 +654,10 @@ on_signal(void *arg, uint32_t events)
 			break;
 		case SIGHUP:
 			log_info("SIGHUP: reloading the configuration");
+			d->reload_asked++;
+			if (d->serving)
+				(void)notify_send("RELOADING=1\nSTATUS="
+				    "reloading the configuration");
 			audit_reopen(d->audit);
 			d->recover_s = RECOVER_MIN_S;
 			loop_timer_stop(d->loop, &d->recover_timer);
@@ -566,6 +716,62 @@ serve(struct daemon *d)
 		    grpc_server_active_calls(d->srv));
 }
 
+/*
+ * Writes the pid file: a temporary file renamed over PATH, so a reader sees
+ * the old pid or the new one, never a partial line. 0, or -1 with err.
+ */
+static int
+pid_file_write(const char *path, char *err, size_t errlen)
+{
+	char tmp[4096], line[32];
+	FILE *f;
+	int n;
+
+	n = snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	if (n < 0 || (size_t)n >= sizeof(tmp)) {
+		snprintf(err, errlen, "--pid-file: path too long");
+		return -1;
+	}
+	snprintf(line, sizeof(line), "%ld\n", (long)getpid());
+	if ((f = fopen(tmp, "we")) == NULL || fputs(line, f) == EOF ||
+	    fclose(f) != 0 || rename(tmp, path) != 0) {
+		snprintf(err, errlen, "--pid-file %.200s: %s", path,
+		    strerror(errno));
+		(void)unlink(tmp);
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Serving: systemd hears READY=1 (Type=notify), the pid file appears, and
+ * the ops loop ticks fast enough for the watchdog.
+ */
+static void
+announce_ready(struct daemon *d, const struct gen *g)
+{
+	char msg[400], err[300];
+	uint64_t wd = notify_watchdog_usec();
+
+	if (g->cfg.pid_file != NULL) {
+		if (pid_file_write(g->cfg.pid_file, err, sizeof(err)) != 0)
+			log_warn("%s; p11kms reload needs --pid instead", err);
+		else
+			d->pid_file = strdup(g->cfg.pid_file);
+	}
+	/* Twice per watchdog interval, at most once a second. */
+	if (wd != 0 && wd / 2 * 1000 < d->ops_period_ns)
+		d->ops_period_ns = wd / 2 * 1000 > 0 ? wd / 2 * 1000 : 1000;
+	d->serving = 1;
+	snprintf(msg, sizeof(msg), "READY=1\nSTATUS=serving key_id=%s, "
+	    "%zu key(s), %u workers", gen_primary_key_id(g),
+	    gen_nkeys(g), g->workers);
+	(void)notify_send(msg);
+	if (wd != 0)
+		(void)notify_send("WATCHDOG=1");
+	publish(d);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -579,33 +785,46 @@ main(int argc, char **argv)
 	char err[512];
 	int r, ok, ret = EXIT_RUNTIME;
 
-	if (argc > 1 && tool_is_subcommand(argv[1]))
-		return tool_main(argc - 1, argv + 1);
+	/* The token process first: its name is no subcommand a user types. */
 	if (argc > 1 && strcmp(argv[1], TOKPROC_ARG) == 0)
 		return tokserve_main(argc, argv);
+	/* A first argument that is no flag names a subcommand; an unknown
+	 * one gets the list. */
+	if (argc > 1 && (tool_is_subcommand(argv[1]) ||
+	    tool_looks_like_subcommand(argv[1])))
+		return tool_main(argc - 1, argv + 1);
 	memset(&d, 0, sizeof(d));
 	d.sig_watch.fd = -1;
 	d.loader.watch.fd = -1;
 	d.recover_s = RECOVER_MIN_S;
 	d.recover_timer.cb = on_recover_timer;
 	d.recover_timer.arg = &d;
+	d.ops_period_ns = NS_PER_S;
+	d.reload_ok = -1;
 	config_defaults(&cfg);
 	r = config_parse_args(&cfg, argc, argv, err, sizeof(err));
 	if (r != CONFIG_OK) {
+		/* --log-format json seen before the error: a JSON record. */
+		if (r != CONFIG_EXIT && cfg.log_format != NULL &&
+		    log_format_parse(cfg.log_format) == LOG_FORMAT_JSON)
+			log_format = LOG_FORMAT_JSON;
 		config_free(&cfg);
 		if (r == CONFIG_EXIT)
 			return 0;
-		fprintf(stderr, "p11kms: %s\n", err);
+		fatal("%s", err);
 		return EXIT_CONFIG;
 	}
 	log_level = cfg.log_level;
 	log_format = log_format_parse(cfg.log_format);
+	if (notify_init(err, sizeof(err)) != 0)
+		log_warn("%s", err);
 	metrics_set_rv_namer(keyring_rv_name);
 	kms_metrics_register();
 	keyring_set_call_observer(metrics_token_call);
 	/* Before the PIN is read or a key is touched. */
 	harden_process(err, sizeof(err));
 	log_info("%s", err);
+	raise_nofile();
 	/* Before any thread: the spawner is a fork of this process. */
 	if (cfg.token_process) {
 		if (tokproc_spawner_start(argc, argv, cfg.token_user,
@@ -627,7 +846,8 @@ main(int argc, char **argv)
 	 * With a token process that one captures its own. */
 	if (!cfg.token_process && logcap_start(NULL, err, sizeof(err)) != 0)
 		log_warn("%s; module output stays on stderr as is", err);
-	if ((r = gen_open(&cfg, &g, err, sizeof(err))) != KEYRING_OK) {
+	if ((r = gen_open_or_signal(&cfg, d.sig_watch.fd, &g, err,
+	    sizeof(err))) != KEYRING_OK) {
 		fatal("%s", err);
 		ret = r == KEYRING_E_CONFIG || r == KEYRING_E_PIN ?
 		    EXIT_CONFIG : EXIT_RUNTIME;
@@ -715,19 +935,27 @@ main(int argc, char **argv)
 		goto out;
 	}
 	kms_attach(d.kms, d.srv);
+	grpc_server_set_max_conns(d.srv, g->cfg.max_connections);
 	if (grpc_server_listen(d.srv, g->cfg.socket_path, err,
 	    sizeof(err)) != 0) {
 		fatal("%s", err);
 		ret = EXIT_CONFIG;
 		goto out;
 	}
-	log_info("p11kms %s serving %s (v2 Status version %s) on %s%s "
-	    "key_id=%s workers=%u max_inflight=%u%s%s", P11KMS_VERSION,
-	    kms_services(), g->cfg.kms_version,
-	    g->cfg.socket_path[0] == '@' ? "abstract socket " : "",
-	    g->cfg.socket_path, gen_primary_key_id(g), g->workers,
-	    g->inflight, d.audit != NULL ? " audit_log=" : "",
-	    d.audit != NULL ? d.audit_path : "");
+	{
+		char nw[16], ni[16];
+
+		snprintf(nw, sizeof(nw), "%u", g->workers);
+		snprintf(ni, sizeof(ni), "%u", g->inflight);
+		log_kv(LOG_INFO, "serving", "version", P11KMS_VERSION,
+		    "services", kms_services(), "kms_version",
+		    g->cfg.kms_version, "socket", g->cfg.socket_path,
+		    "abstract", g->cfg.socket_path[0] == '@' ? "true" :
+		    "false", "key_id", gen_primary_key_id(g),
+		    "#workers", nw, "#max_inflight", ni, "audit_log",
+		    d.audit != NULL ? d.audit_path : "(off)", NULL);
+	}
+	announce_ready(&d, g);
 
 	if (gen_remote() && enter_sandbox(&d) != 0)
 		goto out;
@@ -738,8 +966,19 @@ main(int argc, char **argv)
 	ret = 0;
 
  out:
+	if (d.pid_file != NULL)
+		(void)unlink(d.pid_file);
+	free(d.pid_file);
+	notify_fini();
 	ops_stop(d.ops);
 	loop_timer_stop(d.loop, &d.ops_timer);
+	/* A reload hung in the token delays the exit by --grace at most. */
+	if (gen_loader_wait(&d.loader, d.grace_s) != 0) {
+		log_error("a reload is still inside the token after the %u s "
+		    "grace period: exiting without finalizing the module",
+		    d.grace_s);
+		_exit(ret);
+	}
 	gen_loader_fini(&d.loader);
 	loop_timer_stop(d.loop, &d.recover_timer);
 	grpc_server_free(d.srv);

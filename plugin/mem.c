@@ -1,7 +1,13 @@
+/*
+ * mem: allocations that are wiped on free (mem.h). A size header in front
+ * of each block lets mem_free_secret() OPENSSL_cleanse all of it; the
+ * protobuf-c allocator uses the same pair so unpacked DEKs are wiped too.
+ */
 #include "plugin/mem.h"
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <openssl/crypto.h>
 
 /*
@@ -60,4 +66,66 @@ ProtobufCAllocator mem_protobuf_allocator = {
 	.alloc = pb_alloc,
 	.free = pb_free,
 	.allocator_data = NULL,
+};
+
+void *
+mem_realloc_secret(void *ptr, size_t size)
+{
+	void *n;
+	size_t old;
+
+	if (ptr == NULL)
+		return mem_alloc_secret(size);
+	if (size == 0) {
+		mem_free_secret(ptr);
+		return NULL;
+	}
+	old = *(size_t *)(void *)((unsigned char *)ptr - MEM_HDR);
+	if ((n = mem_alloc_secret(size)) == NULL)
+		return NULL;
+	memcpy(n, ptr, old < size ? old : size);
+	mem_free_secret(ptr);
+	return n;
+}
+
+static void *
+h2_malloc(size_t size, void *data)
+{
+	(void)data;
+	return mem_alloc_secret(size);
+}
+
+static void
+h2_free(void *ptr, void *data)
+{
+	(void)data;
+	mem_free_secret(ptr);
+}
+
+static void *
+h2_calloc(size_t nmemb, size_t size, void *data)
+{
+	void *p;
+
+	(void)data;
+	if (size != 0 && nmemb > SIZE_MAX / size)
+		return NULL;
+	if ((p = mem_alloc_secret(nmemb * size)) != NULL)
+		memset(p, 0, nmemb * size);
+	return p;
+}
+
+static void *
+h2_realloc(void *ptr, size_t size, void *data)
+{
+	(void)data;
+	return mem_realloc_secret(ptr, size);
+}
+
+nghttp2_mem mem_nghttp2 = {
+	.mem_user_data = NULL,
+	.malloc = h2_malloc,
+	.free = h2_free,
+	.calloc = h2_calloc,
+	.realloc = h2_realloc,
 };

@@ -9,6 +9,7 @@
 #define P11KMS_MEM_H
 
 #include <stddef.h>
+#include <nghttp2/nghttp2.h>
 #include <protobuf-c/protobuf-c.h>
 
 /* malloc that remembers the size, so the free can wipe it. */
@@ -18,6 +19,20 @@ void mem_free_secret(void *p);
 /* Wipes len bytes at p (never optimised away). */
 void mem_wipe(void *p, size_t len);
 
+/*
+ * Resizes a mem_alloc_secret block: a new block, the old bytes copied, the
+ * old block wiped and freed (realloc would leave the old block's bytes in
+ * the heap). NULL p allocates; size 0 frees and returns NULL. On failure
+ * returns NULL and leaves p as it was.
+ */
+void *mem_realloc_secret(void *p, size_t size);
+
 extern ProtobufCAllocator mem_protobuf_allocator;
+/*
+ * nghttp2's allocator (nghttp2_session_server_new3): its buffers hold
+ * request and reply DATA, which carry plaintexts and DEKs; every free
+ * and every resize wipes.
+ */
+extern nghttp2_mem mem_nghttp2;
 
 #endif

@@ -1,3 +1,10 @@
+/*
+ * metrics: the Prometheus registry (metrics.h). Static arrays of relaxed
+ * atomics indexed by fixed tables (service, method, code, PKCS#11 function,
+ * a few CK_RV slots), so recording from any thread never locks, allocates
+ * or creates a series a peer chose; metrics_render formats it on the ops
+ * thread.
+ */
 #include "plugin/metrics.h"
 
 #include <pthread.h>
@@ -95,7 +102,10 @@ static struct {
 	_Atomic uint64_t audit_written, audit_lost, audit_errors,
 	    audit_truncated;
 	_Atomic unsigned audit_queue;
-} reg;
+	_Atomic uint64_t reloads_ok, reloads_failed;
+	_Atomic uint64_t reload_ok_time_ms;	/* 0: never */
+	_Atomic int reload_last_ok;		/* -1: none yet */
+} reg = { .reload_last_ok = -1 };
 
 static _Atomic(const char *(*)(unsigned long)) rv_namer;
 
@@ -291,6 +301,17 @@ metrics_set_key_id(const char *id)
 }
 
 void
+metrics_reload(int ok, double when)
+{
+	atomic_fetch_add_explicit(ok ? &reg.reloads_ok : &reg.reloads_failed,
+	    1, RELAXED);
+	if (ok)
+		atomic_store_explicit(&reg.reload_ok_time_ms,
+		    (uint64_t)(when * 1000.0), RELAXED);
+	atomic_store_explicit(&reg.reload_last_ok, ok ? 1 : 0, RELAXED);
+}
+
+void
 metrics_audit_enable(void)
 {
 	atomic_store(&reg.audit_on, 1);
@@ -330,6 +351,7 @@ void
 metrics_reset(void)
 {
 	memset(&reg, 0, sizeof(reg));
+	atomic_store(&reg.reload_last_ok, -1);
 	atomic_store(&rv_namer, NULL);
 	metrics_set_key_id(NULL);
 }
@@ -566,6 +588,29 @@ counter(struct sb *b, const char *name, const char *help, _Atomic uint64_t *v)
 }
 
 static void
+render_reloads(struct sb *b)
+{
+	uint64_t t = load64(&reg.reload_ok_time_ms);
+	int last = atomic_load_explicit(&reg.reload_last_ok, RELAXED);
+
+	sb_header(b, "p11kms_reloads_total", "counter",
+	    "Configuration reloads (SIGHUP) by result: ok or failed.");
+	sb_printf(b, "p11kms_reloads_total{result=\"ok\"} %llu\n",
+	    (unsigned long long)load64(&reg.reloads_ok));
+	sb_printf(b, "p11kms_reloads_total{result=\"failed\"} %llu\n",
+	    (unsigned long long)load64(&reg.reloads_failed));
+	sb_header(b, "p11kms_last_reload_success_timestamp_seconds", "gauge",
+	    "Time of the last successful reload, seconds since the Unix "
+	    "epoch; the start time until one succeeds.");
+	sb_printf(b, "p11kms_last_reload_success_timestamp_seconds %.3f\n",
+	    t != 0 ? (double)t / 1000.0 : start_time);
+	sb_header(b, "p11kms_last_reload_successful", "gauge",
+	    "1 when the last reload succeeded (or none was tried), 0 when it "
+	    "failed.");
+	sb_printf(b, "p11kms_last_reload_successful %d\n", last != 0);
+}
+
+static void
 render_audit(struct sb *b)
 {
 	if (!atomic_load(&reg.audit_on))
@@ -604,6 +649,7 @@ metrics_render(char **buf, size_t *len)
 	render_requests(&b);
 	render_token(&b);
 	render_gauges(&b);
+	render_reloads(&b);
 	render_audit(&b);
 	if (b.oom) {
 		free(b.p);

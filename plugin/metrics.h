@@ -28,6 +28,9 @@
  *   p11kms_pool_busy_workers                                gauge
  *   p11kms_pool_queued_jobs                                 gauge
  *   p11kms_active_key_info{key_id}                          gauge, 1
+ *   p11kms_reloads_total{result}                            counter, ok|failed
+ *   p11kms_last_reload_success_timestamp_seconds            gauge
+ *   p11kms_last_reload_successful                           gauge, 0/1
  *   p11kms_audit_records_written_total                      counter
  *   p11kms_audit_records_lost_total                         counter
  *   p11kms_audit_write_errors_total                         counter
@@ -87,6 +90,12 @@ void metrics_set_pool(unsigned workers, unsigned busy, unsigned queued);
 void metrics_set_grpc(unsigned connections, unsigned active_calls);
 /* key_id of the key that encrypts (copied; NULL or "" removes the series). */
 void metrics_set_key_id(const char *key_id);
+
+/*
+ * A reload finished: ok 1 or 0, when = wall-clock seconds since the epoch
+ * (kept only for a success).
+ */
+void metrics_reload(int ok, double when);
 
 /*
  * The audit log (--audit-log); rendered only after metrics_audit_enable().

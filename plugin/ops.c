@@ -1,3 +1,9 @@
+/*
+ * ops: the ops HTTP endpoint (ops.h) on libmicrohttpd's own thread. It
+ * serves only what the loop published (a heartbeat, the ready verdict and
+ * reason, the /status text) and the metrics registry, never calling into
+ * the loop, so a stuck loop shows as a failing /livez, not a hung probe.
+ */
 #include "plugin/ops.h"
 #include "plugin/unixsock.h"
 
@@ -52,6 +58,7 @@ static _Atomic uint64_t beat;		/* monotonic ns; 0: never */
 static pthread_mutex_t state_lock = PTHREAD_MUTEX_INITIALIZER;
 static int state_ready;			/* under state_lock */
 static char state_why[OPS_WHY_MAX] = "starting";
+static char state_status[OPS_STATUS_MAX];	/* under state_lock */
 
 static uint64_t
 now_ns(void)
@@ -74,6 +81,15 @@ ops_set_ready(int ready, const char *why)
 	pthread_mutex_lock(&state_lock);
 	state_ready = ready != 0;
 	snprintf(state_why, sizeof(state_why), "%s", why != NULL ? why : "");
+	pthread_mutex_unlock(&state_lock);
+}
+
+void
+ops_set_status(const char *text)
+{
+	pthread_mutex_lock(&state_lock);
+	snprintf(state_status, sizeof(state_status), "%s",
+	    text != NULL ? text : "");
 	pthread_mutex_unlock(&state_lock);
 }
 
@@ -387,6 +403,16 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 		return health(o, c, 1, 0);
 	if (strcmp(url, "/healthz") == 0)
 		return health(o, c, 1, 1);
+	if (strcmp(url, "/status") == 0) {
+		pthread_mutex_lock(&state_lock);
+		buf = strdup(state_status);
+		pthread_mutex_unlock(&state_lock);
+		if (buf == NULL)
+			return reply_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR,
+			    "out of memory\n");
+		return reply(c, MHD_HTTP_OK, "text/plain; charset=utf-8", buf,
+		    strlen(buf), MHD_RESPMEM_MUST_FREE);
+	}
 	if (strcmp(url, "/metrics") == 0) {
 		if (metrics_render(&buf, &len) != 0)
 			return reply_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR,
@@ -395,7 +421,7 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 		    MHD_RESPMEM_MUST_FREE);
 	}
 	return reply_text(c, MHD_HTTP_NOT_FOUND, "not found: try /livez, "
-	    "/readyz, /healthz or /metrics\n");
+	    "/readyz, /healthz, /status or /metrics\n");
 }
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)
@@ -486,7 +512,8 @@ ops_start(const struct ops_config *cfg, struct ops **out, char *err,
 	}
 	close(fd);
 	atomic_store(&o->serving, 1);
-	log_info("ops endpoint on %s: /livez /readyz /healthz /metrics",
+	log_info("ops endpoint on %s: /livez /readyz /healthz /status "
+	    "/metrics",
 	    o->addr);
 	/* success */
 	*out = o;

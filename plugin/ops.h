@@ -7,6 +7,9 @@
  *             (keys loaded, the token answered recently); else 503.
  *   /healthz  as /readyz, with the reason in the body when failing.
  *   /metrics  Prometheus text format 0.0.4 (plugin/metrics.h).
+ *   /status   what the loop last published with ops_set_status: one
+ *             "name value" line each (healthz, key_id, workers, reload
+ *             outcome...), read by `p11kms status` and `p11kms reload`.
  *
  * anything else is 404, any other method 405.
  *
@@ -24,6 +27,7 @@
 
 #define OPS_STALE_S_DEFAULT	10	/* /livez grace without a heartbeat */
 #define OPS_WHY_MAX		256	/* reason kept by ops_set_ready */
+#define OPS_STATUS_MAX		2048	/* /status body kept by ops_set_status */
 
 struct ops;
 
@@ -77,5 +81,7 @@ const char *ops_address(const struct ops *o);
  */
 void ops_heartbeat(void);
 void ops_set_ready(int ready, const char *why);
+/* The /status body (copied, cut to OPS_STATUS_MAX - 1 bytes). */
+void ops_set_status(const char *text);
 
 #endif

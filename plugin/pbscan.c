@@ -1,3 +1,8 @@
+/*
+ * pbscan: a walk of a protobuf message's top-level fields (pbscan.h), to
+ * refuse what protobuf-c would silently accept (a string field holding a
+ * NUL byte). Bounds are checked against what remains, never by adding.
+ */
 #include "plugin/pbscan.h"
 
 #include <string.h>

@@ -361,6 +361,9 @@ tokserve_main(int argc, char **argv)
 		copy_str(s.msg.u.failed.err, sizeof(s.msg.u.failed.err), err);
 		goto tell;
 	}
+	/* The front never sees the keyring: the warning is said here. */
+	if (*keyring_module_warning(s.g->kr) != '\0')
+		log_warn("%s", keyring_module_warning(s.g->kr));
 	s.msg.type = TOKWIRE_READY;
 	fill_ready(&s.msg.u.ready, s.g);
  tell:

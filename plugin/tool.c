@@ -6,6 +6,8 @@
  *   p11kms keys     [--module M [--module-init-args S]] [--pin-file F] URI
  *   p11kms selftest [daemon flags: --config F, --key URI..., --module M,
  *                    --pin-file F, --mechanism X, ...]
+ *   p11kms init-token --module M --label L --so-pin-file F --pin-file F
+ *   p11kms status|reload  (plugin/ctl.c: ask or reload a running daemon)
  *
  * Exit status: 0 done (selftest: every key passed), 1 not ready or a
  * runtime failure, 2 usage or configuration error. Errors go to stderr and
@@ -24,9 +26,12 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include "pkcs11/inittoken.h"
 #include "pkcs11/keyring.h"
 #include "plugin/audit.h"
 #include "plugin/config.h"
+#include "plugin/ctl.h"
+#include "plugin/harden.h"
 
 #define EXIT_OK		0
 #define EXIT_NOT_READY	1
@@ -121,6 +126,23 @@ selftest_usage(FILE *fp)
 "\n"
 "The daemon's options:\n");
 	config_usage(fp);
+}
+
+/*
+ * The daemon's hardening (harden.h: no core dumps, not dumpable, memory
+ * locked where permitted), before a subcommand reads a PIN or touches a
+ * key. Its summary line is the daemon's log; a tool keeps stderr for
+ * errors and says only what could not be applied.
+ */
+static void
+tool_harden(const char *cmd)
+{
+	char msg[256];
+
+	harden_process(msg, sizeof(msg));
+	if (strstr(msg, "NOT disabled") != NULL ||
+	    strstr(msg, "still dumpable") != NULL)
+		fprintf(stderr, "p11kms: %s: %s\n", cmd, msg);
 }
 
 static int
@@ -222,15 +244,15 @@ parse_tool_args(const char *cmd, int argc, char **argv, int with_gen,
 	return -1;
 }
 
-/* keygen's notes, one "p11kms: keygen: " line each, on stderr. */
+/* Notes, one "p11kms: CMD: " line each, on stderr. */
 static void
-print_notes(const char *notes)
+print_notes(const char *cmd, const char *notes)
 {
 	const char *p = notes, *nl;
 
 	while (p != NULL && *p != '\0') {
 		nl = strchr(p, '\n');
-		fprintf(stderr, "p11kms: keygen: %.*s\n", nl != NULL ?
+		fprintf(stderr, "p11kms: %s: %.*s\n", cmd, nl != NULL ?
 		    (int)(nl - p) : (int)strlen(p), p);
 		p = nl != NULL ? nl + 1 : NULL;
 	}
@@ -247,8 +269,9 @@ cmd_keygen(int argc, char **argv)
 	if ((r = parse_tool_args("keygen", argc, argv, 1, &cfg,
 	    keygen_usage)) >= 0)
 		return r;
+	tool_harden("keygen");
 	r = keyring_keygen(&cfg, &info, err, sizeof(err));
-	print_notes(info.notes);
+	print_notes("keygen", info.notes);
 	if (r != 0) {
 		fprintf(stderr, "p11kms: keygen: %s\n", err[0] ? err :
 		    keyring_strerror(r));
@@ -292,14 +315,14 @@ cmd_keys(int argc, char **argv)
 	if ((r = parse_tool_args("keys", argc, argv, 0, &cfg,
 	    keys_usage)) >= 0)
 		return r;
+	tool_harden("keys");
 	if ((r = keyring_list(&cfg, &v, &n, &truncated, err,
 	    sizeof(err))) != 0) {
 		fprintf(stderr, "p11kms: keys: %s\n", err[0] ? err :
 		    keyring_strerror(r));
 		return status_exit(r);
 	}
-	if (err[0] != '\0')
-		fprintf(stderr, "p11kms: keys: %s\n", err);
+	print_notes("keys", err);
 	wl = width(v, n, offsetof(struct keyring_key_info, label), 5);
 	wi = width(v, n, offsetof(struct keyring_key_info, id_hex), 2);
 	wt = width(v, n, offsetof(struct keyring_key_info, type), 4);
@@ -392,6 +415,7 @@ cmd_selftest(int argc, char **argv)
 		ret = EXIT_USAGE;
 		goto out;
 	}
+	tool_harden("selftest");
 	memset(&kcfg, 0, sizeof(kcfg));
 	kcfg.module = cfg.module;
 	kcfg.module_init_args = cfg.module_init_args;
@@ -441,25 +465,154 @@ out:
 	return ret;
 }
 
+static void
+init_token_usage(FILE *fp)
+{
+	fprintf(fp,
+"Usage: p11kms init-token --module M --label L --so-pin-file F --pin-file F\n"
+"Creates a token: C_InitToken on the first slot whose token is not\n"
+"initialized yet (SoftHSM always offers one) with the SO PIN, then as SO\n"
+"C_InitPIN with the user PIN. Both PINs come from files, never from the\n"
+"command line, and follow the PIN file rules (p11kms(8), SECURITY.md).\n"
+"A token with that label already there is never touched.\n"
+"\n"
+"  -m, --module PATH|NAME   PKCS#11 module (.so path or p11-kit name)\n"
+"  -l, --label L            the new token's label, 1 to 32 bytes\n"
+"      --so-pin-file FILE   file holding the new security officer PIN\n"
+"  -p, --pin-file FILE      file holding the new user PIN\n"
+"  -h, --help               this text\n"
+"\n"
+"Prints the token's label and serial.\n"
+"Exit status: 0 created, 1 the token failed (the message names the\n"
+"PKCS#11 call), 2 bad flags, a PIN file refused, the label exists or no\n"
+"free slot.\n");
+}
+
+enum { OPT_SO_PIN_FILE = 300 };
+
+static int
+cmd_init_token(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "module",	 required_argument, NULL, 'm' },
+		{ "label",	 required_argument, NULL, 'l' },
+		{ "so-pin-file", required_argument, NULL, OPT_SO_PIN_FILE },
+		{ "pin-file",	 required_argument, NULL, 'p' },
+		{ "help",	 no_argument,	    NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct inittoken_config cfg;
+	struct inittoken_result res;
+	char err[768] = "";
+	int c, r;
+
+	memset(&cfg, 0, sizeof(cfg));
+	optind = 0;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":m:l:p:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'm':
+			cfg.module = optarg;
+			break;
+		case 'l':
+			cfg.label = optarg;
+			break;
+		case OPT_SO_PIN_FILE:
+			cfg.so_pin_file = optarg;
+			break;
+		case 'p':
+			cfg.pin_file = optarg;
+			break;
+		case 'h':
+			init_token_usage(stdout);
+			return EXIT_OK;
+		case ':':
+			fprintf(stderr, "p11kms: init-token: %.60s needs a "
+			    "value; see p11kms init-token --help\n",
+			    argv[optind - 1]);
+			return EXIT_USAGE;
+		default:
+			fprintf(stderr, "p11kms: init-token: unknown option "
+			    "'%.60s'; see p11kms init-token --help\n",
+			    argv[optind - 1]);
+			return EXIT_USAGE;
+		}
+	}
+	if (optind != argc || cfg.module == NULL || cfg.label == NULL ||
+	    cfg.so_pin_file == NULL || cfg.pin_file == NULL) {
+		fprintf(stderr, "p11kms: init-token: %s; see p11kms init-token "
+		    "--help\n", optind != argc ? "no arguments besides the "
+		    "options" : "give --module, --label, --so-pin-file and "
+		    "--pin-file");
+		return EXIT_USAGE;
+	}
+	tool_harden("init-token");
+	if ((r = inittoken_run(&cfg, &res, err, sizeof(err))) != KEYRING_OK) {
+		fprintf(stderr, "p11kms: init-token: %s\n", err[0] ? err :
+		    keyring_strerror(r));
+		return status_exit(r);
+	}
+	printf("initialized token\n");
+	printf("label      %s\n", res.label);
+	printf("serial     %s\n", res.serial);
+	return EXIT_OK;
+}
+
+/* Every subcommand, in the order usage lists them. */
+static const struct {
+	const char *name;
+	int (*main)(int argc, char **argv);
+	const char *what;
+} subcommands[] = {
+	{ "keygen",	  cmd_keygen,	     "create a key-encryption key" },
+	{ "keys",	  cmd_keys,	     "list a token's keys" },
+	{ "selftest",	  cmd_selftest,	     "check the configured keys" },
+	{ "init-token",	  cmd_init_token,    "create a token (PINs from files)" },
+	{ "status",	  ctl_status_main,   "ask a running daemon how it is" },
+	{ "reload",	  ctl_reload_main,   "reload a running daemon" },
+	{ "audit-verify", audit_verify_main, "check an audit log" },
+};
+#define NSUBCOMMANDS	(sizeof(subcommands) / sizeof(subcommands[0]))
+
 int
 tool_is_subcommand(const char *name)
 {
-	return strcmp(name, "keygen") == 0 || strcmp(name, "keys") == 0 ||
-	    strcmp(name, "selftest") == 0 ||
-	    strcmp(name, "audit-verify") == 0;
+	size_t i;
+
+	for (i = 0; i < NSUBCOMMANDS; i++)
+		if (strcmp(name, subcommands[i].name) == 0)
+			return 1;
+	return 0;
+}
+
+int
+tool_looks_like_subcommand(const char *arg)
+{
+	return arg[0] != '-' && arg[0] != '\0';
+}
+
+void
+tool_list_subcommands(FILE *fp)
+{
+	size_t i;
+
+	for (i = 0; i < NSUBCOMMANDS; i++)
+		fprintf(fp, "  p11kms %-13s %s\n", subcommands[i].name,
+		    subcommands[i].what);
 }
 
 int
 tool_main(int argc, char **argv)
 {
-	if (strcmp(argv[0], "keygen") == 0)
-		return cmd_keygen(argc, argv);
-	if (strcmp(argv[0], "keys") == 0)
-		return cmd_keys(argc, argv);
-	if (strcmp(argv[0], "selftest") == 0)
-		return cmd_selftest(argc, argv);
-	if (strcmp(argv[0], "audit-verify") == 0)
-		return audit_verify_main(argc, argv);
-	fprintf(stderr, "p11kms: unknown subcommand '%.40s'\n", argv[0]);
+	size_t i;
+
+	for (i = 0; i < NSUBCOMMANDS; i++)
+		if (strcmp(argv[0], subcommands[i].name) == 0)
+			return subcommands[i].main(argc, argv);
+	fprintf(stderr, "p11kms: unknown subcommand '%.40s'; the "
+	    "subcommands are:\n", argv[0]);
+	tool_list_subcommands(stderr);
+	fprintf(stderr, "and the daemon itself: p11kms [OPTIONS] (see "
+	    "p11kms --help)\n");
 	return EXIT_USAGE;
 }

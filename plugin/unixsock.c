@@ -1,3 +1,8 @@
+/*
+ * unixsock: creating a listening unix socket (unixsock.h): mode 0600 set on
+ * the unbound socket before bind, a live server on the path refused (a
+ * connect probe), a stale socket replaced, any other file left alone.
+ */
 #include "plugin/unixsock.h"
 
 #include <errno.h>

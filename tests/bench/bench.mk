@@ -1,4 +1,4 @@
-# `make bench`: the load generator (tests/bench/bench.c) run against the
+# `make bench`: the load generator (tests/bench/bench*.c) run against the
 # daemon on a throwaway SoftHSM token. Not part of `make check`: it is a
 # benchmark, it asserts no targets. Included by the top Makefile.
 #
@@ -19,10 +19,14 @@ BENCH_FAULT_SO	= $(BUILD)/tests/libp11kms-fault.so
 
 .PHONY: bench
 
-$(BENCH_BIN): tests/bench/bench.c $(BUILD)/libp11kms.a | $(GEN_H)
+# bench.c (options, state, main), bench_client.c, bench_scenarios.c and
+# bench_report.c, sharing bench.h.
+BENCH_SRC	= $(wildcard tests/bench/bench*.c)
+
+$(BENCH_BIN): $(BENCH_SRC) tests/bench/bench.h $(BUILD)/libp11kms.a | $(GEN_H)
 	$(E) CC $@
 	$(Q)mkdir -p $(dir $@)
-	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -Werror $(LDFLAGS) -o $@ $< \
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -Werror $(LDFLAGS) -o $@ $(BENCH_SRC) \
 	    $(BUILD)/libp11kms.a $(LDLIBS)
 
 # The fault module's rule comes from its own fragment (read after this one).

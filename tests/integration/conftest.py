@@ -31,8 +31,14 @@ import pytest
 
 import grpc
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+# The shared test library (tests/lib/p11kmstest.py); its names are
+# re-exported here for `from conftest import ...`.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "lib"))
+from p11kmstest import (REPO, MODULE, MKTOKEN, generate_stubs,  # noqa: E402,F401
+                        proc_field, proc_status, open_fds, free_port, http,
+                        http_unix, parse_metrics)
+
 DEFAULT_PIN = "1234"
 SO_PIN = "5678"
 READY_TIMEOUT = 10.0      # seconds a daemon gets to serve
@@ -40,7 +46,6 @@ STOP_TIMEOUT = 8.0        # seconds between SIGTERM and SIGKILL (> the daemon's 
 RPC_TIMEOUT = 10.0        # default deadline of every RPC in the suite
 TEST_WATCHDOG = 90        # seconds one test may take before it is aborted
 
-MKTOKEN = os.path.join(REPO, "tests", "mktoken.sh")
 
 GCM_IV = os.environ.get("P11KMS_TEST_GCM_IV") or None
 GCM_IV_FORMS = ("writeback", "append", "append12", "message")
@@ -163,16 +168,8 @@ def _generate_stubs():
     global _STUBS
     if _STUBS is not None:
         return _STUBS
-    out = tempfile.mkdtemp(prefix="p11kms-stubs-")
-    r = subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc",
-         "-I" + os.path.join(REPO, "proto"),
-         "--python_out=" + out, "--grpc_python_out=" + out,
-         os.path.join(REPO, "proto", "kms_v2.proto")],
-        capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        raise RuntimeError("protoc failed: %s" % r.stderr)
-    sys.path.insert(0, out)
+    out = generate_stubs(tempfile.mkdtemp(prefix="p11kms-stubs-"),
+                         timeout=60)
     import kms_v2_pb2
     import kms_v2_pb2_grpc
     _STUBS = (kms_v2_pb2, kms_v2_pb2_grpc, out)

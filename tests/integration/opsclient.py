@@ -1,41 +1,17 @@
-"""A client of the daemon's ops endpoint (--ops-listen): plain HTTP/1.1
-over TCP, and a strict parser of the Prometheus text format."""
+"""A client of the daemon's ops endpoint (--ops-listen): waiting for it and
+scraping it. The HTTP client and the strict Prometheus text parser are in
+tests/lib/p11kmstest.py, re-exported here."""
 
-import re
-import socket
+import os
+import sys
 import time
 
 import pytest
 
-SAMPLE = re.compile(
-    r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|'
-    r'\\[\\"n])*"(?:,[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*")*\})? '
-    r'(-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?|\+Inf|-Inf|NaN)$')
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(port, path, method="GET", timeout=5.0):
-    """(status, headers, body) of one HTTP/1.1 request."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(("%s %s HTTP/1.1\r\nHost: localhost\r\nConnection: close"
-                   "\r\n\r\n" % (method, path)).encode())
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.lower(): v.strip() for k, _, v in
-               (l.partition(":") for l in lines[1:])}
-    return status, headers, body.decode("utf-8")
+# The client and the parser live in the shared test library.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "lib"))
+from p11kmstest import SAMPLE, free_port, http, http_unix, parse_metrics  # noqa: F401,E402
 
 
 def wait_ops(d, port, timeout=10.0):
@@ -53,19 +29,6 @@ def wait_ops(d, port, timeout=10.0):
             time.sleep(0.1)
     raise AssertionError("ops endpoint on port %d never answered; stderr:\n%s"
                          % (port, d.stderr()))
-
-
-def parse_metrics(text):
-    """{series: value}; fails on any line outside the text format."""
-    assert text.endswith("\n")
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("# HELP ") or line.startswith("# TYPE "):
-            continue
-        m = SAMPLE.match(line)
-        assert m, "not exposition format: %r" % line
-        out[line.rsplit(" ", 1)[0]] = float(m.group(3))
-    return out
 
 
 def scrape(port):

@@ -21,7 +21,8 @@ UNIT = os.path.join(REPO, "conf", "p11kms.service")
 CONF = os.path.join(REPO, "conf", "p11kms.conf")
 DOCKERFILES = [os.path.join(REPO, "docker", f)
                for f in ("Dockerfile", "Dockerfile.softhsm")]
-SUBCOMMANDS = ("keygen", "keys", "audit-verify")
+SUBCOMMANDS = ("keygen", "keys", "audit-verify", "init-token", "status",
+               "reload")
 # Daemon flags that are not settings, so not lines of a config file.
 NOT_IN_CONF = {"--config", "--help", "--version"}
 # What a runtime image must never carry.
@@ -186,6 +187,9 @@ INSTALLED = {
     "usr/share/doc/p11kms/examples/encryption-config-v2.yaml": 0o644,
     "usr/share/doc/p11kms/examples/softhsm2.conf": 0o644,
     "usr/share/doc/p11kms/examples/kubeadm/p11kms.yaml": 0o644,
+    "usr/share/doc/p11kms/examples/prometheus/p11kms-alerts.yaml": 0o644,
+    "usr/share/doc/p11kms/examples/prometheus/p11kms-alerts.test.yaml": 0o644,
+    "usr/share/doc/p11kms/examples/grafana/p11kms-dashboard.json": 0o644,
 }
 
 
@@ -290,7 +294,7 @@ def test_dockerfile_copies_what_make_install_produces(path, staged):
 
 
 # Top-level entries the image build does not need.
-NOT_IN_IMAGE = {"tests", "docker", "scripts", "var", ".git", ".ci",
+NOT_IN_IMAGE = {"tests", "docker", "pkg", "scripts", "var", ".git", ".ci",
                 ".gitignore", ".clang-format", "TOKEN-NOTES.md"}
 
 
@@ -435,7 +439,9 @@ REQUIRED_UNIT = [
     "PrivateTmp=yes", "MemoryDenyWriteExecute=yes",
     "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
     "LockPersonality=yes", "SystemCallFilter=@system-service",
-    "CapabilityBoundingSet=", "ExecReload=/bin/kill -HUP $MAINPID",
+    "CapabilityBoundingSet=", "Type=notify", "WatchdogSec=30s",
+    "ExecReload=/usr/sbin/p11kms reload --pid $MAINPID --config "
+    "/etc/p11kms/p11kms.conf",
     "LimitCORE=0", "LimitMEMLOCK=infinity", "UMask=0077",
     "RestartPreventExitStatus=2",
     "SystemCallFilter=~@privileged", "DevicePolicy=closed",
@@ -636,3 +642,71 @@ def test_security_md_cites_real_tests():
             missing.append("%s::%s" % (last, name))
     assert missing == [], "SECURITY.md cites missing tests: %s" % missing
     assert cited >= 40, "SECURITY.md names only %d tests" % cited
+
+
+# --------------------------------------------------------------------------
+# compiler hardening
+
+
+def test_binary_hardening_check():
+    """hardening-check (devscripts, installed by scripts/deps.sh) on the
+    binary under test: PIE, stack protector, RELRO, BIND_NOW, and FORTIFY
+    except in a sanitizer build (the Makefile drops _FORTIFY_SOURCE there,
+    as ASan replaces those functions). Its "Control flow integrity" reads
+    the linked binary's IBT/SHSTK property, which the linker sets only when
+    every input has it, and Debian 12's crt1.o/crti.o do not: our objects
+    are checked instead (test_objects_have_cf_protection)."""
+    tool = shutil.which("hardening-check")
+    if tool is None:
+        pytest.skip("hardening-check missing: sh scripts/deps.sh installs "
+                    "devscripts")
+    b = binary()
+    r = subprocess.run([tool, b],
+                       capture_output=True, text=True, timeout=60)
+    out = r.stdout
+    want = ["Position Independent Executable: yes", "Stack protected: yes",
+            "Read-only relocations: yes", "Immediate binding: yes"]
+    if not os.path.basename(os.path.dirname(b)).startswith("build-"):
+        want.append("Fortify Source functions: yes")
+    missing = [w for w in want if w not in out]
+    assert missing == [], "hardening-check %s lacks %s:\n%s" % (b, missing,
+                                                                out)
+
+
+def test_hardening_flags_survive_user_cflags(tmp_path):
+    """make CFLAGS=... (as a packager does) keeps the hardening flags."""
+    # A plain build's flags, whatever build runs this test (make test in
+    # a SANITIZE build exports SANITIZE and MAKEFLAGS).
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SANITIZE", "MAKEFLAGS", "MFLAGS", "MAKELEVEL",
+                        "BUILD", "CFLAGS", "LDFLAGS")}
+    r = subprocess.run(["make", "-n", "-B", "V=1", "CFLAGS=-O1 -g",
+                        "BUILD=" + str(tmp_path / "b"),
+                        str(tmp_path / "b" / "plugin" / "log.o")],
+                       cwd=REPO, capture_output=True, text=True, timeout=60,
+                       env=env)
+    line = [l for l in r.stdout.splitlines() if "plugin/log.c" in l]
+    assert line, r.stdout + r.stderr
+    for flag in ("-O1", "-D_FORTIFY_SOURCE=2", "-fstack-protector-strong",
+                 "-fstack-clash-protection", "-fcf-protection", "-fPIE"):
+        assert flag in line[0].split(), "%s missing from: %s" % (flag,
+                                                                 line[0])
+
+
+def test_objects_have_cf_protection():
+    """-fcf-protection: every object of the binary under test carries the
+    x86 IBT and SHSTK properties (readelf -n)."""
+    if shutil.which("readelf") is None:
+        pytest.skip("readelf missing")
+    build = os.path.dirname(binary())
+    objs = [os.path.join(d, f) for sub in ("plugin", "pkcs11", "gen")
+            for d, _, fs in os.walk(os.path.join(build, sub))
+            for f in fs if f.endswith(".o")]
+    assert objs, "no objects under %s" % build
+    bad = []
+    for o in objs:
+        r = subprocess.run(["readelf", "-n", o], capture_output=True,
+                           text=True, timeout=30)
+        if not re.search(r"x86 feature: IBT, SHSTK", r.stdout):
+            bad.append(os.path.relpath(o, build))
+    assert bad == [], "built without -fcf-protection: %s" % sorted(bad)

@@ -191,3 +191,63 @@ def test_pin_file_others_can_read_or_change_refused(tmp_path, mode):
     assert_usage_error(r, "pin file", "chmod 0400")
     assert tok.pin not in r.stderr.replace(str(tmp_path), "")
     assert not os.path.exists(str(tmp_path / "kms.sock"))
+
+
+def test_no_module_named_warns(token, spawn):
+    """Without --module every module registered with p11-kit is loaded
+    into the daemon to find the token: it says so, and which module has
+    the token; naming the module silences it. keys says the same."""
+    # Every registered module is loaded: under the sanitizer build, keep
+    # them mapped (tests/lsan) so their own leaks are suppressed by name.
+    pre = os.environ.get("P11KMS_TEST_PRELOAD", "")
+
+    class Preload(type(token)):
+        def env(self):
+            e = super().env()
+            if pre:
+                e["LD_PRELOAD"] = pre
+            return e
+    token = Preload(token.dir, token=token.token, pin=token.pin)
+    d = spawn(token, module=None)
+    err = d.stderr()
+    assert "no PKCS#11 module named" in err, err[-2000:]
+    assert "level=warn" in err.split("no PKCS#11 module named")[0] \
+        .rsplit("\n", 1)[-1]
+    assert "softhsm2" in err.split("no PKCS#11 module named")[1] \
+        .split("\n", 1)[0], err[-2000:]
+    named = spawn(token, name="named")
+    assert "no PKCS#11 module named" not in named.stderr()
+    r = run_p11kms(["keys", "-p", token.pin_file, "pkcs11:token=kms"],
+                   env=token.env(), timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "p11kms: keys: no PKCS#11 module named" in r.stderr, r.stderr
+    r = run_p11kms(["keys", "-m", MODULE, "-p", token.pin_file,
+                    "pkcs11:token=kms"], env=token.env(), timeout=30)
+    assert "no PKCS#11 module named" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("case", ["bad-uri", "missing-key", "bad-flag"])
+def test_fatal_errors_are_json_records(tmp_path, case):
+    """Under --log-format json every stderr line is a JSON record, the
+    fatal start-up error included (it used to be a plain line)."""
+    import json
+    tok = make_token(str(tmp_path / "t"))
+    args = ["--log-format", "json"] + base_args(tok, str(tmp_path / "s.sock"))
+    if case == "bad-uri":
+        args[args.index("-k") + 1] = "pkcs11:token=kms;object=kek1;bogus=1"
+    elif case == "missing-key":
+        args[args.index("-k") + 1] = tok.uri("nosuchkey")
+    else:
+        args += ["--workers", "0"]
+    r = run_p11kms(args, env=tok.env())
+    assert r.returncode == 2, r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert lines, "no output"
+    recs = []
+    for l in lines:
+        try:
+            recs.append(json.loads(l))
+        except ValueError:
+            raise AssertionError("not a JSON record: %r\nstderr:\n%s"
+                                 % (l, r.stderr))
+    assert any(x.get("level") == "error" for x in recs), r.stderr

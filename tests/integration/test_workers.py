@@ -193,8 +193,8 @@ def test_reload_line_says_where_workers_came_from(token, spawn, faults):
         time.sleep(0.05)
     line = [l for l in d.stderr().splitlines() if "reloaded:" in l]
     assert line, d.stderr()
-    assert "workers=%d (hardware slot: 4 x %d CPU" % (HW_DEFAULT, NCPU) \
-        in line[0], line[0]
+    assert "workers=%d workers_from=\"hardware slot: 4 x %d CPU" % (
+        HW_DEFAULT, NCPU) in line[0], line[0]
 
 
 @pytest.mark.parametrize("slot", ["software", "hardware"])

@@ -5,7 +5,7 @@
 # proving that a leak in our code still fails. tests/run-all.sh applies
 # them; nothing here is linked into p11kms.
 
-ifneq ($(SANITIZE),)
+ifneq ($(filter-out thread,$(SANITIZE)),)
 LSAN_KEEPMODS = $(BUILD)/tests/libp11kms-keepmods.so
 TEST_DEPS += $(LSAN_KEEPMODS) $(BUILD)/tests/libp11kms-foreignleak.so \
 	     $(BUILD)/tests/leakcheck

@@ -58,9 +58,13 @@ import tempfile
 import threading
 import time
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-MKTOKEN = os.path.join(REPO, "tests", "mktoken.sh")
-SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
+# The shared test library: stubs, tokens, fault control, /proc, metrics.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "lib"))
+from p11kmstest import (REPO, MKTOKEN, Faults, parse_metrics,  # noqa: E402
+                        proc_status, http_unix)
+from p11kmstest import MODULE as SOFTHSM  # noqa: E402
+import p11kmstest  # noqa: E402
 
 SAMPLE_EVERY = 10.0        # seconds between RSS samples
 RPC_TIMEOUT = 5.0          # deadline of an ordinary load call
@@ -122,74 +126,14 @@ def on_signal(signum, frame):
 
 
 def generate_stubs(out):
-    os.makedirs(out, exist_ok=True)
-    r = subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-I" +
-         os.path.join(REPO, "proto"), "--python_out=" + out,
-         "--grpc_python_out=" + out,
-         os.path.join(REPO, "proto", "kms_v2.proto"),
-         os.path.join(REPO, "proto", "kms_v1beta1.proto")],
-        capture_output=True, text=True, timeout=120)
-    if r.returncode != 0:
-        raise RuntimeError("protoc failed: %s" % r.stderr)
-    sys.path.insert(0, out)
+    p11kmstest.generate_stubs(out, ("kms_v2.proto", "kms_v1beta1.proto"))
 
 
-def make_token(path):
-    r = subprocess.run(["sh", MKTOKEN, path], capture_output=True, text=True,
-                       timeout=120)
-    if r.returncode != 0:
-        raise RuntimeError("mktoken.sh failed: %s%s" % (r.stdout, r.stderr))
-    return os.path.join(path, "softhsm2.conf"), os.path.join(path, "pin")
-
-
-class Faults:
-    def __init__(self, base):
-        self.control = os.path.join(base, "fault.control")
-        self.counts_path = os.path.join(base, "fault.counts")
-        self.text = None
-
-    def set(self, text):
-        """Atomic replace (new inode: the module re-reads it)."""
-        tmp = self.control + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text + "\n" if text and not text.endswith("\n") else text)
-        os.rename(tmp, self.control)
-        self.text = text
-
-    def clear(self):
-        self.set("")
-
-    def counts(self):
-        d = {}
-        try:
-            with open(self.counts_path) as f:
-                for line in f:
-                    p = line.split()
-                    if len(p) == 2 and p[1].isdigit():
-                        d[p[0]] = int(p[1])
-        except OSError:
-            pass
-        return d
+make_token = p11kmstest.mktoken
 
 
 # --------------------------------------------------------------------------
 # the daemon's process
-
-
-def proc_status(pid):
-    """VmRSS, VmHWM (KiB), Threads and open fds of pid, or None."""
-    d = {}
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if k in ("VmRSS", "VmHWM", "Threads"):
-                    d[k] = int(v.split()[0])
-        d["fds"] = len(os.listdir("/proc/%d/fd" % pid))
-    except (OSError, ValueError, IndexError):
-        return None
-    return d
 
 
 def maps_have(pid, word):
@@ -210,29 +154,12 @@ def links_asan(path):
 
 
 def http_get_unix(path, url, timeout=3.0):
-    """GET url over a unix socket (HTTP/1.0): (status, body) or None."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
+    """GET url over a unix socket: (status, body) or None."""
     try:
-        s.connect(path)
-        s.sendall(("GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n" %
-                   url).encode())
-        buf = b""
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            buf += b
-    except OSError:
+        code, _, body = http_unix(path, url, timeout=timeout)
+    except (OSError, ValueError, IndexError):
         return None
-    finally:
-        s.close()
-    head, _, body = buf.partition(b"\r\n\r\n")
-    try:
-        code = int(head.split(b" ", 2)[1])
-    except (IndexError, ValueError):
-        return None
-    return code, body.decode("utf-8", "replace")
+    return code, body
 
 
 def conn_census(pid, sock):
@@ -272,20 +199,6 @@ def conn_census(pid, sock):
             "orphaned": ["daemon socket %s (peer %s)" % (me, x)
                          for me, x in peers
                          if x not in mine and not owned.get(x, False)]}
-
-
-def parse_metrics(text):
-    """{name{labels}: value} of a Prometheus text page."""
-    m = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        k, _, v = line.rpartition(" ")
-        try:
-            m[k] = float(v)
-        except ValueError:
-            pass
-    return m
 
 
 # --------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 #include <cmocka.h>
 
 #include "plugin/config.h"
@@ -167,15 +168,33 @@ test_help_lists_every_flag(void **state)
 			fail_msg("--help lacks %s", flags[i]);
 }
 
-/* Writes text to a temp file; returns its path (static buffer). */
+static char conf_dir[64];
+
+static void
+rm_conf_dir(void)
+{
+	(void)rmdir(conf_dir);
+}
+
+/*
+ * Writes text to a temp file; returns its path (static buffer). The file
+ * sits in a 0755 directory of its own: one in sticky, world-writable /tmp
+ * itself is refused (pkcs11/filesafe.h).
+ */
 static const char *
 write_conf(const char *text)
 {
-	static char path[64];
+	static char path[96];
 	FILE *fp;
 	int fd;
 
-	snprintf(path, sizeof(path), "/tmp/p11kms-conf-XXXXXX");
+	if (conf_dir[0] == '\0') {
+		snprintf(conf_dir, sizeof(conf_dir), "/tmp/p11kms-conf-XXXXXX");
+		assert_non_null(mkdtemp(conf_dir));
+		assert_int_equal(chmod(conf_dir, 0755), 0);
+		atexit(rm_conf_dir);
+	}
+	snprintf(path, sizeof(path), "%s/conf-XXXXXX", conf_dir);
 	fd = mkstemp(path);
 	assert_true(fd >= 0);
 	fp = fdopen(fd, "w");

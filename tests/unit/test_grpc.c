@@ -32,8 +32,17 @@ test_timeout_units(void **state)
 	assert_true(ns == 5ull);
 	assert_int_equal(grpc_parse_timeout("2M", 2, &ns), 0);
 	assert_true(ns == 120000000000ull);
+	/* Past 64 bits when multiplied: capped, not wrapped. */
 	assert_int_equal(grpc_parse_timeout("99999999H", 9, &ns), 0);
-	assert_true(ns == 99999999ull * 3600ull * 1000000000ull);
+	assert_true(ns == GRPC_TIMEOUT_MAX_NS);
+	assert_int_equal(grpc_parse_timeout("99999999M", 9, &ns), 0);
+	assert_true(ns == GRPC_TIMEOUT_MAX_NS);
+	assert_int_equal(grpc_parse_timeout("2400H", 5, &ns), 0);
+	assert_true(ns == GRPC_TIMEOUT_MAX_NS);
+	assert_int_equal(grpc_parse_timeout("2399H", 5, &ns), 0);
+	assert_true(ns == 2399ull * 3600ull * 1000000000ull);
+	assert_int_equal(grpc_parse_timeout("99999999n", 9, &ns), 0);
+	assert_true(ns == 99999999ull);
 }
 
 static void

@@ -2,6 +2,7 @@
  * truncation, and that nothing in a message can forge a second record. */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -572,6 +573,118 @@ test_ratelim(void **state)
 	assert_int_equal(log_ratelim_take_dropped(&rl, t + 2000000000ull), 0);
 }
 
+/* A uid with NUL bytes is logged whole, each NUL as \u0000, both formats. */
+static void
+test_nul_in_uid(void **state)
+{
+	static const char uid[] = "ab\0cd\0\n";	/* 7 bytes */
+	char *s;
+	size_t len;
+
+	(void)state;
+	log_format = LOG_FORMAT_JSON;
+	log_kv_bytes(LOG_ERROR, "Encrypt", "uid", uid, sizeof(uid) - 1,
+	    "method", "Encrypt", NULL);
+	s = captured(&len);
+	assert_one_clean_line(s, len);
+	if (strstr(s, "\"uid\":\"ab\\u0000cd\\u0000\\n\",\"method\":"
+	    "\"Encrypt\"}") == NULL)
+		fail_msg("NUL not escaped or uid cut: %s", s);
+	free(s);
+	log_format = LOG_FORMAT_LOGFMT;
+	log_kv_bytes(LOG_ERROR, "Encrypt", "uid", uid, sizeof(uid) - 1, NULL);
+	s = captured(&len);
+	assert_one_clean_line(s, len);
+	if (strstr(s, " uid=\"ab\\u0000cd\\u0000\\n\"") == NULL)
+		fail_msg("NUL not escaped or uid cut: %s", s);
+	free(s);
+	/* A value without NUL and needing no quotes stays bare in logfmt. */
+	log_kv_bytes(LOG_ERROR, "m", "uid", "abc", 3, NULL);
+	s = captured(&len);
+	assert_non_null(strstr(s, " uid=abc\n"));
+	free(s);
+}
+
+static atomic_int level_stop;
+
+static void *
+level_reader(void *arg)
+{
+	(void)arg;
+	while (!atomic_load(&level_stop))
+		log_debug("debug while the level changes");
+	return NULL;
+}
+
+/*
+ * A reload sets log_level on the loop thread while other threads log:
+ * under make tsan a plain int here is a reported data race.
+ */
+static void
+test_level_changes_while_threads_log(void **state)
+{
+	pthread_t t[2];
+	int i;
+
+	(void)state;
+	atomic_store(&level_stop, 0);
+	for (i = 0; i < 2; i++)
+		assert_int_equal(pthread_create(&t[i], NULL, level_reader,
+		    NULL), 0);
+	for (i = 0; i < 2000; i++)
+		log_level = i % 2 ? LOG_DEBUG : LOG_ERROR;
+	atomic_store(&level_stop, 1);
+	for (i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	log_level = LOG_ERROR;
+	free(captured(NULL));
+	log_debug("after");
+	{
+		size_t len;
+		char *s = captured(&len);
+
+		assert_int_equal(len, 0);	/* the last level holds */
+		free(s);
+	}
+}
+
+/* '#' keys hold numbers: bare in JSON when they are JSON numbers, quoted
+ * when not (never invalid JSON), and the '#' never shows. */
+static void
+test_kv_numbers(void **state)
+{
+	char *s;
+
+	(void)state;
+	log_format = LOG_FORMAT_JSON;
+	log_kv(LOG_INFO, "serving", "#workers", "4", "#ratio", "-0.25e3",
+	    "#bad", "4x", "#lead0", "012", "key_id", "1234", NULL);
+	s = captured(NULL);
+	assert_non_null(strstr(s, ",\"workers\":4,"));
+	assert_non_null(strstr(s, ",\"ratio\":-0.25e3,"));
+	assert_non_null(strstr(s, ",\"bad\":\"4x\","));
+	assert_non_null(strstr(s, ",\"lead0\":\"012\","));
+	/* A string of digits without '#' stays a string. */
+	assert_non_null(strstr(s, ",\"key_id\":\"1234\"}"));
+	assert_null(strchr(s, '#'));
+	free(s);
+
+	log_format = LOG_FORMAT_LOGFMT;
+	log_kv(LOG_INFO, "serving", "#workers", "4", NULL);
+	s = captured(NULL);
+	assert_non_null(strstr(s, "msg=\"serving\" workers=4\n"));
+	free(s);
+}
+
+static void
+test_level_names(void **state)
+{
+	(void)state;
+	assert_string_equal(log_level_name(LOG_ERROR), "error");
+	assert_string_equal(log_level_name(LOG_DEBUG), "debug");
+	assert_string_equal(log_level_name(7), "?");
+}
+
 int
 main(void)
 {
@@ -594,6 +707,13 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_threads_do_not_interleave,
 		    setup, teardown),
 		cmocka_unit_test(test_ratelim),
+		cmocka_unit_test_setup_teardown(test_nul_in_uid, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_level_changes_while_threads_log,
+		    setup, teardown),
+		cmocka_unit_test_setup_teardown(test_kv_numbers, setup,
+		    teardown),
+		cmocka_unit_test(test_level_names),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

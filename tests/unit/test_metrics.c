@@ -283,6 +283,36 @@ test_concurrent(void **state)
 }
 
 /* The checker itself rejects what it should. */
+/* Reload outcomes: counted by result; the success time kept, the start
+ * time until a reload succeeds; the last outcome as a 0/1 gauge. */
+static void
+test_reloads(void **state)
+{
+	char *t;
+	double start;
+
+	(void)state;
+	t = render_checked();
+	assert_non_null(strstr(t, "# TYPE p11kms_reloads_total counter\n"));
+	assert_true(prom_value(t, "p11kms_reloads_total{result=\"ok\"}") == 0);
+	assert_true(prom_value(t, "p11kms_last_reload_successful") == 1);
+	start = prom_value(t, "p11kms_start_time_seconds");
+	assert_true(prom_value(t,
+	    "p11kms_last_reload_success_timestamp_seconds") == start);
+	free(t);
+
+	metrics_reload(1, 2000000000.0);
+	metrics_reload(0, 2000000100.0);
+	t = render_checked();
+	assert_true(prom_value(t, "p11kms_reloads_total{result=\"ok\"}") == 1);
+	assert_true(prom_value(t,
+	    "p11kms_reloads_total{result=\"failed\"}") == 1);
+	assert_true(prom_value(t, "p11kms_last_reload_successful") == 0);
+	assert_true(prom_value(t,
+	    "p11kms_last_reload_success_timestamp_seconds") == 2000000000.0);
+	free(t);
+}
+
 static void
 test_checker(void **state)
 {
@@ -322,6 +352,7 @@ main(void)
 		cmocka_unit_test_setup(test_token_calls, reset),
 		cmocka_unit_test_setup(test_gauges, reset),
 		cmocka_unit_test_setup(test_concurrent, reset),
+		cmocka_unit_test_setup(test_reloads, reset),
 	};
 
 	/* The labels come from the KMS method tables, as in the daemon. */

@@ -375,6 +375,30 @@ test_metrics_route(void **state)
 	ops_stop(o);
 }
 
+/* /status serves what the loop published last, copied, cut to size. */
+static void
+test_status_route(void **state)
+{
+	struct ops *o;
+	char big[OPS_STATUS_MAX + 100];
+	struct resp r;
+
+	(void)state;
+	o = start("127.0.0.1:0", 5);
+	ops_set_status("version 1\nhealthz ok\n");
+	expect(ops_address(o), "GET", "/status", 200, "version 1\nhealthz ok\n");
+	memset(big, 'x', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	ops_set_status(big);
+	http(ops_address(o), "GET", "/status", &r);
+	assert_int_equal(r.status, 200);
+	assert_int_equal(r.body_len, OPS_STATUS_MAX - 1);
+	free(r.body);
+	ops_set_status(NULL);
+	expect(ops_address(o), "GET", "/status", 200, "");
+	ops_stop(o);
+}
+
 static void
 test_methods_and_unknown_paths(void **state)
 {
@@ -569,6 +593,7 @@ main(void)
 		cmocka_unit_test(test_headers),
 		cmocka_unit_test(test_livez_stale),
 		cmocka_unit_test(test_metrics_route),
+		cmocka_unit_test(test_status_route),
 		cmocka_unit_test(test_methods_and_unknown_paths),
 		cmocka_unit_test(test_unix_socket),
 		cmocka_unit_test(test_abstract_socket),
