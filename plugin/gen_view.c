@@ -61,7 +61,8 @@ gen_open_tokproc(struct gen *g, char *err, size_t errlen)
 	free(c->filebuf);
 	if ((c->filebuf = malloc(sizeof(m->socket_path) +
 	    sizeof(m->kms_version) + sizeof(m->ops_listen) +
-	    sizeof(m->audit_log))) == NULL) {
+	    sizeof(m->audit_log) + sizeof(m->log_format) +
+	    sizeof(m->pid_file))) == NULL) {
 		snprintf(err, errlen, "out of memory");
 		return KEYRING_E_NOMEM;
 	}
@@ -75,6 +76,11 @@ gen_open_tokproc(struct gen *g, char *err, size_t errlen)
 	c->probe_interval_s = m->probe_interval_s;
 	c->grace_s = m->grace_s;
 	c->log_level = m->log_level;
+	c->log_format = keep(c->filebuf, &o, m->log_format[0] != '\0' ?
+	    m->log_format : "logfmt");
+	c->max_connections = m->max_connections;
+	c->pid_file = m->pid_file[0] != '\0' ?
+	    keep(c->filebuf, &o, m->pid_file) : NULL;
 	c->nkeys = m->nkeys;
 	return KEYRING_OK;
 }

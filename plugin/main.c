@@ -36,6 +36,7 @@
 #include "plugin/sandbox.h"
 #include "plugin/tokproc.h"
 #include "plugin/tool.h"
+#include "plugin/unixsock.h"
 #include "plugin/version.h"
 
 #define EXIT_RUNTIME	1
@@ -756,8 +757,11 @@ announce_ready(struct daemon *d, const struct gen *g)
 	if (g->cfg.pid_file != NULL) {
 		if (pid_file_write(g->cfg.pid_file, err, sizeof(err)) != 0)
 			log_warn("%s; p11kms reload needs --pid instead", err);
-		else
+		else {
 			d->pid_file = strdup(g->cfg.pid_file);
+			/* Removable at exit from inside the sandbox. */
+			unixsock_keep_dir(g->cfg.pid_file);
+		}
 	}
 	/* Twice per watchdog interval, at most once a second. */
 	if (wd != 0 && wd / 2 * 1000 < d->ops_period_ns)
@@ -967,7 +971,7 @@ main(int argc, char **argv)
 
  out:
 	if (d.pid_file != NULL)
-		(void)unlink(d.pid_file);
+		unixsock_unlink(d.pid_file);
 	free(d.pid_file);
 	notify_fini();
 	ops_stop(d.ops);

@@ -281,6 +281,9 @@ fill_ready(struct tokwire_ready *m, const struct gen *g)
 	m->probe_interval_s = c->probe_interval_s;
 	m->grace_s = c->grace_s;
 	m->log_level = c->log_level;
+	copy_str(m->log_format, sizeof(m->log_format), c->log_format);
+	m->max_connections = c->max_connections;
+	copy_str(m->pid_file, sizeof(m->pid_file), c->pid_file);
 	m->workers = g->workers;
 	m->inflight = g->inflight;
 	copy_str(m->workers_from, sizeof(m->workers_from), g->workers_from);

@@ -125,6 +125,9 @@ dec_ready(struct rd *r, struct tokwire_ready *m)
 	m->probe_interval_s = rd_u32(r);
 	m->grace_s = rd_u32(r);
 	m->log_level = (int32_t)rd_u32(r);
+	rd_str(r, m->log_format, sizeof(m->log_format));
+	m->max_connections = rd_u32(r);
+	rd_str(r, m->pid_file, sizeof(m->pid_file));
 	m->workers = rd_u32(r);
 	m->inflight = rd_u32(r);
 	rd_str(r, m->workers_from, sizeof(m->workers_from));
@@ -315,6 +318,9 @@ enc_ready(struct wr *w, const struct tokwire_ready *m)
 	wr_uint(w, m->probe_interval_s, 4);
 	wr_uint(w, m->grace_s, 4);
 	wr_uint(w, (uint32_t)m->log_level, 4);
+	wr_str(w, m->log_format, sizeof(m->log_format));
+	wr_uint(w, m->max_connections, 4);
+	wr_str(w, m->pid_file, sizeof(m->pid_file));
 	wr_uint(w, m->workers, 4);
 	wr_uint(w, m->inflight, 4);
 	wr_str(w, m->workers_from, sizeof(m->workers_from));

@@ -113,6 +113,9 @@ struct tokwire_ready {
 	uint64_t max_request;
 	uint32_t probe_interval_s, grace_s;
 	int32_t log_level;
+	char log_format[TOKWIRE_MECH_MAX];	/* "logfmt", "json" */
+	uint32_t max_connections;
+	char pid_file[TOKWIRE_STR_MAX];
 	uint32_t workers, inflight;
 	char workers_from[TOKWIRE_FROM_MAX];
 	/* The token. */

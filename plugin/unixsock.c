@@ -83,8 +83,8 @@ clear_path(const char *path, const struct sockaddr_un *addr, socklen_t alen,
 }
 
 /*
- * The directory of each socket file made, held open: the sandboxed front
- * removes its sockets at shutdown with unlinkat() there (the only
+ * The directory of each socket file made (and of the pid file), held open:
+ * the sandboxed front removes them at shutdown with unlinkat() there (the only
  * directories its filter lets it unlink in). Loop thread; a few entries.
  */
 #define KEPT_MAX	4
@@ -95,8 +95,8 @@ static struct {
 } kept[KEPT_MAX];
 static size_t nkept;
 
-static void
-keep_dir(const char *path)
+void
+unixsock_keep_dir(const char *path)
 {
 	const char *slash = strrchr(path, '/');
 	char dir[sizeof(kept[0].path)];
@@ -200,7 +200,7 @@ unixsock_listen(const char *path, const char *flag, int backlog,
 		goto fail;
 	}
 	if (path[0] != '@')
-		keep_dir(path);
+		unixsock_keep_dir(path);
 	return fd;
 
  fail:

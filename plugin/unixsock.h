@@ -27,6 +27,12 @@ int unixsock_listen(const char *path, const char *flag, int backlog,
  * Removes a socket file unixsock_listen made: unlinkat() in its directory,
  * held open since (what the sandboxed front may do), else unlink().
  */
+/*
+ * Holds path's directory open so that unixsock_unlink(path) still works
+ * once the front is sandboxed (the sockets do this themselves; the pid
+ * file asks for it). At most a few paths, loop thread.
+ */
+void unixsock_keep_dir(const char *path);
 void unixsock_unlink(const char *path);
 /* Those directories' fds (at most max) into fds; returns how many. */
 size_t unixsock_dirfds(int *fds, size_t max);
