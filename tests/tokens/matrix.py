@@ -367,7 +367,17 @@ def run_one(name, p11kms, tmp):
         text, _ = p.communicate(timeout=10)
         text = (text or b"") + b"\n(killed after %d s)" % COLUMN_TIMEOUT
     leftover = False
-    try:            # anything of that token still running is a teardown bug
+    # A daemon's token processes exit on their own once it is gone (socket
+    # EOF, PR_SET_PDEATHSIG): give them a moment. Whatever of that token
+    # still runs after it is a teardown bug.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(p.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    try:
         os.killpg(p.pid, signal.SIGKILL)
         leftover = True
     except ProcessLookupError:
