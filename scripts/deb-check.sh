@@ -163,6 +163,13 @@ must "p11kms reload" as_user /usr/sbin/p11kms reload --config \
 kill $pid 2>/dev/null
 wait $pid 2>/dev/null
 pid=
+# The daemon's token processes end on their own once it is gone (socket
+# EOF, PR_SET_PDEATHSIG): a moment for them, then any left is a bug.
+n=0
+while pgrep -u p11kms >/dev/null && [ $n -lt 50 ]; do
+	n=$((n + 1))
+	sleep 0.1
+done
 pgrep -u p11kms >/dev/null && bad "a p11kms process outlived the test"
 
 must "dpkg --purge" dpkg --purge p11kms
