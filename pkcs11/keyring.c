@@ -268,7 +268,7 @@ keyring_load(const struct keyring_config *cfg, struct keyring **out,
 		k->seal_row = (uint8_t)row;
 	}
 	kr->nkeys = n;
-	keyring_search_warning(kr->tok, kr->module_warning,
+	token_search_warning(kr->tok, kr->module_warning,
 	    sizeof(kr->module_warning));
 
 	/* success */
@@ -332,20 +332,6 @@ const char *
 keyring_key_mechanism(const struct keyring *kr, size_t i)
 {
 	return i < kr->nkeys ? mech_table[kr->keys[i].seal_row].name : NULL;
-}
-
-/* The warning for a token found by loading every registered module. */
-void
-keyring_search_warning(const struct token *t, char *out, size_t cap)
-{
-	if (!t->searched) {
-		token_err(out, cap, "%s", "");
-		return;
-	}
-	token_err(out, cap, "no PKCS#11 module named: every module registered "
-	    "with p11-kit was loaded into this process to find token '%s' "
-	    "(their code ran here); it is in %s: name it with --module (or "
-	    "module-name= in the key URI)", t->label, t->module);
 }
 
 const char *

@@ -249,7 +249,7 @@ keyring_list(const struct keyring_tool_config *cfg,
 	}
 
 	/* success: what err says now are notes, one a line */
-	keyring_search_warning(t, err, errlen);
+	token_search_warning(t, err, errlen);
 	if (!logged_in) {
 		size_t o = strlen(err);
 

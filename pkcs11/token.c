@@ -729,3 +729,17 @@ token_set_observer(void (*cb)(const char *, unsigned long, double))
 {
 	observer = cb;
 }
+
+/* The warning for a token found by loading every registered module. */
+void
+token_search_warning(const struct token *t, char *out, size_t cap)
+{
+	if (!t->searched) {
+		token_err(out, cap, "%s", "");
+		return;
+	}
+	token_err(out, cap, "no PKCS#11 module named: every module registered "
+	    "with p11-kit was loaded into this process to find token '%s' "
+	    "(their code ran here); it is in %s: name it with --module (or "
+	    "module-name= in the key URI)", t->label, t->module);
+}

@@ -155,7 +155,7 @@ CK_RV token_open_session(struct token *t, int rw, CK_SESSION_HANDLE *out);
  * The warning keyring_module_warning() gives for a token found by loading
  * every registered module, into out; "" when the module was named.
  */
-void keyring_search_warning(const struct token *t, char *out, size_t cap);
+void token_search_warning(const struct token *t, char *out, size_t cap);
 
 /* Closes t->session and finalizes/releases the module. NULL ok. */
 void token_close(struct token *t);
