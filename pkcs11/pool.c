@@ -3,7 +3,12 @@
  * variable over a bounded FIFO; each runs jobs on its own logged-in session
  * (one retry on a fresh session after KEYRING_E_SESSION) and pushes the
  * result onto a done list the loop drains after an eventfd wake-up. The
- * queue, the done list and the counts are under the pool mutex.
+ * queues, the done list, the counts and the replicas' states are under the
+ * pool mutex. With replicas, each has its own FIFO and condition variable
+ * and its own workers; pick() chooses where a job goes, finish_locked()
+ * whether a failed one runs again elsewhere, and a watchdog thread takes a
+ * job away from a call hung in its token (the worker runs on a private
+ * copy of the job, so the job can go on without it).
  */
 #include "pkcs11/pool.h"
 #include "pkcs11/token.h"
@@ -26,11 +31,36 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+struct replica {
+	struct keyring *kr;
+	pthread_cond_t cond;		/* its workers wait here */
+	struct pool_job *head, *tail;	/* queued, FIFO; under lock */
+	unsigned queued, running;	/* under lock */
+	unsigned nworkers;
+	atomic_int up;			/* written under lock */
+};
+
+/* One worker thread's state; cur and since under the pool lock. */
+struct wslot {
+	struct keyring_worker *kw;
+	unsigned rep;
+	struct pool_job *cur;		/* running; NULL once taken away */
+	uint64_t since;
+	struct pool_job *scratch;	/* replicas: the copy it runs on */
+};
+
 struct pool {
 	struct keyring *kr;
 	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	struct pool_job *head, *tail;	/* queued, FIFO; under lock */
+	struct replica rep[POOL_MAX_REPLICAS];
+	unsigned nrep;
+	enum pool_policy policy;
+	unsigned rr;			/* tie-break rotation; under lock */
+	uint64_t hang_ns;		/* 0: no watchdog */
+	pthread_t watchdog;
+	int watchdog_on;
+	pthread_cond_t wd_cond;
+	unsigned abandoned;		/* hung calls whose job went on */
 	struct pool_job *done;		/* finished, LIFO; under lock */
 	struct pool_job *rhead, *rtail;	/* taken from done, not yet handed
 					   to their callbacks; loop only */
@@ -42,7 +72,7 @@ struct pool {
 	int efd;
 	unsigned nworkers;
 	pthread_t *threads;
-	struct keyring_worker **workers;
+	struct wslot *workers;
 	unsigned nthreads;		/* threads actually started */
 };
 
@@ -69,6 +99,9 @@ pool_job_new(enum pool_op op)
 	job->key_id[0] = '\0';
 	job->done = NULL;
 	job->arg = job->ctx = NULL;
+	job->replica = -1;
+	job->ran_on = job->failed_on = -1;
+	job->tries = 0;
 	job->status = KEYRING_OK;
 	job->out_len = 0;
 	job->key_id_out[0] = '\0';
@@ -168,14 +201,240 @@ run_job(struct keyring_worker *w, struct pool_job *job)
  * the default policy, so its answers are picked up at once. Best effort.
  */
 static void
-worker_sched(struct pool *p)
+worker_sched(struct keyring *kr)
 {
 	struct sched_param sp;
 
-	if (keyring_hw_slot(p->kr))
+	if (keyring_hw_slot(kr))
 		return;
 	memset(&sp, 0, sizeof(sp));
 	(void)sched_setscheduler(0, SCHED_BATCH, &sp);
+}
+
+/* ---- replicas: where a job goes (lock held) ---- */
+
+/* Jobs per worker on replica r, in thousandths, for comparing. */
+static unsigned long
+load_of(const struct pool *p, unsigned r)
+{
+	const struct replica *rp = &p->rep[r];
+
+	return (unsigned long)(rp->queued + rp->running) * 1000ul /
+	    (rp->nworkers > 0 ? rp->nworkers : 1);
+}
+
+/*
+ * The replica for a job that may go anywhere but `not` (-1: none
+ * excluded): a healthy one by the policy, else (none healthy) the least
+ * busy of the others, else -1. Ties rotate, so idle replicas share.
+ */
+static int
+pick_locked(struct pool *p, int not)
+{
+	unsigned k, r;
+	unsigned long l, best_l = 0;
+	int best = -1, pass;
+
+	for (pass = 0; pass < 2 && best < 0; pass++) {
+		for (k = 0; k < p->nrep; k++) {
+			r = p->policy == POOL_PRIMARY_FIRST ? k :
+			    (p->rr + k) % p->nrep;
+			if ((int)r == not || (pass == 0 &&
+			    !atomic_load(&p->rep[r].up)))
+				continue;
+			if (p->policy == POOL_PRIMARY_FIRST && pass == 0) {
+				best = (int)r;
+				break;
+			}
+			l = load_of(p, r);
+			if (best < 0 || l < best_l) {
+				best = (int)r;
+				best_l = l;
+			}
+		}
+	}
+	p->rr++;
+	return best;
+}
+
+static void
+enqueue_locked(struct pool *p, unsigned r, struct pool_job *job, int front)
+{
+	struct replica *rp = &p->rep[r];
+
+	if (front && rp->head != NULL) {
+		job->next = rp->head;
+		rp->head = job;
+	} else {
+		job->next = NULL;
+		if (rp->tail != NULL)
+			rp->tail->next = job;
+		else
+			rp->head = job;
+		rp->tail = job;
+	}
+	rp->queued++;
+	pthread_cond_signal(&rp->cond);
+}
+
+/*
+ * Replica r failed (a token or session fault, or a hang): no more jobs
+ * for it, and what waits in its queue, but probes aimed at it, goes to
+ * the others. Only with replicas: one token has no other to go to.
+ */
+static void
+mark_down_locked(struct pool *p, unsigned r)
+{
+	struct replica *rp = &p->rep[r];
+	struct pool_job *job, *keep = NULL, **kt = &keep, *next;
+	int t;
+
+	if (p->nrep < 2 || !atomic_load(&rp->up))
+		return;
+	atomic_store(&rp->up, 0);
+	for (job = rp->head; job != NULL; job = next) {
+		next = job->next;
+		job->next = NULL;
+		if (job->replica < 0 && (t = pick_locked(p, (int)r)) >= 0 &&
+		    atomic_load(&p->rep[t].up)) {
+			rp->queued--;
+			enqueue_locked(p, (unsigned)t, job, 0);
+		} else {
+			*kt = job;
+			kt = &job->next;
+		}
+	}
+	rp->head = keep;
+	rp->tail = NULL;
+	for (job = keep; job != NULL; job = job->next)
+		rp->tail = job;
+}
+
+static int
+retry_status(int status)
+{
+	return status == KEYRING_E_TOKEN || status == KEYRING_E_SESSION;
+}
+
+/*
+ * A job ran on replica r (or was taken from its hung call). Returns 1
+ * when it went onto the done list and it was empty (the loop must be
+ * woken), 0 otherwise (it runs again elsewhere, or the list was not
+ * empty).
+ */
+static int
+finish_locked(struct pool *p, unsigned r, struct pool_job *job)
+{
+	int t, wake;
+
+	job->ran_on = (int)r;
+	if (p->nrep > 1 && retry_status(job->status)) {
+		mark_down_locked(p, r);
+		if (job->replica < 0 && job->tries < 2 &&
+		    (t = pick_locked(p, (int)r)) >= 0) {
+			job->failed_on = (int)r;
+			job->status = KEYRING_OK;
+			job->out_len = 0;
+			/* Ahead of the others: it has waited once already. */
+			enqueue_locked(p, (unsigned)t, job, 1);
+			return 0;
+		}
+	} else if (p->nrep > 1 && job->op == POOL_PROBE &&
+	    job->status == KEYRING_OK && job->replica == (int)r) {
+		atomic_store(&p->rep[r].up, 1);
+	}
+	job->next = p->done;
+	wake = p->done == NULL;
+	p->done = job;
+	return wake;
+}
+
+/* Copies what a worker reads of a job (replicas: it runs on a copy). */
+static void
+copy_in(struct pool_job *dst, const struct pool_job *src)
+{
+	dst->op = src->op;
+	dst->deadline = src->deadline;
+	memcpy(dst->in, src->in, src->in_len);
+	dst->in_len = src->in_len;
+	memcpy(dst->key_id, src->key_id, sizeof(dst->key_id));
+	dst->status = KEYRING_OK;
+	dst->out_len = 0;
+	dst->key_id_out[0] = '\0';
+	dst->detail[0] = '\0';
+}
+
+static void
+copy_out(struct pool_job *dst, struct pool_job *src)
+{
+	dst->status = src->status;
+	memcpy(dst->out, src->out, src->out_len);
+	dst->out_len = src->out_len;
+	memcpy(dst->key_id_out, src->key_id_out, sizeof(dst->key_id_out));
+	/* A retried job keeps the first replica's words unless this one
+	 * failed too. */
+	if (src->detail[0] != '\0' || dst->failed_on < 0)
+		memcpy(dst->detail, src->detail, sizeof(dst->detail));
+	if (dst->started == 0)
+		dst->started = src->started;
+	dst->finished = src->finished;
+	OPENSSL_cleanse(src->in, src->in_len);
+	OPENSSL_cleanse(src->out, src->out_len);
+	src->in_len = src->out_len = 0;
+}
+
+/*
+ * Replicas: takes jobs away from calls hung longer than hang_ns; they run
+ * again on another replica (or end with KEYRING_E_TOKEN). The worker keeps
+ * its copy and drops the answer if the call ever returns.
+ */
+static void *
+watchdog_main(void *arg)
+{
+	struct pool *p = arg;
+	struct timespec ts;
+	struct pool_job *job;
+	struct wslot *ws;
+	uint64_t now, one = 1;
+	unsigned i;
+	int wake;
+
+	(void)pthread_setname_np(pthread_self(), "p11kms-watchdog");
+	pthread_mutex_lock(&p->lock);
+	while (!p->stopping) {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 50 * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		(void)pthread_cond_timedwait(&p->wd_cond, &p->lock, &ts);
+		now = token_now_ns();
+		wake = 0;
+		for (i = 0; i < p->nthreads; i++) {
+			ws = &p->workers[i];
+			if ((job = ws->cur) == NULL || now - ws->since <
+			    p->hang_ns)
+				continue;
+			ws->cur = NULL;
+			p->abandoned++;
+			job->status = KEYRING_E_TOKEN;
+			snprintf(job->detail, sizeof(job->detail), "no "
+			    "answer from the token in %llu ms (hung)",
+			    (unsigned long long)(p->hang_ns / 1000000));
+			if (job->started == 0)
+				job->started = ws->since;
+			job->finished = now;
+			wake |= finish_locked(p, ws->rep, job);
+		}
+		if (wake) {
+			pthread_mutex_unlock(&p->lock);
+			(void)!write(p->efd, &one, sizeof(one));
+			pthread_mutex_lock(&p->lock);
+		}
+	}
+	pthread_mutex_unlock(&p->lock);
+	return NULL;
 }
 
 static void *
@@ -183,14 +442,16 @@ worker_main(void *varg)
 {
 	struct worker_arg *wa = varg;
 	struct pool *p = wa->p;
-	struct keyring_worker *w = p->workers[wa->idx];
-	struct pool_job *job;
+	struct wslot *ws = &p->workers[wa->idx];
+	struct replica *rp = &p->rep[ws->rep];
+	struct keyring_worker *w = ws->kw;
+	struct pool_job *job, *run;
 	uint64_t one = 1;
 	int nice_now, wake, stop;
 
 	free(wa);
 	(void)pthread_setname_np(pthread_self(), "p11kms-worker");
-	worker_sched(p);
+	worker_sched(rp->kr);
 	/*
 	 * Workers run a notch below the event loop: with a software token
 	 * they are CPU-bound, and the loop must win the core at once to
@@ -203,32 +464,51 @@ worker_main(void *varg)
 		    nice_now + POOL_WORKER_NICE);
 	for (;;) {
 		pthread_mutex_lock(&p->lock);
-		while (p->head == NULL && !p->stopping)
-			pthread_cond_wait(&p->cond, &p->lock);
-		if (p->head == NULL) {	/* stopping and nothing queued */
+		while (rp->head == NULL && !p->stopping)
+			pthread_cond_wait(&rp->cond, &p->lock);
+		if (rp->head == NULL) {	/* stopping and nothing queued */
 			pthread_mutex_unlock(&p->lock);
 			break;
 		}
-		job = p->head;
-		if ((p->head = job->next) == NULL)
-			p->tail = NULL;
+		job = rp->head;
+		if ((rp->head = job->next) == NULL)
+			rp->tail = NULL;
 		job->next = NULL;
+		rp->queued--;
+		rp->running++;
 		p->busy++;
 		stop = p->stopping;	/* under lock, as pool.c's struct says */
+		ws->cur = job;
+		ws->since = token_now_ns();
+		job->tries++;
+		/* Replicas: run on a copy the watchdog never takes away. */
+		run = ws->scratch != NULL ? ws->scratch : job;
+		if (run != job)
+			copy_in(run, job);
 		pthread_mutex_unlock(&p->lock);
 
 		if (stop || atomic_load(&job->cancelled))
-			job->status = POOL_E_CANCELLED;
+			run->status = POOL_E_CANCELLED;
 		else if (job->deadline != 0 && token_now_ns() >= job->deadline)
-			job->status = POOL_E_DEADLINE;
+			run->status = POOL_E_DEADLINE;
 		else
-			run_job(w, job);
+			run_job(w, run);
 
 		pthread_mutex_lock(&p->lock);
+		rp->running--;
 		p->busy--;
-		job->next = p->done;
-		wake = p->done == NULL;
-		p->done = job;
+		if (ws->cur != job) {
+			/* The watchdog gave the job to another replica. */
+			p->abandoned--;
+			OPENSSL_cleanse(run->in, run->in_len);
+			OPENSSL_cleanse(run->out, run->out_len);
+			pthread_mutex_unlock(&p->lock);
+			continue;
+		}
+		ws->cur = NULL;
+		if (run != job)
+			copy_out(job, run);
+		wake = finish_locked(p, ws->rep, job);
 		pthread_mutex_unlock(&p->lock);
 		/*
 		 * Only the job that makes the list non-empty wakes the loop:
@@ -246,37 +526,81 @@ int
 pool_new(struct keyring *kr, unsigned nworkers, unsigned max_queued,
     struct pool **out, char *err, size_t errlen)
 {
+	struct pool_replicas cfg;
+
+	memset(&cfg, 0, sizeof(cfg));
+	cfg.krs[0] = kr;
+	cfg.workers[0] = nworkers;
+	cfg.n = 1;
+	cfg.max_queued = max_queued;
+	return pool_new_replicas(&cfg, out, err, errlen);
+}
+
+int
+pool_new_replicas(const struct pool_replicas *cfg, struct pool **out,
+    char *err, size_t errlen)
+{
 	struct pool *p;
 	struct worker_arg *wa;
-	unsigned i;
-	int r, ret = KEYRING_E_NOMEM;
+	unsigned i, r, k, nworkers = 0, max_queued = cfg->max_queued;
+	int rc, ret = KEYRING_E_NOMEM;
 
 	*out = NULL;
-	if (nworkers == 0)
-		nworkers = 1;
+	if (cfg->n < 1 || cfg->n > POOL_MAX_REPLICAS) {
+		snprintf(err, errlen, "%u replicas: 1 to %d are possible",
+		    cfg->n, POOL_MAX_REPLICAS);
+		return KEYRING_E_CONFIG;
+	}
+	for (r = 0; r < cfg->n; r++)
+		nworkers += cfg->workers[r] > 0 ? cfg->workers[r] : 1;
 	if (max_queued < nworkers)
 		max_queued = nworkers;
 	if ((p = calloc(1, sizeof(*p))) == NULL)
 		goto fail_msg;
-	p->kr = kr;
+	p->kr = cfg->krs[0];
+	p->nrep = cfg->n;
+	p->policy = cfg->policy;
 	p->max_queued = max_queued;
 	p->nworkers = nworkers;
 	p->efd = -1;
 	pthread_mutex_init(&p->lock, NULL);
-	pthread_cond_init(&p->cond, NULL);
+	pthread_cond_init(&p->wd_cond, NULL);
+	for (r = 0; r < cfg->n; r++) {
+		p->rep[r].kr = cfg->krs[r];
+		p->rep[r].nworkers = cfg->workers[r] > 0 ? cfg->workers[r] : 1;
+		atomic_init(&p->rep[r].up, 1);
+		pthread_cond_init(&p->rep[r].cond, NULL);
+	}
 	if ((p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) == -1)
 		goto fail_msg;
 	if ((p->threads = calloc(nworkers, sizeof(*p->threads))) == NULL ||
 	    (p->workers = calloc(nworkers, sizeof(*p->workers))) == NULL)
 		goto fail_msg;
 	/* Open every session first, so a token refusal fails start-up. */
-	for (i = 0; i < nworkers; i++) {
-		if ((r = keyring_worker_new(kr, &p->workers[i])) != KEYRING_OK) {
-			snprintf(err, errlen, "cannot open token session %u "
-			    "of %u: %s (lower --workers if the token limits "
-			    "sessions)", i + 1, nworkers, keyring_strerror(r));
-			ret = r;
-			goto fail;
+	for (r = 0, i = 0; r < cfg->n; r++) {
+		for (k = 0; k < p->rep[r].nworkers; k++, i++) {
+			p->workers[i].rep = r;
+			if (cfg->n > 1 && (p->workers[i].scratch =
+			    pool_job_new(POOL_SEAL)) == NULL)
+				goto fail_msg;
+			if ((rc = keyring_worker_new(cfg->krs[r],
+			    &p->workers[i].kw)) != KEYRING_OK) {
+				if (cfg->n > 1)
+					snprintf(err, errlen, "replica %u: "
+					    "cannot open token session %u of "
+					    "%u: %s (lower --workers if the "
+					    "token limits sessions)", r + 1,
+					    k + 1, p->rep[r].nworkers,
+					    keyring_strerror(rc));
+				else
+					snprintf(err, errlen, "cannot open "
+					    "token session %u of %u: %s "
+					    "(lower --workers if the token "
+					    "limits sessions)", k + 1,
+					    nworkers, keyring_strerror(rc));
+				ret = rc;
+				goto fail;
+			}
 		}
 	}
 	for (i = 0; i < nworkers; i++) {
@@ -284,14 +608,24 @@ pool_new(struct keyring *kr, unsigned nworkers, unsigned max_queued,
 			goto fail_msg;
 		wa->p = p;
 		wa->idx = i;
-		if ((r = pthread_create(&p->threads[i], NULL, worker_main,
+		if ((rc = pthread_create(&p->threads[i], NULL, worker_main,
 		    wa)) != 0) {
 			free(wa);
 			snprintf(err, errlen, "cannot start worker thread: %s",
-			    strerror(r));
+			    strerror(rc));
 			goto fail;
 		}
 		p->nthreads++;
+	}
+	if (cfg->n > 1 && cfg->hang_ms > 0) {
+		p->hang_ns = (uint64_t)cfg->hang_ms * 1000000ull;
+		if ((rc = pthread_create(&p->watchdog, NULL, watchdog_main,
+		    p)) != 0) {
+			snprintf(err, errlen, "cannot start the watchdog "
+			    "thread: %s", strerror(rc));
+			goto fail;
+		}
+		p->watchdog_on = 1;
 	}
 	*out = p;
 	return KEYRING_OK;
@@ -307,31 +641,41 @@ void
 pool_free(struct pool *p)
 {
 	struct pool_job *job, *next;
-	unsigned i;
+	unsigned i, r;
 
 	if (p == NULL)
 		return;
 	pthread_mutex_lock(&p->lock);
 	p->stopping = 1;
-	pthread_cond_broadcast(&p->cond);
+	for (r = 0; r < p->nrep; r++)
+		pthread_cond_broadcast(&p->rep[r].cond);
+	pthread_cond_broadcast(&p->wd_cond);
 	pthread_mutex_unlock(&p->lock);
+	if (p->watchdog_on)
+		pthread_join(p->watchdog, NULL);
 	for (i = 0; i < p->nthreads; i++)
 		pthread_join(p->threads[i], NULL);
-	/* Workers drained the queue as cancelled; hand everything back. */
-	for (job = p->head; job != NULL; job = next) {
-		next = job->next;
-		job->status = POOL_E_CANCELLED;
-		job->done(job);
+	/* Workers drained the queues as cancelled; hand everything back. */
+	for (r = 0; r < p->nrep; r++) {
+		for (job = p->rep[r].head; job != NULL; job = next) {
+			next = job->next;
+			job->status = POOL_E_CANCELLED;
+			job->done(job);
+		}
+		p->rep[r].head = p->rep[r].tail = NULL;
 	}
-	p->head = p->tail = NULL;
 	pool_reap(p);
-	for (i = 0; p->workers != NULL && i < p->nworkers; i++)
-		keyring_worker_free(p->workers[i]);
+	for (i = 0; p->workers != NULL && i < p->nworkers; i++) {
+		keyring_worker_free(p->workers[i].kw);
+		pool_job_free(p->workers[i].scratch);
+	}
 	free(p->workers);
 	free(p->threads);
 	if (p->efd != -1)
 		close(p->efd);
-	pthread_cond_destroy(&p->cond);
+	for (r = 0; r < p->nrep; r++)
+		pthread_cond_destroy(&p->rep[r].cond);
+	pthread_cond_destroy(&p->wd_cond);
 	pthread_mutex_destroy(&p->lock);
 	free(p);
 }
@@ -339,21 +683,35 @@ pool_free(struct pool *p)
 int
 pool_submit(struct pool *p, struct pool_job *job)
 {
+	int r;
+
 	pthread_mutex_lock(&p->lock);
 	if (p->inflight >= p->max_queued || p->stopping) {
 		pthread_mutex_unlock(&p->lock);
 		return POOL_E_BUSY;
 	}
+	if (job->replica >= (int)p->nrep)
+		job->replica = -1;
+	r = p->nrep == 1 ? 0 : job->replica >= 0 ? job->replica :
+	    pick_locked(p, -1);
 	p->inflight++;
-	job->next = NULL;
-	if (p->tail != NULL)
-		p->tail->next = job;
-	else
-		p->head = job;
-	p->tail = job;
-	pthread_cond_signal(&p->cond);
+	job->tries = 0;
+	job->ran_on = job->failed_on = -1;
+	enqueue_locked(p, (unsigned)r, job, 0);
 	pthread_mutex_unlock(&p->lock);
 	return 0;
+}
+
+unsigned
+pool_replicas(const struct pool *p)
+{
+	return p->nrep;
+}
+
+int
+pool_replica_up(struct pool *p, unsigned r)
+{
+	return r < p->nrep && atomic_load(&p->rep[r].up);
 }
 
 int
@@ -453,7 +811,7 @@ pool_inflight(struct pool *p)
 	unsigned n;
 
 	pthread_mutex_lock(&p->lock);
-	n = p->inflight;
+	n = p->inflight + p->abandoned;
 	pthread_mutex_unlock(&p->lock);
 	return n;
 }

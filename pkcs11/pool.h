@@ -7,6 +7,17 @@
  * the job says KEYRING_E_SESSION; if no session can be opened it says
  * KEYRING_E_TOKEN, for the daemon to recover the keyring.
  *
+ * Replicas (pool_new_replicas): tokens holding the same keys, each with
+ * workers of its own and a queue of its own. A job goes to a healthy
+ * replica (pool_pick: least-busy or primary-first); one that fails there
+ * with a token or session fault (KEYRING_E_TOKEN, KEYRING_E_SESSION), or
+ * that hangs in the token for longer than hang_ms, marks that replica
+ * down and runs once more on another: the job's failed_on names the
+ * replica it left. A down replica gets no jobs but probes aimed at it
+ * (job->replica); a probe that succeeds there puts it back. Outcomes a
+ * request causes itself (KEYRING_E_AUTH: a tag that fails, INVALID,
+ * UNKNOWN_KEY, TOOBIG) are never retried.
+ *
  * Threading contract: pool_submit, pool_fd, pool_reap and pool_free are
  * called from the loop thread only. A job belongs to the pool from
  * pool_submit until pool_reap hands it to its done callback (on the loop
@@ -47,6 +58,8 @@ struct pool_job {
 	pool_done_cb done;		/* runs on the loop thread */
 	void *arg;			/* the submitter's, untouched */
 	void *ctx;			/* the submitter's, untouched */
+	/* Replica to run on (a probe of one token), or -1: the pool picks. */
+	int replica;
 
 	/* Set by the worker. */
 	int status;			/* KEYRING_OK, KEYRING_E_*, POOL_E_* */
@@ -54,6 +67,11 @@ struct pool_job {
 	size_t out_len;
 	char key_id_out[KEYRING_KEY_ID_MAX];
 	char detail[KEYRING_ERROR_MAX];	/* token failure, "" if none */
+	int ran_on;			/* replica of the result; -1 never ran */
+	/* Replica whose token or session fault (or hang) sent the job to
+	 * ran_on, or -1; detail then holds that fault's words. */
+	int failed_on;
+	unsigned tries;			/* pool-internal: runs started */
 	/*
 	 * loop_now() clock; 0 = never ran. Written by the worker, readable
 	 * by the loop once pool_reap hands the job back (the pool lock
@@ -83,6 +101,30 @@ pool_job_cancel(struct pool_job *job)
  */
 int pool_new(struct keyring *kr, unsigned nworkers, unsigned max_queued,
     struct pool **out, char *err, size_t errlen);
+
+#define POOL_MAX_REPLICAS	4
+
+enum pool_policy {
+	POOL_LEAST_BUSY = 0,	/* fewest jobs queued + running per worker */
+	POOL_PRIMARY_FIRST,	/* the first healthy replica in order */
+};
+
+struct pool_replicas {
+	struct keyring *krs[POOL_MAX_REPLICAS];	/* outlive the pool */
+	unsigned workers[POOL_MAX_REPLICAS];	/* per replica, >= 1 */
+	unsigned n;				/* 1..POOL_MAX_REPLICAS */
+	unsigned max_queued;			/* over all replicas */
+	enum pool_policy policy;
+	/* n > 1: a call running longer counts as hung (0: never). */
+	unsigned hang_ms;
+};
+
+/* As pool_new, with a worker set per replica (n == 1: pool_new). */
+int pool_new_replicas(const struct pool_replicas *cfg, struct pool **out,
+    char *err, size_t errlen);
+unsigned pool_replicas(const struct pool *p);
+/* 1 while replica r takes jobs (any thread). */
+int pool_replica_up(struct pool *p, unsigned r);
 /* Stops the workers (waiting for running jobs), then frees queued jobs
  * through their done callbacks with POOL_E_CANCELLED. */
 void pool_free(struct pool *p);
@@ -101,7 +143,8 @@ void pool_reap(struct pool *p);
 size_t pool_reap_some(struct pool *p, size_t max);
 
 unsigned pool_workers(const struct pool *p);
-/* Jobs queued or running right now. */
+/* Jobs queued or running right now (calls still hung in a token whose
+ * job went elsewhere included: the pool cannot be freed under them). */
 unsigned pool_inflight(struct pool *p);
 /* Workers inside a token call right now (hung ones included). */
 unsigned pool_busy(struct pool *p);
