@@ -25,6 +25,8 @@ enum {
 	OPT_AUDIT_QUEUE, OPT_PID_FILE = 320,
 	OPT_MAX_CONNECTIONS = 340,
 	OPT_TOKEN_PROCESS = 360, OPT_TOKEN_USER,
+	OPT_REPLICA = 380, OPT_REPLICA_PIN_FILE, OPT_REPLICA_MODULE,
+	OPT_REPLICA_POLICY, OPT_REPLICA_TIMEOUT,
 };
 
 #define CONFIG_FILE_MAX	(64 * 1024)
@@ -34,6 +36,11 @@ static const struct option longopts[] = {
 	{ "config",		required_argument, NULL, 'c' },
 	{ "socket",		required_argument, NULL, 's' },
 	{ "key",		required_argument, NULL, 'k' },
+	{ "replica",		required_argument, NULL, OPT_REPLICA },
+	{ "replica-pin-file",	required_argument, NULL, OPT_REPLICA_PIN_FILE },
+	{ "replica-module",	required_argument, NULL, OPT_REPLICA_MODULE },
+	{ "replica-policy",	required_argument, NULL, OPT_REPLICA_POLICY },
+	{ "replica-timeout",	required_argument, NULL, OPT_REPLICA_TIMEOUT },
 	{ "module",		required_argument, NULL, 'm' },
 	{ "module-init-args",	required_argument, NULL, OPT_MODULE_INIT_ARGS },
 	{ "pin-file",		required_argument, NULL, 'p' },
@@ -84,6 +91,22 @@ config_usage(FILE *fp)
 "                            pkcs11:token=kms;object=kek1;type=secret-key\n"
 "                            Repeat for older keys: the first encrypts,\n"
 "                            every key decrypts. Required.\n"
+"      --replica URI         the key of the --key before it on one more\n"
+"                            token (an HSM holding the same KEK); repeat\n"
+"                            for more tokens, up to %d in all. Replica N of\n"
+"                            every key is on the same token, so every key\n"
+"                            names as many. At load each must give the\n"
+"                            same key_id and open what every other seals.\n"
+"      --replica-pin-file F  PIN file of the token of the --replica before\n"
+"                            it (after the first key's; default --pin-file)\n"
+"      --replica-module M    module of that token (default --module)\n"
+"      --replica-policy P    least-busy (default: requests go to the\n"
+"                            healthy token with the fewest waiting) or\n"
+"                            primary-first (the first healthy token in\n"
+"                            order takes them all)\n"
+"      --replica-timeout MS  with replicas: a token call taking longer\n"
+"                            counts as hung, its request is retried on\n"
+"                            another token (default %d)\n"
 "  -m, --module PATH|NAME    PKCS#11 module (.so path or p11-kit module\n"
 "                            name); default: module-path/module-name of the\n"
 "                            URI, else every module registered with p11-kit\n"
@@ -143,6 +166,7 @@ config_usage(FILE *fp)
 "\n"
 "Exit status: 0 after SIGTERM/SIGINT, 1 runtime failure, 2 bad flags or\n"
 "configuration.\n",
+	    CONFIG_MAX_REPLICAS, CONFIG_DEFAULT_REPLICA_TIMEOUT_MS,
 	    CONFIG_DEFAULT_PROBE_S, CONFIG_DEFAULT_GRACE_S,
 	    CONFIG_DEFAULT_MAX_REQUEST, CONFIG_DEFAULT_MAX_CONNECTIONS);
 }
@@ -163,6 +187,33 @@ config_defaults(struct config *cfg)
 	cfg->audit_sync = "batch";
 	cfg->audit_failure = "continue";
 	cfg->token_process = 1;
+	cfg->nreplicas = 1;
+	cfg->replica_policy = "least-busy";
+	cfg->replica_timeout_ms = CONFIG_DEFAULT_REPLICA_TIMEOUT_MS;
+}
+
+const char *
+config_replica_pin_file(const struct config *cfg, size_t r)
+{
+	return r > 0 && r < CONFIG_MAX_REPLICAS &&
+	    cfg->replica_pin_file[r] != NULL ? cfg->replica_pin_file[r] :
+	    cfg->pin_file;
+}
+
+const char *
+config_replica_module(const struct config *cfg, size_t r)
+{
+	return r > 0 && r < CONFIG_MAX_REPLICAS &&
+	    cfg->replica_module[r] != NULL ? cfg->replica_module[r] :
+	    cfg->module;
+}
+
+const char *
+config_key_uri(const struct config *cfg, size_t i, size_t r)
+{
+	if (i >= cfg->nkeys || r >= cfg->nreplicas)
+		return NULL;
+	return r == 0 ? cfg->keys[i] : cfg->replicas[i][r - 1];
 }
 
 /* Parses a whole decimal number in [min, max]; -1 when it is not one. */
@@ -236,7 +287,55 @@ apply(struct config *cfg, int opt, const char *name, const char *arg,
 			    KEYRING_MAX_KEYS);
 			return CONFIG_ERROR;
 		}
+		cfg->key_replicas[cfg->nkeys] = 0;
 		cfg->keys[cfg->nkeys++] = arg;
+		break;
+	case OPT_REPLICA:
+		if (cfg->nkeys == 0) {
+			snprintf(err, errlen, "%s '%.100s' comes before any "
+			    "key: put it after the key line whose key it "
+			    "holds", name, arg);
+			return CONFIG_ERROR;
+		}
+		if (cfg->key_replicas[cfg->nkeys - 1] ==
+		    CONFIG_MAX_REPLICAS - 1) {
+			snprintf(err, errlen, "%s: key %zu has too many "
+			    "replicas (at most %d tokens per key)", name,
+			    cfg->nkeys, CONFIG_MAX_REPLICAS);
+			return CONFIG_ERROR;
+		}
+		cfg->replicas[cfg->nkeys - 1]
+		    [cfg->key_replicas[cfg->nkeys - 1]++] = arg;
+		if (cfg->nkeys == 1)
+			cfg->nreplicas = 1 + cfg->key_replicas[0];
+		break;
+	case OPT_REPLICA_PIN_FILE:
+	case OPT_REPLICA_MODULE:
+		if (cfg->nkeys != 1 || cfg->key_replicas[0] == 0) {
+			snprintf(err, errlen, "%s belongs right after a "
+			    "replica line of the first key: it describes "
+			    "that replica's token, which every key's "
+			    "replica in that place shares", name);
+			return CONFIG_ERROR;
+		}
+		if (opt == OPT_REPLICA_PIN_FILE)
+			cfg->replica_pin_file[cfg->key_replicas[0]] = arg;
+		else
+			cfg->replica_module[cfg->key_replicas[0]] = arg;
+		break;
+	case OPT_REPLICA_POLICY:
+		if (strcmp(arg, "least-busy") != 0 &&
+		    strcmp(arg, "primary-first") != 0) {
+			snprintf(err, errlen, "%s '%.40s': use least-busy or "
+			    "primary-first", name, arg);
+			return CONFIG_ERROR;
+		}
+		cfg->replica_policy = arg;
+		break;
+	case OPT_REPLICA_TIMEOUT:
+		if (num_opt(name, arg, 10, 600000, &v, err, errlen) != 0)
+			return CONFIG_ERROR;
+		cfg->replica_timeout_ms = (unsigned)v;
 		break;
 	case 'm':
 		cfg->module = arg;
@@ -525,6 +624,25 @@ load_file(struct config *cfg, const char *path, char *err, size_t errlen)
 	return CONFIG_OK;
 }
 
+/* Replica r of every key is on one token: every key names as many. */
+static int
+check_replicas(const struct config *cfg, char *err, size_t errlen)
+{
+	size_t i;
+
+	for (i = 1; i < cfg->nkeys; i++) {
+		if (cfg->key_replicas[i] == cfg->nreplicas - 1)
+			continue;
+		snprintf(err, errlen, "key %zu (%.120s) has %zu replica "
+		    "line(s) and key 1 has %zu: replica N of every key is on "
+		    "the same token, so give every key a replica line for "
+		    "each token, in the same order", i + 1, cfg->keys[i],
+		    cfg->key_replicas[i], cfg->nreplicas - 1);
+		return CONFIG_ERROR;
+	}
+	return CONFIG_OK;
+}
+
 int
 config_parse_args(struct config *cfg, int argc, char **argv,
     char *err, size_t errlen)
@@ -563,6 +681,11 @@ config_parse_args(struct config *cfg, int argc, char **argv,
 			/* Command-line keys replace the file's. */
 			cmdline_keys = 1;
 			cfg->nkeys = 0;
+			cfg->nreplicas = 1;
+			memset(cfg->replica_pin_file, 0,
+			    sizeof(cfg->replica_pin_file));
+			memset(cfg->replica_module, 0,
+			    sizeof(cfg->replica_module));
 		}
 		name = NULL;
 		for (o = longopts; o->name != NULL; o++)
@@ -594,7 +717,7 @@ config_parse_args(struct config *cfg, int argc, char **argv,
 		    "'pkcs11:token=kms;object=kek1;type=secret-key'");
 		return CONFIG_ERROR;
 	}
-	return CONFIG_OK;
+	return check_replicas(cfg, err, errlen);
 }
 
 void

@@ -7,7 +7,9 @@
  *
  * File format: one "name = value" per line, names are the long flag names
  * without "--", `key` may repeat (the first encrypts), '#' starts a comment
- * line, blank lines are ignored.
+ * line, blank lines are ignored. Order matters for `replica` (it belongs
+ * to the `key` above it) and replica-pin-file / replica-module (to the
+ * `replica` above them), on the command line as in the file.
  */
 #ifndef P11KMS_CONFIG_H
 #define P11KMS_CONFIG_H
@@ -23,11 +25,29 @@
 #define CONFIG_DEFAULT_PROBE_S		10
 #define CONFIG_DEFAULT_GRACE_S		5
 #define CONFIG_MAX_WORKERS		256
+#define CONFIG_MAX_REPLICAS		4	/* tokens per key, incl. key's */
+#define CONFIG_DEFAULT_REPLICA_TIMEOUT_MS	2000
 
 struct config {
 	const char *socket_path;	/* path, or "@name" for abstract */
 	const char *keys[KEYRING_MAX_KEYS];
 	size_t nkeys;
+	/*
+	 * Replicas: replica r (1..nreplicas-1) of key i is
+	 * replicas[i][r - 1], the URI of a `replica` line after that key's
+	 * `key` line; the key line itself is replica 0. Replica r of every
+	 * key is on one token, so every key has nreplicas - 1 replica lines
+	 * (checked at the end of parsing). That token's PIN file and module
+	 * (replica-pin-file, replica-module, after the first key's replica
+	 * line) default to pin_file and module.
+	 */
+	const char *replicas[KEYRING_MAX_KEYS][CONFIG_MAX_REPLICAS - 1];
+	size_t key_replicas[KEYRING_MAX_KEYS];	/* replica lines per key */
+	size_t nreplicas;			/* tokens: 1 + replica lines */
+	const char *replica_pin_file[CONFIG_MAX_REPLICAS];	/* [0] unused */
+	const char *replica_module[CONFIG_MAX_REPLICAS];	/* [0] unused */
+	const char *replica_policy;	/* "least-busy" or "primary-first" */
+	unsigned replica_timeout_ms;	/* a call slower counts as hung */
 	const char *module;
 	const char *module_init_args;	/* pReserved for a module by path */
 	const char *pin_file;
@@ -71,5 +91,11 @@ void config_free(struct config *cfg);
 int config_parse_args(struct config *cfg, int argc, char **argv,
     char *err, size_t errlen);
 void config_usage(FILE *fp);
+
+/* PIN file and module of replica r (0 = the key lines' token). */
+const char *config_replica_pin_file(const struct config *cfg, size_t r);
+const char *config_replica_module(const struct config *cfg, size_t r);
+/* URI of key i on replica r. */
+const char *config_key_uri(const struct config *cfg, size_t i, size_t r);
 
 #endif

@@ -20,6 +20,9 @@
 #include <signal.h>
 #include <sys/signalfd.h>
 
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
 #include "plugin/log.h"
 
 #define DEFAULT_INFLIGHT	1024
@@ -174,10 +177,232 @@ choose_workers(const struct config *cfg, const struct keyring *kr,
 	return w;
 }
 
+/* "replica 2 (token 'kms-b' serial 1a2b...)": for messages. */
+static void
+replica_desc(const struct gen *g, size_t r, char *out, size_t cap)
+{
+	char label[KEYRING_TOKEN_TEXT_MAX], serial[KEYRING_TOKEN_TEXT_MAX];
+
+	if (g->krs[r] == NULL ||
+	    keyring_key_token(g->krs[r], 0, label, serial) != 0)
+		snprintf(out, cap, "replica %zu (%.120s)", r + 1,
+		    config_key_uri(&g->cfg, 0, r));
+	else
+		snprintf(out, cap, "replica %zu (token '%s' serial %s)",
+		    r + 1, label, serial);
+}
+
+/*
+ * Loads every replica's keyring: replica r is the token of every key's
+ * r-th URI, with its own PIN file and module. Each is judged as a lone
+ * token is (sensitive, non-extractable, a mechanism that round-trips).
+ */
+static int
+load_replicas(struct gen *g, char *err, size_t errlen)
+{
+	const char *uris[KEYRING_MAX_KEYS];
+	struct keyring_config kcfg;
+	char e[KEYRING_REASON_MAX + 200];
+	size_t r, i;
+	int rc;
+
+	g->nreplicas = g->cfg.nreplicas > 0 ? g->cfg.nreplicas : 1;
+	for (r = 0; r < g->nreplicas; r++) {
+		for (i = 0; i < g->cfg.nkeys; i++)
+			uris[i] = config_key_uri(&g->cfg, i, r);
+		memset(&kcfg, 0, sizeof(kcfg));
+		kcfg.module = config_replica_module(&g->cfg, r);
+		/* The init string belongs to --module only. */
+		kcfg.module_init_args = r == 0 ||
+		    g->cfg.replica_module[r] == NULL ?
+		    g->cfg.module_init_args : NULL;
+		kcfg.key_uris = uris;
+		kcfg.nkeys = g->cfg.nkeys;
+		kcfg.pin_file = config_replica_pin_file(&g->cfg, r);
+		kcfg.mechanism = g->cfg.mechanism;
+		e[0] = '\0';
+		if ((rc = keyring_load(&kcfg, &g->krs[r], e,
+		    sizeof(e))) != KEYRING_OK) {
+			if (e[0] == '\0')
+				snprintf(e, sizeof(e), "%s",
+				    keyring_strerror(rc));
+			if (g->nreplicas > 1)
+				snprintf(err, errlen, "replica %zu (%.120s): "
+				    "%s", r + 1, uris[0], e);
+			else
+				snprintf(err, errlen, "%s", e);
+			return rc;
+		}
+	}
+	g->kr = g->krs[0];
+	return g->nreplicas > 1 ? gen_check_replicas(g, err, errlen) :
+	    KEYRING_OK;
+}
+
+/*
+ * Proof that the replicas hold one key each: every key gives the same
+ * key_id on every replica, and what each replica seals with it, every
+ * other one opens (keys that merely share a label and CKA_ID fail here:
+ * the token's tag check sees the other value).
+ */
+int
+gen_check_replicas(struct gen *g, char *err, size_t errlen)
+{
+	struct keyring_worker *w[CONFIG_MAX_REPLICAS] = { NULL };
+	uint8_t pt[32], ct[KEYRING_MAX_CIPHERTEXT], back[KEYRING_MAX_PLAINTEXT];
+	char kid[KEYRING_KEY_ID_MAX], da[200], db[200];
+	size_t r, q, i, ctlen, backlen;
+	int rc, ret = KEYRING_E_CONFIG;
+
+	for (r = 0; r < g->nreplicas; r++)
+		if ((rc = keyring_worker_new(g->krs[r], &w[r])) != KEYRING_OK) {
+			replica_desc(g, r, da, sizeof(da));
+			snprintf(err, errlen, "%s: cannot open a session for "
+			    "the replica check: %s", da, keyring_strerror(rc));
+			ret = rc;
+			goto out;
+		}
+	for (i = 0; i < g->cfg.nkeys; i++) {
+		for (r = 0; r < g->nreplicas; r++) {
+			if (RAND_bytes(pt, sizeof(pt)) != 1) {
+				snprintf(err, errlen, "out of randomness");
+				goto out;
+			}
+			replica_desc(g, r, da, sizeof(da));
+			/* RSA keys seal little: 32 bytes always fit. */
+			if ((rc = keyring_seal_with(w[r], i, pt, sizeof(pt),
+			    ct, sizeof(ct), &ctlen, kid)) != KEYRING_OK) {
+				snprintf(err, errlen, "key %zu on %s: the "
+				    "replica check cannot seal: %s", i + 1,
+				    da, *keyring_worker_error(w[r]) ?
+				    keyring_worker_error(w[r]) :
+				    keyring_strerror(rc));
+				ret = rc == KEYRING_E_TOKEN ? rc :
+				    KEYRING_E_CONFIG;
+				goto out;
+			}
+			for (q = 0; q < g->nreplicas; q++) {
+				if (q == r)
+					continue;
+				backlen = 0;
+				rc = keyring_open(w[q], NULL, ct, ctlen, back,
+				    sizeof(back), &backlen, NULL);
+				if (rc == KEYRING_OK && backlen == sizeof(pt) &&
+				    CRYPTO_memcmp(back, pt, sizeof(pt)) == 0)
+					continue;
+				OPENSSL_cleanse(back, sizeof(back));
+				replica_desc(g, q, db, sizeof(db));
+				snprintf(err, errlen, "key %zu: %s and %s do "
+				    "not hold the same key: what %s seals does "
+				    "not open on %s (%s; key_id %s vs %s). "
+				    "Replicas must be copies of one KEK (an HA "
+				    "group, a cloned partition, a restored "
+				    "backup), not keys that share a label or "
+				    "CKA_ID", i + 1, da, db, da, db,
+				    rc == KEYRING_OK ? "other bytes came back" :
+				    keyring_strerror(rc),
+				    keyring_key_id(g->krs[r], i),
+				    keyring_key_id(g->krs[q], i));
+				goto out;
+			}
+			OPENSSL_cleanse(back, sizeof(back));
+		}
+		for (r = 1; r < g->nreplicas; r++) {
+			if (strcmp(keyring_key_id(g->krs[0], i),
+			    keyring_key_id(g->krs[r], i)) == 0)
+				continue;
+			replica_desc(g, 0, da, sizeof(da));
+			replica_desc(g, r, db, sizeof(db));
+			snprintf(err, errlen, "key %zu: %s gives key_id %s and "
+			    "%s gives %s: replicas must name the same key "
+			    "(same label, CKA_ID and value)", i + 1, da,
+			    keyring_key_id(g->krs[0], i), db,
+			    keyring_key_id(g->krs[r], i));
+			goto out;
+		}
+	}
+	/* success */
+	ret = KEYRING_OK;
+ out:
+	OPENSSL_cleanse(pt, sizeof(pt));
+	OPENSSL_cleanse(back, sizeof(back));
+	for (r = 0; r < g->nreplicas; r++)
+		keyring_worker_free(w[r]);
+	return ret;
+}
+
+/* Workers per replica (each token its own CPUs-or-device rule and
+ * session limit), and the pool over them. */
+static int
+replica_pool(struct gen *g, char *err, size_t errlen)
+{
+	struct pool_replicas pc;
+	char from[GEN_WORKERS_FROM_MAX];
+	size_t r;
+
+	memset(&pc, 0, sizeof(pc));
+	pc.n = (unsigned)g->nreplicas;
+	pc.max_queued = g->inflight;
+	pc.policy = strcmp(g->cfg.replica_policy, "primary-first") == 0 ?
+	    POOL_PRIMARY_FIRST : POOL_LEAST_BUSY;
+	pc.hang_ms = g->cfg.replica_timeout_ms;
+	g->workers = 0;
+	for (r = 0; r < g->nreplicas; r++) {
+		pc.krs[r] = g->krs[r];
+		pc.workers[r] = choose_workers(&g->cfg, g->krs[r], from,
+		    sizeof(from));
+		if (r == 0)
+			snprintf(g->workers_from, sizeof(g->workers_from),
+			    "%zu replicas x %u, %.50s", g->nreplicas,
+			    pc.workers[0], from);
+		g->workers += pc.workers[r];
+	}
+	return pool_new_replicas(&pc, &g->pool, err, errlen);
+}
+
+size_t
+gen_nreplicas(const struct gen *g)
+{
+	if (g == NULL)
+		return 0;
+	if (g->tp != NULL)
+		return tokproc_meta(g->tp)->nreplicas > 0 ?
+		    tokproc_meta(g->tp)->nreplicas : 1;
+	return g->nreplicas > 0 ? g->nreplicas : 1;
+}
+
+const char *
+gen_replica_name(const struct gen *g, size_t r)
+{
+	char label[KEYRING_TOKEN_TEXT_MAX], serial[KEYRING_TOKEN_TEXT_MAX];
+	char ol[KEYRING_TOKEN_TEXT_MAX], os[KEYRING_TOKEN_TEXT_MAX];
+	struct gen *m = (struct gen *)g;	/* the name cache */
+	size_t q;
+	int dup = 0;
+
+	if (g == NULL || r >= gen_nreplicas(g))
+		return "";
+	if (g->tp != NULL)
+		return tokproc_meta(g->tp)->replicas[r];
+	if (m->names[r][0] != '\0')
+		return m->names[r];
+	if (keyring_key_token(g->krs[r], 0, label, serial) != 0)
+		return "";
+	for (q = 0; q < g->nreplicas; q++)
+		if (q != r && keyring_key_token(g->krs[q], 0, ol, os) == 0 &&
+		    strcmp(ol, label) == 0)
+			dup = 1;
+	if (dup)
+		snprintf(m->names[r], sizeof(m->names[r]), "%s/%s", label,
+		    serial);
+	else
+		snprintf(m->names[r], sizeof(m->names[r]), "%s", label);
+	return m->names[r];
+}
+
 int
 gen_open(struct config *cfg, struct gen **out, char *err, size_t errlen)
 {
-	struct keyring_config kcfg;
 	struct gen *g;
 	int r;
 
@@ -196,25 +421,19 @@ gen_open(struct config *cfg, struct gen **out, char *err, size_t errlen)
 		*out = g;
 		return KEYRING_OK;
 	}
-	memset(&kcfg, 0, sizeof(kcfg));
-	kcfg.module = g->cfg.module;
-	kcfg.module_init_args = g->cfg.module_init_args;
-	kcfg.key_uris = g->cfg.keys;
-	kcfg.nkeys = g->cfg.nkeys;
-	kcfg.pin_file = g->cfg.pin_file;
-	kcfg.mechanism = g->cfg.mechanism;
-	err[0] = '\0';
-	if ((r = keyring_load(&kcfg, &g->kr, err, errlen)) != KEYRING_OK) {
-		if (err[0] == '\0')
-			snprintf(err, errlen, "%s", keyring_strerror(r));
+	if ((r = load_replicas(g, err, errlen)) != KEYRING_OK)
 		goto fail;
-	}
-	g->workers = choose_workers(&g->cfg, g->kr, g->workers_from,
-	    sizeof(g->workers_from));
 	g->inflight = g->cfg.max_inflight ? g->cfg.max_inflight :
 	    DEFAULT_INFLIGHT;
-	if ((r = pool_new(g->kr, g->workers, g->inflight, &g->pool, err,
-	    errlen)) != KEYRING_OK)
+	if (g->nreplicas == 1) {
+		g->workers = choose_workers(&g->cfg, g->kr, g->workers_from,
+		    sizeof(g->workers_from));
+		r = pool_new(g->kr, g->workers, g->inflight, &g->pool, err,
+		    errlen);
+	} else {
+		r = replica_pool(g, err, errlen);
+	}
+	if (r != KEYRING_OK)
 		goto fail;
 	g->watch.fd = pool_fd(g->pool);
 	*out = g;
@@ -230,9 +449,12 @@ gen_free(struct gen *g)
 {
 	if (g == NULL)
 		return;
+	size_t r;
+
 	tokproc_free(g->tp);
 	pool_free(g->pool);	/* workers before their keyring */
-	keyring_free(g->kr);
+	for (r = 0; r < g->nreplicas; r++)
+		keyring_free(g->krs[r]);
 	config_free(&g->cfg);
 	free(g);
 }

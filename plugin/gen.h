@@ -36,7 +36,11 @@ long gen_usable_cpus(void);
 
 struct gen {
 	struct config cfg;		/* owned (config_free) */
-	struct keyring *kr;
+	struct keyring *kr;		/* replica 0: krs[0] */
+	/* Replicas: the same keys on cfg.nreplicas tokens (config.h). */
+	struct keyring *krs[CONFIG_MAX_REPLICAS];
+	size_t nreplicas;
+	char names[CONFIG_MAX_REPLICAS][2 * KEYRING_TOKEN_TEXT_MAX]; /* cache */
 	struct pool *pool;
 	unsigned workers, inflight;
 	char workers_from[GEN_WORKERS_FROM_MAX];	/* for the log */
@@ -65,6 +69,12 @@ int gen_open(struct config *cfg, struct gen **out, char *err, size_t errlen);
  */
 int gen_open_or_signal(struct config *cfg, int sigfd, struct gen **out,
     char *err, size_t errlen);
+/*
+ * Replicas (g->nreplicas > 1, keyrings loaded): every key has the same
+ * key_id on each, and what each seals every other opens. KEYRING_OK, or
+ * KEYRING_E_CONFIG with a message naming both replicas.
+ */
+int gen_check_replicas(struct gen *g, char *err, size_t errlen);
 /* Stops the pool (running its pending done callbacks), frees it all. */
 void gen_free(struct gen *g);
 
@@ -149,6 +159,14 @@ int gen_key_token(const struct gen *g, size_t i, char *label,
 /* As keyring_envelope_info (pure header parsing, no token call). */
 int gen_envelope_info(const struct gen *g, const uint8_t *ct, size_t ctlen,
     const char **mech, char *key_id);
+/*
+ * Replicas: how many tokens hold the keys (1 without replica lines), and
+ * replica r's name for Status, metrics and logs: its token label, with the
+ * serial number when two replicas share a label. "" past the end.
+ */
+size_t gen_nreplicas(const struct gen *g);
+#define GEN_REPLICA_NAME_MAX	(2 * KEYRING_TOKEN_TEXT_MAX)
+const char *gen_replica_name(const struct gen *g, size_t r);
 /* As pool_submit; KEYRING_E_TOKEN when the token process is gone. */
 int gen_submit(struct gen *g, struct pool_job *job);
 unsigned gen_workers(const struct gen *g);

@@ -360,6 +360,8 @@ tokproc_submit(struct tokproc *tp, struct pool_job *job)
 	q->in_len = (uint16_t)(job->in_len <= sizeof(q->in) ? job->in_len :
 	    0);
 	memcpy(q->in, job->in, q->in_len);
+	q->replica = job->replica >= 0 && job->replica <
+	    TOKWIRE_REPLICAS_MAX ? (uint8_t)job->replica : TOKWIRE_NO_REPLICA;
 	n = tokwire_encode(&tp->msg, tp->out + tp->out_len,
 	    OUT_CAP - tp->out_len);
 	OPENSSL_cleanse(q->in, q->in_len);
@@ -395,6 +397,9 @@ on_reply(struct tokproc *tp, const struct tokwire_msg *m)
 	memcpy(job->detail, r->detail, sizeof(job->detail));
 	job->started = r->started;
 	job->finished = r->finished;
+	job->ran_on = r->ran_on == TOKWIRE_NO_REPLICA ? -1 : r->ran_on;
+	job->failed_on = r->failed_on == TOKWIRE_NO_REPLICA ? -1 :
+	    r->failed_on;
 	job->done(job);
 	return 0;
 }

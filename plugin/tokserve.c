@@ -145,6 +145,10 @@ reply(struct srv *s, uint64_t id, struct pool_job *job)
 	r->detail[sizeof(r->detail) - 1] = '\0';
 	r->started = job->started;
 	r->finished = job->finished;
+	r->ran_on = job->ran_on >= 0 ? (uint8_t)job->ran_on :
+	    TOKWIRE_NO_REPLICA;
+	r->failed_on = job->failed_on >= 0 ? (uint8_t)job->failed_on :
+	    TOKWIRE_NO_REPLICA;
 	queue_msg(s, &s->msg);
 	OPENSSL_cleanse(r->out, r->out_len);
 }
@@ -177,6 +181,7 @@ on_request(struct srv *s, const struct tokwire_msg *m)
 	memcpy(job->in, q->in, q->in_len);
 	job->in_len = q->in_len;
 	memcpy(job->key_id, q->key_id, sizeof(job->key_id));
+	job->replica = q->replica == TOKWIRE_NO_REPLICA ? -1 : q->replica;
 	job->done = job_done;
 	job->arg = (void *)(uintptr_t)m->id;
 	job->ctx = s;
@@ -303,6 +308,10 @@ fill_ready(struct tokwire_ready *m, const struct gen *g)
 		copy_str(k->mechanisms, sizeof(k->mechanisms),
 		    keyring_key_mechanisms(g->kr, i));
 	}
+	m->nreplicas = (uint8_t)gen_nreplicas(g);
+	for (i = 0; i < m->nreplicas; i++)
+		copy_str(m->replicas[i], sizeof(m->replicas[i]),
+		    gen_replica_name(g, i));
 }
 
 int

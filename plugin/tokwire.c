@@ -150,6 +150,12 @@ dec_ready(struct rd *r, struct tokwire_ready *m)
 		if (r->err == 0 && k->key_id[0] == '\0')
 			r->err = TOKWIRE_E_FIELD;
 	}
+	m->nreplicas = rd_u8(r);
+	if (r->err == 0 && (m->nreplicas == 0 ||
+	    m->nreplicas > TOKWIRE_REPLICAS_MAX))
+		r->err = TOKWIRE_E_FIELD;
+	for (i = 0; r->err == 0 && i < m->nreplicas; i++)
+		rd_str(r, m->replicas[i], sizeof(m->replicas[i]));
 }
 
 int
@@ -196,6 +202,10 @@ tokwire_decode(const uint8_t *frame, size_t len, enum tokwire_dir dir,
 		q->deadline = rd_u64(&r);
 		rd_str(&r, q->key_id, sizeof(q->key_id));
 		rd_bytes(&r, q->in, sizeof(q->in), &q->in_len);
+		q->replica = rd_u8(&r);
+		if (r.err == 0 && q->replica >= TOKWIRE_REPLICAS_MAX &&
+		    q->replica != TOKWIRE_NO_REPLICA)
+			r.err = TOKWIRE_E_FIELD;
 		if (r.err == 0 && q->op != POOL_SEAL && q->op != POOL_OPEN &&
 		    q->op != POOL_PROBE)
 			r.err = TOKWIRE_E_FIELD;
@@ -221,6 +231,8 @@ tokwire_decode(const uint8_t *frame, size_t len, enum tokwire_dir dir,
 		rd_str(&r, p->detail, sizeof(p->detail));
 		p->started = rd_u64(&r);
 		p->finished = rd_u64(&r);
+		p->ran_on = rd_u8(&r);
+		p->failed_on = rd_u8(&r);
 		break;
 	}
 	case TOKWIRE_STATS:
@@ -338,6 +350,13 @@ enc_ready(struct wr *w, const struct tokwire_ready *m)
 		wr_str(w, k->seal_detail, sizeof(k->seal_detail));
 		wr_str(w, k->mechanisms, sizeof(k->mechanisms));
 	}
+	if (m->nreplicas == 0 || m->nreplicas > TOKWIRE_REPLICAS_MAX) {
+		w->err = -1;
+		return;
+	}
+	wr_uint(w, m->nreplicas, 1);
+	for (i = 0; i < m->nreplicas; i++)
+		wr_str(w, m->replicas[i], sizeof(m->replicas[i]));
 }
 
 size_t
@@ -357,6 +376,7 @@ tokwire_encode(const struct tokwire_msg *m, uint8_t *buf, size_t cap)
 		wr_str(&w, m->u.req.key_id, sizeof(m->u.req.key_id));
 		wr_bytes(&w, m->u.req.in, m->u.req.in_len,
 		    sizeof(m->u.req.in));
+		wr_uint(&w, m->u.req.replica, 1);
 		break;
 	case TOKWIRE_CANCEL:
 		break;
@@ -376,6 +396,8 @@ tokwire_encode(const struct tokwire_msg *m, uint8_t *buf, size_t cap)
 		wr_str(&w, m->u.reply.detail, sizeof(m->u.reply.detail));
 		wr_uint(&w, m->u.reply.started, 8);
 		wr_uint(&w, m->u.reply.finished, 8);
+		wr_uint(&w, m->u.reply.ran_on, 1);
+		wr_uint(&w, m->u.reply.failed_on, 1);
 		break;
 	case TOKWIRE_STATS:
 		wr_uint(&w, m->u.stats.workers, 4);

@@ -51,6 +51,9 @@
 #define TOKWIRE_FROM_MAX	96
 #define TOKWIRE_CALLS_MAX	64	/* token calls per CALLS message */
 #define TOKWIRE_FN_MAX		32
+#define TOKWIRE_REPLICAS_MAX	4	/* tokens holding the keys */
+#define TOKWIRE_REPLICA_NAME_MAX	66
+#define TOKWIRE_NO_REPLICA	0xff	/* replica fields: none (-1) */
 
 enum tokwire_type {
 	TOKWIRE_REQ = 1,
@@ -82,6 +85,7 @@ struct tokwire_req {
 	char key_id[KEYRING_KEY_ID_MAX];
 	uint16_t in_len;
 	uint8_t in[KEYRING_MAX_CIPHERTEXT];
+	uint8_t replica;		/* TOKWIRE_NO_REPLICA: the pool picks */
 };
 
 struct tokwire_reply {
@@ -91,6 +95,7 @@ struct tokwire_reply {
 	char key_id_out[KEYRING_KEY_ID_MAX];
 	char detail[KEYRING_ERROR_MAX];
 	uint64_t started, finished;	/* CLOCK_MONOTONIC ns */
+	uint8_t ran_on, failed_on;	/* replicas, or TOKWIRE_NO_REPLICA */
 };
 
 struct tokwire_key {
@@ -125,6 +130,9 @@ struct tokwire_ready {
 	uint64_t max_sessions;
 	uint8_t nkeys;			/* 1..KEYRING_MAX_KEYS */
 	struct tokwire_key keys[KEYRING_MAX_KEYS];
+	/* The tokens that hold the keys (1..TOKWIRE_REPLICAS_MAX), named. */
+	uint8_t nreplicas;
+	char replicas[TOKWIRE_REPLICAS_MAX][TOKWIRE_REPLICA_NAME_MAX];
 };
 
 struct tokwire_failed {

@@ -57,6 +57,9 @@ fill_ready(struct tokwire_ready *r, unsigned nkeys)
 		strcpy(r->keys[i].mechanism, "aes-gcm");
 		strcpy(r->keys[i].mechanisms, "aes-gcm,aes-kwp");
 	}
+	r->nreplicas = TOKWIRE_REPLICAS_MAX;
+	for (i = 0; i < TOKWIRE_REPLICAS_MAX; i++)
+		snprintf(r->replicas[i], sizeof(r->replicas[i]), "kms-%u", i);
 }
 
 static void
@@ -77,6 +80,7 @@ test_round_trip_each_type(void **state)
 			strcpy(m->u.req.key_id, "abcd");
 			m->u.req.in_len = KEYRING_MAX_CIPHERTEXT;
 			memset(m->u.req.in, 0x5a, KEYRING_MAX_CIPHERTEXT);
+			m->u.req.replica = 1;
 			break;
 		case TOKWIRE_READY:
 			fill_ready(&m->u.ready, KEYRING_MAX_KEYS);
@@ -92,6 +96,8 @@ test_round_trip_each_type(void **state)
 			strcpy(m->u.reply.key_id_out, "abcd");
 			m->u.reply.started = 1;
 			m->u.reply.finished = 2;
+			m->u.reply.ran_on = 1;
+			m->u.reply.failed_on = TOKWIRE_NO_REPLICA;
 			break;
 		case TOKWIRE_STATS:
 			m->u.stats.workers = 2;
@@ -116,15 +122,25 @@ test_round_trip_each_type(void **state)
 		assert_int_equal(tokwire_decode(buf, n, types[i] ==
 		    TOKWIRE_REQ ? TOKWIRE_TO_FRONT : TOKWIRE_TO_TOKEN, back),
 		    TOKWIRE_E_TYPE);
-		if (types[i] == TOKWIRE_REQ)
+		if (types[i] == TOKWIRE_REQ) {
 			assert_memory_equal(back->u.req.in, m->u.req.in,
 			    KEYRING_MAX_CIPHERTEXT);
+			assert_int_equal(back->u.req.replica, 1);
+		}
+		if (types[i] == TOKWIRE_REPLY) {
+			assert_int_equal(back->u.reply.ran_on, 1);
+			assert_int_equal(back->u.reply.failed_on,
+			    TOKWIRE_NO_REPLICA);
+		}
 		if (types[i] == TOKWIRE_READY) {
 			assert_int_equal(back->u.ready.nkeys, KEYRING_MAX_KEYS);
 			assert_string_equal(back->u.ready.keys[15].key_id,
 			    m->u.ready.keys[15].key_id);
 			assert_string_equal(back->u.ready.audit_log,
 			    "/var/log/p11kms/audit.log");
+			assert_int_equal(back->u.ready.nreplicas,
+			    TOKWIRE_REPLICAS_MAX);
+			assert_string_equal(back->u.ready.replicas[3], "kms-3");
 		}
 		free(m);
 	}
