@@ -1,6 +1,5 @@
 /*
- * kms: the plumbing the KMS services share: token health (the probe),
- * queueing jobs on the pool and mapping their failures to statuses, and
+ * kms: the plumbing the KMS services share: queueing jobs on the pool and mapping their failures to statuses, and
  * the one completion point of every call (call_done). The services
  * themselves are kms_v2.c and kms_v1beta1.c.
  */
@@ -13,16 +12,13 @@
 #include <time.h>
 
 #include "plugin/gen.h"
+#include "plugin/health.h"
 #include "plugin/kms_api.h"
 #include "plugin/log.h"
 #include "plugin/mem.h"
 #include "plugin/metrics.h"
 #include "plugin/pbscan.h"
 
-#define NS_PER_S		1000000000ull
-#define PROBE_RETRY_S		2	/* after a failure, probe this soon */
-#define PROBE_SESSION_TRIES	3	/* lost sessions before "down" */
-#define PROBE_SESSION_RETRY_NS	100000000ull	/* 100 ms */
 #define LOG_FAILURES_PER_S	50	/* "request failed" lines a second */
 #define KMS_MAX_METHODS		16
 
@@ -30,20 +26,8 @@ struct kms {
 	struct loop *loop;
 	struct gen *g;			/* serving; NULL while recovering */
 	const char *version;
-	uint64_t interval;		/* ns */
-	struct loop_timer timer;
-	struct pool_job *probe_job;	/* running probe, or NULL */
-	int probed;			/* a probe has finished */
-	unsigned session_fails;		/* probes in a row that lost a session */
-	int healthy;
-	uint64_t last_ok;		/* loop_now() of the last good probe */
-	time_t down_since;		/* wall clock, for the message */
+	struct health *health;		/* the tokens' states and probes */
 	char key_id[KEYRING_KEY_ID_MAX];	/* primary; kept while recovering */
-	char why[256];			/* the failure, while unhealthy */
-	char healthz[400];
-	void (*token_fault)(void *arg);
-	void (*health_changed)(void *arg);
-	void *fault_arg;
 	struct audit *audit;		/* NULL: no audit log */
 	int audit_status;		/* audit Status and Version too */
 	int audit_fail_closed;		/* refuse key operations meanwhile */
@@ -53,158 +37,36 @@ struct kms {
 	char audit_healthz[400];
 };
 
-static void
-health_notify(struct kms *k)
-{
-	if (k->health_changed != NULL)
-		k->health_changed(k->fault_arg);
-}
-
-/* ---- health ---- */
-
-static void
-set_down(struct kms *k, const char *why)
-{
-	int was = k->healthy || k->why[0] == '\0';
-
-	if (was) {
-		k->down_since = time(NULL);
-		log_warn("token unhealthy: %s", why);
-	}
-	k->healthy = 0;
-	snprintf(k->why, sizeof(k->why), "%s", why);
-	if (was)
-		health_notify(k);
-}
-
 void
 kms_set_down(struct kms *k, const char *why)
 {
-	k->probed = 1;
-	set_down(k, why);
-}
-
-/* detail: the token's own words ("C_Encrypt: CKR_DEVICE_REMOVED"), or "". */
-static void
-health_fail(struct kms *k, const char *what, int status, const char *detail)
-{
-	char why[256];
-
-	if (detail != NULL && detail[0] != '\0')
-		snprintf(why, sizeof(why), "%s: %s", what, detail);
-	else
-		snprintf(why, sizeof(why), "%s: %s", what,
-		    keyring_strerror(status));
-	set_down(k, why);
-	if (status == KEYRING_E_TOKEN && k->token_fault != NULL)
-		k->token_fault(k->fault_arg);
-}
-
-static void
-probe_done(struct pool_job *job)
-{
-	struct kms *k = job->arg;
-	uint64_t next;
-
-	if (k == NULL) {		/* kms_free detached us */
-		pool_job_free(job);
-		return;
-	}
-	k->probe_job = NULL;
-	k->probed = 1;
-	if (job->status == KEYRING_OK) {
-		int was = k->healthy;
-
-		if (!was)
-			log_info("token healthy: seal/open round trip "
-			    "succeeded in %.3f ms",
-			    (double)(job->finished - job->started) / 1e6);
-		k->healthy = 1;
-		k->why[0] = '\0';
-		k->last_ok = job->finished;
-		k->session_fails = 0;
-		if (!was)
-			health_notify(k);
-	} else if (job->status == KEYRING_E_SESSION &&
-	    ++k->session_fails < PROBE_SESSION_TRIES) {
-		/* The worker has a new session already: try again soon
-		 * rather than call the token down for one lost session. */
-		pool_job_free(job);
-		(void)loop_timer_start(k->loop, &k->timer,
-		    loop_now() + PROBE_SESSION_RETRY_NS);
-		return;
-	} else if (job->status == KEYRING_E_SESSION) {
-		/* Sessions keep failing: treat it as the token's fault. */
-		health_fail(k, "seal/open round trip failed on fresh sessions",
-		    KEYRING_E_TOKEN, job->detail);
-	} else if (job->status == POOL_E_DEADLINE) {
-		health_fail(k, "health probe waited longer than the probe "
-		    "interval for a token session", KEYRING_E_TOKEN, NULL);
-	} else if (job->status != POOL_E_CANCELLED) {
-		health_fail(k, "seal/open round trip failed", job->status,
-		    job->detail);
-	}
-	pool_job_free(job);
-	next = k->interval;
-	if (!k->healthy && next > (uint64_t)PROBE_RETRY_S * NS_PER_S)
-		next = (uint64_t)PROBE_RETRY_S * NS_PER_S;
-	next += loop_now();
-	(void)loop_timer_start(k->loop, &k->timer, next);
+	health_set_down(k->health, why);
 }
 
 void
 kms_probe(struct kms *k)
 {
-	struct pool_job *job;
-	int r;
-
-	if (k->probe_job != NULL)
-		return;
-	loop_timer_stop(k->loop, &k->timer);
-	if (k->g == NULL)		/* recovering: the daemon reports */
-		return;
-	if ((job = pool_job_new(POOL_PROBE)) == NULL) {
-		(void)loop_timer_start(k->loop, &k->timer,
-		    loop_now() + NS_PER_S);
-		return;
-	}
-	job->deadline = loop_now() + k->interval;
-	job->done = probe_done;
-	job->arg = k;
-	if ((r = gen_submit(k->g, job)) != 0) {
-		/* Every slot busy (or the token process is gone, which
-		 * the daemon hears about itself): retry. */
-		pool_job_free(job);
-		(void)loop_timer_start(k->loop, &k->timer,
-		    loop_now() + NS_PER_S);
-		return;
-	}
-	k->probe_job = job;
-}
-
-static void
-probe_timer(void *arg)
-{
-	kms_probe(arg);
+	health_probe(k->health);
 }
 
 int
 kms_probe_done(const struct kms *k, int *ok)
 {
-	*ok = k->healthy;
-	return k->probed;
+	*ok = health_serving(k->health);
+	return health_probed(k->health);
+}
+
+struct health *
+kms_health(const struct kms *k)
+{
+	return k->health;
 }
 
 const char *
 kms_healthz(struct kms *k)
 {
-	uint64_t now = loop_now(), age;
-	char since[32];
-	struct tm tm;
-
-	if (!k->probed)
-		return "starting: first token round trip has not finished";
-	if (k->healthy && k->audit_fail_closed && audit_failing(k->audit)) {
+	if (health_serving(k->health) && k->audit_fail_closed &&
+	    audit_failing(k->audit)) {
 		char why[300];
 
 		audit_why(k->audit, why, sizeof(why));
@@ -213,42 +75,33 @@ kms_healthz(struct kms *k)
 		    "until it can (--audit-failure fail)", why);
 		return k->audit_healthz;
 	}
-	if (k->healthy) {
-		age = now - k->last_ok;
-		/* Probes run every interval; allow one slow probe. */
-		if (age <= 2 * k->interval + 5 * NS_PER_S)
-			return "ok";
-		snprintf(k->healthz, sizeof(k->healthz), "no token round trip "
-		    "for %llu s: the token may be hung",
-		    (unsigned long long)(age / NS_PER_S));
-		return k->healthz;
-	}
-	gmtime_r(&k->down_since, &tm);
-	strftime(since, sizeof(since), "%H:%M:%S UTC", &tm);
-	snprintf(k->healthz, sizeof(k->healthz), "%s (since %s, retrying)",
-	    k->why, since);
-	return k->healthz;
+	return health_healthz(k->health);
 }
 
 int
 kms_new(struct loop *l, struct gen *g, const struct kms_config *cfg,
     struct kms **out)
 {
+	struct health_config hc;
 	struct kms *k;
 
 	*out = NULL;
 	if ((k = calloc(1, sizeof(*k))) == NULL)
 		return -1;
+	memset(&hc, 0, sizeof(hc));
+	hc.probe_interval_s = cfg->probe_interval_s;
+	hc.token_fault = cfg->token_fault;
+	hc.changed = cfg->health_changed;
+	hc.arg = cfg->fault_arg;
+	if (health_new(l, &hc, &k->health) != 0) {
+		free(k);
+		return -1;
+	}
 	k->loop = l;
 	k->g = g;
+	health_set_gen(k->health, g);
 	snprintf(k->key_id, sizeof(k->key_id), "%s", gen_primary_key_id(g));
 	k->version = cfg->version;
-	k->interval = (uint64_t)cfg->probe_interval_s * NS_PER_S;
-	k->timer.cb = probe_timer;
-	k->timer.arg = k;
-	k->token_fault = cfg->token_fault;
-	k->health_changed = cfg->health_changed;
-	k->fault_arg = cfg->fault_arg;
 	k->audit = cfg->audit;
 	k->audit_status = cfg->audit_status;
 	k->audit_fail_closed = cfg->audit_fail_closed;
@@ -261,28 +114,12 @@ kms_new(struct loop *l, struct gen *g, const struct kms_config *cfg,
 void
 kms_set_gen(struct kms *k, struct gen *g)
 {
-	if (k->probe_job != NULL) {	/* it belongs to the old pool */
-		pool_job_cancel(k->probe_job);
-		k->probe_job->arg = NULL;
-		k->probe_job = NULL;
-	}
 	k->g = g;
-	if (g == NULL) {
-		/* Recovering: no token until the daemon hands a new one. */
-		loop_timer_stop(k->loop, &k->timer);
-		if (k->healthy)
-			set_down(k, "reopening the token after a fault");
+	health_set_gen(k->health, g);
+	if (g == NULL)
 		return;
-	}
 	snprintf(k->key_id, sizeof(k->key_id), "%s", gen_primary_key_id(g));
 	(void)gen_key_token(g, 0, k->tok_label, k->tok_serial);
-	if (!k->healthy)
-		log_info("token healthy: keyring reloaded");
-	k->probed = 1;
-	k->healthy = 1;
-	k->why[0] = '\0';
-	k->last_ok = loop_now();
-	(void)loop_timer_start(k->loop, &k->timer, loop_now() + k->interval);
 }
 
 void
@@ -290,11 +127,7 @@ kms_free(struct kms *k)
 {
 	if (k == NULL)
 		return;
-	loop_timer_stop(k->loop, &k->timer);
-	if (k->probe_job != NULL) {
-		pool_job_cancel(k->probe_job);
-		k->probe_job->arg = NULL;
-	}
+	health_free(k->health);
 	free(k);
 }
 
@@ -408,9 +241,7 @@ fail_job(struct kms *k, struct grpc_call *call, struct pool_job *job,
 		break;
 	case KEYRING_E_TOKEN:
 	case KEYRING_E_PIN:
-		health_fail(k, "token operation failed", job->status,
-		    job->detail);
-		kms_probe(k);
+		/* health_job() has heard of it (kms_job_answer). */
 		kms_fail(call, KMS_R_TOKEN, GRPC_UNAVAILABLE, "token error: %s",
 		    job->detail[0] ? job->detail :
 		    keyring_strerror(job->status));
@@ -429,11 +260,12 @@ submit(struct kms *k, struct grpc_call *call, struct pool_job *job,
 	char why[300];
 	int r;
 
-	if (k->g == NULL || (k->probed && !k->healthy)) {
-		/* Fail now rather than at the deadline; the probe and the
+	if (k->g == NULL || (health_probed(k->health) &&
+	    !health_serving(k->health))) {
+		/* Fail now rather than at the deadline; the probes and the
 		 * daemon's recovery bring the token back. */
 		kms_fail(call, KMS_R_TOKEN_DOWN, GRPC_UNAVAILABLE, "token "
-		    "unavailable: %s", k->why);
+		    "unavailable: %s", health_why(k->health));
 		pool_job_free(job);
 		return;
 	}
@@ -545,7 +377,11 @@ kms_job_answer(struct pool_job *job)
 	struct grpc_call *call = job->arg;
 	struct kms_req *r;
 	char seen[KEYRING_KEY_ID_MAX];
+	struct kms *k = job->ctx;
 
+	/* Every outcome, answered or not: faults move the token states. */
+	if (k != NULL && k->g != NULL)
+		health_job(k->health, job);
 	if (call != NULL && job->status != KEYRING_OK) {
 		fail_job(job->ctx, call, job, job->key_id[0] != '\0' ?
 		    job->key_id : NULL);

@@ -31,9 +31,10 @@ struct kms_config {
 	const char *version;		/* StatusResponse.version */
 	unsigned probe_interval_s;
 	/* Called on the loop thread when the token fails (a probe or a
-	 * request got a token-level error); the daemon recovers. */
+	 * request got a token-level error) and no replica is left; the
+	 * daemon recovers. */
 	void (*token_fault)(void *arg);
-	/* Called when healthz turns "ok" or stops being "ok". */
+	/* Called when the health verdict changes (health.h). */
 	void (*health_changed)(void *arg);
 	void *fault_arg;		/* for both callbacks */
 	struct audit *audit;		/* NULL: no audit log; outlives kms */
@@ -69,11 +70,14 @@ void kms_metrics_register(void);
 /* "v2.KeyManagementService, v1beta1.KeyManagementService" */
 const char *kms_services(void);
 
-/* Starts a health round trip now (if none is running). */
+/* Starts a health round trip on every token now (health_probe). */
 void kms_probe(struct kms *k);
-/* 1 when the last probe finished and succeeded; else 0. */
+/* 1 once every token finished a round trip; *ok: health_serving(). */
 int kms_probe_done(const struct kms *k, int *ok);
-/* "ok", or a sentence saying what is wrong. Points into k. */
+/* Status healthz: "ok", or a sentence saying what is wrong (the audit log
+ * with --audit-failure fail, or health_healthz()). Points into k. */
 const char *kms_healthz(struct kms *k);
+/* The tokens' states (health.h), for readiness, /status and metrics. */
+struct health *kms_health(const struct kms *k);
 
 #endif

@@ -23,8 +23,10 @@
 #include "pkcs11/pool.h"
 #include "plugin/audit.h"
 #include "plugin/config.h"
+#include "plugin/daemon.h"
 #include "plugin/gen.h"
 #include "plugin/grpc.h"
+#include "plugin/health.h"
 #include "plugin/harden.h"
 #include "plugin/kms.h"
 #include "plugin/log.h"
@@ -45,47 +47,6 @@
 #define NS_PER_S	1000000000ull
 #define RECOVER_MIN_S	1	/* first retry after a token fault */
 #define RECOVER_MAX_S	30	/* cap of the exponential backoff */
-
-/* What a running server cannot change; a reload keeps these. */
-struct fixed {
-	char *socket_path;
-	char *kms_version;
-	char *ops_listen;		/* NULL: none */
-	size_t max_request;
-	unsigned probe_interval_s;
-};
-
-struct daemon {
-	struct loop *loop;
-	struct fixed fixed;
-	unsigned grace_s;
-	struct gen *cur;		/* serving; NULL while recovering */
-	struct gen *retired;		/* draining, freed when empty */
-	struct kms *kms;
-	struct grpc_server *srv;
-	struct gen_loader loader;
-	struct loop_watch sig_watch;
-	struct loop_timer recover_timer;
-	unsigned recover_s;		/* next backoff */
-	int recovering;			/* the running load is a recovery */
-	int reload_again;		/* SIGHUP arrived during a load */
-	int pin_fault;			/* PIN refused: no logins until SIGHUP */
-	int stopping;
-	struct ops *ops;		/* --ops-listen, or NULL */
-	struct audit *audit;		/* --audit-log, or NULL */
-	char *audit_path;		/* fixed: a reload keeps it */
-	struct loop_timer ops_timer;	/* 1 s: heartbeat, health, gauges */
-	uint64_t ops_period_ns;		/* 1 s, or less for the watchdog */
-	char *pid_file;			/* written once serving; NULL: none */
-	int serving;			/* READY=1 sent */
-	/* Reloads asked for (SIGHUP), the request the running or last load
-	 * answers, and that load's outcome: for `p11kms reload`. */
-	unsigned long reload_asked, reload_loading, reload_done;
-	int reload_is_request;		/* the running load answers a SIGHUP */
-	int reload_ok;			/* -1: none finished yet */
-	time_t reload_time;
-	char reload_why[512];
-};
 
 static void fatal(const char *fmt, ...)
     __attribute__((format(printf, 1, 2)));
@@ -121,105 +82,12 @@ fatal(const char *fmt, ...)
 	(void)!write(log_fd, b, (size_t)n);
 }
 
-/* Serving, but the audit log cannot be written (--audit-failure continue). */
-static void
-audit_not_ready(struct daemon *d)
-{
-	char why[300], msg[400];
-
-	audit_why(d->audit, why, sizeof(why));
-	snprintf(msg, sizeof(msg), "audit log cannot be written: %s", why);
-	ops_set_ready(0, msg);
-}
-
-/* Copies s into a /status value: one line, no control characters. */
-static void
-status_value(char *out, size_t cap, const char *s)
-{
-	size_t i;
-
-	for (i = 0; s != NULL && s[i] != '\0' && i + 1 < cap; i++)
-		out[i] = (unsigned char)s[i] < 0x20 ? ' ' : s[i];
-	out[i] = '\0';
-}
-
-/*
- * The /status body: "name value" lines, the names a contract with
- * `p11kms status` and `p11kms reload` (plugin/ctl.c).
- */
-static void
-publish_status(struct daemon *d)
-{
-	char b[OPS_STATUS_MAX], why[300], rwhy[300];
-	const char *h = d->kms != NULL ? kms_healthz(d->kms) : "starting";
-	unsigned w = 0, n = 0, busy = 0;
-
-	if (d->cur != NULL) {
-		w = gen_workers(d->cur);
-		n = gen_inflight(d->cur);
-		busy = gen_busy(d->cur);
-	}
-	status_value(why, sizeof(why), h);
-	status_value(rwhy, sizeof(rwhy), d->reload_why);
-	snprintf(b, sizeof(b),
-	    "version %s\npid %ld\nserving %d\nhealthz %s\ntoken %s\n"
-	    "key_id %s\nkeys %zu\nworkers %u\nbusy_workers %u\n"
-	    "queued_jobs %u\nconnections %zu\nactive_calls %zu\n"
-	    "reload_requested %lu\nreload_completed %lu\n"
-	    "reload_result %s\nreload_time %lld\nreload_message %s\n",
-	    P11KMS_VERSION, (long)getpid(), d->serving, why,
-	    d->cur == NULL ? "recovering" : strcmp(h, "ok") == 0 ? "up" :
-	    "down", d->cur != NULL ? gen_primary_key_id(d->cur) : "-",
-	    d->cur != NULL ? gen_nkeys(d->cur) : (size_t)0, w, busy,
-	    n > busy ? n - busy : 0,
-	    d->srv != NULL ? grpc_server_connections(d->srv) : (size_t)0,
-	    d->srv != NULL ? grpc_server_active_calls(d->srv) : (size_t)0,
-	    d->reload_asked, d->reload_done,
-	    d->reload_ok < 0 ? "none" : d->reload_ok ? "ok" : "failed",
-	    (long long)d->reload_time, rwhy[0] != '\0' ? rwhy : "-");
-	ops_set_status(b);
-}
-
-/*
- * Publishes what the ops thread serves: a heartbeat (the loop turns), the
- * health verdict and the gauges. Runs on the loop thread.
- */
-static void
-publish(struct daemon *d)
-{
-	const char *h;
-	unsigned w, n, busy;
-
-	ops_heartbeat();
-	if (d->kms != NULL) {
-		h = kms_healthz(d->kms);
-		if (strcmp(h, "ok") == 0 && audit_failing(d->audit))
-			audit_not_ready(d);
-		else
-			ops_set_ready(strcmp(h, "ok") == 0, h);
-		metrics_set_token_up(strcmp(h, "ok") == 0);
-	}
-	if (d->cur != NULL) {
-		w = gen_workers(d->cur);
-		n = gen_inflight(d->cur);
-		busy = gen_busy(d->cur);
-		metrics_set_pool(w, busy, n > busy ? n - busy : 0);
-		metrics_set_key_id(gen_primary_key_id(d->cur));
-	} else {
-		metrics_set_pool(0, 0, 0);
-	}
-	if (d->srv != NULL)
-		metrics_set_grpc((unsigned)grpc_server_connections(d->srv),
-		    (unsigned)grpc_server_active_calls(d->srv));
-	publish_status(d);
-}
-
 static void
 on_ops_timer(void *arg)
 {
 	struct daemon *d = arg;
 
-	publish(d);
+	daemon_publish(d);
 	/* The loop turned: tell systemd's watchdog (WatchdogSec=). */
 	if (d->serving && notify_watchdog_usec() != 0)
 		(void)notify_send("WATCHDOG=1");
@@ -241,7 +109,7 @@ on_health(void *arg)
 		loop_timer_stop(d->loop, &d->recover_timer);
 		d->recover_s = RECOVER_MIN_S;
 	}
-	publish(d);
+	daemon_publish(d);
 }
 
 /*
@@ -279,38 +147,6 @@ reap_retired(struct daemon *d)
 	}
 }
 
-/* The start-up configuration, without secrets (no PIN, only its file). */
-static void
-log_config(const struct config *c, const struct gen *g)
-{
-	char workers[16], inflight[16], probe[16], init_args[32], audit[96];
-
-	/* Its length only: a module's string may hold what a log must not. */
-	if (c->module_init_args != NULL)
-		snprintf(init_args, sizeof(init_args), "(%zu bytes)",
-		    strlen(c->module_init_args));
-	else
-		snprintf(init_args, sizeof(init_args), "(none)");
-	snprintf(audit, sizeof(audit), "sync=%s failure=%s status=%s",
-	    c->audit_sync, c->audit_failure, c->audit_status ? "on" : "off");
-	snprintf(workers, sizeof(workers), "%u", g->workers);
-	snprintf(inflight, sizeof(inflight), "%u", g->inflight);
-	snprintf(probe, sizeof(probe), "%u", c->probe_interval_s);
-	log_kv(LOG_INFO, "configuration", "config", c->config_file ?
-	    c->config_file : "(flags only)", "socket", c->socket_path,
-	    "module", c->module ? c->module : "(from URI or p11-kit)",
-	    "module_init_args", init_args,
-	    "pin_file", c->pin_file ? c->pin_file : "(URI pin-source)",
-	    "mechanism", c->mechanism, "services", kms_services(),
-	    "kms_version", c->kms_version,
-	    "#workers", workers, "workers_from", g->workers_from,
-	    "#max_inflight", inflight,
-	    "#probe_interval_s", probe, "ops_listen", c->ops_listen ?
-	    c->ops_listen : "(off)", "log_format", c->log_format,
-	    "audit_log", c->audit_log ? c->audit_log : "(off)", "audit",
-	    audit, NULL);
-}
-
 /*
  * Connections are file descriptors: the soft RLIMIT_NOFILE (often 1024)
  * goes up to the hard one, so --max-connections, not the limit, decides.
@@ -326,23 +162,6 @@ raise_nofile(void)
 	if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
 		log_warn("cannot raise the open-file limit to %llu: %s",
 		    (unsigned long long)rl.rlim_max, strerror(errno));
-}
-
-static void
-log_keys(const struct gen *g)
-{
-	size_t i;
-
-	if (!gen_remote() && *keyring_module_warning(g->kr) != '\0')
-		log_warn("%s", keyring_module_warning(g->kr));
-	for (i = 0; i < gen_nkeys(g); i++)
-		log_info("key %zu: %s key_id=%s mechanism=%s%s%s%s%s", i,
-		    gen_key_desc(g, i), gen_key_id(g, i),
-		    gen_key_mechanism(g, i),
-		    *gen_key_seal_detail(g, i) ? " (" : "",
-		    gen_key_seal_detail(g, i),
-		    *gen_key_seal_detail(g, i) ? ")" : "",
-		    i == 0 ? " (encrypts)" : " (decrypts only)");
 }
 
 static int
@@ -453,7 +272,7 @@ reload_finished(struct daemon *d, int ok, const char *why)
 		if (*p == '\n')
 			*p = ' ';
 	(void)notify_send(msg);
-	publish_status(d);
+	daemon_publish_status(d);
 }
 
 static void
@@ -516,7 +335,7 @@ on_loaded(void *arg, struct gen *g, int status, const char *err)
 	    __ATOMIC_RELAXED);
 	kms_set_gen(d->kms, g);
 	d->pin_fault = 0;
-	publish(d);
+	daemon_publish(d);
 	if (d->recovering) {
 		log_info("token recovered: keyring reopened, key_id=%s",
 		    gen_primary_key_id(g));
@@ -531,7 +350,7 @@ on_loaded(void *arg, struct gen *g, int status, const char *err)
 		    "#workers", nw, "workers_from", g->workers_from,
 		    "log_level", log_level_name(g->cfg.log_level),
 		    "log_format", g->cfg.log_format, NULL);
-		log_keys(g);
+		daemon_log_keys(g);
 		snprintf(why, sizeof(why), "%zu key(s), key_id=%s",
 		    gen_nkeys(g), gen_primary_key_id(g));
 		reload_finished(d, 1, why);
@@ -574,7 +393,7 @@ on_tokproc_dead(void *arg, const char *why)
 	if (d->cur == NULL || d->cur->tp == NULL || !tokproc_dead(d->cur->tp))
 		return;
 	kms_set_down(d->kms, why);
-	publish(d);
+	daemon_publish(d);
 	on_token_fault(d);
 }
 
@@ -717,65 +536,6 @@ serve(struct daemon *d)
 		    grpc_server_active_calls(d->srv));
 }
 
-/*
- * Writes the pid file: a temporary file renamed over PATH, so a reader sees
- * the old pid or the new one, never a partial line. 0, or -1 with err.
- */
-static int
-pid_file_write(const char *path, char *err, size_t errlen)
-{
-	char tmp[4096], line[32];
-	FILE *f;
-	int n;
-
-	n = snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-	if (n < 0 || (size_t)n >= sizeof(tmp)) {
-		snprintf(err, errlen, "--pid-file: path too long");
-		return -1;
-	}
-	snprintf(line, sizeof(line), "%ld\n", (long)getpid());
-	if ((f = fopen(tmp, "we")) == NULL || fputs(line, f) == EOF ||
-	    fclose(f) != 0 || rename(tmp, path) != 0) {
-		snprintf(err, errlen, "--pid-file %.200s: %s", path,
-		    strerror(errno));
-		(void)unlink(tmp);
-		return -1;
-	}
-	return 0;
-}
-
-/*
- * Serving: systemd hears READY=1 (Type=notify), the pid file appears, and
- * the ops loop ticks fast enough for the watchdog.
- */
-static void
-announce_ready(struct daemon *d, const struct gen *g)
-{
-	char msg[400], err[300];
-	uint64_t wd = notify_watchdog_usec();
-
-	if (g->cfg.pid_file != NULL) {
-		if (pid_file_write(g->cfg.pid_file, err, sizeof(err)) != 0)
-			log_warn("%s; p11kms reload needs --pid instead", err);
-		else {
-			d->pid_file = strdup(g->cfg.pid_file);
-			/* Removable at exit from inside the sandbox. */
-			unixsock_keep_dir(g->cfg.pid_file);
-		}
-	}
-	/* Twice per watchdog interval, at most once a second. */
-	if (wd != 0 && wd / 2 * 1000 < d->ops_period_ns)
-		d->ops_period_ns = wd / 2 * 1000 > 0 ? wd / 2 * 1000 : 1000;
-	d->serving = 1;
-	snprintf(msg, sizeof(msg), "READY=1\nSTATUS=serving key_id=%s, "
-	    "%zu key(s), %u workers", gen_primary_key_id(g),
-	    gen_nkeys(g), g->workers);
-	(void)notify_send(msg);
-	if (wd != 0)
-		(void)notify_send("WATCHDOG=1");
-	publish(d);
-}
-
 int
 main(int argc, char **argv)
 {
@@ -859,12 +619,12 @@ main(int argc, char **argv)
 	}
 	d.cur = g;
 	d.grace_s = g->cfg.grace_s;
-	log_config(&g->cfg, g);
+	daemon_log_config(&g->cfg, g);
 	if (fixed_init(&d.fixed, &g->cfg) != 0) {
 		fatal("out of memory");
 		goto out;
 	}
-	log_keys(g);
+	daemon_log_keys(g);
 	if (loop_new(&d.loop) != 0) {
 		fatal("cannot create the event loop");
 		goto out;
@@ -959,7 +719,7 @@ main(int argc, char **argv)
 		    "#workers", nw, "#max_inflight", ni, "audit_log",
 		    d.audit != NULL ? d.audit_path : "(off)", NULL);
 	}
-	announce_ready(&d, g);
+	daemon_announce_ready(&d, g);
 
 	if (gen_remote() && enter_sandbox(&d) != 0)
 		goto out;

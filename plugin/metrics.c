@@ -96,6 +96,7 @@ static struct {
 	_Atomic uint64_t rv_slot[METRICS_RV_SLOTS];
 	_Atomic int token_up;
 	_Atomic uint64_t token_changes;
+	_Atomic int replica_up[METRICS_MAX_TOKENS];
 	_Atomic unsigned pool_workers, pool_busy, pool_queued;
 	_Atomic unsigned grpc_conns, grpc_calls;
 	_Atomic int audit_on;
@@ -268,6 +269,41 @@ metrics_set_rv_namer(const char *(*namer)(unsigned long rv))
 	atomic_store(&rv_namer, namer);
 }
 
+/* Token names for the token label: set on reloads, read by the renderer. */
+static pthread_mutex_t names_mu = PTHREAD_MUTEX_INITIALIZER;
+static char token_names[METRICS_MAX_TOKENS][METRICS_TOKEN_NAME_MAX];
+static size_t ntoken_names;
+
+void
+metrics_set_tokens(const char *const *names, size_t n)
+{
+	size_t i, j;
+	char *d;
+
+	if (n > METRICS_MAX_TOKENS)
+		n = METRICS_MAX_TOKENS;
+	pthread_mutex_lock(&names_mu);
+	for (i = 0; i < n; i++) {
+		d = token_names[i];
+		/* A label value: no quote, backslash or control byte. */
+		for (j = 0; names[i][j] != '\0' &&
+		    j + 1 < METRICS_TOKEN_NAME_MAX; j++)
+			d[j] = names[i][j] == '"' || names[i][j] == '\\' ||
+			    (unsigned char)names[i][j] < 0x20 ? '_' :
+			    names[i][j];
+		d[j] = '\0';
+	}
+	ntoken_names = n;
+	pthread_mutex_unlock(&names_mu);
+}
+
+void
+metrics_set_replica_up(size_t i, int up)
+{
+	if (i < METRICS_MAX_TOKENS)
+		atomic_store_explicit(&reg.replica_up[i], up ? 1 : 0, RELAXED);
+}
+
 void
 metrics_set_token_up(int up)
 {
@@ -351,6 +387,9 @@ void
 metrics_reset(void)
 {
 	memset(&reg, 0, sizeof(reg));
+	pthread_mutex_lock(&names_mu);
+	ntoken_names = 0;
+	pthread_mutex_unlock(&names_mu);
 	atomic_store(&reg.reload_last_ok, -1);
 	atomic_store(&rv_namer, NULL);
 	metrics_set_key_id(NULL);
@@ -523,7 +562,7 @@ static void
 render_token(struct sb *b)
 {
 	char labels[256], rv[96];
-	size_t f, r;
+	size_t f, r, i;
 
 	sb_header(b, "p11kms_pkcs11_call_duration_seconds", "histogram",
 	    "PKCS#11 call latency, by function and CK_RV returned.");
@@ -538,8 +577,16 @@ render_token(struct sb *b)
 			    labels, &reg.tok_hist[f][r]);
 		}
 	sb_header(b, "p11kms_token_up", "gauge",
-	    "1 when the last token health round trip succeeded, else 0.");
-	sb_printf(b, "p11kms_token_up %d\n", atomic_load(&reg.token_up));
+	    "1 when the last health round trip on the token succeeded, else "
+	    "0; one series per token holding the keys.");
+	pthread_mutex_lock(&names_mu);
+	if (ntoken_names == 0)
+		sb_printf(b, "p11kms_token_up %d\n",
+		    atomic_load(&reg.token_up));
+	for (i = 0; i < ntoken_names; i++)
+		sb_printf(b, "p11kms_token_up{token=\"%s\"} %d\n",
+		    token_names[i], atomic_load(&reg.replica_up[i]));
+	pthread_mutex_unlock(&names_mu);
 	sb_header(b, "p11kms_token_state_changes_total", "counter",
 	    "Times the token went up or down.");
 	sb_printf(b, "p11kms_token_state_changes_total %llu\n",

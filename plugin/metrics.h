@@ -22,7 +22,7 @@
  *   p11kms_grpc_requests_in_flight                          gauge
  *   p11kms_grpc_connections                                 gauge
  *   p11kms_pkcs11_call_duration_seconds{function,rv}        histogram
- *   p11kms_token_up                                         gauge, 0/1
+ *   p11kms_token_up{token}                                  gauge, 0/1
  *   p11kms_token_state_changes_total                        counter
  *   p11kms_pool_workers                                     gauge
  *   p11kms_pool_busy_workers                                gauge
@@ -82,8 +82,19 @@ void metrics_token_call(const char *function, unsigned long rv,
  */
 void metrics_set_rv_namer(const char *(*namer)(unsigned long rv));
 
-/* 1 when the last health round trip succeeded, else 0. Counts changes. */
+/* 1 while the daemon serves (every key has a healthy token), else 0.
+ * Counts changes. */
 void metrics_set_token_up(int up);
+/*
+ * The tokens holding the keys (one, or each replica), named by their
+ * label: p11kms_token_up{token=NAME} for each (n 0: one series without a
+ * label, from metrics_set_token_up). Copied. Loop thread.
+ */
+#define METRICS_MAX_TOKENS	4
+#define METRICS_TOKEN_NAME_MAX	72
+void metrics_set_tokens(const char *const *names, size_t n);
+/* Token i's last round trip succeeded (1) or not (0). */
+void metrics_set_replica_up(size_t i, int up);
 /* Token worker pool: threads, threads running a job, jobs waiting. */
 void metrics_set_pool(unsigned workers, unsigned busy, unsigned queued);
 /* gRPC server: open connections and calls accepted but not finished. */

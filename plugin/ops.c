@@ -374,6 +374,12 @@ health(struct ops *o, struct MHD_Connection *c, int want_ready,
 		snprintf(body, sizeof(body), "not ready: %s\n",
 		    state_why[0] != '\0' ? state_why : "unknown");
 	pthread_mutex_unlock(&state_lock);
+	if (ready && verbose && strncmp(body + 11, "degraded", 8) == 0) {
+		/* Serving on fewer tokens: say which one is down. */
+		memcpy(body, "ok, ", 4);
+		memmove(body + 4, body + 11, strlen(body + 11) + 1);
+		return reply_text(c, MHD_HTTP_OK, body);
+	}
 	if (ready)
 		return reply_text(c, MHD_HTTP_OK, "ok\n");
 	return reply_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, verbose ? body :

@@ -73,7 +73,7 @@ def test_metrics_after_known_traffic(opsd, client_for):
     enc_before = sum(v for k, v in before.items() if k.startswith(
         "p11kms_pkcs11_call_duration_seconds_count{function=\"C_Encrypt\""))
     assert enc_calls - enc_before >= n_enc
-    assert after["p11kms_token_up"] == 1
+    assert after['p11kms_token_up{token="kms"}'] == 1
     assert after["p11kms_pool_workers"] >= 1
     assert after['p11kms_active_key_info{key_id="%s"}' % key_id] == 1
     assert any(k.startswith("p11kms_build_info{version=") for k in after)
