@@ -2,8 +2,10 @@
  * pool: the token worker threads (pool.h). Workers sleep on a condition
  * variable over a bounded FIFO; each runs jobs on its own logged-in session
  * (one retry on a fresh session after KEYRING_E_SESSION) and pushes the
- * result onto a done list the loop drains after an eventfd wake-up. The
- * queue, the done list and the counts are under the pool mutex.
+ * result onto a done list the loop drains after an eventfd wake-up. In fed
+ * mode (pool_set_feed) an idle worker reads the input itself and hands each
+ * result to the feed, so no other thread stands between the socket and the
+ * token. The queue, the done list and the counts are under the pool mutex.
  */
 #include "pkcs11/pool.h"
 #include "pkcs11/token.h"
@@ -44,6 +46,9 @@ struct pool {
 	pthread_t *threads;
 	struct keyring_worker **workers;
 	unsigned nthreads;		/* threads actually started */
+	struct pool_feed feed;		/* fed mode; set once, under lock */
+	int filling;			/* a worker is in feed.fill; lock */
+	int feed_ended;			/* feed.fill said -1; under lock */
 };
 
 struct worker_arg {
@@ -186,7 +191,7 @@ worker_main(void *varg)
 	struct keyring_worker *w = p->workers[wa->idx];
 	struct pool_job *job;
 	uint64_t one = 1;
-	int nice_now, wake, stop;
+	int nice_now, wake, stop, more, r;
 
 	free(wa);
 	(void)pthread_setname_np(pthread_self(), "p11kms-worker");
@@ -201,14 +206,27 @@ worker_main(void *varg)
 	if (errno == 0)
 		(void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid),
 		    nice_now + POOL_WORKER_NICE);
+	pthread_mutex_lock(&p->lock);
 	for (;;) {
-		pthread_mutex_lock(&p->lock);
-		while (p->head == NULL && !p->stopping)
+		while (p->head == NULL && !p->stopping) {
+			/* Fed: the first idle worker reads; the rest sleep. */
+			if (p->feed.fill != NULL && !p->filling &&
+			    !p->feed_ended) {
+				p->filling = 1;
+				pthread_mutex_unlock(&p->lock);
+				r = p->feed.fill(p->feed.ctx, p);
+				pthread_mutex_lock(&p->lock);
+				p->filling = 0;
+				if (r != 0) {
+					p->feed_ended = 1;
+					pthread_cond_broadcast(&p->cond);
+				}
+				continue;
+			}
 			pthread_cond_wait(&p->cond, &p->lock);
-		if (p->head == NULL) {	/* stopping and nothing queued */
-			pthread_mutex_unlock(&p->lock);
-			break;
 		}
+		if (p->head == NULL)	/* stopping and nothing queued */
+			break;
 		job = p->head;
 		if ((p->head = job->next) == NULL)
 			p->tail = NULL;
@@ -226,6 +244,14 @@ worker_main(void *varg)
 
 		pthread_mutex_lock(&p->lock);
 		p->busy--;
+		if (p->feed.finish != NULL) {
+			p->inflight--;
+			more = p->head != NULL;
+			pthread_mutex_unlock(&p->lock);
+			p->feed.finish(p->feed.ctx, job, more);
+			pthread_mutex_lock(&p->lock);
+			continue;
+		}
 		job->next = p->done;
 		wake = p->done == NULL;
 		p->done = job;
@@ -238,7 +264,9 @@ worker_main(void *varg)
 		 */
 		if (wake)
 			(void)!write(p->efd, &one, sizeof(one));
+		pthread_mutex_lock(&p->lock);
 	}
+	pthread_mutex_unlock(&p->lock);
 	return NULL;
 }
 
@@ -321,7 +349,10 @@ pool_free(struct pool *p)
 	for (job = p->head; job != NULL; job = next) {
 		next = job->next;
 		job->status = POOL_E_CANCELLED;
-		job->done(job);
+		if (p->feed.finish != NULL)
+			p->feed.finish(p->feed.ctx, job, 0);
+		else
+			job->done(job);
 	}
 	p->head = p->tail = NULL;
 	pool_reap(p);
@@ -334,6 +365,42 @@ pool_free(struct pool *p)
 	pthread_cond_destroy(&p->cond);
 	pthread_mutex_destroy(&p->lock);
 	free(p);
+}
+
+void
+pool_set_feed(struct pool *p, const struct pool_feed *feed)
+{
+	pthread_mutex_lock(&p->lock);
+	p->feed = *feed;
+	pthread_cond_broadcast(&p->cond);	/* one of them starts reading */
+	pthread_mutex_unlock(&p->lock);
+}
+
+void
+pool_feed_push(struct pool *p, struct pool_job *head, unsigned n)
+{
+	struct pool_job *last;
+	unsigned i;
+
+	if (head == NULL || n == 0)
+		return;
+	for (last = head; last->next != NULL; last = last->next)
+		;
+	pthread_mutex_lock(&p->lock);
+	p->inflight += n;
+	if (p->tail != NULL)
+		p->tail->next = head;
+	else
+		p->head = head;
+	p->tail = last;
+	/*
+	 * One wake-up per job: the filler takes one itself, so the last one
+	 * woken finds the queue empty and reads next, while the filler's job
+	 * runs.
+	 */
+	for (i = 0; i < n && i < p->nworkers; i++)
+		pthread_cond_signal(&p->cond);
+	pthread_mutex_unlock(&p->lock);
 }
 
 int
