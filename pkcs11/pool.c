@@ -2,13 +2,15 @@
  * pool: the token worker threads (pool.h). Workers sleep on a condition
  * variable over a bounded FIFO; each runs jobs on its own logged-in session
  * (one retry on a fresh session after KEYRING_E_SESSION) and pushes the
- * result onto a done list the loop drains after an eventfd wake-up. The
- * queues, the done list, the counts and the replicas' states are under the
- * pool mutex. With replicas, each has its own FIFO and condition variable
- * and its own workers; pick() chooses where a job goes, finish_locked()
- * whether a failed one runs again elsewhere, and a watchdog thread takes a
- * job away from a call hung in its token (the worker runs on a private
- * copy of the job, so the job can go on without it).
+ * result onto a done list the loop drains after an eventfd wake-up. In fed
+ * mode (pool_set_feed) an idle worker reads the input itself and hands each
+ * result to the feed, so no other thread stands between the socket and the
+ * token. The queues, the done list, the counts and the replicas' states are
+ * under the pool mutex. With replicas, each has its own FIFO and condition
+ * variable and its own workers; pick_locked() chooses where a job goes,
+ * finish_locked() whether a failed one runs again elsewhere, and a watchdog
+ * thread takes a job away from a call hung in its token (the worker runs on
+ * a private copy of the job, so the job can go on without it).
  */
 #include "pkcs11/pool.h"
 #include "pkcs11/token.h"
@@ -74,6 +76,9 @@ struct pool {
 	pthread_t *threads;
 	struct wslot *workers;
 	unsigned nthreads;		/* threads actually started */
+	struct pool_feed feed;		/* fed mode; set once, under lock */
+	int filling;			/* a worker is in feed.fill; lock */
+	int feed_ended;			/* feed.fill said -1; under lock */
 };
 
 struct worker_arg {
@@ -316,12 +321,33 @@ retry_status(int status)
 	return status == KEYRING_E_TOKEN || status == KEYRING_E_SESSION;
 }
 
-/*
- * A job ran on replica r (or was taken from its hung call). Returns 1
- * when it went onto the done list and it was empty (the loop must be
- * woken), 0 otherwise (it runs again elsewhere, or the list was not
- * empty).
- */
+/* What finish_locked did with a job. */
+#define FIN_REQUEUED	0	/* it runs again on another replica */
+#define FIN_DONE	1	/* on the done list */
+#define FIN_WAKE	2	/* on the done list, which was empty: wake */
+#define FIN_FEED	3	/* fed mode: hand it to feed.finish, unlocked */
+
+/* Jobs waiting in every queue. */
+static unsigned
+queued_locked(const struct pool *p)
+{
+	unsigned r, n = 0;
+
+	for (r = 0; r < p->nrep; r++)
+		n += p->rep[r].queued;
+	return n;
+}
+
+static void
+wake_all_locked(struct pool *p)
+{
+	unsigned r;
+
+	for (r = 0; r < p->nrep; r++)
+		pthread_cond_broadcast(&p->rep[r].cond);
+}
+
+/* A job ran on replica r (or was taken from its hung call): FIN_*. */
 static int
 finish_locked(struct pool *p, unsigned r, struct pool_job *job)
 {
@@ -337,16 +363,20 @@ finish_locked(struct pool *p, unsigned r, struct pool_job *job)
 			job->out_len = 0;
 			/* Ahead of the others: it has waited once already. */
 			enqueue_locked(p, (unsigned)t, job, 1);
-			return 0;
+			return FIN_REQUEUED;
 		}
 	} else if (p->nrep > 1 && job->op == POOL_PROBE &&
 	    job->status == KEYRING_OK && job->replica == (int)r) {
 		atomic_store(&p->rep[r].up, 1);
 	}
+	if (p->feed.finish != NULL) {
+		p->inflight--;
+		return FIN_FEED;
+	}
 	job->next = p->done;
 	wake = p->done == NULL;
 	p->done = job;
-	return wake;
+	return wake ? FIN_WAKE : FIN_DONE;
 }
 
 /* Copies what a worker reads of a job (replicas: it runs on a copy). */
@@ -393,11 +423,11 @@ watchdog_main(void *arg)
 {
 	struct pool *p = arg;
 	struct timespec ts;
-	struct pool_job *job;
+	struct pool_job *job, *fed, *next;
 	struct wslot *ws;
 	uint64_t now, one = 1;
 	unsigned i;
-	int wake;
+	int wake, fin;
 
 	(void)pthread_setname_np(pthread_self(), "p11kms-watchdog");
 	pthread_mutex_lock(&p->lock);
@@ -411,6 +441,7 @@ watchdog_main(void *arg)
 		(void)pthread_cond_timedwait(&p->wd_cond, &p->lock, &ts);
 		now = token_now_ns();
 		wake = 0;
+		fed = NULL;
 		for (i = 0; i < p->nthreads; i++) {
 			ws = &p->workers[i];
 			if ((job = ws->cur) == NULL || now - ws->since <
@@ -425,11 +456,22 @@ watchdog_main(void *arg)
 			if (job->started == 0)
 				job->started = ws->since;
 			job->finished = now;
-			wake |= finish_locked(p, ws->rep, job);
+			if ((fin = finish_locked(p, ws->rep, job)) == FIN_WAKE)
+				wake = 1;
+			else if (fin == FIN_FEED) {
+				job->next = fed;
+				fed = job;
+			}
 		}
-		if (wake) {
+		if (wake || fed != NULL) {
 			pthread_mutex_unlock(&p->lock);
-			(void)!write(p->efd, &one, sizeof(one));
+			if (wake)
+				(void)!write(p->efd, &one, sizeof(one));
+			for (job = fed; job != NULL; job = next) {
+				next = job->next;
+				job->next = NULL;
+				p->feed.finish(p->feed.ctx, job, next != NULL);
+			}
 			pthread_mutex_lock(&p->lock);
 		}
 	}
@@ -447,7 +489,7 @@ worker_main(void *varg)
 	struct keyring_worker *w = ws->kw;
 	struct pool_job *job, *run;
 	uint64_t one = 1;
-	int nice_now, wake, stop;
+	int nice_now, stop, more, r, fin;
 
 	free(wa);
 	(void)pthread_setname_np(pthread_self(), "p11kms-worker");
@@ -462,14 +504,27 @@ worker_main(void *varg)
 	if (errno == 0)
 		(void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid),
 		    nice_now + POOL_WORKER_NICE);
+	pthread_mutex_lock(&p->lock);
 	for (;;) {
-		pthread_mutex_lock(&p->lock);
-		while (rp->head == NULL && !p->stopping)
+		while (rp->head == NULL && !p->stopping) {
+			/* Fed: the first idle worker reads; the rest sleep. */
+			if (p->feed.fill != NULL && !p->filling &&
+			    !p->feed_ended) {
+				p->filling = 1;
+				pthread_mutex_unlock(&p->lock);
+				r = p->feed.fill(p->feed.ctx, p);
+				pthread_mutex_lock(&p->lock);
+				p->filling = 0;
+				if (r != 0) {
+					p->feed_ended = 1;
+					wake_all_locked(p);
+				}
+				continue;
+			}
 			pthread_cond_wait(&rp->cond, &p->lock);
-		if (rp->head == NULL) {	/* stopping and nothing queued */
-			pthread_mutex_unlock(&p->lock);
-			break;
 		}
+		if (rp->head == NULL)	/* stopping and nothing queued */
+			break;
 		job = rp->head;
 		if ((rp->head = job->next) == NULL)
 			rp->tail = NULL;
@@ -502,13 +557,19 @@ worker_main(void *varg)
 			p->abandoned--;
 			OPENSSL_cleanse(run->in, run->in_len);
 			OPENSSL_cleanse(run->out, run->out_len);
-			pthread_mutex_unlock(&p->lock);
 			continue;
 		}
 		ws->cur = NULL;
 		if (run != job)
 			copy_out(job, run);
-		wake = finish_locked(p, ws->rep, job);
+		fin = finish_locked(p, ws->rep, job);
+		if (fin == FIN_FEED) {
+			more = queued_locked(p) > 0;
+			pthread_mutex_unlock(&p->lock);
+			p->feed.finish(p->feed.ctx, job, more);
+			pthread_mutex_lock(&p->lock);
+			continue;
+		}
 		pthread_mutex_unlock(&p->lock);
 		/*
 		 * Only the job that makes the list non-empty wakes the loop:
@@ -516,9 +577,11 @@ worker_main(void *varg)
 		 * brings (it empties the list after reading the eventfd).
 		 * A full counter cannot happen: the loop drains it.
 		 */
-		if (wake)
+		if (fin == FIN_WAKE)
 			(void)!write(p->efd, &one, sizeof(one));
+		pthread_mutex_lock(&p->lock);
 	}
+	pthread_mutex_unlock(&p->lock);
 	return NULL;
 }
 
@@ -660,7 +723,10 @@ pool_free(struct pool *p)
 		for (job = p->rep[r].head; job != NULL; job = next) {
 			next = job->next;
 			job->status = POOL_E_CANCELLED;
-			job->done(job);
+			if (p->feed.finish != NULL)
+				p->feed.finish(p->feed.ctx, job, 0);
+			else
+				job->done(job);
 		}
 		p->rep[r].head = p->rep[r].tail = NULL;
 	}
@@ -678,6 +744,43 @@ pool_free(struct pool *p)
 	pthread_cond_destroy(&p->wd_cond);
 	pthread_mutex_destroy(&p->lock);
 	free(p);
+}
+
+void
+pool_set_feed(struct pool *p, const struct pool_feed *feed)
+{
+	pthread_mutex_lock(&p->lock);
+	p->feed = *feed;
+	wake_all_locked(p);		/* one of them starts reading */
+	pthread_mutex_unlock(&p->lock);
+}
+
+void
+pool_feed_push(struct pool *p, struct pool_job *head, unsigned n)
+{
+	struct pool_job *job, *next;
+	int r;
+
+	if (head == NULL || n == 0)
+		return;
+	pthread_mutex_lock(&p->lock);
+	p->inflight += n;
+	/*
+	 * One wake-up per job (enqueue_locked signals its replica): the
+	 * filler takes one itself, so the last one woken finds the queue
+	 * empty and reads next, while the filler's job runs.
+	 */
+	for (job = head; job != NULL; job = next) {
+		next = job->next;
+		if (job->replica >= (int)p->nrep)
+			job->replica = -1;
+		r = p->nrep == 1 ? 0 : job->replica >= 0 ? job->replica :
+		    pick_locked(p, -1);
+		job->tries = 0;
+		job->ran_on = job->failed_on = -1;
+		enqueue_locked(p, (unsigned)r, job, 0);
+	}
+	pthread_mutex_unlock(&p->lock);
 }
 
 int
