@@ -17,6 +17,7 @@ Environment:
 import base64
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -284,6 +285,100 @@ def make_token(path, label="kek1", key_id="01", extractable=False,
     assert os.path.exists(t.conf), "token fixture wrote no softhsm2.conf"
     assert os.path.exists(t.pin_file), "token fixture wrote no pin file"
     return t
+
+
+class ReplicaTokens:
+    """SoftHSM tokens in one directory (one softhsm2.conf), each with its
+    own PIN and PIN file, holding copies of one KEK (see
+    make_replica_tokens)."""
+
+    def __init__(self, path, names, pins):
+        self.dir = path
+        self.conf = os.path.join(path, "softhsm2.conf")
+        self.names = list(names)
+        self.pins = dict(zip(names, pins))
+        self.pin_files = {n: os.path.join(path, "pin-%s" % n) for n in names}
+
+    def env(self):
+        e = dict(os.environ)
+        e["SOFTHSM2_CONF"] = self.conf
+        return e
+
+    def uri(self, name, label="kek1"):
+        return "pkcs11:token=%s;object=%s;type=secret-key" % (
+            urllib.parse.quote(name, safe=""),
+            urllib.parse.quote(label, safe=""))
+
+    def module_copy(self):
+        """A copy of SoftHSM's .so under a path of its own: the dynamic
+        loader maps it as a separate instance (own globals), so the fault
+        module can load it in front of one token while another token is
+        reached through SoftHSM itself in the same process."""
+        dst = os.path.join(self.dir, "softhsm-copy.so")
+        if not os.path.exists(dst):
+            shutil.copyfile(MODULE, dst)
+        return dst
+
+
+def _import_key(conf, token, pin, label, key_id, value, extractable):
+    """C_CreateObject of a CKO_SECRET_KEY (AES, CKA_VALUE = value) with
+    CKA_SENSITIVE and CKA_PRIVATE, CKA_EXTRACTABLE false unless asked:
+    what an HSM's key import or a restored backup gives."""
+    d = os.path.dirname(conf)
+    kf = os.path.join(d, ".import-%s" % rand_suffix(8))
+    fd = os.open(kf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(value)
+        cmd = ["pkcs11-tool", "--module", MODULE, "--token-label", token,
+               "--login", "--pin", pin, "--write-object", kf, "--type",
+               "secrkey", "--key-type", "AES:%d" % len(value), "--label",
+               label, "--id", key_id, "--sensitive", "--private"]
+        if extractable:
+            cmd.append("--extractable")
+        _run(cmd, dict(os.environ, SOFTHSM2_CONF=conf), "pkcs11-tool import")
+    finally:
+        # The key value is test data, but wipe it like a real one.
+        with open(kf, "r+b") as f:
+            f.write(b"\0" * len(value))
+        os.unlink(kf)
+
+
+def make_replica_tokens(path, names=("kms-a", "kms-b"), pins=None,
+                        label="kek1", key_id="01", same=True,
+                        extractable=(), value=None):
+    """Tokens `names` in path, each holding key `label` (CKA_ID key_id):
+    one random AES-256 value imported into every token (same=True), or a
+    value of its own per token (same=False: look-alikes that share only
+    label and CKA_ID). Tokens in `extractable` get the key with
+    CKA_EXTRACTABLE true. Called again on the same path with new names it
+    adds tokens; with the same names and another label it adds a key."""
+    names = list(names)
+    pins = list(pins or ["12%02d" % (i + 34) for i in range(len(names))])
+    os.makedirs(os.path.join(path, "tokens"), exist_ok=True)
+    rt = ReplicaTokens(path, names, pins)
+    if not os.path.exists(rt.conf):
+        with open(rt.conf, "w") as f:
+            f.write("directories.tokendir = %s\n"
+                    "objectstore.backend = file\n"
+                    "log.level = ERROR\n"
+                    "slots.removable = false\n"
+                    % os.path.join(path, "tokens"))
+    env = rt.env()
+    have = _run(["softhsm2-util", "--show-slots"], env, "softhsm2-util").stdout
+    value = value or os.urandom(32)
+    for n, pin in zip(names, pins):
+        if not re.search(r"^\s*Label:\s+%s\s*$" % re.escape(n), have,
+                         re.M):
+            _run(["softhsm2-util", "--init-token", "--free", "--label", n,
+                  "--so-pin", SO_PIN, "--pin", pin], env, "softhsm2-util")
+            fd = os.open(rt.pin_files[n], os.O_WRONLY | os.O_CREAT |
+                         os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(pin + "\n")
+        _import_key(rt.conf, n, pin, label, key_id,
+                    value if same else os.urandom(32), n in extractable)
+    return rt
 
 
 # --------------------------------------------------------------------------
