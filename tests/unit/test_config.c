@@ -419,6 +419,114 @@ test_audit_options(void **state)
 	unlink(path);
 }
 
+static void
+test_replicas(void **state)
+{
+	const char *path = write_conf(
+	    "key = pkcs11:token=a;object=k2\n"
+	    "replica = pkcs11:token=b;object=k2\n"
+	    "replica-pin-file = /etc/p11kms/pin-b\n"
+	    "replica-module = /usr/lib/b.so\n"
+	    "replica = pkcs11:token=c;object=k2\n"
+	    "key = pkcs11:token=a;object=k1\n"
+	    "replica = pkcs11:token=b;object=k1\n"
+	    "replica = pkcs11:token=c;object=k1\n"
+	    "pin-file = /etc/p11kms/pin-a\n"
+	    "replica-policy = primary-first\n"
+	    "replica-timeout = 750\n");
+	char *argv[] = { "p11kms", "--config", (char *)path, NULL };
+	char *one[] = { "p11kms", "-k", "pkcs11:token=a;object=k1", NULL };
+	char *flags[] = { "p11kms", "--config", (char *)path, "-k",
+	    "pkcs11:token=x;object=k1", "--replica",
+	    "pkcs11:token=y;object=k1", NULL };
+	struct config cfg;
+	char err[512];
+
+	(void)state;
+	assert_int_equal(parse(&cfg, argv, ARGC(argv), err, sizeof(err)),
+	    CONFIG_OK);
+	assert_int_equal(cfg.nkeys, 2);
+	assert_int_equal(cfg.nreplicas, 3);
+	assert_string_equal(config_key_uri(&cfg, 1, 0),
+	    "pkcs11:token=a;object=k1");
+	assert_string_equal(config_key_uri(&cfg, 1, 2),
+	    "pkcs11:token=c;object=k1");
+	assert_null(config_key_uri(&cfg, 1, 3));
+	assert_string_equal(config_replica_pin_file(&cfg, 0),
+	    "/etc/p11kms/pin-a");
+	assert_string_equal(config_replica_pin_file(&cfg, 1),
+	    "/etc/p11kms/pin-b");
+	assert_string_equal(config_replica_pin_file(&cfg, 2),
+	    "/etc/p11kms/pin-a");	/* the default */
+	assert_string_equal(config_replica_module(&cfg, 1), "/usr/lib/b.so");
+	assert_null(config_replica_module(&cfg, 2));
+	assert_string_equal(cfg.replica_policy, "primary-first");
+	assert_int_equal(cfg.replica_timeout_ms, 750);
+	config_free(&cfg);
+	/* No replica lines: one token, as before. */
+	assert_int_equal(parse(&cfg, one, ARGC(one), err, sizeof(err)),
+	    CONFIG_OK);
+	assert_int_equal(cfg.nreplicas, 1);
+	assert_string_equal(cfg.replica_policy, "least-busy");
+	assert_int_equal(cfg.replica_timeout_ms,
+	    CONFIG_DEFAULT_REPLICA_TIMEOUT_MS);
+	config_free(&cfg);
+	/* Command-line keys replace the file's, replicas with them. */
+	assert_int_equal(parse(&cfg, flags, ARGC(flags), err, sizeof(err)),
+	    CONFIG_OK);
+	assert_int_equal(cfg.nkeys, 1);
+	assert_int_equal(cfg.nreplicas, 2);
+	assert_string_equal(config_key_uri(&cfg, 0, 1),
+	    "pkcs11:token=y;object=k1");
+	assert_null(cfg.replica_pin_file[1]);
+	config_free(&cfg);
+	unlink(path);
+}
+
+static void
+test_replica_errors(void **state)
+{
+	static const struct {
+		char *argv[12];
+		const char *want;
+	} cases[] = {
+		{ { "p11kms", "--replica", "pkcs11:token=b", "-k",
+		    "pkcs11:token=a", NULL }, "comes before any key" },
+		{ { "p11kms", "-k", "pkcs11:token=a", "--replica",
+		    "pkcs11:token=b", "-k", "pkcs11:token=a;object=o", NULL },
+		    "key 2 (pkcs11:token=a;object=o) has 0 replica line(s) "
+		    "and key 1 has 1" },
+		{ { "p11kms", "-k", "pkcs11:token=a", "--replica-pin-file",
+		    "/p", NULL }, "replica-pin-file belongs right after" },
+		{ { "p11kms", "-k", "pkcs11:token=a", "--replica", "b", "-k",
+		    "c", "--replica", "d", "--replica-module", "/m.so", NULL },
+		    "replica-module belongs right after" },
+		{ { "p11kms", "-k", "a", "--replica", "b", "--replica", "c",
+		    "--replica", "d", "--replica", "e", NULL },
+		    "at most 4 tokens per key" },
+		{ { "p11kms", "-k", "a", "--replica-policy", "random", NULL },
+		    "use least-busy or primary-first" },
+		{ { "p11kms", "-k", "a", "--replica-timeout", "5", NULL },
+		    "from 10 to 600000" },
+	};
+	struct config cfg;
+	char err[512];
+	size_t i;
+	int argc;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		for (argc = 0; cases[i].argv[argc] != NULL; argc++)
+			;
+		assert_int_equal(parse(&cfg, (char **)cases[i].argv, argc,
+		    err, sizeof(err)), CONFIG_ERROR);
+		if (strstr(err, cases[i].want) == NULL)
+			fail_msg("case %zu: '%s' lacks '%s'", i, err,
+			    cases[i].want);
+		config_free(&cfg);
+	}
+}
+
 int
 main(void)
 {
@@ -433,6 +541,8 @@ main(void)
 		cmocka_unit_test(test_file_errors),
 		cmocka_unit_test(test_module_init_args),
 		cmocka_unit_test(test_audit_options),
+		cmocka_unit_test(test_replicas),
+		cmocka_unit_test(test_replica_errors),
 	};
 
 	return cmocka_run_group_tests_name("config", tests, NULL, NULL);
