@@ -30,7 +30,7 @@ struct bench_opt opt;
 
 static const char *const group_names[] = {
 	"status", "encrypt", "decrypt", "mixed", "v1", "storm", "slow",
-	"calls", "audit",
+	"calls", "audit", "replicas",
 };
 
 int
@@ -55,7 +55,7 @@ int g_dclk_ok;
 const char *g_cpu_src = "none";
 long g_clk_tck;
 unsigned g_nstarts;		/* daemon starts, for log names */
-const char *g_dextra[4];		/* more daemon flags (audit) */
+const char *g_dextra[BENCH_DEXTRA_MAX];	/* more daemon flags */
 size_t g_ndextra;
 
 uint64_t
@@ -259,7 +259,9 @@ usage(FILE *fp)
 "  --no-slow            skip the slow-token scenario\n"
 "  --quick              small counts for a smoke run (2000/200/1000, 1 start)\n"
 "  --only LIST          scenario groups to run, of status,encrypt,decrypt,\n"
-"                       mixed,v1,storm,slow,calls,audit (default all);\n"
+"                       mixed,v1,storm,slow,calls,audit (default all),\n"
+"                       replicas (only when named: two tokens holding one\n"
+"                       KEK, one failing and coming back under load)\n"
 "                       decrypt and storm bring in encrypt, storm brings in\n"
 "                       v1 (their inputs)\n"
 "  --keep               keep the temp dir (token, daemon logs)\n"
@@ -594,6 +596,8 @@ main(int argc, char **argv)
 	else
 		snprintf(g_calls_na, sizeof(g_calls_na), "not selected "
 		    "(--only)");
+	if (want(S_REPLICAS))
+		replicas_scenario();
 
 	cpustat_read(&run_end);
 	steal_add(&g_run_steal, &run_start, &run_end);

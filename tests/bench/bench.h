@@ -74,6 +74,7 @@ struct bench_opt {
 enum {
 	S_STATUS = 1, S_ENCRYPT = 2, S_DECRYPT = 4, S_MIXED = 8, S_V1 = 16,
 	S_STORM = 32, S_SLOW = 64, S_CALLS = 128, S_AUDIT = 256, S_ALL = 511,
+	S_REPLICAS = 512,	/* only when named: --only replicas */
 };
 struct lat {
 	uint64_t *v;		/* ns */
@@ -286,7 +287,8 @@ extern int g_dclk_ok;
 extern const char *g_cpu_src;
 extern long g_clk_tck;
 extern unsigned g_nstarts;
-extern const char *g_dextra[4];
+#define BENCH_DEXTRA_MAX	8
+extern const char *g_dextra[BENCH_DEXTRA_MAX];
 extern size_t g_ndextra;
 uint64_t now_ns(void);
 uint64_t clock_ns(clockid_t clk);
@@ -352,6 +354,7 @@ extern char g_calls_na[160];
 void calls_scenario(void);
 void print_calls(void);
 void audit_scenario(void);
+void replicas_scenario(void);
 void server_scenarios(struct keyring *kr);
 void print_table(void);
 void target(const char *key, const char *what, const char *unit, double value,

@@ -165,7 +165,7 @@ daemon_start(const char *module, unsigned workers, const char *fault_ctl,
     uint64_t *t0)
 {
 	char wbuf[16];
-	const char *argv[20 + MAX_WRAP];
+	const char *argv[20 + MAX_WRAP + BENCH_DEXTRA_MAX];
 	size_t x;
 	pid_t pid, parent = getpid();
 	int fd, i = 0;
