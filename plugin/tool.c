@@ -31,6 +31,7 @@
 #include "plugin/audit.h"
 #include "plugin/config.h"
 #include "plugin/ctl.h"
+#include "plugin/gen.h"
 #include "plugin/harden.h"
 
 #define EXIT_OK		0
@@ -117,8 +118,10 @@ selftest_usage(FILE *fp)
 "Loads the keys exactly as the daemon would (same flags, same --config\n"
 "file), then seals and opens a random 32-byte value with EVERY configured\n"
 "key inside the token. Prints one line per key (key_id, mechanism, OK or\n"
-"FAIL with the reason). The daemon's socket options are accepted and\n"
-"ignored.\n"
+"FAIL with the reason). With --replica lines, every replica's keys too,\n"
+"and the proof that the replicas hold one key (the same key_id, and what\n"
+"each seals every other opens). The daemon's socket options are accepted\n"
+"and ignored.\n"
 "\n"
 "Exit status: 0 every key passed (the deployment is ready), 1 a key or\n"
 "the token failed, 2 bad flags or configuration (a key missing or unfit,\n"
@@ -383,6 +386,93 @@ round_trip(struct keyring_worker *w, const struct keyring *kr, size_t i,
 	return r;
 }
 
+/*
+ * Replicas 2..N (cfg->nreplicas > 1; replica 1 is kr0, already tested):
+ * each loaded and round-tripped as the daemon would, then the proof that
+ * they are one key (gen_check_replicas). 0 when all passed.
+ */
+static int
+selftest_replicas(const struct config *cfg, struct keyring *kr0, int *ret)
+{
+	const char *uris[KEYRING_MAX_KEYS], *step;
+	struct keyring_config kcfg;
+	struct keyring_worker *w = NULL;
+	struct gen *g;
+	char err[768];
+	size_t r, i, nok;
+	int rc, bad = 0;
+
+	if ((g = calloc(1, sizeof(*g))) == NULL)
+		return -1;
+	g->cfg = *cfg;			/* borrowed: not freed here */
+	g->cfg.filebuf = NULL;
+	g->nreplicas = cfg->nreplicas;
+	g->krs[0] = kr0;
+	for (r = 1; r < g->nreplicas && !bad; r++) {
+		for (i = 0; i < cfg->nkeys; i++)
+			uris[i] = config_key_uri(cfg, i, r);
+		memset(&kcfg, 0, sizeof(kcfg));
+		kcfg.module = config_replica_module(cfg, r);
+		kcfg.module_init_args = cfg->replica_module[r] == NULL ?
+		    cfg->module_init_args : NULL;
+		kcfg.key_uris = uris;
+		kcfg.nkeys = cfg->nkeys;
+		kcfg.pin_file = config_replica_pin_file(cfg, r);
+		kcfg.mechanism = cfg->mechanism;
+		err[0] = '\0';
+		if ((rc = keyring_load(&kcfg, &g->krs[r], err,
+		    sizeof(err))) != KEYRING_OK) {
+			fprintf(stderr, "p11kms: selftest: NOT READY: replica "
+			    "%zu (%.120s): %s\n", r + 1, uris[0], err[0] ?
+			    err : keyring_strerror(rc));
+			*ret = status_exit(rc);
+			bad = 1;
+			break;
+		}
+		if (keyring_worker_new(g->krs[r], &w) != KEYRING_OK) {
+			fprintf(stderr, "p11kms: selftest: NOT READY: replica "
+			    "%zu: cannot open a token session\n", r + 1);
+			bad = 1;
+			break;
+		}
+		for (i = 0, nok = 0; i < keyring_nkeys(g->krs[r]); i++) {
+			rc = round_trip(w, g->krs[r], i, &step);
+			printf("replica %zu key %zu  %s  %-15s  %s  %s", r + 1,
+			    i, keyring_key_id(g->krs[r], i),
+			    keyring_key_mechanism(g->krs[r], i),
+			    rc == KEYRING_OK ? "OK  " : "FAIL",
+			    keyring_key_desc(g->krs[r], i));
+			if (rc != KEYRING_OK)
+				printf(": %s failed: %s", step,
+				    keyring_strerror(rc));
+			printf("\n");
+			nok += rc == KEYRING_OK;
+		}
+		keyring_worker_free(w);
+		w = NULL;
+		if (nok != keyring_nkeys(g->krs[r])) {
+			fprintf(stderr, "p11kms: selftest: NOT READY: replica "
+			    "%zu: %zu key(s) failed the seal/open round trip\n",
+			    r + 1, keyring_nkeys(g->krs[r]) - nok);
+			bad = 1;
+		}
+	}
+	if (!bad && (rc = gen_check_replicas(g, err, sizeof(err))) !=
+	    KEYRING_OK) {
+		fprintf(stderr, "p11kms: selftest: NOT READY: %s\n", err);
+		*ret = status_exit(rc);
+		bad = 1;
+	}
+	if (!bad)
+		printf("p11kms: replicas: every key is one key on %zu tokens "
+		    "(same key_id; what each seals, every other opens)\n",
+		    g->nreplicas);
+	for (r = 1; r < g->nreplicas; r++)
+		keyring_free(g->krs[r]);
+	free(g);
+	return bad ? -1 : 0;
+}
+
 static int
 cmd_selftest(int argc, char **argv)
 {
@@ -454,6 +544,8 @@ cmd_selftest(int argc, char **argv)
 		    keyring_nkeys(kr) - nok, keyring_nkeys(kr));
 		goto out;
 	}
+	if (cfg.nreplicas > 1 && selftest_replicas(&cfg, kr, &ret) != 0)
+		goto out;
 	printf("p11kms: ready: %zu key%s passed a seal/open round trip in "
 	    "the token\n", nok, nok == 1 ? "" : "s");
 	ret = EXIT_OK;

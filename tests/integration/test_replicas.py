@@ -436,3 +436,20 @@ def test_hung_replica_costs_one_retry(rdaemon, faults, client_for, mode):
     # before it runs on B, never more.
     assert max(lat) < 2 * (TIMEOUT_MS / 1000.0) + 1.5, max(lat)
     assert ld.status_max < 1.0, ld.status_max
+
+
+def test_selftest_checks_every_replica(tmp_path, rt):
+    args = ["selftest", "-k", rt.uri("kms-a"), "-m", MODULE, "-p",
+            rt.pin_files["kms-a"], "--replica", rt.uri("kms-b"),
+            "--replica-pin-file", rt.pin_files["kms-b"]]
+    r = run_p11kms(args, env=rt.env())
+    assert r.returncode == 0, r.stderr
+    assert "replica 2 key 0" in r.stdout and "OK" in r.stdout
+    assert "one key on 2 tokens" in r.stdout
+    bad = make_replica_tokens(os.path.join(str(tmp_path), "bad"), same=False)
+    args = ["selftest", "-k", bad.uri("kms-a"), "-m", MODULE, "-p",
+            bad.pin_files["kms-a"], "--replica", bad.uri("kms-b"),
+            "--replica-pin-file", bad.pin_files["kms-b"]]
+    r = run_p11kms(args, env=bad.env())
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "NOT READY" in r.stderr and "do not hold the same key" in r.stderr
