@@ -8,6 +8,7 @@
  * token. The queue, the done list and the counts are under the pool mutex.
  */
 #include "pkcs11/pool.h"
+#include "pkcs11/spin.h"
 #include "pkcs11/token.h"
 
 #include <errno.h>
@@ -49,6 +50,10 @@ struct pool {
 	struct pool_feed feed;		/* fed mode; set once, under lock */
 	int filling;			/* a worker is in feed.fill; lock */
 	int feed_ended;			/* feed.fill said -1; under lock */
+	struct spin_gate spin;		/* pool_set_spin; under lock */
+	int spinning;			/* a worker spins; under lock */
+	atomic_uint queued;		/* jobs in the queue, for the spinner */
+	atomic_int spin_stop;		/* pool_free: end a spin now */
 };
 
 struct worker_arg {
@@ -183,6 +188,22 @@ worker_sched(struct pool *p)
 	(void)sched_setscheduler(0, SCHED_BATCH, &sp);
 }
 
+/*
+ * One idle worker at a time waits for the next job awake, for up to the
+ * spin's budget, before it sleeps (pool_set_spin): a lone request then
+ * finds a worker on a core that is running.
+ */
+static void
+spin_for_job(struct pool *p)
+{
+	uint64_t end = token_now_ns() + p->spin.ns;
+
+	while (atomic_load_explicit(&p->queued, memory_order_relaxed) == 0 &&
+	    atomic_load_explicit(&p->spin_stop, memory_order_relaxed) == 0 &&
+	    token_now_ns() < end)
+		spin_relax();
+}
+
 static void *
 worker_main(void *varg)
 {
@@ -191,7 +212,7 @@ worker_main(void *varg)
 	struct keyring_worker *w = p->workers[wa->idx];
 	struct pool_job *job;
 	uint64_t one = 1;
-	int nice_now, wake, stop, more, r;
+	int nice_now, wake, stop, more, r, spun = 0;
 
 	free(wa);
 	(void)pthread_setname_np(pthread_self(), "p11kms-worker");
@@ -223,11 +244,26 @@ worker_main(void *varg)
 				}
 				continue;
 			}
+			/* One spin per idle spell: a miss sleeps next. */
+			if (p->feed.fill == NULL && !p->spinning && !spun &&
+			    spin_gate_open(&p->spin)) {
+				p->spinning = 1;
+				pthread_mutex_unlock(&p->lock);
+				spin_for_job(p);
+				pthread_mutex_lock(&p->lock);
+				p->spinning = 0;
+				spun = 1;
+				spin_gate_done(&p->spin, p->head != NULL);
+				continue;
+			}
 			pthread_cond_wait(&p->cond, &p->lock);
+			spun = 0;
 		}
 		if (p->head == NULL)	/* stopping and nothing queued */
 			break;
 		job = p->head;
+		spun = 0;
+		atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);
 		if ((p->head = job->next) == NULL)
 			p->tail = NULL;
 		job->next = NULL;
@@ -286,6 +322,8 @@ pool_new(struct keyring *kr, unsigned nworkers, unsigned max_queued,
 		max_queued = nworkers;
 	if ((p = calloc(1, sizeof(*p))) == NULL)
 		goto fail_msg;
+	atomic_init(&p->queued, 0);
+	atomic_init(&p->spin_stop, 0);
 	p->kr = kr;
 	p->max_queued = max_queued;
 	p->nworkers = nworkers;
@@ -339,6 +377,7 @@ pool_free(struct pool *p)
 
 	if (p == NULL)
 		return;
+	atomic_store(&p->spin_stop, 1);
 	pthread_mutex_lock(&p->lock);
 	p->stopping = 1;
 	pthread_cond_broadcast(&p->cond);
@@ -377,6 +416,23 @@ pool_set_feed(struct pool *p, const struct pool_feed *feed)
 }
 
 void
+pool_set_spin(struct pool *p, uint64_t ns)
+{
+	pthread_mutex_lock(&p->lock);
+	p->spin.ns = ns;
+	pthread_mutex_unlock(&p->lock);
+}
+
+void
+pool_spin_counts(struct pool *p, uint64_t *spins, uint64_t *misses)
+{
+	pthread_mutex_lock(&p->lock);
+	*spins = p->spin.spins;
+	*misses = p->spin.misses;
+	pthread_mutex_unlock(&p->lock);
+}
+
+void
 pool_feed_push(struct pool *p, struct pool_job *head, unsigned n)
 {
 	struct pool_job *last;
@@ -393,6 +449,7 @@ pool_feed_push(struct pool *p, struct pool_job *head, unsigned n)
 	else
 		p->head = head;
 	p->tail = last;
+	atomic_fetch_add_explicit(&p->queued, n, memory_order_relaxed);
 	/*
 	 * One wake-up per job: the filler takes one itself, so the last one
 	 * woken finds the queue empty and reads next, while the filler's job
@@ -418,7 +475,10 @@ pool_submit(struct pool *p, struct pool_job *job)
 	else
 		p->head = job;
 	p->tail = job;
-	pthread_cond_signal(&p->cond);
+	atomic_fetch_add_explicit(&p->queued, 1, memory_order_relaxed);
+	/* A spinning worker takes it without a wake-up. */
+	if (!p->spinning)
+		pthread_cond_signal(&p->cond);
 	pthread_mutex_unlock(&p->lock);
 	return 0;
 }

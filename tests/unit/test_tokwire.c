@@ -44,6 +44,7 @@ fill_ready(struct tokwire_ready *r, unsigned nkeys)
 	r->probe_interval_s = 10;
 	r->grace_s = 5;
 	r->log_level = 2;
+	r->busy_poll = 1;
 	r->workers = 2;
 	r->inflight = 1024;
 	strcpy(r->workers_from, "software slot: CPU count");
@@ -125,6 +126,7 @@ test_round_trip_each_type(void **state)
 			    m->u.ready.keys[15].key_id);
 			assert_string_equal(back->u.ready.audit_log,
 			    "/var/log/p11kms/audit.log");
+			assert_int_equal(back->u.ready.busy_poll, 1);
 		}
 		free(m);
 	}
