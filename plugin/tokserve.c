@@ -396,6 +396,8 @@ tokserve_main(int argc, char **argv)
 	pthread_mutex_init(&s.wlock, NULL);
 	/* The spawner is our parent; it dies with the front. */
 	(void)prctl(PR_SET_PDEATHSIG, SIGKILL);
+	/* exec'ed as /proc/self/exe: ps and top would say "exe". */
+	(void)prctl(PR_SET_NAME, "p11kms-token");
 	if (argc < 3)
 		return 2;
 	fd = strtol(argv[2], &end, 10);
