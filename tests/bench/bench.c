@@ -30,7 +30,7 @@ struct bench_opt opt;
 
 static const char *const group_names[] = {
 	"status", "encrypt", "decrypt", "mixed", "v1", "storm", "slow",
-	"calls", "audit",
+	"calls", "audit", "tokproc",
 };
 
 int
@@ -259,9 +259,10 @@ usage(FILE *fp)
 "  --no-slow            skip the slow-token scenario\n"
 "  --quick              small counts for a smoke run (2000/200/1000, 1 start)\n"
 "  --only LIST          scenario groups to run, of status,encrypt,decrypt,\n"
-"                       mixed,v1,storm,slow,calls,audit (default all);\n"
-"                       decrypt and storm bring in encrypt, storm brings in\n"
-"                       v1 (their inputs)\n"
+"                       mixed,v1,storm,slow,calls,audit,tokproc (default\n"
+"                       all); decrypt and storm bring in encrypt, storm\n"
+"                       brings in v1 (their inputs); tokproc alternates\n"
+"                       --token-process on and off daemons, round by round\n"
 "  --keep               keep the temp dir (token, daemon logs)\n"
 "  --audit-log FILE     audit scenario: the audited daemon's log (default\n"
 "                       audit.log in the temp dir; it is removed first)\n"
@@ -584,6 +585,8 @@ main(int argc, char **argv)
 
 	if (want(S_AUDIT))
 		audit_scenario();
+	if (want(S_TOKPROC))
+		tokproc_scenario();
 
 	if (want(S_SLOW))
 		slow_scenario();
@@ -602,6 +605,7 @@ main(int argc, char **argv)
 	print_table();
 	print_calls();
 	print_targets();
+	print_tokproc_mem();
 	print_run_steal();
 	print_json();
 	if (g_errors != 0)
