@@ -13,6 +13,7 @@
  * a private copy of the job, so the job can go on without it).
  */
 #include "pkcs11/pool.h"
+#include "pkcs11/spin.h"
 #include "pkcs11/token.h"
 
 #include <errno.h>
@@ -79,6 +80,11 @@ struct pool {
 	struct pool_feed feed;		/* fed mode; set once, under lock */
 	int filling;			/* a worker is in feed.fill; lock */
 	int feed_ended;			/* feed.fill said -1; under lock */
+	struct spin_gate spin;		/* pool_set_spin; under lock */
+	int spinning;			/* a worker spins; under lock */
+	int spin_rep;			/* the spinner's replica; lock */
+	atomic_uint queued;		/* jobs in the queue, for the spinner */
+	atomic_int spin_stop;		/* pool_free: end a spin now */
 };
 
 struct worker_arg {
@@ -279,7 +285,10 @@ enqueue_locked(struct pool *p, unsigned r, struct pool_job *job, int front)
 		rp->tail = job;
 	}
 	rp->queued++;
-	pthread_cond_signal(&rp->cond);
+	atomic_fetch_add_explicit(&p->queued, 1, memory_order_relaxed);
+	/* A spinning worker of this replica takes it without a wake-up. */
+	if (!p->spinning || p->spin_rep != (int)r)
+		pthread_cond_signal(&rp->cond);
 }
 
 /*
@@ -303,6 +312,8 @@ mark_down_locked(struct pool *p, unsigned r)
 		if (job->replica < 0 && (t = pick_locked(p, (int)r)) >= 0 &&
 		    atomic_load(&p->rep[t].up)) {
 			rp->queued--;
+			atomic_fetch_sub_explicit(&p->queued, 1,
+			    memory_order_relaxed);
 			enqueue_locked(p, (unsigned)t, job, 0);
 		} else {
 			*kt = job;
@@ -479,6 +490,22 @@ watchdog_main(void *arg)
 	return NULL;
 }
 
+/*
+ * One idle worker at a time waits for the next job awake, for up to the
+ * spin's budget, before it sleeps (pool_set_spin): a lone request then
+ * finds a worker on a core that is running.
+ */
+static void
+spin_for_job(struct pool *p)
+{
+	uint64_t end = token_now_ns() + p->spin.ns;
+
+	while (atomic_load_explicit(&p->queued, memory_order_relaxed) == 0 &&
+	    atomic_load_explicit(&p->spin_stop, memory_order_relaxed) == 0 &&
+	    token_now_ns() < end)
+		spin_relax();
+}
+
 static void *
 worker_main(void *varg)
 {
@@ -489,7 +516,7 @@ worker_main(void *varg)
 	struct keyring_worker *w = ws->kw;
 	struct pool_job *job, *run;
 	uint64_t one = 1;
-	int nice_now, stop, more, r, fin;
+	int nice_now, stop, more, r, fin, spun = 0;
 
 	free(wa);
 	(void)pthread_setname_np(pthread_self(), "p11kms-worker");
@@ -521,11 +548,27 @@ worker_main(void *varg)
 				}
 				continue;
 			}
+			/* One spin per idle spell: a miss sleeps next. */
+			if (p->feed.fill == NULL && !p->spinning && !spun &&
+			    spin_gate_open(&p->spin)) {
+				p->spinning = 1;
+				p->spin_rep = (int)ws->rep;
+				pthread_mutex_unlock(&p->lock);
+				spin_for_job(p);
+				pthread_mutex_lock(&p->lock);
+				p->spinning = 0;
+				spun = 1;
+				spin_gate_done(&p->spin, rp->head != NULL);
+				continue;
+			}
 			pthread_cond_wait(&rp->cond, &p->lock);
+			spun = 0;
 		}
 		if (rp->head == NULL)	/* stopping and nothing queued */
 			break;
 		job = rp->head;
+		spun = 0;
+		atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);
 		if ((rp->head = job->next) == NULL)
 			rp->tail = NULL;
 		job->next = NULL;
@@ -620,6 +663,8 @@ pool_new_replicas(const struct pool_replicas *cfg, struct pool **out,
 		max_queued = nworkers;
 	if ((p = calloc(1, sizeof(*p))) == NULL)
 		goto fail_msg;
+	atomic_init(&p->queued, 0);
+	atomic_init(&p->spin_stop, 0);
 	p->kr = cfg->krs[0];
 	p->nrep = cfg->n;
 	p->policy = cfg->policy;
@@ -708,6 +753,7 @@ pool_free(struct pool *p)
 
 	if (p == NULL)
 		return;
+	atomic_store(&p->spin_stop, 1);
 	pthread_mutex_lock(&p->lock);
 	p->stopping = 1;
 	for (r = 0; r < p->nrep; r++)
@@ -752,6 +798,23 @@ pool_set_feed(struct pool *p, const struct pool_feed *feed)
 	pthread_mutex_lock(&p->lock);
 	p->feed = *feed;
 	wake_all_locked(p);		/* one of them starts reading */
+	pthread_mutex_unlock(&p->lock);
+}
+
+void
+pool_set_spin(struct pool *p, uint64_t ns)
+{
+	pthread_mutex_lock(&p->lock);
+	p->spin.ns = ns;
+	pthread_mutex_unlock(&p->lock);
+}
+
+void
+pool_spin_counts(struct pool *p, uint64_t *spins, uint64_t *misses)
+{
+	pthread_mutex_lock(&p->lock);
+	*spins = p->spin.spins;
+	*misses = p->spin.misses;
 	pthread_mutex_unlock(&p->lock);
 }
 

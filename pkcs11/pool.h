@@ -165,6 +165,15 @@ void pool_set_feed(struct pool *p, const struct pool_feed *feed);
  */
 void pool_feed_push(struct pool *p, struct pool_job *head, unsigned n);
 
+/*
+ * Busy polling (pkcs11/spin.h): one idle worker at a time waits awake for
+ * the next job for up to ns before it sleeps; 0 (the default) never. Not
+ * for fed mode, whose feed spins on its own input.
+ */
+void pool_set_spin(struct pool *p, uint64_t ns);
+/* The spin gate's counts: spins started, and those that ended with none. */
+void pool_spin_counts(struct pool *p, uint64_t *spins, uint64_t *misses);
+
 /* Queues job. 0, or POOL_E_BUSY when max_queued jobs are in the pool. */
 int pool_submit(struct pool *p, struct pool_job *job);
 /* Readable when finished jobs wait for pool_reap. */

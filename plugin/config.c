@@ -25,7 +25,8 @@ enum {
 	OPT_AUDIT_QUEUE, OPT_PID_FILE = 320,
 	OPT_MAX_CONNECTIONS = 340,
 	OPT_TOKEN_PROCESS = 360, OPT_TOKEN_USER,
-	OPT_REPLICA = 380, OPT_REPLICA_PIN_FILE, OPT_REPLICA_MODULE,
+	OPT_BUSY_POLL = 380,
+	OPT_REPLICA = 400, OPT_REPLICA_PIN_FILE, OPT_REPLICA_MODULE,
 	OPT_REPLICA_POLICY, OPT_REPLICA_TIMEOUT,
 };
 
@@ -63,6 +64,7 @@ static const struct option longopts[] = {
 	{ "audit-queue",	required_argument, NULL, OPT_AUDIT_QUEUE },
 	{ "token-process",	required_argument, NULL, OPT_TOKEN_PROCESS },
 	{ "token-user",		required_argument, NULL, OPT_TOKEN_USER },
+	{ "busy-poll",		required_argument, NULL, OPT_BUSY_POLL },
 	{ "help",		no_argument,	   NULL, 'h' },
 	{ "version",		no_argument,	   NULL, 'V' },
 	{ NULL, 0, NULL, 0 },
@@ -161,6 +163,12 @@ config_usage(FILE *fp)
 "                            network side runs sandboxed (seccomp); off:\n"
 "                            all in one process (debugging, baseline)\n"
 "      --token-user USER     run the token process as USER (needs root)\n"
+"      --busy-poll auto|off  auto (default): with 2 or more CPUs, a thread\n"
+"                            about to sleep for a lone request's answer or\n"
+"                            the next request polls for up to 50-100 us\n"
+"                            first (a lone Encrypt answers about 3x\n"
+"                            sooner; idles itself when polls find nothing);\n"
+"                            off: always sleep\n"
 "  -h, --help                this text\n"
 "  -V, --version             version\n"
 "\n"
@@ -187,6 +195,7 @@ config_defaults(struct config *cfg)
 	cfg->audit_sync = "batch";
 	cfg->audit_failure = "continue";
 	cfg->token_process = 1;
+	cfg->busy_poll = 1;
 	cfg->nreplicas = 1;
 	cfg->replica_policy = "least-busy";
 	cfg->replica_timeout_ms = CONFIG_DEFAULT_REPLICA_TIMEOUT_MS;
@@ -383,6 +392,14 @@ apply(struct config *cfg, int opt, const char *name, const char *arg,
 			return CONFIG_ERROR;
 		}
 		cfg->token_process = strcmp(arg, "on") == 0;
+		break;
+	case OPT_BUSY_POLL:
+		if (strcmp(arg, "auto") != 0 && strcmp(arg, "off") != 0) {
+			snprintf(err, errlen, "%s: busy-poll must be auto or "
+			    "off, got '%.100s'", name, arg);
+			return CONFIG_ERROR;
+		}
+		cfg->busy_poll = strcmp(arg, "auto") == 0;
 		break;
 	case OPT_TOKEN_USER:
 		if (arg[0] == '\0') {

@@ -25,6 +25,7 @@
 
 #include "pkcs11/keyring.h"
 #include "pkcs11/pool.h"
+#include "pkcs11/spin.h"
 #include "plugin/config.h"
 #include "plugin/gen.h"
 #include "plugin/harden.h"
@@ -53,6 +54,7 @@ struct srv {
 	uint8_t *in;			/* wiped after use */
 	size_t in_len;
 	struct tokwire_msg rmsg;	/* decode scratch, wiped */
+	struct spin_gate spin;		/* the filler's wait for input */
 
 	/* Replies and other messages out: under wlock. */
 	pthread_mutex_t wlock;
@@ -253,7 +255,20 @@ fill(void *ctx, struct pool *p)
 
 	if (atomic_load(&s->stop))
 		return -1;
-	n = read(s->fd, s->in + s->in_len, IN_CAP - s->in_len);
+	n = -1;
+	/* Busy polling (pkcs11/spin.h): the next request, awake. */
+	if (spin_gate_open(&s->spin)) {
+		uint64_t end = loop_now() + s->spin.ns;
+
+		do {
+			n = recv(s->fd, s->in + s->in_len, IN_CAP - s->in_len,
+			    MSG_DONTWAIT);
+		} while (n < 0 && errno == EAGAIN && loop_now() < end &&
+		    !atomic_load(&s->stop));
+		spin_gate_done(&s->spin, n >= 0);
+	}
+	if (n < 0)
+		n = read(s->fd, s->in + s->in_len, IN_CAP - s->in_len);
 	if (n < 0 && errno == EINTR)
 		return 0;
 	if (n <= 0) {
@@ -347,6 +362,7 @@ fill_ready(struct tokwire_ready *m, const struct gen *g)
 	m->log_level = c->log_level;
 	copy_str(m->log_format, sizeof(m->log_format), c->log_format);
 	m->max_connections = c->max_connections;
+	m->busy_poll = (uint8_t)(c->busy_poll ? 1 : 0);
 	copy_str(m->pid_file, sizeof(m->pid_file), c->pid_file);
 	m->workers = g->workers;
 	m->inflight = g->inflight;
@@ -389,6 +405,8 @@ tokserve_main(int argc, char **argv)
 	pthread_mutex_init(&s.wlock, NULL);
 	/* The spawner is our parent; it dies with the front. */
 	(void)prctl(PR_SET_PDEATHSIG, SIGKILL);
+	/* exec'ed as /proc/self/exe: ps and top would say "exe". */
+	(void)prctl(PR_SET_NAME, "p11kms-token");
 	if (argc < 3)
 		return 2;
 	fd = strtol(argv[2], &end, 10);
@@ -463,6 +481,7 @@ tokserve_main(int argc, char **argv)
 	if (loop_watch(s.loop, &s.endw, EPOLLIN) != 0)
 		goto out;
 	/* From here on the workers read the socket and write the replies. */
+	s.spin.ns = gen_spin_ns(&s.g->cfg, GEN_SPIN_REQUEST_NS);
 	pool_set_feed(s.g->pool, &feed);
 	on_stats(&s);
 	while (!atomic_load(&s.stop))

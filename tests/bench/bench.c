@@ -30,7 +30,7 @@ struct bench_opt opt;
 
 static const char *const group_names[] = {
 	"status", "encrypt", "decrypt", "mixed", "v1", "storm", "slow",
-	"calls", "audit", "replicas",
+	"calls", "audit", "tokproc", "replicas",
 };
 
 int
@@ -259,11 +259,12 @@ usage(FILE *fp)
 "  --no-slow            skip the slow-token scenario\n"
 "  --quick              small counts for a smoke run (2000/200/1000, 1 start)\n"
 "  --only LIST          scenario groups to run, of status,encrypt,decrypt,\n"
-"                       mixed,v1,storm,slow,calls,audit (default all),\n"
+"                       mixed,v1,storm,slow,calls,audit,tokproc (default\n"
+"                       all); decrypt and storm bring in encrypt, storm\n"
+"                       brings in v1 (their inputs); tokproc alternates\n"
+"                       --token-process on and off daemons, round by round\n"
 "                       replicas (only when named: two tokens holding one\n"
 "                       KEK, one failing and coming back under load)\n"
-"                       decrypt and storm bring in encrypt, storm brings in\n"
-"                       v1 (their inputs)\n"
 "  --keep               keep the temp dir (token, daemon logs)\n"
 "  --audit-log FILE     audit scenario: the audited daemon's log (default\n"
 "                       audit.log in the temp dir; it is removed first)\n"
@@ -586,6 +587,8 @@ main(int argc, char **argv)
 
 	if (want(S_AUDIT))
 		audit_scenario();
+	if (want(S_TOKPROC))
+		tokproc_scenario();
 
 	if (want(S_SLOW))
 		slow_scenario();
@@ -606,6 +609,7 @@ main(int argc, char **argv)
 	print_table();
 	print_calls();
 	print_targets();
+	print_tokproc_mem();
 	print_run_steal();
 	print_json();
 	if (g_errors != 0)

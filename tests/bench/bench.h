@@ -73,8 +73,9 @@ struct bench_opt {
 /* Scenario groups for --only. */
 enum {
 	S_STATUS = 1, S_ENCRYPT = 2, S_DECRYPT = 4, S_MIXED = 8, S_V1 = 16,
-	S_STORM = 32, S_SLOW = 64, S_CALLS = 128, S_AUDIT = 256, S_ALL = 511,
-	S_REPLICAS = 512,	/* only when named: --only replicas */
+	S_STORM = 32, S_SLOW = 64, S_CALLS = 128, S_AUDIT = 256,
+	S_TOKPROC = 512, S_ALL = 1023,
+	S_REPLICAS = 1024,	/* only when named: --only replicas */
 };
 struct lat {
 	uint64_t *v;		/* ns */
@@ -355,6 +356,20 @@ void calls_scenario(void);
 void print_calls(void);
 void audit_scenario(void);
 void replicas_scenario(void);
+/* --only tokproc (bench_tokproc.c): --token-process on and off, rounds
+ * alternating between the two daemons. */
+struct tokproc_mem {
+	int has;
+	long rss_on, pss_on, rss_off, pss_off;	/* KiB over the processes */
+};
+extern struct tokproc_mem g_tokproc_mem;
+void tokproc_scenario(void);
+void print_tokproc_mem(void);
+struct row *row_new(const char *key, const char *label);
+uint64_t daemon_cpu_ns(void);
+/* A "Name: N kB" line of /proc/PID/smaps_rollup summed over the daemon's
+ * processes, in KiB; -1 if none could be read. */
+long tree_smaps_kib(const char *name);
 void server_scenarios(struct keyring *kr);
 void print_table(void);
 void target(const char *key, const char *what, const char *unit, double value,

@@ -123,15 +123,18 @@ print_table(void)
 		    "1000 / delay ms.\n");
 }
 
-static struct target g_t[16];
+static struct target g_t[32];
 static size_t g_nt;
 
 void
 target(const char *key, const char *what, const char *unit, double value,
     double limit, int le)
 {
-	struct target *t = &g_t[g_nt++];
+	struct target *t;
 
+	if (g_nt == sizeof(g_t) / sizeof(g_t[0]))
+		die("too many targets");
+	t = &g_t[g_nt++];
 	memset(t, 0, sizeof(*t));
 	t->key = key;
 	t->what = what;
@@ -179,6 +182,55 @@ median(double *v, size_t n)
 			v[j - 1] = x;
 		}
 	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* --only tokproc: on against off, from the rounds of one run. */
+static void
+tokproc_targets(double *rv)
+{
+	struct row *e = row_find("tokproc_encrypt");
+	struct row *d = row_find("tokproc_decrypt");
+	struct row *s = row_find("tokproc_status");
+	const struct round *a, *b;
+	double on, off;
+	unsigned k, n;
+
+	if (e == NULL || d == NULL || !e->base.has || !d->base.has)
+		return;
+	on = (double)(e->n + d->n) / (e->secs + d->secs);
+	off = (double)(e->base.n + d->base.n) / (e->base.secs + d->base.secs);
+	target("tokproc_ratio", "token process on / off, v2 Encrypt+Decrypt "
+	    "c=64 ops/s (same run)", "x", on / off, 0.9, 0);
+	n = e->nrnd < d->nrnd ? e->nrnd : d->nrnd;
+	for (k = 0; k < n; k++) {
+		a = &e->rnd[k];
+		b = &d->rnd[k];
+		rv[k] = a->secs + b->secs > 0 && a->bsecs + b->bsecs > 0 ?
+		    ((double)(a->n + b->n) / (a->secs + b->secs)) /
+		    ((double)(a->bn + b->bn) / (a->bsecs + b->bsecs)) : NAN;
+	}
+	target_rounds(rv, n);
+	target("tokproc_cpu_us", "server CPU per request, on - off, both "
+	    "processes (Enc+Dec c=64)", "us",
+	    (e->srv_cpu * (double)e->n + d->srv_cpu * (double)d->n) /
+	    (double)(e->n + d->n) -
+	    (e->base.cpu * (double)e->base.n + d->base.cpu * (double)d->base.n) /
+	    (double)(e->base.n + d->base.n), 5, 1);
+	for (k = 0; k < n; k++) {
+		a = &e->rnd[k];
+		b = &d->rnd[k];
+		rv[k] = (a->srv_cpu * (double)a->n + b->srv_cpu * (double)b->n) /
+		    (double)(a->n + b->n) - (a->bcpu * (double)a->bn +
+		    b->bcpu * (double)b->bn) / (double)(a->bn + b->bn);
+	}
+	target_rounds(rv, n);
+	if (s != NULL && s->base.p99 > 0)
+		target("tokproc_status_p99", "Status p99 beside Encrypt c=64, "
+		    "on / off", "x", s->p99 / s->base.p99, 1.25, 1);
+	if (g_tokproc_mem.has)
+		target("tokproc_pss_mib", "memory with the token process: PSS "
+		    "over every process", "MiB", (double)g_tokproc_mem.pss_on /
+		    1024, 16, 1);
 }
 
 void
@@ -263,6 +315,7 @@ compute_targets(void)
 			    ((double)st->rnd[k].bn / st->rnd[k].bsecs) : NAN;
 		target_rounds(rv, st->nrnd);
 	}
+	tokproc_targets(rv);
 	if ((st = row_find("status_paced")) != NULL)
 		target("idle_status_p99_us", "Status p99 idle, same pace "
 		    "(reference for the two above)", "us", st->p99, 200, 1);
@@ -321,6 +374,22 @@ print_targets(void)
 
 struct steal g_run_steal;	/* the whole run */
 double g_run_secs;
+
+/* --only tokproc: the memory of both daemons, every process. */
+void
+print_tokproc_mem(void)
+{
+	const struct tokproc_mem *m = &g_tokproc_mem;
+
+	if (!m->has)
+		return;
+	printf("\nmemory over every process of the daemon, largest of the "
+	    "tokproc rounds:\n  token process on:  PSS %.1f MiB, peak RSS "
+	    "summed %.1f MiB (shared pages counted\n  in each process)\n"
+	    "  token process off: PSS %.1f MiB, peak RSS %.1f MiB\n",
+	    (double)m->pss_on / 1024, (double)m->rss_on / 1024,
+	    (double)m->pss_off / 1024, (double)m->rss_off / 1024);
+}
 
 /* The whole run's steal, and a plain warning when it is high. */
 void
@@ -476,6 +545,12 @@ print_json(void)
 	jint(&j, "rss_after_load_kib", g_rss_now);
 	jint(&j, "rss_peak_kib", g_rss_peak);
 	jint(&j, "rss_peak_token_kib", g_rss_peak_token);
+	if (g_tokproc_mem.has) {
+		jint(&j, "tokproc_on_pss_kib", g_tokproc_mem.pss_on);
+		jint(&j, "tokproc_on_rss_peak_kib", g_tokproc_mem.rss_on);
+		jint(&j, "tokproc_off_pss_kib", g_tokproc_mem.pss_off);
+		jint(&j, "tokproc_off_rss_peak_kib", g_tokproc_mem.rss_off);
+	}
 	jstr(&j, "token_process", opt.token_process != NULL ?
 	    opt.token_process : "default");
 	jnum(&j, "cpu_total_ms_clock", (double)g_cpu_clock_total / 1e6);

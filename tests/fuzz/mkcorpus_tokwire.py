@@ -20,25 +20,31 @@ def frame(typ, rid, payload, version=1):
     return struct.pack(">I", len(body)) + body
 
 
-def req(rid, op=0, pt=b"dek" * 10, key=""):
+def req(rid, op=0, pt=b"dek" * 10, key="", replica=0xff):
     return frame(1, rid, struct.pack(">BQ", op, 0) + s(key)
-                 + struct.pack(">H", len(pt)) + pt)
+                 + struct.pack(">H", len(pt)) + pt
+                 + struct.pack(">B", replica))
 
 
 def reply(rid, status=0, out=b"\x01" * 40, key="ab" * 16, detail=""):
     return frame(18, rid, struct.pack(">i", status)
                  + struct.pack(">H", len(out)) + out + s(key) + s(detail)
-                 + struct.pack(">QQ", 1, 2))
+                 + struct.pack(">QQBB", 1, 2, 0, 0xff))
 
 
-def ready(nkeys=1):
+def ready(nkeys=1, replicas=("kms",)):
     p = struct.pack(">I", 42) + s("/run/p11kms/kms.sock") + s("v2") + s("")
-    p += s("") + struct.pack(">QIIiII", 65536, 10, 5, 2, 2, 1024)
+    p += s("") + struct.pack(">QIIi", 65536, 10, 5, 2) + s("logfmt")
+    p += struct.pack(">IB", 1024, 1) + s("")
+    p += struct.pack(">II", 2, 1024)
     p += s("software slot: CPU count") + s("kms") + s("0123")
     p += struct.pack(">BQB", 0, 0, nkeys)
     for i in range(nkeys):
         p += s("%032x" % i) + s("token 'kms' object 'kek1'") + s("aes-gcm")
         p += s("") + s("aes-gcm,aes-kwp")
+    p += struct.pack(">B", len(replicas))
+    for r in replicas:
+        p += s(r)
     return frame(16, 0, p)
 
 
@@ -47,6 +53,8 @@ SEEDS = {
     "to-token-req-open": b"\x00" + req(2 << 16 | 1, op=1, key="ab" * 16),
     "to-token-two-reqs": b"\x00" + req(1 << 16) + req(2 << 16 | 1, op=2),
     "to-token-bad-op": b"\x00" + req(1 << 16, op=9),
+    "to-token-probe-replica": b"\x00" + req(1 << 16, op=2, replica=1),
+    "to-token-bad-replica": b"\x00" + req(1 << 16, op=2, replica=4),
     "to-token-reply-wrong-dir": b"\x00" + reply(1 << 16),
     "to-front-reply": b"\x01" + reply(1 << 16),
     "to-front-two-replies": b"\x01" + reply(2 << 16 | 1) + reply(1 << 16),
@@ -56,6 +64,7 @@ SEEDS = {
                                              detail="C_Encrypt: CKR_DEVICE_REMOVED"),
     "to-front-ready": b"\x01" + ready(),
     "to-front-ready-16": b"\x01" + ready(16),
+    "to-front-ready-replicas": b"\x01" + ready(2, ("kms-a", "kms-b")),
     "to-front-failed": b"\x01" + frame(17, 0, struct.pack(">i", -8) + s("PIN")),
     "to-front-stats": b"\x01" + frame(19, 0, struct.pack(">III", 2, 1, 3)),
     "to-front-calls": b"\x01" + frame(20, 0, b"\x02" + s("C_Encrypt")

@@ -1214,6 +1214,62 @@ test_pool_fed(void **state)
 	pthread_mutex_destroy(&f.lock);
 }
 
+static unsigned spin_done;
+
+static void
+spin_job_done(struct pool_job *job)
+{
+	assert_int_equal(job->status, KEYRING_OK);
+	spin_done++;
+	pool_job_free(job);
+}
+
+/*
+ * pool_set_spin: a job submitted while an idle worker spins is taken by
+ * it (a hit); an idle spell longer than the budget is a miss; 0 never
+ * spins.
+ */
+static void
+test_pool_spin(void **state)
+{
+	struct pool_job *job;
+	struct keyring *kr;
+	struct pool *p;
+	uint64_t spins, misses;
+	char err[256];
+	unsigned i;
+
+	(void)state;
+	kr = load_ok(&URI_KEK1, 1);
+	assert_int_equal(pool_new(kr, 2, 16, &p, err, sizeof(err)), 0);
+	pool_spin_counts(p, &spins, &misses);
+	assert_true(spins == 0 && misses == 0);
+	/* A budget long enough for a loaded machine. */
+	pool_set_spin(p, 300000000ull);
+	usleep(20000);			/* a worker is spinning now */
+	pool_spin_counts(p, &spins, &misses);
+	assert_int_equal(spins, 1);
+	assert_non_null(job = pool_job_new(POOL_SEAL));
+	memset(job->in, 7, 32);
+	job->in_len = 32;
+	job->done = spin_job_done;
+	spin_done = 0;
+	assert_int_equal(pool_submit(p, job), 0);
+	for (i = 0; i < 5000 && spin_done == 0; i++) {
+		usleep(1000);
+		pool_reap(p);
+	}
+	assert_int_equal(spin_done, 1);
+	/* Then it spins once more for the next job, finds none, sleeps. */
+	usleep(700000);
+	pool_spin_counts(p, &spins, &misses);
+	assert_int_equal(spins, 2);
+	assert_int_equal(misses, 1);
+	pool_set_spin(p, 0);
+	pool_free(p);
+	keyring_free(kr);
+}
+
 /* Check values and fingerprint against values computed outside p11kms. */
 static void
 test_key_identity(void **state)
@@ -1417,6 +1473,7 @@ main(void)
 		cmocka_unit_test_setup(test_two_threads, setup),
 		cmocka_unit_test_setup(test_pool_reap_some, setup),
 		cmocka_unit_test_setup(test_pool_fed, setup),
+		cmocka_unit_test_setup(test_pool_spin, setup),
 		cmocka_unit_test_setup(test_key_identity, setup),
 		cmocka_unit_test(test_uri_redact),
 	};
