@@ -229,6 +229,14 @@ struct keyring_tool_config {
 	 */
 	const char *mechanism;
 	unsigned rsa_bits;	/* rsa-oaep: 2048..4096, 0 = 3072 */
+	/*
+	 * keygen: NULL, or the AES-256 value (import_len 32 bytes, the
+	 * caller's, wiped by the caller) to create the key with
+	 * (C_CreateObject, same template) instead of generating one: the
+	 * same KEK on another token, a replica. Not for rsa-oaep.
+	 */
+	const uint8_t *import_value;
+	size_t import_len;
 };
 
 /* One key as keyring_list and keyring_keygen report it (no secrets). */

@@ -447,8 +447,9 @@ note_add(char *notes, size_t cap, const char *fmt, ...)
  */
 static CK_RV
 generate(struct token *t, CK_SESSION_HANDLE rw, const struct mech_def *d,
-    unsigned bits, const uint8_t *label, size_t labellen, const uint8_t *id,
-    size_t idlen, CK_OBJECT_HANDLE *h, CK_OBJECT_HANDLE *pub, int *pinned,
+    const struct keyring_tool_config *cfg, unsigned bits,
+    const uint8_t *label, size_t labellen, const uint8_t *id, size_t idlen,
+    CK_OBJECT_HANDLE *h, CK_OBJECT_HANDLE *pub, int *pinned,
     const char **call, char *notes, size_t notescap)
 {
 	CK_OBJECT_CLASS sk = CKO_SECRET_KEY;
@@ -525,6 +526,13 @@ generate(struct token *t, CK_SESSION_HANDLE rw, const struct mech_def *d,
 
 	*h = *pub = CK_INVALID_HANDLE;
 	*call = rsa ? "C_GenerateKeyPair" : "C_GenerateKey";
+	if (!rsa && cfg->import_value != NULL) {	/* a given value */
+		akey[2].a.type = CKA_VALUE;
+		akey[2].a.pValue = (void *)cfg->import_value;
+		akey[2].a.ulValueLen = cfg->import_len;
+		akey[2].name = "CKA_VALUE";
+		*call = "C_CreateObject";
+	}
 	for (;;) {
 		if (rsa) {
 			n1 = gen_pack(apub, NATTR(apub), t1);
@@ -533,7 +541,9 @@ generate(struct token *t, CK_SESSION_HANDLE rw, const struct mech_def *d,
 			    n2, pub, h);
 		} else {
 			n1 = gen_pack(akey, NATTR(akey), t1);
-			rv = t->fn->C_GenerateKey(rw, &gen_aes, t1, n1, h);
+			rv = cfg->import_value != NULL ?
+			    t->fn->C_CreateObject(rw, t1, n1, h) :
+			    t->fn->C_GenerateKey(rw, &gen_aes, t1, n1, h);
 		}
 		if (rv == CKR_OK || !gen_retry(rv))
 			break;
@@ -683,6 +693,11 @@ keyring_keygen(const struct keyring_tool_config *cfg,
 		    "another object= label", t->label, k->label);
 		goto out;
 	}
+	if (idlen == 0 && cfg->import_value != NULL) {
+		token_err(err, errlen, "--import needs id= in the URI, the "
+		    "same on every token (the key_id covers it)");
+		goto out;
+	}
 	if (idlen == 0) {
 		/* The marker gives the new key a long check value (keyid.h). */
 		memcpy(id, KEYID_V2_ID_PREFIX, KEYID_V2_ID_PREFIX_LEN);
@@ -708,8 +723,8 @@ keyring_keygen(const struct keyring_tool_config *cfg,
 		rw = CK_INVALID_HANDLE;
 		goto rv_fail;
 	}
-	if ((rv = generate(t, rw, d, bits, label, labellen, id, idlen, &h,
-	    &pub, &pinned, &call, notes, sizeof(notes))) != CKR_OK)
+	if ((rv = generate(t, rw, d, cfg, bits, label, labellen, id,
+	    idlen, &h, &pub, &pinned, &call, notes, sizeof(notes))) != CKR_OK)
 		goto gen_fail;
 
 	/* Judge it as a load would; a key that fails is not left behind. */

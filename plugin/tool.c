@@ -17,6 +17,10 @@
  */
 #include "plugin/tool.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <sys/stat.h>
 #include <getopt.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -26,6 +30,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include "pkcs11/filesafe.h"
 #include "pkcs11/inittoken.h"
 #include "pkcs11/keyring.h"
 #include "plugin/audit.h"
@@ -33,13 +38,15 @@
 #include "plugin/ctl.h"
 #include "plugin/gen.h"
 #include "plugin/harden.h"
+#include "plugin/mem.h"
 
 #define EXIT_OK		0
 #define EXIT_NOT_READY	1
 #define EXIT_USAGE	2
 #define SELFTEST_PT	32	/* a KMS v2 seed / v1 DEK is 32 bytes */
 
-enum { OPT_BITS = 256, OPT_TYPE, OPT_INIT_ARGS };
+enum { OPT_BITS = 256, OPT_TYPE, OPT_INIT_ARGS, OPT_IMPORT };
+#define IMPORT_LEN	32	/* an AES-256 value, raw bytes */
 
 static const struct option tool_opts[] = {
 	{ "module",	required_argument, NULL, 'm' },
@@ -48,6 +55,7 @@ static const struct option tool_opts[] = {
 	{ "mechanism",	required_argument, NULL, 'M' },
 	{ "type",	required_argument, NULL, OPT_TYPE },
 	{ "bits",	required_argument, NULL, OPT_BITS },
+	{ "import",	required_argument, NULL, OPT_IMPORT },
 	{ "help",	no_argument,	   NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -79,6 +87,13 @@ keygen_usage(FILE *fp)
 "                           decrypt for the AES-ECB form); rsa-oaep: as\n"
 "                           --type rsa\n"
 "      --bits N             RSA modulus size, 2048 to 4096 (default 3072)\n"
+"      --import FILE        create the AES key with the 32 raw bytes in FILE\n"
+"                           (C_CreateObject, same attributes) instead of\n"
+"                           generating it: the same KEK on another token, a\n"
+"                           replica (give the same object= and id= on\n"
+"                           every token). FILE must not be readable by others;\n"
+"                           the value is wiped from memory after; delete\n"
+"                           FILE once every token holds the key\n"
 "  -h, --help               this text\n"
 "\n"
 "A token that refuses the template gets it again without one optional\n"
@@ -159,6 +174,51 @@ status_exit(int status)
  * Parses keygen/keys flags into cfg; the one positional argument is the
  * URI. Returns -1 to go on, else the exit status.
  */
+/* keygen --import FILE (parse_tool_args). */
+static const char *import_file;
+
+/*
+ * Reads the IMPORT_LEN raw bytes of FILE into a secret buffer (caller
+ * frees with mem_free_secret). The file is judged as a PIN file is.
+ */
+static uint8_t *
+read_import(const char *path)
+{
+	char err[400];
+	struct stat st;
+	uint8_t *v;
+	ssize_t n;
+	int fd;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)) == -1) {
+		fprintf(stderr, "p11kms: keygen: --import %.200s: %s\n", path,
+		    strerror(errno));
+		return NULL;
+	}
+	if (fstat(fd, &st) != 0 || filesafe_check_stat(&st, path, "key file",
+	    FILESAFE_SECRET, err, sizeof(err)) != 0 ||
+	    filesafe_check_dirs(path, "key file", err, sizeof(err)) != 0) {
+		fprintf(stderr, "p11kms: keygen: %s\n", err);
+		close(fd);
+		return NULL;
+	}
+	if ((v = mem_alloc_secret(IMPORT_LEN + 1)) == NULL) {
+		close(fd);
+		return NULL;
+	}
+	/* One byte more than a key: a longer file is refused. */
+	n = read(fd, v, IMPORT_LEN + 1);
+	close(fd);
+	if (n != IMPORT_LEN) {
+		fprintf(stderr, "p11kms: keygen: --import %.200s: want exactly "
+		    "%d raw bytes (an AES-256 value), got %s\n", path,
+		    IMPORT_LEN, n > IMPORT_LEN ? "more" : "fewer");
+		mem_free_secret(v);
+		return NULL;
+	}
+	return v;
+}
+
 static int
 parse_tool_args(const char *cmd, int argc, char **argv, int with_gen,
     struct keyring_tool_config *cfg, void (*usage)(FILE *))
@@ -168,6 +228,7 @@ parse_tool_args(const char *cmd, int argc, char **argv, int with_gen,
 	int c;
 
 	memset(cfg, 0, sizeof(*cfg));
+	import_file = NULL;
 	optind = 0;	/* glibc: full re-initialisation */
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":m:p:h", tool_opts,
@@ -186,6 +247,11 @@ parse_tool_args(const char *cmd, int argc, char **argv, int with_gen,
 				return EXIT_USAGE;
 			}
 			cfg->module_init_args = optarg;
+			break;
+		case OPT_IMPORT:
+			if (!with_gen)
+				goto unknown;
+			import_file = optarg;
 			break;
 		case 'M':
 		case OPT_TYPE:
@@ -266,6 +332,7 @@ cmd_keygen(int argc, char **argv)
 {
 	struct keyring_tool_config cfg;
 	struct keyring_key_info info;
+	uint8_t *value = NULL;
 	char err[768] = "";
 	int r;
 
@@ -273,14 +340,28 @@ cmd_keygen(int argc, char **argv)
 	    keygen_usage)) >= 0)
 		return r;
 	tool_harden("keygen");
+	if (import_file != NULL) {
+		if (cfg.mechanism != NULL &&
+		    strcmp(cfg.mechanism, "rsa-oaep") == 0) {
+			fprintf(stderr, "p11kms: keygen: --import is for AES "
+			    "keys: an RSA key pair is made in the token\n");
+			return EXIT_USAGE;
+		}
+		if ((value = read_import(import_file)) == NULL)
+			return EXIT_USAGE;
+		cfg.import_value = value;
+		cfg.import_len = IMPORT_LEN;
+	}
 	r = keyring_keygen(&cfg, &info, err, sizeof(err));
+	mem_free_secret(value);		/* wipes */
 	print_notes("keygen", info.notes);
 	if (r != 0) {
 		fprintf(stderr, "p11kms: keygen: %s\n", err[0] ? err :
 		    keyring_strerror(r));
 		return status_exit(r);
 	}
-	printf("created    %s key\n", info.type);
+	printf("%-10s %s key\n", import_file != NULL ? "imported" :
+	    "created", info.type);
 	printf("label      %s\n", info.label);
 	printf("id         %s\n", info.id_hex);
 	printf("key_id     %s\n", info.key_id);

@@ -453,3 +453,57 @@ def test_selftest_checks_every_replica(tmp_path, rt):
     r = run_p11kms(args, env=bad.env())
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "NOT READY" in r.stderr and "do not hold the same key" in r.stderr
+
+
+def test_keygen_import_makes_replicas(tmp_path, pb, faults, client_for):
+    """p11kms keygen --import: one value into two tokens, which then
+    serve as replicas; the value file's mode and size are checked."""
+    base = os.path.join(str(tmp_path), "toks")
+    rt = make_replica_tokens(base)          # kek1 on both; add kek2
+    kf = str(tmp_path / "kek2.bin")
+    fd = os.open(kf, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, os.urandom(32))
+    os.close(fd)
+    ids = set()
+    for n in rt.names:
+        r = run_p11kms(["keygen", "-m", MODULE, "-p", rt.pin_files[n],
+                        "--import", kf, "pkcs11:token=%s;object=kek2;id=%%02"
+                        % n], env=rt.env())
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("imported ")
+        ids.add([l.split()[1] for l in r.stdout.splitlines()
+                 if l.startswith("key_id ")][0])
+    assert len(ids) == 1, ids
+    # Refusals: no id=, a file others can read, a short file, RSA.
+    r = run_p11kms(["keygen", "-m", MODULE, "-p", rt.pin_files["kms-a"],
+                    "--import", kf, "pkcs11:token=kms-a;object=kek3"],
+                   env=rt.env())
+    assert r.returncode == 2 and "needs id=" in r.stderr
+    os.chmod(kf, 0o644)
+    r = run_p11kms(["keygen", "-m", MODULE, "-p", rt.pin_files["kms-a"],
+                    "--import", kf, "pkcs11:token=kms-a;object=kek3;id=%03"],
+                   env=rt.env())
+    assert r.returncode == 2 and "others can read it" in r.stderr
+    os.chmod(kf, 0o600)
+    with open(kf, "r+b") as f:
+        f.truncate(16)
+    r = run_p11kms(["keygen", "-m", MODULE, "-p", rt.pin_files["kms-a"],
+                    "--import", kf, "pkcs11:token=kms-a;object=kek3;id=%03"],
+                   env=rt.env())
+    assert r.returncode == 2 and "exactly 32 raw bytes" in r.stderr
+    r = run_p11kms(["keygen", "-m", MODULE, "-p", rt.pin_files["kms-a"],
+                    "--type", "rsa", "--import", kf,
+                    "pkcs11:token=kms-a;object=kek3"], env=rt.env())
+    assert r.returncode == 2 and "for AES keys" in r.stderr
+    os.unlink(kf)
+    # The imported key serves as a replicated KEK.
+    env = ReplicaEnv(rt, faults, rt.module_copy())
+    wd = str(tmp_path / "d")
+    d = Daemon(env, wd, args=replica_args(rt, os.path.join(wd, "kms.sock"),
+                                          "on", keys=("kek2",)))
+    try:
+        d.start(pb)
+        c = client_for(d)
+        assert round_trip(c).key_id == ids.pop()
+    finally:
+        d.kill_quietly()
