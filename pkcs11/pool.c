@@ -6,11 +6,9 @@
  * mode (pool_set_feed) an idle worker reads the input itself and hands each
  * result to the feed, so no other thread stands between the socket and the
  * token. The queues, the done list, the counts and the replicas' states are
- * under the pool mutex. With replicas, each has its own FIFO and condition
- * variable and its own workers; pick_locked() chooses where a job goes,
- * finish_locked() whether a failed one runs again elsewhere, and a watchdog
- * thread takes a job away from a call hung in its token (the worker runs on
- * a private copy of the job, so the job can go on without it).
+ * under the pool mutex. With replicas, each has its own FIFO, condition
+ * variable and workers; where a job goes, what a fault does to it and the
+ * hung-call watchdog are pool_replica.c's (pool_int.h).
  */
 #include "pkcs11/pool.h"
 #include "pkcs11/spin.h"
@@ -34,58 +32,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
-struct replica {
-	struct keyring *kr;
-	pthread_cond_t cond;		/* its workers wait here */
-	struct pool_job *head, *tail;	/* queued, FIFO; under lock */
-	unsigned queued, running;	/* under lock */
-	unsigned nworkers;
-	atomic_int up;			/* written under lock */
-};
-
-/* One worker thread's state; cur and since under the pool lock. */
-struct wslot {
-	struct keyring_worker *kw;
-	unsigned rep;
-	struct pool_job *cur;		/* running; NULL once taken away */
-	uint64_t since;
-	struct pool_job *scratch;	/* replicas: the copy it runs on */
-};
-
-struct pool {
-	struct keyring *kr;
-	pthread_mutex_t lock;
-	struct replica rep[POOL_MAX_REPLICAS];
-	unsigned nrep;
-	enum pool_policy policy;
-	unsigned rr;			/* tie-break rotation; under lock */
-	uint64_t hang_ns;		/* 0: no watchdog */
-	pthread_t watchdog;
-	int watchdog_on;
-	pthread_cond_t wd_cond;
-	unsigned abandoned;		/* hung calls whose job went on */
-	struct pool_job *done;		/* finished, LIFO; under lock */
-	struct pool_job *rhead, *rtail;	/* taken from done, not yet handed
-					   to their callbacks; loop only */
-	size_t rcount;			/* jobs from rhead to rtail */
-	unsigned inflight;		/* queued + running; under lock */
-	unsigned busy;			/* running; under lock */
-	unsigned max_queued;
-	int stopping;			/* under lock */
-	int efd;
-	unsigned nworkers;
-	pthread_t *threads;
-	struct wslot *workers;
-	unsigned nthreads;		/* threads actually started */
-	struct pool_feed feed;		/* fed mode; set once, under lock */
-	int filling;			/* a worker is in feed.fill; lock */
-	int feed_ended;			/* feed.fill said -1; under lock */
-	struct spin_gate spin;		/* pool_set_spin; under lock */
-	int spinning;			/* a worker spins; under lock */
-	int spin_rep;			/* the spinner's replica; lock */
-	atomic_uint queued;		/* jobs in the queue, for the spinner */
-	atomic_int spin_stop;		/* pool_free: end a spin now */
-};
+#include "pkcs11/pool_int.h"
 
 struct worker_arg {
 	struct pool *p;
@@ -222,274 +169,6 @@ worker_sched(struct keyring *kr)
 	(void)sched_setscheduler(0, SCHED_BATCH, &sp);
 }
 
-/* ---- replicas: where a job goes (lock held) ---- */
-
-/* Jobs per worker on replica r, in thousandths, for comparing. */
-static unsigned long
-load_of(const struct pool *p, unsigned r)
-{
-	const struct replica *rp = &p->rep[r];
-
-	return (unsigned long)(rp->queued + rp->running) * 1000ul /
-	    (rp->nworkers > 0 ? rp->nworkers : 1);
-}
-
-/*
- * The replica for a job that may go anywhere but `not` (-1: none
- * excluded): a healthy one by the policy, else (none healthy) the least
- * busy of the others, else -1. Ties rotate, so idle replicas share.
- */
-static int
-pick_locked(struct pool *p, int not)
-{
-	unsigned k, r;
-	unsigned long l, best_l = 0;
-	int best = -1, pass;
-
-	for (pass = 0; pass < 2 && best < 0; pass++) {
-		for (k = 0; k < p->nrep; k++) {
-			r = p->policy == POOL_PRIMARY_FIRST ? k :
-			    (p->rr + k) % p->nrep;
-			if ((int)r == not || (pass == 0 &&
-			    !atomic_load(&p->rep[r].up)))
-				continue;
-			if (p->policy == POOL_PRIMARY_FIRST && pass == 0) {
-				best = (int)r;
-				break;
-			}
-			l = load_of(p, r);
-			if (best < 0 || l < best_l) {
-				best = (int)r;
-				best_l = l;
-			}
-		}
-	}
-	p->rr++;
-	return best;
-}
-
-static void
-enqueue_locked(struct pool *p, unsigned r, struct pool_job *job, int front)
-{
-	struct replica *rp = &p->rep[r];
-
-	if (front && rp->head != NULL) {
-		job->next = rp->head;
-		rp->head = job;
-	} else {
-		job->next = NULL;
-		if (rp->tail != NULL)
-			rp->tail->next = job;
-		else
-			rp->head = job;
-		rp->tail = job;
-	}
-	rp->queued++;
-	atomic_fetch_add_explicit(&p->queued, 1, memory_order_relaxed);
-	/* A spinning worker of this replica takes it without a wake-up. */
-	if (!p->spinning || p->spin_rep != (int)r)
-		pthread_cond_signal(&rp->cond);
-}
-
-/*
- * Replica r failed (a token or session fault, or a hang): no more jobs
- * for it, and what waits in its queue, but probes aimed at it, goes to
- * the others. Only with replicas: one token has no other to go to.
- */
-static void
-mark_down_locked(struct pool *p, unsigned r)
-{
-	struct replica *rp = &p->rep[r];
-	struct pool_job *job, *keep = NULL, **kt = &keep, *next;
-	int t;
-
-	if (p->nrep < 2 || !atomic_load(&rp->up))
-		return;
-	atomic_store(&rp->up, 0);
-	for (job = rp->head; job != NULL; job = next) {
-		next = job->next;
-		job->next = NULL;
-		if (job->replica < 0 && (t = pick_locked(p, (int)r)) >= 0 &&
-		    atomic_load(&p->rep[t].up)) {
-			rp->queued--;
-			atomic_fetch_sub_explicit(&p->queued, 1,
-			    memory_order_relaxed);
-			enqueue_locked(p, (unsigned)t, job, 0);
-		} else {
-			*kt = job;
-			kt = &job->next;
-		}
-	}
-	rp->head = keep;
-	rp->tail = NULL;
-	for (job = keep; job != NULL; job = job->next)
-		rp->tail = job;
-}
-
-static int
-retry_status(int status)
-{
-	return status == KEYRING_E_TOKEN || status == KEYRING_E_SESSION;
-}
-
-/* What finish_locked did with a job. */
-#define FIN_REQUEUED	0	/* it runs again on another replica */
-#define FIN_DONE	1	/* on the done list */
-#define FIN_WAKE	2	/* on the done list, which was empty: wake */
-#define FIN_FEED	3	/* fed mode: hand it to feed.finish, unlocked */
-
-/* Jobs waiting in every queue. */
-static unsigned
-queued_locked(const struct pool *p)
-{
-	unsigned r, n = 0;
-
-	for (r = 0; r < p->nrep; r++)
-		n += p->rep[r].queued;
-	return n;
-}
-
-static void
-wake_all_locked(struct pool *p)
-{
-	unsigned r;
-
-	for (r = 0; r < p->nrep; r++)
-		pthread_cond_broadcast(&p->rep[r].cond);
-}
-
-/* A job ran on replica r (or was taken from its hung call): FIN_*. */
-static int
-finish_locked(struct pool *p, unsigned r, struct pool_job *job)
-{
-	int t, wake;
-
-	job->ran_on = (int)r;
-	if (p->nrep > 1 && retry_status(job->status)) {
-		mark_down_locked(p, r);
-		if (job->replica < 0 && job->tries < 2 &&
-		    (t = pick_locked(p, (int)r)) >= 0) {
-			job->failed_on = (int)r;
-			job->status = KEYRING_OK;
-			job->out_len = 0;
-			/* Ahead of the others: it has waited once already. */
-			enqueue_locked(p, (unsigned)t, job, 1);
-			return FIN_REQUEUED;
-		}
-	} else if (p->nrep > 1 && job->op == POOL_PROBE &&
-	    job->status == KEYRING_OK && job->replica == (int)r) {
-		atomic_store(&p->rep[r].up, 1);
-	}
-	if (p->feed.finish != NULL) {
-		p->inflight--;
-		return FIN_FEED;
-	}
-	job->next = p->done;
-	wake = p->done == NULL;
-	p->done = job;
-	return wake ? FIN_WAKE : FIN_DONE;
-}
-
-/* Copies what a worker reads of a job (replicas: it runs on a copy). */
-static void
-copy_in(struct pool_job *dst, const struct pool_job *src)
-{
-	dst->op = src->op;
-	dst->deadline = src->deadline;
-	memcpy(dst->in, src->in, src->in_len);
-	dst->in_len = src->in_len;
-	memcpy(dst->key_id, src->key_id, sizeof(dst->key_id));
-	dst->status = KEYRING_OK;
-	dst->out_len = 0;
-	dst->key_id_out[0] = '\0';
-	dst->detail[0] = '\0';
-}
-
-static void
-copy_out(struct pool_job *dst, struct pool_job *src)
-{
-	dst->status = src->status;
-	memcpy(dst->out, src->out, src->out_len);
-	dst->out_len = src->out_len;
-	memcpy(dst->key_id_out, src->key_id_out, sizeof(dst->key_id_out));
-	/* A retried job keeps the first replica's words unless this one
-	 * failed too. */
-	if (src->detail[0] != '\0' || dst->failed_on < 0)
-		memcpy(dst->detail, src->detail, sizeof(dst->detail));
-	if (dst->started == 0)
-		dst->started = src->started;
-	dst->finished = src->finished;
-	OPENSSL_cleanse(src->in, src->in_len);
-	OPENSSL_cleanse(src->out, src->out_len);
-	src->in_len = src->out_len = 0;
-}
-
-/*
- * Replicas: takes jobs away from calls hung longer than hang_ns; they run
- * again on another replica (or end with KEYRING_E_TOKEN). The worker keeps
- * its copy and drops the answer if the call ever returns.
- */
-static void *
-watchdog_main(void *arg)
-{
-	struct pool *p = arg;
-	struct timespec ts;
-	struct pool_job *job, *fed, *next;
-	struct wslot *ws;
-	uint64_t now, one = 1;
-	unsigned i;
-	int wake, fin;
-
-	(void)pthread_setname_np(pthread_self(), "p11kms-watchdog");
-	pthread_mutex_lock(&p->lock);
-	while (!p->stopping) {
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 50 * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-		(void)pthread_cond_timedwait(&p->wd_cond, &p->lock, &ts);
-		now = token_now_ns();
-		wake = 0;
-		fed = NULL;
-		for (i = 0; i < p->nthreads; i++) {
-			ws = &p->workers[i];
-			if ((job = ws->cur) == NULL || now - ws->since <
-			    p->hang_ns)
-				continue;
-			ws->cur = NULL;
-			p->abandoned++;
-			job->status = KEYRING_E_TOKEN;
-			snprintf(job->detail, sizeof(job->detail), "no "
-			    "answer from the token in %llu ms (hung)",
-			    (unsigned long long)(p->hang_ns / 1000000));
-			if (job->started == 0)
-				job->started = ws->since;
-			job->finished = now;
-			if ((fin = finish_locked(p, ws->rep, job)) == FIN_WAKE)
-				wake = 1;
-			else if (fin == FIN_FEED) {
-				job->next = fed;
-				fed = job;
-			}
-		}
-		if (wake || fed != NULL) {
-			pthread_mutex_unlock(&p->lock);
-			if (wake)
-				(void)!write(p->efd, &one, sizeof(one));
-			for (job = fed; job != NULL; job = next) {
-				next = job->next;
-				job->next = NULL;
-				p->feed.finish(p->feed.ctx, job, next != NULL);
-			}
-			pthread_mutex_lock(&p->lock);
-		}
-	}
-	pthread_mutex_unlock(&p->lock);
-	return NULL;
-}
-
 /*
  * One idle worker at a time waits for the next job awake, for up to the
  * spin's budget, before it sleeps (pool_set_spin): a lone request then
@@ -544,7 +223,7 @@ worker_main(void *varg)
 				p->filling = 0;
 				if (r != 0) {
 					p->feed_ended = 1;
-					wake_all_locked(p);
+					pool_wake_all_locked(p);
 				}
 				continue;
 			}
@@ -582,7 +261,7 @@ worker_main(void *varg)
 		/* Replicas: run on a copy the watchdog never takes away. */
 		run = ws->scratch != NULL ? ws->scratch : job;
 		if (run != job)
-			copy_in(run, job);
+			pool_copy_in(run, job);
 		pthread_mutex_unlock(&p->lock);
 
 		if (stop || atomic_load(&job->cancelled))
@@ -604,10 +283,10 @@ worker_main(void *varg)
 		}
 		ws->cur = NULL;
 		if (run != job)
-			copy_out(job, run);
-		fin = finish_locked(p, ws->rep, job);
+			pool_copy_out(job, run);
+		fin = pool_finish_locked(p, ws->rep, job);
 		if (fin == FIN_FEED) {
-			more = queued_locked(p) > 0;
+			more = pool_queued_locked(p) > 0;
 			pthread_mutex_unlock(&p->lock);
 			p->feed.finish(p->feed.ctx, job, more);
 			pthread_mutex_lock(&p->lock);
@@ -727,7 +406,7 @@ pool_new_replicas(const struct pool_replicas *cfg, struct pool **out,
 	}
 	if (cfg->n > 1 && cfg->hang_ms > 0) {
 		p->hang_ns = (uint64_t)cfg->hang_ms * 1000000ull;
-		if ((rc = pthread_create(&p->watchdog, NULL, watchdog_main,
+		if ((rc = pthread_create(&p->watchdog, NULL, pool_watchdog_main,
 		    p)) != 0) {
 			snprintf(err, errlen, "cannot start the watchdog "
 			    "thread: %s", strerror(rc));
@@ -797,7 +476,7 @@ pool_set_feed(struct pool *p, const struct pool_feed *feed)
 {
 	pthread_mutex_lock(&p->lock);
 	p->feed = *feed;
-	wake_all_locked(p);		/* one of them starts reading */
+	pool_wake_all_locked(p);		/* one of them starts reading */
 	pthread_mutex_unlock(&p->lock);
 }
 
@@ -829,7 +508,7 @@ pool_feed_push(struct pool *p, struct pool_job *head, unsigned n)
 	pthread_mutex_lock(&p->lock);
 	p->inflight += n;
 	/*
-	 * One wake-up per job (enqueue_locked signals its replica): the
+	 * One wake-up per job (pool_enqueue_locked signals its replica): the
 	 * filler takes one itself, so the last one woken finds the queue
 	 * empty and reads next, while the filler's job runs.
 	 */
@@ -838,10 +517,10 @@ pool_feed_push(struct pool *p, struct pool_job *head, unsigned n)
 		if (job->replica >= (int)p->nrep)
 			job->replica = -1;
 		r = p->nrep == 1 ? 0 : job->replica >= 0 ? job->replica :
-		    pick_locked(p, -1);
+		    pool_pick_locked(p, -1);
 		job->tries = 0;
 		job->ran_on = job->failed_on = -1;
-		enqueue_locked(p, (unsigned)r, job, 0);
+		pool_enqueue_locked(p, (unsigned)r, job, 0);
 	}
 	pthread_mutex_unlock(&p->lock);
 }
@@ -859,25 +538,13 @@ pool_submit(struct pool *p, struct pool_job *job)
 	if (job->replica >= (int)p->nrep)
 		job->replica = -1;
 	r = p->nrep == 1 ? 0 : job->replica >= 0 ? job->replica :
-	    pick_locked(p, -1);
+	    pool_pick_locked(p, -1);
 	p->inflight++;
 	job->tries = 0;
 	job->ran_on = job->failed_on = -1;
-	enqueue_locked(p, (unsigned)r, job, 0);
+	pool_enqueue_locked(p, (unsigned)r, job, 0);
 	pthread_mutex_unlock(&p->lock);
 	return 0;
-}
-
-unsigned
-pool_replicas(const struct pool *p)
-{
-	return p->nrep;
-}
-
-int
-pool_replica_up(struct pool *p, unsigned r)
-{
-	return r < p->nrep && atomic_load(&p->rep[r].up);
 }
 
 int

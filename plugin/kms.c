@@ -1,6 +1,7 @@
 /*
- * kms: the plumbing the KMS services share: queueing jobs on the pool and mapping their failures to statuses, and
- * the one completion point of every call (call_done). The services
+ * kms: the plumbing the KMS services share: queueing jobs on the pool
+ * and mapping their failures to statuses (token health is health.c's),
+ * and the one completion point of every call (call_done). The services
  * themselves are kms_v2.c and kms_v1beta1.c.
  */
 #include "plugin/kms.h"
