@@ -2,7 +2,7 @@
  * spin: the gate every busy-poll in p11kms goes through (--busy-poll).
  *
  * A thread that is about to sleep for its next event (the front's loop for
- * a lone request's answer, the token side for the next request) may first
+ * the token's answers, the token side for the next request) may first
  * poll for it for a moment. On a machine with cores to spare this keeps the
  * hand-off on a core that is awake: measured with `make bench` on a 2-core
  * VM, a lone Encrypt's p50 went from about 120 us to about 35 us, with less

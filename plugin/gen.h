@@ -35,9 +35,9 @@ long gen_cpus_from_cpu_max(const char *text);
 long gen_usable_cpus(void);
 
 /*
- * Busy-poll budgets (pkcs11/spin.h, --busy-poll): the front waiting for a
- * lone request's answer from the token, and the token side waiting for
- * the next request. A software token's seal or open plus the hop takes
+ * Busy-poll budgets (pkcs11/spin.h, --busy-poll): the front waiting for
+ * the token's answers (main.c's spin_want says when), and the token side
+ * waiting for the next request. A software token's seal or open plus the hop takes
  * 10-40 us here, and the next request of a client that waits for each
  * answer comes 20-60 us after it.
  */

@@ -340,7 +340,7 @@ void paired(struct client *cl, struct keyring *kr, struct lane *ln,
 void write_ctl(const char *path, const char *text);
 extern double g_cold_ms[16];
 extern unsigned g_ncold;
-extern long g_rss_idle, g_rss_peak, g_rss_now;
+extern long g_rss_idle, g_rss_peak, g_rss_now, g_pss_now;
 extern long g_rss_peak_token;	/* of it below the front */
 extern uint64_t g_cpu_clock_total, g_cpu_stat_total;
 extern int g_exit_status;

@@ -275,8 +275,15 @@ compute_targets(void)
 	target_rounds(rv, nr);
 	target("status_p99_under_encrypt_us", "Status p99 under Encrypt c=64, "
 	    "same connection", "us", ms ? ms->p99 : NAN, 200, 1);
-	target("rss_peak_mib", "daemon peak RSS (VmHWM) incl. SoftHSM", "MiB",
+	target("rss_peak_mib", g_rss_peak_token > 0 ?
+	    "daemon peak RSS (VmHWM) incl. SoftHSM, summed" :
+	    "daemon peak RSS (VmHWM) incl. SoftHSM", "MiB",
 	    g_rss_peak >= 0 ? (double)g_rss_peak / 1024 : NAN, 16, 1);
+	/* With a token process the sum counts each shared page per process. */
+	if (g_rss_peak_token > 0)
+		target("pss_mib", "  the same as PSS after load (each page "
+		    "once)", "MiB", g_pss_now >= 0 ? (double)g_pss_now / 1024 :
+		    NAN, 16, 1);
 	memcpy(cold, g_cold_ms, sizeof(cold));
 	target("cold_start_ms", "cold start to first Status (median)", "ms",
 	    median(cold, g_ncold), 100, 1);
@@ -544,6 +551,7 @@ print_json(void)
 	jint(&j, "rss_idle_kib", g_rss_idle);
 	jint(&j, "rss_after_load_kib", g_rss_now);
 	jint(&j, "rss_peak_kib", g_rss_peak);
+	jint(&j, "pss_after_load_kib", g_pss_now);
 	jint(&j, "rss_peak_token_kib", g_rss_peak_token);
 	if (g_tokproc_mem.has) {
 		jint(&j, "tokproc_on_pss_kib", g_tokproc_mem.pss_on);

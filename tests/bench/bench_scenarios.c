@@ -765,7 +765,7 @@ paired(struct client *cl, struct keyring *kr, struct lane *ln,
 
 double g_cold_ms[16];
 unsigned g_ncold;
-long g_rss_idle = -1, g_rss_peak = -1, g_rss_now = -1;
+long g_rss_idle = -1, g_rss_peak = -1, g_rss_now = -1, g_pss_now = -1;
 long g_rss_peak_token = -1;
 uint64_t g_cpu_clock_total, g_cpu_stat_total;
 int g_exit_status = -2;
@@ -1269,6 +1269,7 @@ server_scenarios(struct keyring *kr)
 
 	g_rss_peak = tree_status_kib("VmHWM", &g_rss_peak_token);
 	g_rss_now = tree_status_kib("VmRSS", NULL);
+	g_pss_now = tree_smaps_kib("Pss");
 	g_cpu_clock_total = daemon_cpu_ns();
 	g_cpu_stat_total = proc_stat_cpu_ns(g_daemon);
 	client_close(&cl);
