@@ -380,8 +380,13 @@ kms_job_answer(struct pool_job *job)
 	char seen[KEYRING_KEY_ID_MAX];
 	struct kms *k = job->ctx;
 
-	/* Every outcome, answered or not: faults move the token states. */
-	if (k != NULL && k->g != NULL)
+	/*
+	 * An answered call's faults move the token states. An abandoned
+	 * job (call NULL) may come back after kms_free (a generation freed
+	 * at exit hands its jobs back): it touches nothing but itself; the
+	 * probes see what it saw.
+	 */
+	if (call != NULL && k != NULL && k->g != NULL)
 		health_job(k->health, job);
 	if (call != NULL && job->status != KEYRING_OK) {
 		fail_job(job->ctx, call, job, job->key_id[0] != '\0' ?
