@@ -30,7 +30,7 @@ struct bench_opt opt;
 
 static const char *const group_names[] = {
 	"status", "encrypt", "decrypt", "mixed", "v1", "storm", "slow",
-	"calls", "audit",
+	"calls", "audit", "echo",
 };
 
 int
@@ -156,6 +156,7 @@ rm_entry(const char *path, const struct stat *st, int flag, struct FTW *f)
 static void
 cleanup(void)
 {
+	echo_stop();
 	if (g_daemon > 0)
 		(void)daemon_stop();
 	if (g_dir[0] != '\0') {
@@ -259,9 +260,10 @@ usage(FILE *fp)
 "  --no-slow            skip the slow-token scenario\n"
 "  --quick              small counts for a smoke run (2000/200/1000, 1 start)\n"
 "  --only LIST          scenario groups to run, of status,encrypt,decrypt,\n"
-"                       mixed,v1,storm,slow,calls,audit (default all);\n"
+"                       mixed,v1,storm,slow,calls,audit,echo (default all);\n"
 "                       decrypt and storm bring in encrypt, storm brings in\n"
-"                       v1 (their inputs)\n"
+"                       v1 (their inputs), echo (the socket echo floor in\n"
+"                       the c=1 rounds) brings in encrypt and decrypt\n"
 "  --keep               keep the temp dir (token, daemon logs)\n"
 "  --audit-log FILE     audit scenario: the audited daemon's log (default\n"
 "                       audit.log in the temp dir; it is removed first)\n"
@@ -491,6 +493,8 @@ parse_args(int argc, char **argv)
 		opt.only = S_ALL;
 	if (opt.only & S_STORM)		/* needs v1's and v2's ciphertexts */
 		opt.only |= S_V1 | S_ENCRYPT;
+	if (opt.only & S_ECHO)		/* its floor is under their c=1 rows */
+		opt.only |= S_ENCRYPT | S_DECRYPT;
 	if (opt.only & S_DECRYPT)
 		opt.only |= S_ENCRYPT;
 	if (opt.nslow == 0) {
@@ -562,6 +566,10 @@ main(int argc, char **argv)
 		    "%u; the baseline uses %u threads\n", g_daemon_workers,
 		    opt.workers, g_daemon_workers);
 
+	/* The echo server forks now, while the bench has no thread. */
+	if (want(S_ECHO))
+		echo_start();
+
 	/* The raw baseline's keyring: same module, key URI and PIN. */
 	memset(&kcfg, 0, sizeof(kcfg));
 	kcfg.module = opt.module;
@@ -576,6 +584,7 @@ main(int argc, char **argv)
 		    keyring_primary_key_id(kr), g_key_id);
 
 	server_scenarios(kr);
+	echo_stop();
 	g_scen = "shutdown";
 	if ((g_exit_status = daemon_stop()) != 0)
 		fprintf(stderr, "p11kms-bench: daemon exited with status %d "
