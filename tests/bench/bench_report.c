@@ -110,11 +110,11 @@ print_floor(void)
 	}
 	if (si == NULL || sl == NULL || si->na || sl->na)
 		return;
-	printf("\nStatus %s on a 2nd connection, us:   p50      p99      "
-	    "max\n", status_pace());
-	printf("  %-32s %8.0f %8.0f %8.0f\n", "idle daemon", si->p50,
+	printf("\nStatus %s on a 2nd connection, us:\n  %-34s %8s %8s %8s\n",
+	    status_pace(), "", "p50", "p99", "max");
+	printf("  %-34s %8.0f %8.0f %8.0f\n", "idle daemon", si->p50,
 	    si->p99, si->max);
-	printf("  %-32s %8.0f %8.0f %8.0f\n", "Encrypt c=1 on the 1st",
+	printf("  %-34s %8.0f %8.0f %8.0f\n", "Encrypt c=1 on the 1st conn",
 	    sl->p50, sl->p99, sl->max);
 	if (g_c1s_nrnd > 1) {
 		printf("      p99 rounds, idle / beside Encrypt:");
@@ -693,6 +693,14 @@ print_json(void)
 				jprintf(&j, "}");
 			}
 			jprintf(&j, "]");
+		}
+		if (g_c1s_nrnd > 0 && strncmp(r->key, "status2_", 8) == 0) {
+			double p[MAX_ROUNDS];
+			unsigned k, side = strcmp(r->key, "status2_idle") != 0;
+
+			for (k = 0; k < g_c1s_nrnd; k++)
+				p[k] = g_c1s_p99[k][side];
+			jarr(&j, "round_p99_us", p, g_c1s_nrnd);
 		}
 		if (echo_of(r) != NULL) {
 			const struct row *er = echo_of(r);

@@ -1275,13 +1275,13 @@ c1_status_scenario(void)
 	stat.conn_fixed = 1;
 	lane_init(&enc, K_V2ENC, 1, 0);	/* background: while Status runs */
 	enc.conn_fixed = 0;
-	snprintf(label, sizeof(label), "Status %s 2nd conn, idle",
+	snprintf(label, sizeof(label), "Status %s, 2nd conn, idle",
 	    status_pace());
 	ri = row_new("status2_idle", label);
-	snprintf(label, sizeof(label), "Status %s 2nd conn, Encrypt c=1",
+	snprintf(label, sizeof(label), "Status %s, 2nd conn, Enc c=1",
 	    status_pace());
 	rs = row_new("status2_encrypt_c1", label);
-	re = row_new("encrypt_c1_status2", "Encrypt c=1 + Status 2nd conn");
+	re = row_new("encrypt_c1_status2", "Encrypt c=1 + Status on 2nd conn");
 	for (k = 0; k < K; k++) {
 		lo = M * k / K;
 		hi = M * (k + 1) / K;
