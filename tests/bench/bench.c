@@ -16,11 +16,12 @@
  * answer (or a daemon that died under load), 2 when the bench itself could
  * not run (bad flags, no token, daemon did not start).
  *
- * The program is four files sharing bench.h: this one (options, process
+ * The program is five files sharing bench.h: this one (options, process
  * state, errors, the temp dir and token, main), bench_client.c (latency
  * samples, request data, the HTTP/2 client, requests, answers and lanes),
  * bench_scenarios.c (the daemon, steal time, result rows, the raw baseline
- * and every scenario) and bench_report.c (the table, targets, BENCH_JSON).
+ * and every scenario), bench_echo.c (the socket echo server, the floor
+ * under a c=1 request) and bench_report.c (the table, targets, BENCH_JSON).
  */
 #include "tests/bench/bench.h"
 

@@ -2,8 +2,9 @@
  * bench_scenarios: what the bench measures (bench.h): the daemon it
  * starts and watches (CPU, RSS, logged workers), hypervisor steal, result
  * rows, the raw keyring baseline in this process, paired served/raw
- * rounds, and the scenarios (cold start, Status, Encrypt, Decrypt, mixed,
- * v1, storm, slow token, calls per request, audit).
+ * rounds (with the echo baseline at c=1), and the scenarios (cold start,
+ * Status, Encrypt, Decrypt, mixed, Status beside Encrypt c=1, v1, storm,
+ * slow token, calls per request, audit).
  */
 #include "tests/bench/bench.h"
 
@@ -1245,10 +1246,11 @@ lane_slice(struct lane *ln, size_t first, size_t total)
  * Status beside a lone Encrypt: one Status every --status-interval-us on a
  * second connection, the daemon otherwise idle, against the same with
  * Encrypt c=1 back to back on the first connection, in interleaved rounds
- * (idle first in even rounds). Both sides send the same Status calls (n1/4
- * in all); the Encrypt lane runs until the loaded side's Status calls are
- * answered. A token call run on the loop thread, or a worker hand-off that
- * holds the loop, shows here as a Status p99 above the idle one.
+ * (idle first in rounds 1, 3, 5, ...). Both sides send the same Status
+ * calls (n1/4 in all); the Encrypt lane runs until the loaded side's Status
+ * calls are answered. A token call run on the loop thread, or a worker
+ * hand-off that holds the loop, shows here as a Status p99 above the idle
+ * one.
  */
 static void
 c1_status_scenario(void)
