@@ -2,10 +2,13 @@
  * pool: the token worker threads (pool.h). Workers sleep on a condition
  * variable over a bounded FIFO; each runs jobs on its own logged-in session
  * (one retry on a fresh session after KEYRING_E_SESSION) and pushes the
- * result onto a done list the loop drains after an eventfd wake-up. The
- * queue, the done list and the counts are under the pool mutex.
+ * result onto a done list the loop drains after an eventfd wake-up. In fed
+ * mode (pool_set_feed) an idle worker reads the input itself and hands each
+ * result to the feed, so no other thread stands between the socket and the
+ * token. The queue, the done list and the counts are under the pool mutex.
  */
 #include "pkcs11/pool.h"
+#include "pkcs11/spin.h"
 #include "pkcs11/token.h"
 
 #include <errno.h>
@@ -44,6 +47,13 @@ struct pool {
 	pthread_t *threads;
 	struct keyring_worker **workers;
 	unsigned nthreads;		/* threads actually started */
+	struct pool_feed feed;		/* fed mode; set once, under lock */
+	int filling;			/* a worker is in feed.fill; lock */
+	int feed_ended;			/* feed.fill said -1; under lock */
+	struct spin_gate spin;		/* pool_set_spin; under lock */
+	int spinning;			/* a worker spins; under lock */
+	atomic_uint queued;		/* jobs in the queue, for the spinner */
+	atomic_int spin_stop;		/* pool_free: end a spin now */
 };
 
 struct worker_arg {
@@ -178,6 +188,22 @@ worker_sched(struct pool *p)
 	(void)sched_setscheduler(0, SCHED_BATCH, &sp);
 }
 
+/*
+ * One idle worker at a time waits for the next job awake, for up to the
+ * spin's budget, before it sleeps (pool_set_spin): a lone request then
+ * finds a worker on a core that is running.
+ */
+static void
+spin_for_job(struct pool *p)
+{
+	uint64_t end = token_now_ns() + p->spin.ns;
+
+	while (atomic_load_explicit(&p->queued, memory_order_relaxed) == 0 &&
+	    atomic_load_explicit(&p->spin_stop, memory_order_relaxed) == 0 &&
+	    token_now_ns() < end)
+		spin_relax();
+}
+
 static void *
 worker_main(void *varg)
 {
@@ -186,7 +212,7 @@ worker_main(void *varg)
 	struct keyring_worker *w = p->workers[wa->idx];
 	struct pool_job *job;
 	uint64_t one = 1;
-	int nice_now, wake, stop;
+	int nice_now, wake, stop, more, r, spun = 0;
 
 	free(wa);
 	(void)pthread_setname_np(pthread_self(), "p11kms-worker");
@@ -201,15 +227,43 @@ worker_main(void *varg)
 	if (errno == 0)
 		(void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid),
 		    nice_now + POOL_WORKER_NICE);
+	pthread_mutex_lock(&p->lock);
 	for (;;) {
-		pthread_mutex_lock(&p->lock);
-		while (p->head == NULL && !p->stopping)
+		while (p->head == NULL && !p->stopping) {
+			/* Fed: the first idle worker reads; the rest sleep. */
+			if (p->feed.fill != NULL && !p->filling &&
+			    !p->feed_ended) {
+				p->filling = 1;
+				pthread_mutex_unlock(&p->lock);
+				r = p->feed.fill(p->feed.ctx, p);
+				pthread_mutex_lock(&p->lock);
+				p->filling = 0;
+				if (r != 0) {
+					p->feed_ended = 1;
+					pthread_cond_broadcast(&p->cond);
+				}
+				continue;
+			}
+			/* One spin per idle spell: a miss sleeps next. */
+			if (p->feed.fill == NULL && !p->spinning && !spun &&
+			    spin_gate_open(&p->spin)) {
+				p->spinning = 1;
+				pthread_mutex_unlock(&p->lock);
+				spin_for_job(p);
+				pthread_mutex_lock(&p->lock);
+				p->spinning = 0;
+				spun = 1;
+				spin_gate_done(&p->spin, p->head != NULL);
+				continue;
+			}
 			pthread_cond_wait(&p->cond, &p->lock);
-		if (p->head == NULL) {	/* stopping and nothing queued */
-			pthread_mutex_unlock(&p->lock);
-			break;
+			spun = 0;
 		}
+		if (p->head == NULL)	/* stopping and nothing queued */
+			break;
 		job = p->head;
+		spun = 0;
+		atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);
 		if ((p->head = job->next) == NULL)
 			p->tail = NULL;
 		job->next = NULL;
@@ -226,6 +280,14 @@ worker_main(void *varg)
 
 		pthread_mutex_lock(&p->lock);
 		p->busy--;
+		if (p->feed.finish != NULL) {
+			p->inflight--;
+			more = p->head != NULL;
+			pthread_mutex_unlock(&p->lock);
+			p->feed.finish(p->feed.ctx, job, more);
+			pthread_mutex_lock(&p->lock);
+			continue;
+		}
 		job->next = p->done;
 		wake = p->done == NULL;
 		p->done = job;
@@ -238,7 +300,9 @@ worker_main(void *varg)
 		 */
 		if (wake)
 			(void)!write(p->efd, &one, sizeof(one));
+		pthread_mutex_lock(&p->lock);
 	}
+	pthread_mutex_unlock(&p->lock);
 	return NULL;
 }
 
@@ -258,6 +322,8 @@ pool_new(struct keyring *kr, unsigned nworkers, unsigned max_queued,
 		max_queued = nworkers;
 	if ((p = calloc(1, sizeof(*p))) == NULL)
 		goto fail_msg;
+	atomic_init(&p->queued, 0);
+	atomic_init(&p->spin_stop, 0);
 	p->kr = kr;
 	p->max_queued = max_queued;
 	p->nworkers = nworkers;
@@ -311,6 +377,7 @@ pool_free(struct pool *p)
 
 	if (p == NULL)
 		return;
+	atomic_store(&p->spin_stop, 1);
 	pthread_mutex_lock(&p->lock);
 	p->stopping = 1;
 	pthread_cond_broadcast(&p->cond);
@@ -321,7 +388,10 @@ pool_free(struct pool *p)
 	for (job = p->head; job != NULL; job = next) {
 		next = job->next;
 		job->status = POOL_E_CANCELLED;
-		job->done(job);
+		if (p->feed.finish != NULL)
+			p->feed.finish(p->feed.ctx, job, 0);
+		else
+			job->done(job);
 	}
 	p->head = p->tail = NULL;
 	pool_reap(p);
@@ -334,6 +404,60 @@ pool_free(struct pool *p)
 	pthread_cond_destroy(&p->cond);
 	pthread_mutex_destroy(&p->lock);
 	free(p);
+}
+
+void
+pool_set_feed(struct pool *p, const struct pool_feed *feed)
+{
+	pthread_mutex_lock(&p->lock);
+	p->feed = *feed;
+	pthread_cond_broadcast(&p->cond);	/* one of them starts reading */
+	pthread_mutex_unlock(&p->lock);
+}
+
+void
+pool_set_spin(struct pool *p, uint64_t ns)
+{
+	pthread_mutex_lock(&p->lock);
+	p->spin.ns = ns;
+	pthread_mutex_unlock(&p->lock);
+}
+
+void
+pool_spin_counts(struct pool *p, uint64_t *spins, uint64_t *misses)
+{
+	pthread_mutex_lock(&p->lock);
+	*spins = p->spin.spins;
+	*misses = p->spin.misses;
+	pthread_mutex_unlock(&p->lock);
+}
+
+void
+pool_feed_push(struct pool *p, struct pool_job *head, unsigned n)
+{
+	struct pool_job *last;
+	unsigned i;
+
+	if (head == NULL || n == 0)
+		return;
+	for (last = head; last->next != NULL; last = last->next)
+		;
+	pthread_mutex_lock(&p->lock);
+	p->inflight += n;
+	if (p->tail != NULL)
+		p->tail->next = head;
+	else
+		p->head = head;
+	p->tail = last;
+	atomic_fetch_add_explicit(&p->queued, n, memory_order_relaxed);
+	/*
+	 * One wake-up per job: the filler takes one itself, so the last one
+	 * woken finds the queue empty and reads next, while the filler's job
+	 * runs.
+	 */
+	for (i = 0; i < n && i < p->nworkers; i++)
+		pthread_cond_signal(&p->cond);
+	pthread_mutex_unlock(&p->lock);
 }
 
 int
@@ -351,7 +475,10 @@ pool_submit(struct pool *p, struct pool_job *job)
 	else
 		p->head = job;
 	p->tail = job;
-	pthread_cond_signal(&p->cond);
+	atomic_fetch_add_explicit(&p->queued, 1, memory_order_relaxed);
+	/* A spinning worker takes it without a wake-up. */
+	if (!p->spinning)
+		pthread_cond_signal(&p->cond);
 	pthread_mutex_unlock(&p->lock);
 	return 0;
 }

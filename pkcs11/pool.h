@@ -87,6 +87,51 @@ int pool_new(struct keyring *kr, unsigned nworkers, unsigned max_queued,
  * through their done callbacks with POOL_E_CANCELLED. */
 void pool_free(struct pool *p);
 
+/*
+ * Fed mode: the workers take their input themselves instead of a loop
+ * thread handing it over (the token process, where a request would
+ * otherwise wake the loop thread, then a worker, then the loop again).
+ * When the queue is empty one worker at a time calls fill, which blocks
+ * for input (a socket read) and queues what it brings with
+ * pool_feed_push; every finished job goes to finish on the worker that
+ * ran it (no eventfd, no pool_reap). A job the pool drops at stop goes to
+ * finish too, with POOL_E_CANCELLED.
+ */
+struct pool_feed {
+	/*
+	 * Blocks for input; 0 to be called again, -1 at its end (the
+	 * workers then only finish what is queued). No pool lock is held;
+	 * pool_free waits for it, so its owner must make it return
+	 * (shutdown(2) of the socket it reads) before pool_free.
+	 */
+	int (*fill)(void *ctx, struct pool *p);
+	/*
+	 * A finished job, now the callee's. more: jobs are still queued, so
+	 * another finish follows soon (a reply may wait to share a write).
+	 */
+	void (*finish)(void *ctx, struct pool_job *job, int more);
+	void *ctx;
+};
+/*
+ * Switches p to fed mode (once, from the thread that owns p, with nothing
+ * submitted). pool_submit must not be used afterwards.
+ */
+void pool_set_feed(struct pool *p, const struct pool_feed *feed);
+/*
+ * From fill: queues the n jobs chained through ->next from head (no cap:
+ * the feed bounds its input) and wakes as many workers.
+ */
+void pool_feed_push(struct pool *p, struct pool_job *head, unsigned n);
+
+/*
+ * Busy polling (pkcs11/spin.h): one idle worker at a time waits awake for
+ * the next job for up to ns before it sleeps; 0 (the default) never. Not
+ * for fed mode, whose feed spins on its own input.
+ */
+void pool_set_spin(struct pool *p, uint64_t ns);
+/* The spin gate's counts: spins started, and those that ended with none. */
+void pool_spin_counts(struct pool *p, uint64_t *spins, uint64_t *misses);
+
 /* Queues job. 0, or POOL_E_BUSY when max_queued jobs are in the pool. */
 int pool_submit(struct pool *p, struct pool_job *job);
 /* Readable when finished jobs wait for pool_reap. */

@@ -49,6 +49,7 @@ struct config {
 	int audit_status;		/* audit Status/Version too */
 	size_t audit_queue;		/* 0: AUDIT_QUEUE_MAX */
 	int token_process;		/* 1: module in a token process */
+	int busy_poll;			/* 1: auto (spin when cores allow) */
 	const char *token_user;		/* NULL: the daemon's own uid */
 	const char *config_file;	/* NULL: flags only */
 	char *filebuf;			/* owned: the file's text */

@@ -158,6 +158,18 @@ gen_usable_cpus(void)
 	return n > 0 ? n : 1;
 }
 
+uint64_t
+gen_spin_ns(const struct config *cfg, uint64_t budget)
+{
+	static long ncpu;
+
+	if (!cfg->busy_poll)
+		return 0;
+	if (ncpu == 0)
+		ncpu = gen_usable_cpus();
+	return ncpu >= 2 ? budget : 0;
+}
+
 static unsigned
 choose_workers(const struct config *cfg, const struct keyring *kr,
     char *from, size_t fromlen)
@@ -216,6 +228,9 @@ gen_open(struct config *cfg, struct gen **out, char *err, size_t errlen)
 	if ((r = pool_new(g->kr, g->workers, g->inflight, &g->pool, err,
 	    errlen)) != KEYRING_OK)
 		goto fail;
+	/* In-process the workers wait for the next request; in the token
+	 * process the pool runs fed and its reader does (tokserve.c). */
+	pool_set_spin(g->pool, gen_spin_ns(&g->cfg, GEN_SPIN_REQUEST_NS));
 	g->watch.fd = pool_fd(g->pool);
 	*out = g;
 	return KEYRING_OK;

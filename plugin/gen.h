@@ -34,6 +34,19 @@ long gen_cpus_from_cpu_max(const char *text);
  */
 long gen_usable_cpus(void);
 
+/*
+ * Busy-poll budgets (pkcs11/spin.h, --busy-poll): the front waiting for
+ * the token's answers (main.c's spin_want says when), and the token side
+ * waiting for the next request. A software token's seal or open plus the hop takes
+ * 10-40 us here, and the next request of a client that waits for each
+ * answer comes 20-60 us after it.
+ */
+#define GEN_SPIN_ANSWER_NS	50000
+#define GEN_SPIN_REQUEST_NS	100000
+/* budget, or 0 under --busy-poll off or with fewer than 2 usable CPUs
+ * (a spinning thread would hold the only core the answer needs). */
+uint64_t gen_spin_ns(const struct config *cfg, uint64_t budget);
+
 struct gen {
 	struct config cfg;		/* owned (config_free) */
 	struct keyring *kr;

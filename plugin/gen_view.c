@@ -79,6 +79,7 @@ gen_open_tokproc(struct gen *g, char *err, size_t errlen)
 	c->log_format = keep(c->filebuf, &o, m->log_format[0] != '\0' ?
 	    m->log_format : "logfmt");
 	c->max_connections = m->max_connections;
+	c->busy_poll = m->busy_poll;
 	c->pid_file = m->pid_file[0] != '\0' ?
 	    keep(c->filebuf, &o, m->pid_file) : NULL;
 	c->nkeys = m->nkeys;

@@ -2,7 +2,8 @@
  * loop: the epoll loop (loop.h). Watches are epoll registrations whose
  * callbacks run on the loop thread; "late" watches run after the others of
  * the same wake-up. Timers sit in a binary heap keyed by CLOCK_MONOTONIC
- * deadlines and bound each epoll_wait.
+ * deadlines and bound each epoll_wait. With a spin policy set, a wait that
+ * would sleep first polls for a moment (loop_set_spin).
  */
 #include "plugin/loop.h"
 
@@ -13,12 +14,18 @@
 #include <unistd.h>
 #include <sys/epoll.h>
 
+#include "pkcs11/spin.h"
+
 #define LOOP_EVENTS	64
 
 struct loop {
 	int epfd;
 	struct loop_timer **heap;	/* min-heap on ->when */
 	size_t nheap, capheap;
+	/* Busy polling (loop_set_spin). */
+	int (*spin_want)(void *arg);
+	void *spin_arg;
+	struct spin_gate spin;
 };
 
 uint64_t
@@ -179,6 +186,48 @@ run_timers(struct loop *l)
 	}
 }
 
+void
+loop_set_spin(struct loop *l, int (*want)(void *arg), void *arg,
+    uint64_t ns)
+{
+	l->spin_want = want;
+	l->spin_arg = arg;
+	l->spin.ns = want != NULL ? ns : 0;
+}
+
+const struct spin_gate *
+loop_spin_gate(const struct loop *l)
+{
+	return &l->spin;
+}
+
+/*
+ * Polls for at most the spin's budget (less when a timer or timeout_ms
+ * comes first) and returns what epoll_wait returned (0: nothing came,
+ * sleep now).
+ */
+static int
+spin(struct loop *l, struct epoll_event *ev, int timeout_ms)
+{
+	uint64_t start, end;
+	int n;
+
+	if (!spin_gate_open(&l->spin))
+		return 0;
+	start = loop_now();
+	end = start + l->spin.ns;
+	if (timeout_ms > 0 && start + (uint64_t)timeout_ms * 1000000u < end)
+		end = start + (uint64_t)timeout_ms * 1000000u;
+	if (l->nheap > 0 && l->heap[0]->when < end)
+		end = l->heap[0]->when;
+	do {
+		if ((n = epoll_wait(l->epfd, ev, LOOP_EVENTS, 0)) != 0)
+			break;
+	} while (loop_now() < end);
+	spin_gate_done(&l->spin, n != 0);
+	return n;
+}
+
 int
 loop_once(struct loop *l, int max_wait_ms)
 {
@@ -195,7 +244,11 @@ loop_once(struct loop *l, int max_wait_ms)
 			timeout = (int)(wait_ns / 1000000 +
 			    (wait_ns % 1000000 ? 1 : 0));
 	}
-	n = epoll_wait(l->epfd, ev, LOOP_EVENTS, timeout);
+	n = 0;
+	if (timeout != 0 && l->spin_want != NULL && l->spin_want(l->spin_arg))
+		n = spin(l, ev, timeout);
+	if (n == 0)
+		n = epoll_wait(l->epfd, ev, LOOP_EVENTS, timeout);
 	if (n == -1)
 		return errno == EINTR ? 0 : -errno;
 	/* Two passes: the "late" watches see what the others did first. */

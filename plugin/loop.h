@@ -53,4 +53,17 @@ void loop_timer_stop(struct loop *l, struct loop_timer *t);
  */
 int loop_once(struct loop *l, int max_wait_ms);
 
+/*
+ * Busy polling (pkcs11/spin.h). Before loop_once would sleep, it asks
+ * want(arg); on yes it polls (epoll_wait with no timeout) for up to ns, or
+ * less when a timer is due sooner, and handles whatever comes at once, so
+ * nothing waits behind a spin. Spins that mostly end with nothing turn
+ * themselves off for a while. want NULL or ns 0: never spin.
+ */
+struct spin_gate;
+void loop_set_spin(struct loop *l, int (*want)(void *arg), void *arg,
+    uint64_t ns);
+/* The spin's gate, with its counts. */
+const struct spin_gate *loop_spin_gate(const struct loop *l);
+
 #endif

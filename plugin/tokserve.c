@@ -1,8 +1,11 @@
 /*
- * tokserve: the token process (see tokproc.h). One loop thread reads the
- * front's requests, queues them on the worker pool and writes the replies:
- * everything one read brings is submitted at once, and every reply the
- * pool has finished when its eventfd fires goes out in one write.
+ * tokserve: the token process (see tokproc.h). The worker pool runs fed
+ * (pool.h): an idle worker reads the front's socket itself, queues every
+ * request one read brings, and each worker writes its own replies, so a
+ * request wakes one thread here, not a loop thread, then a worker, then the
+ * loop again. Replies finished while more jobs are queued share a write
+ * (up to OUT_BATCH). The main thread only sends the pool's figures and the
+ * token calls every STATS_NS and waits for the input to end.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -13,12 +16,16 @@
 #include <unistd.h>
 #include <fcntl.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <stdatomic.h>
 #include <sys/prctl.h>
 
 #include <openssl/crypto.h>
 
 #include "pkcs11/keyring.h"
 #include "pkcs11/pool.h"
+#include "pkcs11/spin.h"
 #include "plugin/config.h"
 #include "plugin/gen.h"
 #include "plugin/harden.h"
@@ -36,15 +43,29 @@
 struct srv {
 	struct loop *loop;
 	struct gen *g;
-	int fd;
-	struct loop_watch sock, pool;
+	int fd;				/* blocking; read by the filler */
+	struct loop_watch endw;		/* end_efd: the input ended */
 	struct loop_timer stats_timer;
 	struct tokwire_stats sent;
-	int stop;
-	uint8_t *in, *out;		/* wiped after use */
-	size_t in_len, out_len;
-	struct tokwire_msg msg;		/* decode/encode scratch, wiped */
+	int end_efd;
+	atomic_int stop;
+
+	/* The filler's (one worker at a time, ordered by the pool lock). */
+	uint8_t *in;			/* wiped after use */
+	size_t in_len;
+	struct tokwire_msg rmsg;	/* decode scratch, wiped */
+	struct spin_gate spin;		/* the filler's wait for input */
+
+	/* Replies and other messages out: under wlock. */
+	pthread_mutex_t wlock;
+	uint8_t *out;			/* wiped after use */
+	size_t out_len;
+	unsigned out_n;			/* replies in out */
+	struct tokwire_msg wmsg;	/* encode scratch, wiped */
 };
+
+/* Replies that may wait in out for a write shared with later ones. */
+#define OUT_BATCH	8
 
 /* Token calls, from the worker threads to the loop thread. */
 static struct {
@@ -69,7 +90,17 @@ call_observer(const char *function, unsigned long rv, double seconds)
 	pthread_mutex_unlock(&calls.lock);
 }
 
-/* Writes everything queued, blocking: the front always reads. */
+/* Tells the loop thread the input ended: it stops the process. */
+static void
+end_input(struct srv *s)
+{
+	uint64_t one = 1;
+
+	atomic_store(&s->stop, 1);
+	(void)!write(s->end_efd, &one, sizeof(one));
+}
+
+/* Writes everything queued, blocking: the front always reads. wlock. */
 static void
 flush(struct srv *s)
 {
@@ -81,15 +112,17 @@ flush(struct srv *s)
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w <= 0) {
-			s->stop = 1;	/* the front is gone */
+			end_input(s);	/* the front is gone */
 			break;
 		}
 		off += (size_t)w;
 	}
 	OPENSSL_cleanse(s->out, s->out_len);
 	s->out_len = 0;
+	s->out_n = 0;
 }
 
+/* wlock. */
 static void
 queue_msg(struct srv *s, const struct tokwire_msg *m)
 {
@@ -101,16 +134,17 @@ queue_msg(struct srv *s, const struct tokwire_msg *m)
 	if (n == 0) {
 		log_error("token process: cannot encode a %s message",
 		    tokwire_type_name(m->type));
-		s->stop = 1;
+		end_input(s);
 		return;
 	}
 	s->out_len += n;
 }
 
+/* wlock. */
 static void
 queue_calls(struct srv *s)
 {
-	struct tokwire_msg *m = &s->msg;
+	struct tokwire_msg *m = &s->wmsg;
 
 	for (;;) {
 		memset(&m->u.calls, 0, sizeof(m->u.calls));
@@ -129,13 +163,19 @@ queue_calls(struct srv *s)
 	}
 }
 
+/*
+ * Queues the reply to request id; writes it at once unless more jobs are
+ * queued, in which case up to OUT_BATCH replies share one write (the last
+ * job of a burst always finds the queue empty and writes them all).
+ */
 static void
-reply(struct srv *s, uint64_t id, struct pool_job *job)
+reply(struct srv *s, uint64_t id, const struct pool_job *job, int more)
 {
-	struct tokwire_reply *r = &s->msg.u.reply;
+	struct tokwire_reply *r = &s->wmsg.u.reply;
 
-	s->msg.type = TOKWIRE_REPLY;
-	s->msg.id = id;
+	pthread_mutex_lock(&s->wlock);
+	s->wmsg.type = TOKWIRE_REPLY;
+	s->wmsg.id = id;
 	r->status = job->status;
 	r->out_len = (uint16_t)(job->status == KEYRING_OK ? job->out_len : 0);
 	memcpy(r->out, job->out, r->out_len);
@@ -145,22 +185,32 @@ reply(struct srv *s, uint64_t id, struct pool_job *job)
 	r->detail[sizeof(r->detail) - 1] = '\0';
 	r->started = job->started;
 	r->finished = job->finished;
-	queue_msg(s, &s->msg);
+	queue_msg(s, &s->wmsg);
 	OPENSSL_cleanse(r->out, r->out_len);
+	if (!more || ++s->out_n >= OUT_BATCH) {
+		queue_calls(s);
+		flush(s);
+	}
+	pthread_mutex_unlock(&s->wlock);
 }
 
-/* The job's id rides in arg, the server in ctx. */
+/* The pool's finish: the job's id rides in arg, the server in ctx. */
 static void
-job_done(struct pool_job *job)
+on_finish(void *ctx, struct pool_job *job, int more)
 {
-	struct srv *s = job->ctx;
-
-	reply(s, (uint64_t)(uintptr_t)job->arg, job);
+	reply(ctx, (uint64_t)(uintptr_t)job->arg, job, more);
 	pool_job_free(job);		/* wipes */
 }
 
+/* A job handed to done instead (pool_free's leftovers): no reply. */
 static void
-on_request(struct srv *s, const struct tokwire_msg *m)
+job_drop(struct pool_job *job)
+{
+	pool_job_free(job);
+}
+
+static struct pool_job *
+new_job(struct srv *s, const struct tokwire_msg *m)
 {
 	const struct tokwire_req *q = &m->u.req;
 	struct pool_job *job;
@@ -170,70 +220,92 @@ on_request(struct srv *s, const struct tokwire_msg *m)
 
 		memset(&tmp, 0, sizeof(tmp));
 		tmp.status = KEYRING_E_NOMEM;
-		reply(s, m->id, &tmp);
-		return;
+		reply(s, m->id, &tmp, 0);
+		return NULL;
 	}
 	job->deadline = q->deadline;
 	memcpy(job->in, q->in, q->in_len);
 	job->in_len = q->in_len;
 	memcpy(job->key_id, q->key_id, sizeof(job->key_id));
-	job->done = job_done;
+	job->done = job_drop;
 	job->arg = (void *)(uintptr_t)m->id;
 	job->ctx = s;
-	if (pool_submit(s->g->pool, job) != 0) {
-		job->status = POOL_E_BUSY;
-		job_done(job);
-	}
+	return job;
 }
 
-static void
-on_sock(void *arg, uint32_t events)
+/*
+ * The pool's fill, on an idle worker: one blocking read, then every whole
+ * request it completed goes to the pool at once.
+ */
+static int
+fill(void *ctx, struct pool *p)
 {
-	struct srv *s = arg;
+	struct srv *s = ctx;
+	struct pool_job *head = NULL, **tail = &head, *job;
+	unsigned njobs = 0;
 	size_t off = 0;
 	ssize_t n;
 	long fl;
 	int r = 0;
 
-	(void)events;
-	n = read(s->fd, s->in + s->in_len, IN_CAP - s->in_len);
-	if (n < 0 && (errno == EINTR || errno == EAGAIN))
-		return;
+	if (atomic_load(&s->stop))
+		return -1;
+	n = -1;
+	/* Busy polling (pkcs11/spin.h): the next request, awake. */
+	if (spin_gate_open(&s->spin)) {
+		uint64_t end = loop_now() + s->spin.ns;
+
+		do {
+			n = recv(s->fd, s->in + s->in_len, IN_CAP - s->in_len,
+			    MSG_DONTWAIT);
+		} while (n < 0 && errno == EAGAIN && loop_now() < end &&
+		    !atomic_load(&s->stop));
+		spin_gate_done(&s->spin, n >= 0);
+	}
+	if (n < 0)
+		n = read(s->fd, s->in + s->in_len, IN_CAP - s->in_len);
+	if (n < 0 && errno == EINTR)
+		return 0;
 	if (n <= 0) {
-		s->stop = 1;		/* EOF: the front closed it or died */
-		return;
+		end_input(s);		/* EOF: the front closed it or died */
+		return -1;
 	}
 	s->in_len += (size_t)n;
 	while ((fl = tokwire_frame(s->in + off, s->in_len - off)) > 0) {
 		r = tokwire_decode(s->in + off, (size_t)fl, TOKWIRE_TO_TOKEN,
-		    &s->msg);
+		    &s->rmsg);
 		if (r != 0)
 			break;
-		if (s->msg.type == TOKWIRE_REQ)
-			on_request(s, &s->msg);
-		OPENSSL_cleanse(s->msg.u.req.in, sizeof(s->msg.u.req.in));
+		if (s->rmsg.type == TOKWIRE_REQ &&
+		    (job = new_job(s, &s->rmsg)) != NULL) {
+			*tail = job;
+			tail = &job->next;
+			njobs++;
+		}
+		OPENSSL_cleanse(s->rmsg.u.req.in, sizeof(s->rmsg.u.req.in));
 		off += (size_t)fl;
-	}
-	if (fl < 0 || (fl > 0 && r != 0)) {
-		log_error("token process: bad message from the front (%s); "
-		    "exiting", tokwire_strerror(fl < 0 ? (int)fl : r));
-		s->stop = 1;
 	}
 	memmove(s->in, s->in + off, s->in_len - off);
 	OPENSSL_cleanse(s->in + (s->in_len - off), off);
 	s->in_len -= off;
-	flush(s);			/* replies of refused jobs */
+	pool_feed_push(p, head, njobs);
+	if (fl < 0 || (fl > 0 && r != 0)) {
+		log_error("token process: bad message from the front (%s); "
+		    "exiting", tokwire_strerror(fl < 0 ? (int)fl : r));
+		end_input(s);
+		return -1;
+	}
+	return 0;
 }
 
 static void
-on_pool(void *arg, uint32_t events)
+on_end(void *arg, uint32_t events)
 {
 	struct srv *s = arg;
+	uint64_t v;
 
 	(void)events;
-	pool_reap(s->g->pool);
-	queue_calls(s);
-	flush(s);
+	(void)!read(s->end_efd, &v, sizeof(v));
 }
 
 static void
@@ -246,15 +318,17 @@ on_stats(void *arg)
 	st.workers = pool_workers(s->g->pool);
 	st.busy = pool_busy(s->g->pool);
 	st.inflight = n;
+	pthread_mutex_lock(&s->wlock);
 	if (memcmp(&st, &s->sent, sizeof(st)) != 0) {
-		s->msg.type = TOKWIRE_STATS;
-		s->msg.id = 0;
-		s->msg.u.stats = st;
+		s->wmsg.type = TOKWIRE_STATS;
+		s->wmsg.id = 0;
+		s->wmsg.u.stats = st;
 		s->sent = st;
-		queue_msg(s, &s->msg);
+		queue_msg(s, &s->wmsg);
 	}
 	queue_calls(s);
 	flush(s);
+	pthread_mutex_unlock(&s->wlock);
 	(void)loop_timer_start(s->loop, &s->stats_timer,
 	    loop_now() + STATS_NS);
 }
@@ -283,6 +357,7 @@ fill_ready(struct tokwire_ready *m, const struct gen *g)
 	m->log_level = c->log_level;
 	copy_str(m->log_format, sizeof(m->log_format), c->log_format);
 	m->max_connections = c->max_connections;
+	m->busy_poll = (uint8_t)(c->busy_poll ? 1 : 0);
 	copy_str(m->pid_file, sizeof(m->pid_file), c->pid_file);
 	m->workers = g->workers;
 	m->inflight = g->inflight;
@@ -309,6 +384,7 @@ int
 tokserve_main(int argc, char **argv)
 {
 	struct srv s;
+	struct pool_feed feed;
 	struct config cfg;
 	sigset_t set;
 	char err[512], *end;
@@ -316,8 +392,12 @@ tokserve_main(int argc, char **argv)
 	int r, ret = 1;
 
 	memset(&s, 0, sizeof(s));
+	s.end_efd = -1;
+	pthread_mutex_init(&s.wlock, NULL);
 	/* The spawner is our parent; it dies with the front. */
 	(void)prctl(PR_SET_PDEATHSIG, SIGKILL);
+	/* exec'ed as /proc/self/exe: ps and top would say "exe". */
+	(void)prctl(PR_SET_NAME, "p11kms-token");
 	if (argc < 3)
 		return 2;
 	fd = strtol(argv[2], &end, 10);
@@ -325,6 +405,9 @@ tokserve_main(int argc, char **argv)
 		return 2;
 	s.fd = (int)fd;
 	(void)fcntl(s.fd, F_SETFD, FD_CLOEXEC);
+	/* The filler blocks in read(2); writes wait for the front. */
+	if ((r = fcntl(s.fd, F_GETFL)) != -1)
+		(void)fcntl(s.fd, F_SETFL, r & ~O_NONBLOCK);
 	/* exec kept the front's blocked mask; the front ends us by EOF. */
 	sigemptyset(&set);
 	(void)sigprocmask(SIG_SETMASK, &set, NULL);
@@ -339,9 +422,9 @@ tokserve_main(int argc, char **argv)
 	if ((r = config_parse_args(&cfg, argc - 2, argv + 2, err,
 	    sizeof(err))) != CONFIG_OK) {
 		config_free(&cfg);
-		s.msg.type = TOKWIRE_FAILED;
-		s.msg.u.failed.status = KEYRING_E_CONFIG;
-		copy_str(s.msg.u.failed.err, sizeof(s.msg.u.failed.err), r ==
+		s.wmsg.type = TOKWIRE_FAILED;
+		s.wmsg.u.failed.status = KEYRING_E_CONFIG;
+		copy_str(s.wmsg.u.failed.err, sizeof(s.wmsg.u.failed.err), r ==
 		    CONFIG_EXIT ? "--help/--version in a reload" : err);
 		goto tell;
 	}
@@ -353,63 +436,71 @@ tokserve_main(int argc, char **argv)
 		log_warn("%s; module output stays on stderr as is", err);
 	keyring_set_call_observer(call_observer);
 	if ((s.in = malloc(IN_CAP)) == NULL || (s.out = malloc(OUT_CAP)) ==
-	    NULL || loop_new(&s.loop) != 0) {
+	    NULL || loop_new(&s.loop) != 0 || (s.end_efd = eventfd(0,
+	    EFD_NONBLOCK | EFD_CLOEXEC)) == -1) {
 		config_free(&cfg);
 		goto out;
 	}
 	err[0] = '\0';
 	if ((r = gen_open(&cfg, &s.g, err, sizeof(err))) != KEYRING_OK) {
-		s.msg.type = TOKWIRE_FAILED;
-		s.msg.u.failed.status = r;
-		copy_str(s.msg.u.failed.err, sizeof(s.msg.u.failed.err), err);
+		s.wmsg.type = TOKWIRE_FAILED;
+		s.wmsg.u.failed.status = r;
+		copy_str(s.wmsg.u.failed.err, sizeof(s.wmsg.u.failed.err), err);
 		goto tell;
 	}
 	/* The front never sees the keyring: the warning is said here. */
 	if (*keyring_module_warning(s.g->kr) != '\0')
 		log_warn("%s", keyring_module_warning(s.g->kr));
-	s.msg.type = TOKWIRE_READY;
-	fill_ready(&s.msg.u.ready, s.g);
+	s.wmsg.type = TOKWIRE_READY;
+	fill_ready(&s.wmsg.u.ready, s.g);
  tell:
-	s.msg.id = 0;
+	s.wmsg.id = 0;
 	if (s.out == NULL && (s.out = malloc(OUT_CAP)) == NULL)
 		goto out;
-	queue_msg(&s, &s.msg);
+	queue_msg(&s, &s.wmsg);
 	flush(&s);
 	if (s.g == NULL || s.stop)
 		goto out;
-	s.sock.fd = s.fd;
-	s.sock.cb = on_sock;
-	s.sock.arg = &s;
-	s.pool.fd = pool_fd(s.g->pool);
-	s.pool.cb = on_pool;
-	s.pool.arg = &s;
+	feed.fill = fill;
+	feed.finish = on_finish;
+	feed.ctx = &s;
+	s.endw.fd = s.end_efd;
+	s.endw.cb = on_end;
+	s.endw.arg = &s;
 	s.stats_timer.cb = on_stats;
 	s.stats_timer.arg = &s;
-	if (loop_watch(s.loop, &s.sock, EPOLLIN) != 0 ||
-	    loop_watch(s.loop, &s.pool, EPOLLIN) != 0)
+	if (loop_watch(s.loop, &s.endw, EPOLLIN) != 0)
 		goto out;
+	/* From here on the workers read the socket and write the replies. */
+	s.spin.ns = gen_spin_ns(&s.g->cfg, GEN_SPIN_REQUEST_NS);
+	pool_set_feed(s.g->pool, &feed);
 	on_stats(&s);
-	while (!s.stop)
+	while (!atomic_load(&s.stop))
 		if (loop_once(s.loop, -1) != 0)
 			break;
 	ret = 0;
  out:
 	if (s.loop != NULL) {
 		loop_timer_stop(s.loop, &s.stats_timer);
-		if (s.g != NULL) {
-			loop_unwatch(s.loop, &s.pool);
-			loop_unwatch(s.loop, &s.sock);
-		}
+		if (s.g != NULL)
+			loop_unwatch(s.loop, &s.endw);
 	}
-	/* Running jobs finish; their replies go nowhere. */
-	s.stop = 1;
+	/*
+	 * Running jobs finish; their replies go where they can. A filler
+	 * blocked in read(2) returns 0 on the shut-down socket.
+	 */
+	atomic_store(&s.stop, 1);
+	(void)shutdown(s.fd, SHUT_RD);
 	gen_free(s.g);
 	loop_free(s.loop);
 	if (s.in != NULL)
 		OPENSSL_cleanse(s.in, IN_CAP);
 	free(s.in);
 	free(s.out);
-	OPENSSL_cleanse(&s.msg, sizeof(s.msg));
+	OPENSSL_cleanse(&s.wmsg, sizeof(s.wmsg));
+	OPENSSL_cleanse(&s.rmsg, sizeof(s.rmsg));
+	if (s.end_efd != -1)
+		close(s.end_efd);
 	/* The module's last words, then EOF tells the front we are done. */
 	logcap_stop();
 	close(s.fd);

@@ -127,6 +127,7 @@ dec_ready(struct rd *r, struct tokwire_ready *m)
 	m->log_level = (int32_t)rd_u32(r);
 	rd_str(r, m->log_format, sizeof(m->log_format));
 	m->max_connections = rd_u32(r);
+	m->busy_poll = rd_u8(r);
 	rd_str(r, m->pid_file, sizeof(m->pid_file));
 	m->workers = rd_u32(r);
 	m->inflight = rd_u32(r);
@@ -137,7 +138,7 @@ dec_ready(struct rd *r, struct tokwire_ready *m)
 	m->max_sessions = rd_u64(r);
 	m->nkeys = rd_u8(r);
 	if (r->err == 0 && (m->nkeys == 0 || m->nkeys > KEYRING_MAX_KEYS ||
-	    m->hw_slot > 1))
+	    m->hw_slot > 1 || m->busy_poll > 1))
 		r->err = TOKWIRE_E_FIELD;
 	for (i = 0; r->err == 0 && i < m->nkeys; i++) {
 		struct tokwire_key *k = &m->keys[i];
@@ -320,6 +321,7 @@ enc_ready(struct wr *w, const struct tokwire_ready *m)
 	wr_uint(w, (uint32_t)m->log_level, 4);
 	wr_str(w, m->log_format, sizeof(m->log_format));
 	wr_uint(w, m->max_connections, 4);
+	wr_uint(w, m->busy_poll ? 1 : 0, 1);
 	wr_str(w, m->pid_file, sizeof(m->pid_file));
 	wr_uint(w, m->workers, 4);
 	wr_uint(w, m->inflight, 4);

@@ -115,6 +115,7 @@ struct tokwire_ready {
 	int32_t log_level;
 	char log_format[TOKWIRE_MECH_MAX];	/* "logfmt", "json" */
 	uint32_t max_connections;
+	uint8_t busy_poll;			/* 0 off, 1 auto */
 	char pid_file[TOKWIRE_STR_MAX];
 	uint32_t workers, inflight;
 	char workers_from[TOKWIRE_FROM_MAX];

@@ -16,12 +16,13 @@
  * answer (or a daemon that died under load), 2 when the bench itself could
  * not run (bad flags, no token, daemon did not start).
  *
- * The program is five files sharing bench.h: this one (options, process
+ * The program is six files sharing bench.h: this one (options, process
  * state, errors, the temp dir and token, main), bench_client.c (latency
  * samples, request data, the HTTP/2 client, requests, answers and lanes),
  * bench_scenarios.c (the daemon, steal time, result rows, the raw baseline
- * and every scenario), bench_echo.c (the socket echo server, the floor
- * under a c=1 request) and bench_report.c (the table, targets, BENCH_JSON).
+ * and every scenario), bench_tokproc.c (--token-process on against off),
+ * bench_echo.c (the socket echo server, the floor under a c=1 request) and
+ * bench_report.c (the table, targets, BENCH_JSON).
  */
 #include "tests/bench/bench.h"
 
@@ -31,7 +32,7 @@ struct bench_opt opt;
 
 static const char *const group_names[] = {
 	"status", "encrypt", "decrypt", "mixed", "v1", "storm", "slow",
-	"calls", "audit", "echo",
+	"calls", "audit", "tokproc", "echo",
 };
 
 int
@@ -261,10 +262,12 @@ usage(FILE *fp)
 "  --no-slow            skip the slow-token scenario\n"
 "  --quick              small counts for a smoke run (2000/200/1000, 1 start)\n"
 "  --only LIST          scenario groups to run, of status,encrypt,decrypt,\n"
-"                       mixed,v1,storm,slow,calls,audit,echo (default all);\n"
-"                       decrypt and storm bring in encrypt, storm brings in\n"
-"                       v1 (their inputs), echo (the socket echo floor in\n"
-"                       the c=1 rounds) brings in encrypt and decrypt\n"
+"                       mixed,v1,storm,slow,calls,audit,tokproc,echo\n"
+"                       (default all); decrypt and storm bring in encrypt,\n"
+"                       storm brings in v1 (their inputs); tokproc\n"
+"                       alternates --token-process on and off daemons,\n"
+"                       round by round; echo (the socket echo floor in the\n"
+"                       c=1 rounds) brings in encrypt and decrypt\n"
 "  --keep               keep the temp dir (token, daemon logs)\n"
 "  --audit-log FILE     audit scenario: the audited daemon's log (default\n"
 "                       audit.log in the temp dir; it is removed first)\n"
@@ -594,6 +597,8 @@ main(int argc, char **argv)
 
 	if (want(S_AUDIT))
 		audit_scenario();
+	if (want(S_TOKPROC))
+		tokproc_scenario();
 
 	if (want(S_SLOW))
 		slow_scenario();
@@ -612,6 +617,7 @@ main(int argc, char **argv)
 	print_table();
 	print_calls();
 	print_targets();
+	print_tokproc_mem();
 	print_run_steal();
 	print_json();
 	if (g_errors != 0)

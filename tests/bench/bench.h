@@ -73,8 +73,8 @@ struct bench_opt {
 /* Scenario groups for --only. */
 enum {
 	S_STATUS = 1, S_ENCRYPT = 2, S_DECRYPT = 4, S_MIXED = 8, S_V1 = 16,
-	S_STORM = 32, S_SLOW = 64, S_CALLS = 128, S_AUDIT = 256, S_ECHO = 512,
-	S_ALL = 1023,
+	S_STORM = 32, S_SLOW = 64, S_CALLS = 128, S_AUDIT = 256,
+	S_TOKPROC = 512, S_ECHO = 1024, S_ALL = 2047,
 };
 struct lat {
 	uint64_t *v;		/* ns */
@@ -366,7 +366,7 @@ extern double g_c1s_p99[MAX_ROUNDS][2];
 extern unsigned g_c1s_nrnd;
 extern double g_cold_ms[16];
 extern unsigned g_ncold;
-extern long g_rss_idle, g_rss_peak, g_rss_now;
+extern long g_rss_idle, g_rss_peak, g_rss_now, g_pss_now;
 extern long g_rss_peak_token;	/* of it below the front */
 extern uint64_t g_cpu_clock_total, g_cpu_stat_total;
 extern int g_exit_status;
@@ -381,6 +381,20 @@ extern char g_calls_na[160];
 void calls_scenario(void);
 void print_calls(void);
 void audit_scenario(void);
+/* --only tokproc (bench_tokproc.c): --token-process on and off, rounds
+ * alternating between the two daemons. */
+struct tokproc_mem {
+	int has;
+	long rss_on, pss_on, rss_off, pss_off;	/* KiB over the processes */
+};
+extern struct tokproc_mem g_tokproc_mem;
+void tokproc_scenario(void);
+void print_tokproc_mem(void);
+struct row *row_new(const char *key, const char *label);
+uint64_t daemon_cpu_ns(void);
+/* A "Name: N kB" line of /proc/PID/smaps_rollup summed over the daemon's
+ * processes, in KiB; -1 if none could be read. */
+long tree_smaps_kib(const char *name);
 void server_scenarios(struct keyring *kr);
 void print_table(void);
 void target(const char *key, const char *what, const char *unit, double value,

@@ -195,15 +195,18 @@ print_table(void)
 		    "1000 / delay ms.\n");
 }
 
-static struct target g_t[24];
+static struct target g_t[32];
 static size_t g_nt;
 
 void
 target(const char *key, const char *what, const char *unit, double value,
     double limit, int le)
 {
-	struct target *t = &g_t[g_nt++];
+	struct target *t;
 
+	if (g_nt == sizeof(g_t) / sizeof(g_t[0]))
+		die("too many targets");
+	t = &g_t[g_nt++];
 	memset(t, 0, sizeof(*t));
 	t->key = key;
 	t->what = what;
@@ -253,6 +256,55 @@ median(double *v, size_t n)
 	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
+/* --only tokproc: on against off, from the rounds of one run. */
+static void
+tokproc_targets(double *rv)
+{
+	struct row *e = row_find("tokproc_encrypt");
+	struct row *d = row_find("tokproc_decrypt");
+	struct row *s = row_find("tokproc_status");
+	const struct round *a, *b;
+	double on, off;
+	unsigned k, n;
+
+	if (e == NULL || d == NULL || !e->base.has || !d->base.has)
+		return;
+	on = (double)(e->n + d->n) / (e->secs + d->secs);
+	off = (double)(e->base.n + d->base.n) / (e->base.secs + d->base.secs);
+	target("tokproc_ratio", "token process on / off, v2 Encrypt+Decrypt "
+	    "c=64 ops/s (same run)", "x", on / off, 0.9, 0);
+	n = e->nrnd < d->nrnd ? e->nrnd : d->nrnd;
+	for (k = 0; k < n; k++) {
+		a = &e->rnd[k];
+		b = &d->rnd[k];
+		rv[k] = a->secs + b->secs > 0 && a->bsecs + b->bsecs > 0 ?
+		    ((double)(a->n + b->n) / (a->secs + b->secs)) /
+		    ((double)(a->bn + b->bn) / (a->bsecs + b->bsecs)) : NAN;
+	}
+	target_rounds(rv, n);
+	target("tokproc_cpu_us", "server CPU per request, on - off, both "
+	    "processes (Enc+Dec c=64)", "us",
+	    (e->srv_cpu * (double)e->n + d->srv_cpu * (double)d->n) /
+	    (double)(e->n + d->n) -
+	    (e->base.cpu * (double)e->base.n + d->base.cpu * (double)d->base.n) /
+	    (double)(e->base.n + d->base.n), 5, 1);
+	for (k = 0; k < n; k++) {
+		a = &e->rnd[k];
+		b = &d->rnd[k];
+		rv[k] = (a->srv_cpu * (double)a->n + b->srv_cpu * (double)b->n) /
+		    (double)(a->n + b->n) - (a->bcpu * (double)a->bn +
+		    b->bcpu * (double)b->bn) / (double)(a->bn + b->bn);
+	}
+	target_rounds(rv, n);
+	if (s != NULL && s->base.p99 > 0)
+		target("tokproc_status_p99", "Status p99 beside Encrypt c=64, "
+		    "on / off", "x", s->p99 / s->base.p99, 1.25, 1);
+	if (g_tokproc_mem.has)
+		target("tokproc_pss_mib", "memory with the token process: PSS "
+		    "over every process", "MiB", (double)g_tokproc_mem.pss_on /
+		    1024, 16, 1);
+}
+
 void
 compute_targets(void)
 {
@@ -295,8 +347,15 @@ compute_targets(void)
 	target_rounds(rv, nr);
 	target("status_p99_under_encrypt_us", "Status p99 under Encrypt c=64, "
 	    "same connection", "us", ms ? ms->p99 : NAN, 200, 1);
-	target("rss_peak_mib", "daemon peak RSS (VmHWM) incl. SoftHSM", "MiB",
+	target("rss_peak_mib", g_rss_peak_token > 0 ?
+	    "daemon peak RSS (VmHWM) incl. SoftHSM, summed" :
+	    "daemon peak RSS (VmHWM) incl. SoftHSM", "MiB",
 	    g_rss_peak >= 0 ? (double)g_rss_peak / 1024 : NAN, 16, 1);
+	/* With a token process the sum counts each shared page per process. */
+	if (g_rss_peak_token > 0)
+		target("pss_mib", "  the same as PSS after load (each page "
+		    "once)", "MiB", g_pss_now >= 0 ? (double)g_pss_now / 1024 :
+		    NAN, 16, 1);
 	memcpy(cold, g_cold_ms, sizeof(cold));
 	target("cold_start_ms", "cold start to first Status (median)", "ms",
 	    median(cold, g_ncold), 100, 1);
@@ -335,6 +394,7 @@ compute_targets(void)
 			    ((double)st->rnd[k].bn / st->rnd[k].bsecs) : NAN;
 		target_rounds(rv, st->nrnd);
 	}
+	tokproc_targets(rv);
 	if ((st = row_find("status_paced")) != NULL)
 		target("idle_status_p99_us", "Status p99 idle, same pace "
 		    "(reference for the two above)", "us", st->p99, 200, 1);
@@ -420,6 +480,22 @@ print_targets(void)
 
 struct steal g_run_steal;	/* the whole run */
 double g_run_secs;
+
+/* --only tokproc: the memory of both daemons, every process. */
+void
+print_tokproc_mem(void)
+{
+	const struct tokproc_mem *m = &g_tokproc_mem;
+
+	if (!m->has)
+		return;
+	printf("\nmemory over every process of the daemon, largest of the "
+	    "tokproc rounds:\n  token process on:  PSS %.1f MiB, peak RSS "
+	    "summed %.1f MiB (shared pages counted\n  in each process)\n"
+	    "  token process off: PSS %.1f MiB, peak RSS %.1f MiB\n",
+	    (double)m->pss_on / 1024, (double)m->rss_on / 1024,
+	    (double)m->pss_off / 1024, (double)m->rss_off / 1024);
+}
 
 /* The whole run's steal, and a plain warning when it is high. */
 void
@@ -591,7 +667,14 @@ print_json(void)
 	jint(&j, "rss_idle_kib", g_rss_idle);
 	jint(&j, "rss_after_load_kib", g_rss_now);
 	jint(&j, "rss_peak_kib", g_rss_peak);
+	jint(&j, "pss_after_load_kib", g_pss_now);
 	jint(&j, "rss_peak_token_kib", g_rss_peak_token);
+	if (g_tokproc_mem.has) {
+		jint(&j, "tokproc_on_pss_kib", g_tokproc_mem.pss_on);
+		jint(&j, "tokproc_on_rss_peak_kib", g_tokproc_mem.rss_on);
+		jint(&j, "tokproc_off_pss_kib", g_tokproc_mem.pss_off);
+		jint(&j, "tokproc_off_rss_peak_kib", g_tokproc_mem.rss_off);
+	}
 	jstr(&j, "token_process", opt.token_process != NULL ?
 	    opt.token_process : "default");
 	jnum(&j, "cpu_total_ms_clock", (double)g_cpu_clock_total / 1e6);

@@ -102,7 +102,7 @@ daemon_tree(pid_t *pids, size_t max)
  * per-process CPU clock, which is what /proc/PID/stat's utime + stime are
  * rounded from, at ns instead of 10 ms resolution.
  */
-static uint64_t
+uint64_t
 daemon_cpu_ns(void)
 {
 	pid_t pids[16];
@@ -137,6 +137,32 @@ tree_status_kib(const char *name, long *token)
 			*token += v;
 	}
 	return n > 0 ? sum : -1;
+}
+
+long
+tree_smaps_kib(const char *name)
+{
+	char path[64], line[256];
+	size_t nl = strlen(name), i, n;
+	pid_t pids[16];
+	long sum = -1;
+	FILE *f;
+
+	n = daemon_tree(pids, sizeof(pids) / sizeof(pids[0]));
+	for (i = 0; i < n; i++) {
+		snprintf(path, sizeof(path), "/proc/%d/smaps_rollup",
+		    (int)pids[i]);
+		if ((f = fopen(path, "r")) == NULL)
+			continue;
+		while (fgets(line, sizeof(line), f) != NULL)
+			if (strncmp(line, name, nl) == 0 && line[nl] == ':') {
+				sum = (sum < 0 ? 0 : sum) +
+				    strtol(line + nl + 1, NULL, 10);
+				break;
+			}
+		fclose(f);
+	}
+	return sum;
 }
 
 /* A "Name:  N kB" line of /proc/PID/status, in KiB; -1 if absent. */
@@ -399,7 +425,7 @@ steal_pct(const struct steal *s)
 struct row g_rows[MAX_ROWS];
 size_t g_nrows;
 
-static struct row *
+struct row *
 row_new(const char *key, const char *label)
 {
 	struct row *r;
@@ -846,7 +872,7 @@ paired(struct client *cl, struct keyring *kr, struct lane *ln,
 
 double g_cold_ms[16];
 unsigned g_ncold;
-long g_rss_idle = -1, g_rss_peak = -1, g_rss_now = -1;
+long g_rss_idle = -1, g_rss_peak = -1, g_rss_now = -1, g_pss_now = -1;
 long g_rss_peak_token = -1;
 uint64_t g_cpu_clock_total, g_cpu_stat_total;
 int g_exit_status = -2;
@@ -1503,6 +1529,7 @@ server_scenarios(struct keyring *kr)
 		client_close(&ecl);
 	g_rss_peak = tree_status_kib("VmHWM", &g_rss_peak_token);
 	g_rss_now = tree_status_kib("VmRSS", NULL);
+	g_pss_now = tree_smaps_kib("Pss");
 	g_cpu_clock_total = daemon_cpu_ns();
 	g_cpu_stat_total = proc_stat_cpu_ns(g_daemon);
 	client_close(&cl);

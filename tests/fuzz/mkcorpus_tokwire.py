@@ -33,7 +33,9 @@ def reply(rid, status=0, out=b"\x01" * 40, key="ab" * 16, detail=""):
 
 def ready(nkeys=1):
     p = struct.pack(">I", 42) + s("/run/p11kms/kms.sock") + s("v2") + s("")
-    p += s("") + struct.pack(">QIIiII", 65536, 10, 5, 2, 2, 1024)
+    p += s("") + struct.pack(">QIIi", 65536, 10, 5, 2) + s("logfmt")
+    p += struct.pack(">IB", 1024, 1) + s("")
+    p += struct.pack(">II", 2, 1024)
     p += s("software slot: CPU count") + s("kms") + s("0123")
     p += struct.pack(">BQB", 0, 0, nkeys)
     for i in range(nkeys):

@@ -99,6 +99,9 @@ def test_front_never_maps_the_module(token, spawn, client_for):
     assert "libsofthsm2" in maps(tok)
     with open("/proc/%d/cmdline" % tok, "rb") as f:
         assert b"__token-process" in f.read()
+    # ps and top name it (it is exec'ed as /proc/self/exe).
+    with open("/proc/%d/comm" % tok) as f:
+        assert f.read().strip() == "p11kms-token"
     # No descriptor of the front names the PIN file or the token store.
     fds = "/proc/%d/fd" % d.proc.pid
     for fd in os.listdir(fds):

@@ -72,6 +72,29 @@ test_defaults(void **state)
 	assert_null(cfg.module_init_args);
 	assert_null(cfg.pin_file);
 	assert_int_equal(cfg.workers, 0);
+	assert_int_equal(cfg.busy_poll, 1);
+}
+
+/* --busy-poll: auto or off, on the command line and in the file. */
+static void
+test_busy_poll(void **state)
+{
+	char *off[] = { "p11kms", "-k", "u", "--busy-poll", "off", NULL };
+	char *aut[] = { "p11kms", "-k", "u", "--busy-poll", "auto", NULL };
+	char *bad[] = { "p11kms", "-k", "u", "--busy-poll", "on", NULL };
+	struct config cfg;
+	char err[256];
+
+	(void)state;
+	assert_int_equal(parse(&cfg, off, ARGC(off), err, sizeof(err)),
+	    CONFIG_OK);
+	assert_int_equal(cfg.busy_poll, 0);
+	assert_int_equal(parse(&cfg, aut, ARGC(aut), err, sizeof(err)),
+	    CONFIG_OK);
+	assert_int_equal(cfg.busy_poll, 1);
+	assert_int_equal(parse(&cfg, bad, ARGC(bad), err, sizeof(err)),
+	    CONFIG_ERROR);
+	assert_non_null(strstr(err, "busy-poll must be auto or off"));
 }
 
 /* Each bad command line fails and the message names what is wrong. */
@@ -425,6 +448,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_full),
 		cmocka_unit_test(test_defaults),
+		cmocka_unit_test(test_busy_poll),
 		cmocka_unit_test(test_errors),
 		cmocka_unit_test(test_too_many_keys),
 		cmocka_unit_test(test_help_lists_every_flag),

@@ -1077,6 +1077,199 @@ test_pool_reap_some(void **state)
 	keyring_free(kr);
 }
 
+/* ---- pool: fed mode (the token process's workers read for themselves) ---- */
+
+#define FED_JOBS	64
+
+struct fed {
+	int rfd;
+	pthread_mutex_t lock;
+	unsigned seen[FED_JOBS + 1];	/* finishes per id */
+	unsigned finished, deadline, bad, last_more, fills;
+	unsigned next_id;		/* the filler's */
+};
+
+static int
+fed_fill(void *ctx, struct pool *p)
+{
+	struct fed *f = ctx;
+	struct pool_job *head = NULL, **tail = &head, *job;
+	uint8_t buf[FED_JOBS];
+	ssize_t n, i;
+
+	n = read(f->rfd, buf, sizeof(buf));
+	if (n <= 0)
+		return -1;		/* EOF: the feed has ended */
+	pthread_mutex_lock(&f->lock);
+	f->fills++;
+	pthread_mutex_unlock(&f->lock);
+	for (i = 0; i < n; i++) {
+		assert_non_null(job = pool_job_new(POOL_SEAL));
+		memset(job->in, buf[i], 32);
+		job->in_len = 32;
+		/* 'd': a deadline already passed; it must not run. */
+		job->deadline = buf[i] == 'd' ? 1 : 0;
+		job->arg = (void *)(uintptr_t)++f->next_id;
+		*tail = job;
+		tail = &job->next;
+	}
+	pool_feed_push(p, head, (unsigned)n);
+	return 0;
+}
+
+static void
+fed_finish(void *ctx, struct pool_job *job, int more)
+{
+	struct fed *f = ctx;
+	uintptr_t id = (uintptr_t)job->arg;
+
+	pthread_mutex_lock(&f->lock);
+	if (id == 0 || id > FED_JOBS)
+		f->bad++;
+	else
+		f->seen[id]++;
+	if (job->status == POOL_E_DEADLINE)
+		f->deadline++;
+	else if (job->status != KEYRING_OK || job->out_len == 0)
+		f->bad++;
+	f->last_more = (unsigned)more;
+	f->finished++;
+	pthread_mutex_unlock(&f->lock);
+	pool_job_free(job);
+}
+
+static unsigned
+fed_wait(struct fed *f, unsigned want)
+{
+	unsigned i, n = 0;
+
+	for (i = 0; i < 10000; i++) {
+		pthread_mutex_lock(&f->lock);
+		n = f->finished;
+		pthread_mutex_unlock(&f->lock);
+		if (n >= want)
+			break;
+		usleep(1000);
+	}
+	return n;
+}
+
+/*
+ * Fed mode: idle workers read the input themselves, one at a time; every
+ * job queued comes back once through finish, a passed deadline is not run,
+ * a lone request after a burst is still read (the reader role passed on),
+ * the last finish of a burst says no more are queued, and the end of the
+ * input lets pool_free return.
+ */
+static void
+test_pool_fed(void **state)
+{
+	struct pool_feed feed;
+	struct keyring *kr;
+	struct pool *p;
+	struct fed f;
+	char err[256], burst[FED_JOBS - 2];
+	int fds[2];
+	unsigned i;
+
+	(void)state;
+	memset(&f, 0, sizeof(f));
+	pthread_mutex_init(&f.lock, NULL);
+	assert_int_equal(pipe(fds), 0);
+	f.rfd = fds[0];
+	kr = load_ok(&URI_KEK1, 1);
+	assert_int_equal(pool_new(kr, 3, 8, &p, err, sizeof(err)), 0);
+	feed.fill = fed_fill;
+	feed.finish = fed_finish;
+	feed.ctx = &f;
+	pool_set_feed(p, &feed);
+	/* A burst over the pool's own cap: the feed bounds its input. */
+	memset(burst, 'a', sizeof(burst));
+	burst[10] = 'd';
+	assert_int_equal(write(fds[1], burst, sizeof(burst)),
+	    (ssize_t)sizeof(burst));
+	assert_int_equal(fed_wait(&f, sizeof(burst)), sizeof(burst));
+	pthread_mutex_lock(&f.lock);
+	assert_int_equal(f.last_more, 0);
+	pthread_mutex_unlock(&f.lock);
+	/* Then two lone ones, each after the pool went idle. */
+	for (i = 0; i < 2; i++) {
+		usleep(20000);
+		assert_int_equal(write(fds[1], "b", 1), 1);
+		assert_int_equal(fed_wait(&f, sizeof(burst) + i + 1),
+		    sizeof(burst) + i + 1);
+	}
+	assert_int_equal(pool_inflight(p), 0);
+	assert_int_equal(pool_busy(p), 0);
+	close(fds[1]);			/* EOF: fill says -1 */
+	pool_free(p);
+	keyring_free(kr);
+	close(fds[0]);
+	assert_int_equal(f.bad, 0);
+	assert_int_equal(f.deadline, 1);
+	assert_int_equal(f.finished, FED_JOBS);
+	for (i = 1; i <= FED_JOBS; i++)
+		assert_int_equal(f.seen[i], 1);
+	assert_true(f.fills >= 3);
+	pthread_mutex_destroy(&f.lock);
+}
+
+static unsigned spin_done;
+
+static void
+spin_job_done(struct pool_job *job)
+{
+	assert_int_equal(job->status, KEYRING_OK);
+	spin_done++;
+	pool_job_free(job);
+}
+
+/*
+ * pool_set_spin: a job submitted while an idle worker spins is taken by
+ * it (a hit); an idle spell longer than the budget is a miss; 0 never
+ * spins.
+ */
+static void
+test_pool_spin(void **state)
+{
+	struct pool_job *job;
+	struct keyring *kr;
+	struct pool *p;
+	uint64_t spins, misses;
+	char err[256];
+	unsigned i;
+
+	(void)state;
+	kr = load_ok(&URI_KEK1, 1);
+	assert_int_equal(pool_new(kr, 2, 16, &p, err, sizeof(err)), 0);
+	pool_spin_counts(p, &spins, &misses);
+	assert_true(spins == 0 && misses == 0);
+	/* A budget long enough for a loaded machine. */
+	pool_set_spin(p, 300000000ull);
+	usleep(20000);			/* a worker is spinning now */
+	pool_spin_counts(p, &spins, &misses);
+	assert_int_equal(spins, 1);
+	assert_non_null(job = pool_job_new(POOL_SEAL));
+	memset(job->in, 7, 32);
+	job->in_len = 32;
+	job->done = spin_job_done;
+	spin_done = 0;
+	assert_int_equal(pool_submit(p, job), 0);
+	for (i = 0; i < 5000 && spin_done == 0; i++) {
+		usleep(1000);
+		pool_reap(p);
+	}
+	assert_int_equal(spin_done, 1);
+	/* Then it spins once more for the next job, finds none, sleeps. */
+	usleep(700000);
+	pool_spin_counts(p, &spins, &misses);
+	assert_int_equal(spins, 2);
+	assert_int_equal(misses, 1);
+	pool_set_spin(p, 0);
+	pool_free(p);
+	keyring_free(kr);
+}
+
 /* Check values and fingerprint against values computed outside p11kms. */
 static void
 test_key_identity(void **state)
@@ -1279,6 +1472,8 @@ main(void)
 		cmocka_unit_test_setup(test_module_lookup, setup),
 		cmocka_unit_test_setup(test_two_threads, setup),
 		cmocka_unit_test_setup(test_pool_reap_some, setup),
+		cmocka_unit_test_setup(test_pool_fed, setup),
+		cmocka_unit_test_setup(test_pool_spin, setup),
 		cmocka_unit_test_setup(test_key_identity, setup),
 		cmocka_unit_test(test_uri_redact),
 	};

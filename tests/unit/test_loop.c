@@ -10,6 +10,10 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 
+#include <pthread.h>
+#include <time.h>
+
+#include "pkcs11/spin.h"
 #include "plugin/loop.h"
 
 #define NT 200
@@ -120,12 +124,102 @@ test_late_watch_runs_last(void **state)
 	}
 }
 
+/* ---- busy polling ---- */
+
+static int spin_yes(void *arg) { (void)arg; return 1; }
+
+static int efd_seen;
+
+static void
+on_efd(void *arg, uint32_t events)
+{
+	uint64_t v;
+
+	(void)events;
+	(void)!read(*(int *)arg, &v, sizeof(v));
+	efd_seen++;
+}
+
+struct later {
+	int fd;
+	unsigned us;
+};
+
+static void *
+write_later(void *arg)
+{
+	struct later *l = arg;
+	uint64_t one = 1;
+
+	usleep(l->us);
+	(void)!write(l->fd, &one, sizeof(one));
+	return NULL;
+}
+
+/*
+ * An event that comes during the spin is handled by that loop_once (a
+ * hit); a spin with nothing to find is a miss, and three misses in four
+ * spins shut the gate for SPIN_BACKOFF waits, which sleep at once.
+ */
+static void
+test_spin(void **state)
+{
+	struct loop *l;
+	struct loop_watch w;
+	const struct spin_gate *g;
+	struct later lt;
+	pthread_t tid;
+	int efd, i;
+
+	(void)state;
+	assert_int_equal(loop_new(&l), 0);
+	assert_true((efd = eventfd(0, EFD_NONBLOCK)) >= 0);
+	w.fd = efd;
+	w.cb = on_efd;
+	w.arg = &efd;
+	w.late = 0;
+	assert_int_equal(loop_watch(l, &w, EPOLLIN), 0);
+	/* A long budget, so a loaded machine still writes within it. */
+	loop_set_spin(l, spin_yes, NULL, 500000000ull);
+	g = loop_spin_gate(l);
+	lt.fd = efd;
+	lt.us = 2000;
+	assert_int_equal(pthread_create(&tid, NULL, write_later, &lt), 0);
+	assert_int_equal(loop_once(l, 5000), 0);
+	pthread_join(tid, NULL);
+	assert_int_equal(efd_seen, 1);
+	assert_int_equal(g->spins, 1);
+	assert_int_equal(g->misses, 0);
+	/* Short spins that find nothing, with a timeout behind each. */
+	loop_set_spin(l, spin_yes, NULL, 100000);
+	for (i = 0; i < 3; i++)
+		assert_int_equal(loop_once(l, 1), 0);
+	assert_int_equal(g->spins, 4);
+	assert_int_equal(g->misses, 3);
+	/* The gate is shut now: these waits do not spin. */
+	for (i = 0; i < SPIN_BACKOFF; i++)
+		assert_int_equal(loop_once(l, 0 + 1), 0);
+	assert_int_equal(g->spins, 4);
+	assert_int_equal(g->skip, 0);
+	/* And open again. */
+	assert_int_equal(loop_once(l, 1), 0);
+	assert_int_equal(g->spins, 5);
+	/* No spin policy: never. */
+	loop_set_spin(l, NULL, NULL, 100000);
+	assert_int_equal(loop_once(l, 1), 0);
+	assert_int_equal(g->spins, 5);
+	loop_unwatch(l, &w);
+	close(efd);
+	loop_free(l);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_timer_order),
 		cmocka_unit_test(test_late_watch_runs_last),
+		cmocka_unit_test(test_spin),
 	};
 
 	return cmocka_run_group_tests_name("loop", tests, NULL, NULL);

@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -44,6 +45,7 @@ fill_ready(struct tokwire_ready *r, unsigned nkeys)
 	r->probe_interval_s = 10;
 	r->grace_s = 5;
 	r->log_level = 2;
+	r->busy_poll = 1;
 	r->workers = 2;
 	r->inflight = 1024;
 	strcpy(r->workers_from, "software slot: CPU count");
@@ -125,6 +127,7 @@ test_round_trip_each_type(void **state)
 			    m->u.ready.keys[15].key_id);
 			assert_string_equal(back->u.ready.audit_log,
 			    "/var/log/p11kms/audit.log");
+			assert_int_equal(back->u.ready.busy_poll, 1);
 		}
 		free(m);
 	}
@@ -428,12 +431,51 @@ test_client_full(void **state)
 	close(peer);
 }
 
+/*
+ * The fuzz corpus's READY seeds (tests/fuzz/mkcorpus_tokwire.py) are
+ * well-formed frames of today's layout, so the fuzzer starts from messages
+ * that reach the key fields instead of failing at the first setting.
+ */
+static void
+test_corpus_ready_decodes(void **state)
+{
+	static const char *names[] = { "to-front-ready", "to-front-ready-16" };
+	static const size_t nkeys[] = { 1, 16 };
+	const char *src = getenv("P11KMS_SRCDIR");
+	struct tokwire_msg *m;
+	uint8_t fbuf[TOKWIRE_MAX_FRAME + 1];
+	char path[512];
+	size_t i, n;
+	FILE *f;
+
+	(void)state;
+	assert_non_null(m = calloc(1, sizeof(*m)));
+	for (i = 0; i < 2; i++) {
+		snprintf(path, sizeof(path), "%s/tests/fuzz/corpus/tokwire/%s",
+		    src != NULL ? src : ".", names[i]);
+		assert_non_null(f = fopen(path, "rb"));
+		n = fread(fbuf, 1, sizeof(fbuf), f);
+		fclose(f);
+		/* The first byte is the fuzz target's direction. */
+		assert_true(n > 1 && fbuf[0] == 1);
+		assert_int_equal(tokwire_decode(fbuf + 1, n - 1,
+		    TOKWIRE_TO_FRONT, m), 0);
+		assert_int_equal(m->type, TOKWIRE_READY);
+		assert_int_equal(m->u.ready.nkeys, nkeys[i]);
+		assert_int_equal(m->u.ready.max_connections, 1024);
+		assert_int_equal(m->u.ready.busy_poll, 1);
+		assert_string_equal(m->u.ready.log_format, "logfmt");
+	}
+	free(m);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_round_trip_each_type),
 		cmocka_unit_test(test_oversized),
+		cmocka_unit_test(test_corpus_ready_decodes),
 		cmocka_unit_test(test_truncated_and_trailing),
 		cmocka_unit_test(test_version_type_fields),
 		cmocka_unit_test(test_client_ids),
