@@ -1,0 +1,406 @@
+/*
+ * audit_format: the bytes of the audit log (audit.h describes the format):
+ * JSON string escaping, the body of a request record and of the log's own
+ * records (open, close, lost, truncated), the hash chain and the finished
+ * line. No state but a per-thread cache of the time's seconds, so any
+ * thread may call these; the writer (audit.c), audit-verify
+ * (audit_verify.c), the fuzzer and the unit tests share them.
+ */
+#include "plugin/audit.h"
+#include "plugin/audit_int.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+
+/* ---- encoding ---- */
+
+/* Length of the UTF-8 sequence at s (n bytes left), 0 when invalid. */
+static size_t
+utf8_len(const unsigned char *s, size_t n, uint32_t *cp)
+{
+	size_t k, i;
+	uint32_t c;
+
+	if (s[0] < 0x80) {
+		*cp = s[0];
+		return 1;
+	}
+	if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+		k = 2;
+		c = s[0] & 0x1f;
+	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+		k = 3;
+		c = s[0] & 0x0f;
+	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+		k = 4;
+		c = s[0] & 0x07;
+	} else {
+		return 0;
+	}
+	if (k > n)
+		return 0;
+	for (i = 1; i < k; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+		c = c << 6 | (s[i] & 0x3f);
+	}
+	/* Overlong forms, surrogates and beyond U+10FFFF. */
+	if ((k == 3 && c < 0x800) || (k == 4 && (c < 0x10000 ||
+	    c > 0x10ffff)) || (c >= 0xd800 && c <= 0xdfff))
+		return 0;
+	*cp = c;
+	return k;
+}
+
+/* Characters that must not reach a terminal or reorder text raw. */
+static int
+must_escape(uint32_t c)
+{
+	return c < 0x20 || c == '"' || c == '\\' || (c >= 0x7f && c <= 0x9f) ||
+	    c == 0x061c || (c >= 0x200b && c <= 0x200f) ||
+	    (c >= 0x2028 && c <= 0x202e) || (c >= 0x2060 && c <= 0x206f) ||
+	    c == 0xfeff;
+}
+
+size_t
+audit_json_string(const char *s, size_t max, char *out, size_t cap, int *cut)
+{
+	static const char hex[] = "0123456789abcdef";
+	const unsigned char *p = (const unsigned char *)(s != NULL ? s : "");
+	size_t n = strlen((const char *)p), o = 0, k, i;
+	uint32_t c;
+
+	if (cut != NULL)
+		*cut = 0;
+	if (n > max) {
+		n = max;
+		/* Back off to a character boundary. */
+		while (n > 0 && (p[n] & 0xc0) == 0x80)
+			n--;
+		if (cut != NULL)
+			*cut = 1;
+	}
+	if (cap < 3)
+		return 0;
+	out[o++] = '"';
+	for (i = 0; i < n; i += k) {
+		/* Fast path: a run of plain printable ASCII. */
+		for (k = 0; i + k < n && p[i + k] >= 0x20 && p[i + k] < 0x7f &&
+		    p[i + k] != '"' && p[i + k] != '\\'; k++)
+			;
+		if (k > 0) {
+			if (cap - o < k + 2)
+				return 0;
+			memcpy(out + o, p + i, k);
+			o += k;
+			continue;
+		}
+		if ((k = utf8_len(p + i, n - i, &c)) == 0) {
+			k = 1;
+			c = 0xfffd;
+		}
+		if (cap - o < 8)
+			return 0;
+		if (c == 0xfffd || must_escape(c)) {
+			out[o++] = '\\';
+			out[o++] = 'u';
+			out[o++] = hex[(c >> 12) & 15];
+			out[o++] = hex[(c >> 8) & 15];
+			out[o++] = hex[(c >> 4) & 15];
+			out[o++] = hex[c & 15];
+		} else {
+			memcpy(out + o, p + i, k);
+			o += k;
+		}
+	}
+	out[o++] = '"';
+	out[o] = '\0';
+	return o;
+}
+
+struct jb {
+	char *p;
+	size_t len, cap;
+	int full;
+};
+
+static void
+jb_raw(struct jb *b, const char *s, size_t n)
+{
+	if (b->full || n >= b->cap - b->len) {
+		b->full = 1;
+		return;
+	}
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+	b->p[b->len] = '\0';
+}
+
+/* ,"key": — the first field of a body goes without the comma. */
+static void
+jb_key(struct jb *b, const char *key)
+{
+	if (b->len > 0)
+		jb_raw(b, ",", 1);
+	jb_raw(b, "\"", 1);
+	jb_raw(b, key, strlen(key));
+	jb_raw(b, "\":", 2);
+}
+
+static void
+jb_str(struct jb *b, const char *key, const char *v, size_t max, int *cut)
+{
+	size_t n;
+
+	jb_key(b, key);
+	if (b->full)
+		return;
+	n = audit_json_string(v, max, b->p + b->len, b->cap - b->len, cut);
+	if (n == 0)
+		b->full = 1;
+	else
+		b->len += n;
+}
+
+/* Decimal digits of v, written backwards from end; returns the start. */
+static char *
+digits(uint64_t v, char *end)
+{
+	do {
+		*--end = (char)('0' + v % 10);
+		v /= 10;
+	} while (v != 0);
+	return end;
+}
+
+static void
+jb_u64(struct jb *b, const char *key, uint64_t v)
+{
+	char num[24], *d = digits(v, num + sizeof(num));
+
+	jb_key(b, key);
+	jb_raw(b, d, (size_t)(num + sizeof(num) - d));
+}
+
+static void
+jb_i64(struct jb *b, const char *key, int64_t v)
+{
+	char num[24], *d;
+
+	if (v >= 0) {
+		jb_u64(b, key, (uint64_t)v);
+		return;
+	}
+	d = digits(-(uint64_t)v, num + sizeof(num));
+	*--d = '-';
+	jb_key(b, key);
+	jb_raw(b, d, (size_t)(num + sizeof(num) - d));
+}
+
+/* "2024-05-01T10:00:00.123456Z"; the seconds part is made once a second
+ * per thread. */
+static void
+jb_ts(struct jb *b, const struct timespec *ts)
+{
+	static __thread time_t last = -1;
+	static __thread char head[32];
+	static __thread size_t hlen;
+	unsigned long us = (unsigned long)ts->tv_nsec / 1000 % 1000000;
+	char z[48];
+	struct tm tm;
+	int i;
+
+	if (ts->tv_sec != last) {
+		gmtime_r(&ts->tv_sec, &tm);
+		hlen = strftime(head, sizeof(head), "%Y-%m-%dT%H:%M:%S", &tm);
+		last = ts->tv_sec;
+	}
+	memcpy(z, head, hlen);
+	z[hlen] = '.';
+	for (i = 6; i > 0; i--, us /= 10)
+		z[hlen + (size_t)i] = (char)('0' + us % 10);
+	memcpy(z + hlen + 7, "Z", 2);
+	jb_str(b, "ts", z, sizeof(z), NULL);
+}
+
+size_t
+audit_encode(const struct audit_event *ev, char *out, size_t cap)
+{
+	struct jb b = { out, 0, cap, 0 };
+	int cut = 0;
+
+	if (cap == 0)
+		return 0;
+	out[0] = '\0';
+	jb_ts(&b, &ev->ts);
+	jb_str(&b, "type", "request", 16, NULL);
+	jb_str(&b, "api", ev->api, 16, NULL);
+	jb_str(&b, "op", ev->op, 16, NULL);
+	jb_str(&b, "code", ev->code_name, 32, NULL);
+	jb_i64(&b, "grpc_code", ev->code);
+	jb_str(&b, "reason", ev->reason, 32, NULL);
+	jb_u64(&b, "latency_us", ev->latency_ns / 1000);
+	jb_str(&b, "key_id", ev->key_id, 128, NULL);
+	jb_str(&b, "token_label", ev->token_label, 64, NULL);
+	jb_str(&b, "token_serial", ev->token_serial, 64, NULL);
+	jb_str(&b, "mechanism", ev->mechanism, 32, NULL);
+	if (ev->uid != NULL) {
+		jb_str(&b, "uid", ev->uid, AUDIT_UID_MAX, &cut);
+		if (cut)
+			jb_raw(&b, ",\"uid_truncated\":true", 21);
+	}
+	if (ev->peer_known) {
+		jb_u64(&b, "peer_uid", (uint64_t)ev->peer_uid);
+		jb_u64(&b, "peer_gid", (uint64_t)ev->peer_gid);
+		jb_i64(&b, "peer_pid", (int64_t)ev->peer_pid);
+	}
+	return b.full ? 0 : b.len;
+}
+
+/* SHA-256(prev || p) with a context (and digest) the caller keeps. */
+static void
+chain_with(EVP_MD_CTX *c, const EVP_MD *md, const uint8_t *prev,
+    const char *p, size_t len, uint8_t out[AUDIT_CHAIN_LEN])
+{
+	unsigned n = 0;
+
+	/* A failure leaves a chain value no verifier accepts. */
+	if (c == NULL || EVP_DigestInit_ex(c, md, NULL) != 1 ||
+	    EVP_DigestUpdate(c, prev, AUDIT_CHAIN_LEN) != 1 ||
+	    EVP_DigestUpdate(c, p, len) != 1 ||
+	    EVP_DigestFinal_ex(c, out, &n) != 1)
+		memset(out, 0, AUDIT_CHAIN_LEN);
+}
+
+void
+audit_chain(const uint8_t prev[AUDIT_CHAIN_LEN], const char *p, size_t len,
+    uint8_t out[AUDIT_CHAIN_LEN])
+{
+	EVP_MD_CTX *c = EVP_MD_CTX_new();
+
+	chain_with(c, EVP_sha256(), prev, p, len, out);
+	EVP_MD_CTX_free(c);
+}
+
+void
+audit_hex(const uint8_t v[AUDIT_CHAIN_LEN], char *out)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t i;
+
+	for (i = 0; i < AUDIT_CHAIN_LEN; i++) {
+		out[2 * i] = hex[v[i] >> 4];
+		out[2 * i + 1] = hex[v[i] & 15];
+	}
+	out[AUDIT_CHAIN_HEX] = '\0';
+}
+
+static int
+unhex1(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+int
+audit_unhex(const char *s, size_t len, uint8_t out[AUDIT_CHAIN_LEN])
+{
+	size_t i;
+	int hi, lo;
+
+	if (len != AUDIT_CHAIN_HEX)
+		return -1;
+	for (i = 0; i < AUDIT_CHAIN_LEN; i++) {
+		if ((hi = unhex1(s[2 * i])) < 0 ||
+		    (lo = unhex1(s[2 * i + 1])) < 0)
+			return -1;
+		out[i] = (uint8_t)(hi << 4 | lo);
+	}
+	return 0;
+}
+
+size_t
+audit_line_ctx(EVP_MD_CTX *c, const EVP_MD *md, uint64_t seq,
+    const char *body, size_t len, uint8_t prev[AUDIT_CHAIN_LEN], char *out,
+    size_t cap)
+{
+	char head[40], hex[AUDIT_CHAIN_HEX + 1];
+	uint8_t next[AUDIT_CHAIN_LEN];
+	size_t h, n;
+
+	h = (size_t)snprintf(head, sizeof(head), "{\"seq\":%" PRIu64 ",", seq);
+	n = h + len + AUDIT_CHAIN_SUFFIX + 1;
+	if (n >= cap)
+		return 0;
+	memcpy(out, head, h);
+	memcpy(out + h, body, len);
+	chain_with(c, md, prev, out, h + len, next);
+	audit_hex(next, hex);
+	memcpy(out + h + len, ",\"chain\":\"", 10);
+	memcpy(out + h + len + 10, hex, AUDIT_CHAIN_HEX);
+	memcpy(out + h + len + 10 + AUDIT_CHAIN_HEX, "\"}\n", 3);
+	out[n] = '\0';
+	memcpy(prev, next, AUDIT_CHAIN_LEN);
+	return n;
+}
+
+size_t
+audit_line(uint64_t seq, const char *body, size_t len,
+    uint8_t prev[AUDIT_CHAIN_LEN], char *out, size_t cap)
+{
+	EVP_MD_CTX *c = EVP_MD_CTX_new();
+	size_t n = audit_line_ctx(c, EVP_sha256(), seq, body, len, prev, out,
+	    cap);
+
+	EVP_MD_CTX_free(c);
+	return n;
+}
+
+/* ---- the log's own records ---- */
+
+size_t
+audit_encode_own(const struct timespec *ts, const char *type,
+    const char *extra, const uint8_t prev[AUDIT_CHAIN_LEN], char *out,
+    size_t cap)
+{
+	char hex[AUDIT_CHAIN_HEX + 1];
+	struct jb b = { out, 0, cap, 0 };
+
+	if (cap == 0)
+		return 0;
+	out[0] = '\0';
+	jb_ts(&b, ts);
+	jb_str(&b, "type", type, 16, NULL);
+	if (extra[0] != '\0') {
+		jb_raw(&b, ",", 1);
+		jb_raw(&b, extra, strlen(extra));
+	}
+	audit_hex(prev, hex);
+	jb_str(&b, "prev_chain", hex, sizeof(hex), NULL);
+	return b.full ? 0 : b.len;
+}
+
+size_t
+audit_open_fields(const char *reason, const char *path, pid_t pid, char *out,
+    size_t cap)
+{
+	struct jb b = { out, 0, cap, 0 };
+
+	if (cap == 0)
+		return 0;
+	out[0] = '\0';
+	jb_str(&b, "reason", reason, 32, NULL);
+	jb_str(&b, "file", path, 1024, NULL);
+	jb_i64(&b, "pid", (int64_t)pid);
+	if (b.full) {
+		out[0] = '\0';
+		return 0;
+	}
+	return b.len;
+}
