@@ -9,8 +9,6 @@
 #include "plugin/audit.h"
 #include "plugin/audit_int.h"
 
-#include <inttypes.h>
-#include <stdio.h>
 #include <string.h>
 
 #include <openssl/evp.h>
@@ -139,23 +137,29 @@ jb_raw(struct jb *b, const char *s, size_t n)
 	b->p[b->len] = '\0';
 }
 
-/* ,"key": — the first field of a body goes without the comma. */
+/*
+ * `,"key":` made at compile time, so a field is one copy; the first field
+ * of a body drops the comma.
+ */
+#define KEY(k)	",\"" k "\":", sizeof(",\"" k "\":") - 1
+
 static void
-jb_key(struct jb *b, const char *key)
+jb_key(struct jb *b, const char *key, size_t n)
 {
-	if (b->len > 0)
-		jb_raw(b, ",", 1);
-	jb_raw(b, "\"", 1);
-	jb_raw(b, key, strlen(key));
-	jb_raw(b, "\":", 2);
+	if (b->len == 0) {
+		key++;
+		n--;
+	}
+	jb_raw(b, key, n);
 }
 
 static void
-jb_str(struct jb *b, const char *key, const char *v, size_t max, int *cut)
+jb_str(struct jb *b, const char *key, size_t klen, const char *v, size_t max,
+    int *cut)
 {
 	size_t n;
 
-	jb_key(b, key);
+	jb_key(b, key, klen);
 	if (b->full)
 		return;
 	n = audit_json_string(v, max, b->p + b->len, b->cap - b->len, cut);
@@ -177,31 +181,33 @@ digits(uint64_t v, char *end)
 }
 
 static void
-jb_u64(struct jb *b, const char *key, uint64_t v)
+jb_u64(struct jb *b, const char *key, size_t klen, uint64_t v)
 {
 	char num[24], *d = digits(v, num + sizeof(num));
 
-	jb_key(b, key);
+	jb_key(b, key, klen);
 	jb_raw(b, d, (size_t)(num + sizeof(num) - d));
 }
 
 static void
-jb_i64(struct jb *b, const char *key, int64_t v)
+jb_i64(struct jb *b, const char *key, size_t klen, int64_t v)
 {
 	char num[24], *d;
 
 	if (v >= 0) {
-		jb_u64(b, key, (uint64_t)v);
+		jb_u64(b, key, klen, (uint64_t)v);
 		return;
 	}
 	d = digits(-(uint64_t)v, num + sizeof(num));
 	*--d = '-';
-	jb_key(b, key);
+	jb_key(b, key, klen);
 	jb_raw(b, d, (size_t)(num + sizeof(num) - d));
 }
 
-/* "2024-05-01T10:00:00.123456Z"; the seconds part is made once a second
- * per thread. */
+/*
+ * "ts":"2024-05-01T10:00:00.123456Z" (nothing in it needs escaping); the
+ * seconds part is made once a second per thread.
+ */
 static void
 jb_ts(struct jb *b, const struct timespec *ts)
 {
@@ -218,12 +224,14 @@ jb_ts(struct jb *b, const struct timespec *ts)
 		hlen = strftime(head, sizeof(head), "%Y-%m-%dT%H:%M:%S", &tm);
 		last = ts->tv_sec;
 	}
-	memcpy(z, head, hlen);
-	z[hlen] = '.';
-	for (i = 6; i > 0; i--, us /= 10)
+	z[0] = '"';
+	memcpy(z + 1, head, hlen);
+	z[hlen + 1] = '.';
+	for (i = 7; i > 1; i--, us /= 10)
 		z[hlen + (size_t)i] = (char)('0' + us % 10);
-	memcpy(z + hlen + 7, "Z", 2);
-	jb_str(b, "ts", z, sizeof(z), NULL);
+	memcpy(z + hlen + 8, "Z\"", 2);
+	jb_key(b, KEY("ts"));
+	jb_raw(b, z, hlen + 10);
 }
 
 size_t
@@ -236,26 +244,26 @@ audit_encode(const struct audit_event *ev, char *out, size_t cap)
 		return 0;
 	out[0] = '\0';
 	jb_ts(&b, &ev->ts);
-	jb_str(&b, "type", "request", 16, NULL);
-	jb_str(&b, "api", ev->api, 16, NULL);
-	jb_str(&b, "op", ev->op, 16, NULL);
-	jb_str(&b, "code", ev->code_name, 32, NULL);
-	jb_i64(&b, "grpc_code", ev->code);
-	jb_str(&b, "reason", ev->reason, 32, NULL);
-	jb_u64(&b, "latency_us", ev->latency_ns / 1000);
-	jb_str(&b, "key_id", ev->key_id, 128, NULL);
-	jb_str(&b, "token_label", ev->token_label, 64, NULL);
-	jb_str(&b, "token_serial", ev->token_serial, 64, NULL);
-	jb_str(&b, "mechanism", ev->mechanism, 32, NULL);
+	jb_str(&b, KEY("type"), "request", 16, NULL);
+	jb_str(&b, KEY("api"), ev->api, 16, NULL);
+	jb_str(&b, KEY("op"), ev->op, 16, NULL);
+	jb_str(&b, KEY("code"), ev->code_name, 32, NULL);
+	jb_i64(&b, KEY("grpc_code"), ev->code);
+	jb_str(&b, KEY("reason"), ev->reason, 32, NULL);
+	jb_u64(&b, KEY("latency_us"), ev->latency_ns / 1000);
+	jb_str(&b, KEY("key_id"), ev->key_id, 128, NULL);
+	jb_str(&b, KEY("token_label"), ev->token_label, 64, NULL);
+	jb_str(&b, KEY("token_serial"), ev->token_serial, 64, NULL);
+	jb_str(&b, KEY("mechanism"), ev->mechanism, 32, NULL);
 	if (ev->uid != NULL) {
-		jb_str(&b, "uid", ev->uid, AUDIT_UID_MAX, &cut);
+		jb_str(&b, KEY("uid"), ev->uid, AUDIT_UID_MAX, &cut);
 		if (cut)
 			jb_raw(&b, ",\"uid_truncated\":true", 21);
 	}
 	if (ev->peer_known) {
-		jb_u64(&b, "peer_uid", (uint64_t)ev->peer_uid);
-		jb_u64(&b, "peer_gid", (uint64_t)ev->peer_gid);
-		jb_i64(&b, "peer_pid", (int64_t)ev->peer_pid);
+		jb_u64(&b, KEY("peer_uid"), (uint64_t)ev->peer_uid);
+		jb_u64(&b, KEY("peer_gid"), (uint64_t)ev->peer_gid);
+		jb_i64(&b, KEY("peer_pid"), (int64_t)ev->peer_pid);
 	}
 	return b.full ? 0 : b.len;
 }
@@ -330,20 +338,25 @@ audit_line_ctx(EVP_MD_CTX *c, const EVP_MD *md, uint64_t seq,
     const char *body, size_t len, uint8_t prev[AUDIT_CHAIN_LEN], char *out,
     size_t cap)
 {
-	char head[40], hex[AUDIT_CHAIN_HEX + 1];
+	char head[40], *d;
 	uint8_t next[AUDIT_CHAIN_LEN];
 	size_t h, n;
 
-	h = (size_t)snprintf(head, sizeof(head), "{\"seq\":%" PRIu64 ",", seq);
+	/* {"seq":N, */
+	head[sizeof(head) - 1] = ',';
+	d = digits(seq, head + sizeof(head) - 1);
+	d -= 7;
+	memcpy(d, "{\"seq\":", 7);
+	h = (size_t)(head + sizeof(head) - d);
 	n = h + len + AUDIT_CHAIN_SUFFIX + 1;
 	if (n >= cap)
 		return 0;
-	memcpy(out, head, h);
+	memcpy(out, d, h);
 	memcpy(out + h, body, len);
 	chain_with(c, md, prev, out, h + len, next);
-	audit_hex(next, hex);
 	memcpy(out + h + len, ",\"chain\":\"", 10);
-	memcpy(out + h + len + 10, hex, AUDIT_CHAIN_HEX);
+	/* audit_hex writes its NUL where the closing quote goes next. */
+	audit_hex(next, out + h + len + 10);
 	memcpy(out + h + len + 10 + AUDIT_CHAIN_HEX, "\"}\n", 3);
 	out[n] = '\0';
 	memcpy(prev, next, AUDIT_CHAIN_LEN);
@@ -376,13 +389,13 @@ audit_encode_own(const struct timespec *ts, const char *type,
 		return 0;
 	out[0] = '\0';
 	jb_ts(&b, ts);
-	jb_str(&b, "type", type, 16, NULL);
+	jb_str(&b, KEY("type"), type, 16, NULL);
 	if (extra[0] != '\0') {
 		jb_raw(&b, ",", 1);
 		jb_raw(&b, extra, strlen(extra));
 	}
 	audit_hex(prev, hex);
-	jb_str(&b, "prev_chain", hex, sizeof(hex), NULL);
+	jb_str(&b, KEY("prev_chain"), hex, sizeof(hex), NULL);
 	return b.full ? 0 : b.len;
 }
 
@@ -395,9 +408,9 @@ audit_open_fields(const char *reason, const char *path, pid_t pid, char *out,
 	if (cap == 0)
 		return 0;
 	out[0] = '\0';
-	jb_str(&b, "reason", reason, 32, NULL);
-	jb_str(&b, "file", path, 1024, NULL);
-	jb_i64(&b, "pid", (int64_t)pid);
+	jb_str(&b, KEY("reason"), reason, 32, NULL);
+	jb_str(&b, KEY("file"), path, 1024, NULL);
+	jb_i64(&b, KEY("pid"), (int64_t)pid);
 	if (b.full) {
 		out[0] = '\0';
 		return 0;
