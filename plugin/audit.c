@@ -1,12 +1,12 @@
 /*
  * audit: the audit log's queue, writer thread and file (audit_format.c
  * makes the bytes; audit.h has the record format and the hash chain). The
- * loop thread builds each record and queues it; one writer thread
- * (SCHED_BATCH) owns the file, chains the lines, appends, syncs (every
- * record, or in batches) and reopens on SIGHUP/SIGUSR1, so the loop never
- * waits on disk. While the file cannot be written, records wait in a
- * bounded queue and the overflow is counted as lost and reported in a
- * 'lost' record.
+ * loop thread copies each record into the queue; one writer thread
+ * (SCHED_BATCH) makes its JSON, owns the file, chains the lines, appends,
+ * syncs (every record, or in batches) and reopens on SIGHUP/SIGUSR1, so
+ * the loop never waits on disk. While the file cannot be written, records
+ * wait in a bounded queue and the overflow is counted as lost and
+ * reported in a 'lost' record.
  */
 #include "plugin/audit.h"
 #include "plugin/audit_int.h"
@@ -37,8 +37,8 @@
 #define LOST_LOG_PER_S		1
 
 /*
- * Encoded record bodies waiting for the writer, back to back: a 4-byte
- * length, then the body. Length 0 is a marker: reopen the file here, in
+ * Request records waiting for the writer, back to back: a 4-byte length,
+ * then the record as audit_pack made it. Length 0 is a marker: reopen the file here, in
  * queue order. One buffer for many records: no allocation per record.
  */
 struct qbuf {
@@ -142,9 +142,9 @@ audit_counts(struct audit *a, uint64_t *written, uint64_t *lost)
 	*lost = atomic_load(&a->lost);
 }
 
-/* Appends one body (len 0: a reopen marker). 0, or -1 out of memory. */
+/* Appends one record (len 0: a reopen marker). 0, or -1 out of memory. */
 static int
-qbuf_put(struct qbuf *q, const char *body, size_t len)
+qbuf_put(struct qbuf *q, const char *rec, size_t len)
 {
 	size_t need = 4 + len, ncap;
 	uint32_t n32 = (uint32_t)len;
@@ -161,15 +161,15 @@ qbuf_put(struct qbuf *q, const char *body, size_t len)
 	}
 	memcpy(q->p + q->len, &n32, 4);
 	if (len > 0)
-		memcpy(q->p + q->len + 4, body, len);
+		memcpy(q->p + q->len + 4, rec, len);
 	q->len += need;
 	q->n++;
 	return 0;
 }
 
-/* Queues body, or drops it (counted) when the queue is full. */
+/* Queues rec, or drops it (counted) when the queue is full. */
 static void
-enqueue(struct audit *a, const char *body, size_t len)
+enqueue(struct audit *a, const char *rec, size_t len)
 {
 	size_t depth;
 	int wake, dropped = 0;
@@ -177,7 +177,7 @@ enqueue(struct audit *a, const char *body, size_t len)
 
 	pthread_mutex_lock(&a->lock);
 	if (len == 0 || a->q.n >= a->queue_max ||
-	    qbuf_put(&a->q, body, len) != 0) {
+	    qbuf_put(&a->q, rec, len) != 0) {
 		a->lost_new++;
 		dropped = 1;
 	}
@@ -205,12 +205,12 @@ enqueue(struct audit *a, const char *body, size_t len)
 void
 audit_record(struct audit *a, const struct audit_event *ev)
 {
-	char body[AUDIT_RECORD_MAX];
+	char packed[AUDIT_PACK_MAX];
 
 	if (a == NULL)
 		return;
-	/* 0 (cannot happen with AUDIT_RECORD_MAX) counts as lost. */
-	enqueue(a, body, audit_encode(ev, body, sizeof(body)));
+	/* A copy: the writer makes the JSON, off the loop thread. */
+	enqueue(a, packed, audit_pack(ev, packed));
 }
 
 void
@@ -248,6 +248,21 @@ out_add(struct audit *a, const char *body, size_t len)
 	    a->chain, a->out + a->out_len, a->out_cap - a->out_len);
 	a->seq++;
 	return 0;
+}
+
+/* Makes the line of a queued request record. -1: it was lost. */
+static int
+out_request(struct audit *a, const char *packed, size_t len)
+{
+	char body[AUDIT_RECORD_MAX];
+	struct audit_event ev;
+	size_t n;
+
+	/* Neither fails on what audit_record queued. */
+	if (audit_unpack(packed, len, &ev) != 0 ||
+	    (n = audit_encode(&ev, body, sizeof(body))) == 0)
+		return -1;
+	return out_add(a, body, n);
 }
 
 /* A line of the log's own: type, then the fields in extra (may be ""). */
@@ -467,7 +482,8 @@ writer_main(void *arg)
 			if (len == 0) {
 				a->reopen_pending = 1;
 				do_reopen(a);
-			} else if (out_add(a, a->wq.p + off + 4, len) == 0) {
+			} else if (out_request(a, a->wq.p + off + 4,
+			    len) == 0) {
 				n++;
 			} else {
 				atomic_fetch_add(&a->lost, 1);

@@ -417,3 +417,123 @@ audit_open_fields(const char *reason, const char *path, pid_t pid, char *out,
 	}
 	return b.len;
 }
+
+/* ---- a request record as queued ---- */
+
+/*
+ * The numbers of an event, copied whole; then its strings in the order of
+ * audit_pack, each a length byte, the bytes and a NUL.
+ */
+struct packed {
+	struct timespec ts;
+	uint64_t latency_ns;
+	int code;
+	int peer_known;
+	uid_t peer_uid;
+	gid_t peer_gid;
+	pid_t peer_pid;
+	int has_uid;
+};
+
+/*
+ * A string is cut at PACK_STR_MAX bytes: more than audit_encode reads of
+ * any field (its bound, and one byte past it to tell that it was cut), so
+ * the record comes out as it would from the event itself.
+ */
+#define PACK_STR_MAX	255
+_Static_assert(AUDIT_UID_MAX < PACK_STR_MAX && 128 < PACK_STR_MAX,
+    "a packed string must hold every byte audit_encode reads");
+#define PACK_NSTR	9
+_Static_assert(AUDIT_PACK_MAX >= sizeof(struct packed) +
+    PACK_NSTR * (PACK_STR_MAX + 2), "AUDIT_PACK_MAX is too small");
+
+/* One pass over a short string beats strnlen and memcpy here. */
+static size_t
+pack_str(char *out, const char *s)
+{
+	size_t n = 0;
+
+	if (s != NULL)
+		while (n < PACK_STR_MAX && s[n] != '\0') {
+			out[n + 1] = s[n];
+			n++;
+		}
+	out[0] = (char)(unsigned char)n;
+	out[n + 1] = '\0';
+	return n + 2;
+}
+
+size_t
+audit_pack(const struct audit_event *ev, char out[AUDIT_PACK_MAX])
+{
+	struct packed h;
+	size_t o = sizeof(h);
+
+	memset(&h, 0, sizeof(h));	/* no stray padding bytes */
+	h.ts = ev->ts;
+	h.latency_ns = ev->latency_ns;
+	h.code = ev->code;
+	h.peer_known = ev->peer_known;
+	h.peer_uid = ev->peer_uid;
+	h.peer_gid = ev->peer_gid;
+	h.peer_pid = ev->peer_pid;
+	h.has_uid = ev->uid != NULL;
+	memcpy(out, &h, sizeof(h));
+	o += pack_str(out + o, ev->api);
+	o += pack_str(out + o, ev->op);
+	o += pack_str(out + o, ev->key_id);
+	o += pack_str(out + o, ev->token_label);
+	o += pack_str(out + o, ev->token_serial);
+	o += pack_str(out + o, ev->mechanism);
+	o += pack_str(out + o, ev->uid);
+	o += pack_str(out + o, ev->code_name);
+	o += pack_str(out + o, ev->reason);
+	return o;
+}
+
+/* The next string of p (len bytes left at *off); NULL when malformed. */
+static const char *
+unpack_str(const char *p, size_t len, size_t *off)
+{
+	size_t n;
+	const char *s;
+
+	if (*off >= len)
+		return NULL;
+	n = (unsigned char)p[*off];
+	if (n + 2 > len - *off || p[*off + 1 + n] != '\0')
+		return NULL;
+	s = p + *off + 1;
+	*off += n + 2;
+	return s;
+}
+
+int
+audit_unpack(const char *p, size_t len, struct audit_event *ev)
+{
+	const char **str[PACK_NSTR] = { &ev->api, &ev->op, &ev->key_id,
+	    &ev->token_label, &ev->token_serial, &ev->mechanism, &ev->uid,
+	    &ev->code_name, &ev->reason };
+	struct packed h;
+	size_t off = sizeof(h), i;
+
+	memset(ev, 0, sizeof(*ev));
+	if (len < sizeof(h))
+		return -1;
+	memcpy(&h, p, sizeof(h));
+	for (i = 0; i < PACK_NSTR; i++)
+		if ((*str[i] = unpack_str(p, len, &off)) == NULL)
+			return -1;
+	if (off != len)
+		return -1;
+	if (!h.has_uid)
+		ev->uid = NULL;
+	ev->ts = h.ts;
+	ev->latency_ns = h.latency_ns;
+	ev->code = h.code;
+	ev->peer_known = h.peer_known;
+	ev->peer_uid = h.peer_uid;
+	ev->peer_gid = h.peer_gid;
+	ev->peer_pid = h.peer_pid;
+	return 0;
+}

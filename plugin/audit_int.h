@@ -39,4 +39,16 @@ size_t audit_encode_own(const struct timespec *ts, const char *type,
 size_t audit_open_fields(const char *reason, const char *path, pid_t pid,
     char *out, size_t cap);
 
+/*
+ * A request record as the loop thread queues it: the event copied into
+ * out (its strings cut where audit_encode would not read further), so
+ * the writer thread, not the loop, makes the JSON. audit_pack returns
+ * the length used (at most AUDIT_PACK_MAX, never 0). audit_unpack fills
+ * ev with pointers into p (which must outlive ev): 0, or -1 when p is not
+ * a whole packed record.
+ */
+#define AUDIT_PACK_MAX	2560
+size_t audit_pack(const struct audit_event *ev, char out[AUDIT_PACK_MAX]);
+int audit_unpack(const char *p, size_t len, struct audit_event *ev);
+
 #endif
