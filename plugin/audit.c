@@ -35,12 +35,13 @@
 #define TAIL_READ		(2 * AUDIT_RECORD_MAX)
 #define WHY_MAX			300
 #define LOST_LOG_PER_S		1
-#define DROP_MIN		(256 * 1024)	/* synced bytes dropped at once */
+#define DROP_MIN		(256 * 1024)	/* bytes dropped at once */
 
 /*
  * Request records waiting for the writer, back to back: a 4-byte length,
- * then the record as audit_pack made it. Length 0 is a marker: reopen the file here, in
- * queue order. One buffer for many records: no allocation per record.
+ * then the record as audit_pack made it. Length 0 is a marker: reopen the
+ * file here, in queue order. One buffer for many records: no allocation
+ * per record.
  */
 struct qbuf {
 	char *p;
