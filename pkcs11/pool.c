@@ -451,11 +451,16 @@ pool_feed_push(struct pool *p, struct pool_job *head, unsigned n)
 	p->tail = last;
 	atomic_fetch_add_explicit(&p->queued, n, memory_order_relaxed);
 	/*
-	 * One wake-up per job: the filler takes one itself, so the last one
-	 * woken finds the queue empty and reads next, while the filler's job
-	 * runs.
+	 * The filler takes one job itself; one wake-up for each other job.
+	 * With reader_handoff one more: the last one woken finds the queue
+	 * empty and reads next while the filler's job runs (a hardware token,
+	 * whose workers wait on the device). Without it the filler reads
+	 * again when its job is done: a software token computes on our
+	 * cores, and a worker woken only to read would take the core the
+	 * answer needs (measured: a lone request then ran 2-3x slower).
 	 */
-	for (i = 0; i < n && i < p->nworkers; i++)
+	for (i = p->feed.reader_handoff ? 0 : 1; i < n && i < p->nworkers;
+	    i++)
 		pthread_cond_signal(&p->cond);
 	pthread_mutex_unlock(&p->lock);
 }
