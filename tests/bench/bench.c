@@ -493,8 +493,16 @@ parse_args(int argc, char **argv)
 		opt.cold_starts = opt.quick ? 1 : 3;
 	if (opt.slow_secs == 0)
 		opt.slow_secs = opt.quick ? 1 : 2;
-	if (opt.only == 0)
+	if (opt.only == 0) {
 		opt.only = S_ALL;
+		/*
+		 * tokproc starts its own on and off daemons: `make bench` runs
+		 * the bench once per mode and needs it once.
+		 */
+		if (opt.token_process != NULL &&
+		    strcmp(opt.token_process, "off") == 0)
+			opt.only &= ~(unsigned)S_TOKPROC;
+	}
 	if (opt.only & S_STORM)		/* needs v1's and v2's ciphertexts */
 		opt.only |= S_V1 | S_ENCRYPT;
 	if (opt.only & S_ECHO)		/* its floor is under their c=1 rows */
