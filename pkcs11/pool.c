@@ -501,6 +501,7 @@ void
 pool_feed_push(struct pool *p, struct pool_job *head, unsigned n)
 {
 	struct pool_job *job, *next;
+	unsigned i;
 	int r;
 
 	if (head == NULL || n == 0)
@@ -508,11 +509,17 @@ pool_feed_push(struct pool *p, struct pool_job *head, unsigned n)
 	pthread_mutex_lock(&p->lock);
 	p->inflight += n;
 	/*
-	 * One wake-up per job (pool_enqueue_locked signals its replica): the
-	 * filler takes one itself, so the last one woken finds the queue
-	 * empty and reads next, while the filler's job runs.
+	 * The filler takes one job itself; one wake-up for each other job.
+	 * With reader_handoff one more: the last one woken finds the queue
+	 * empty and reads next while the filler's job runs (a hardware token,
+	 * whose workers wait on the device). Without it the filler reads
+	 * again when its job is done: a software token computes on our
+	 * cores, and a worker woken only to read would take the core the
+	 * answer needs (measured: a lone request then ran 2-3x slower).
+	 * Replicas: one wake-up per job on the replica it goes to
+	 * (pool_enqueue_locked), since the filler may not serve that one.
 	 */
-	for (job = head; job != NULL; job = next) {
+	for (job = head, i = 0; job != NULL; job = next, i++) {
 		next = job->next;
 		if (job->replica >= (int)p->nrep)
 			job->replica = -1;
@@ -520,7 +527,8 @@ pool_feed_push(struct pool *p, struct pool_job *head, unsigned n)
 		    pool_pick_locked(p, -1);
 		job->tries = 0;
 		job->ran_on = job->failed_on = -1;
-		pool_enqueue_locked(p, (unsigned)r, job, 0);
+		pool_enqueue_locked(p, (unsigned)r, job, 0,
+		    p->nrep > 1 || i > 0 || p->feed.reader_handoff);
 	}
 	pthread_mutex_unlock(&p->lock);
 }
@@ -542,7 +550,7 @@ pool_submit(struct pool *p, struct pool_job *job)
 	p->inflight++;
 	job->tries = 0;
 	job->ran_on = job->failed_on = -1;
-	pool_enqueue_locked(p, (unsigned)r, job, 0);
+	pool_enqueue_locked(p, (unsigned)r, job, 0, 1);
 	pthread_mutex_unlock(&p->lock);
 	return 0;
 }

@@ -153,6 +153,13 @@ struct pool_feed {
 	 */
 	void (*finish)(void *ctx, struct pool_job *job, int more);
 	void *ctx;
+	/*
+	 * 1: when fill queues jobs, one more idle worker than there are jobs
+	 * besides the filler's own is woken, to read while they run (workers
+	 * that wait on a device); 0: the filler reads again after its job
+	 * (workers that compute on the CPUs the rest of the path needs).
+	 */
+	int reader_handoff;
 };
 /*
  * Switches p to fed mode (once, from the thread that owns p, with nothing
@@ -161,7 +168,7 @@ struct pool_feed {
 void pool_set_feed(struct pool *p, const struct pool_feed *feed);
 /*
  * From fill: queues the n jobs chained through ->next from head (no cap:
- * the feed bounds its input) and wakes as many workers.
+ * the feed bounds its input) and wakes workers for them (reader_handoff).
  */
 void pool_feed_push(struct pool *p, struct pool_job *head, unsigned n);
 

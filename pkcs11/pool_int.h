@@ -76,9 +76,10 @@ struct pool {
 
 /* The replica for a job that may go anywhere but `not` (-1: none). */
 int pool_pick_locked(struct pool *p, int not);
-/* Queues job on replica r (front: ahead of the others), wakes a worker. */
+/* Queues job on replica r (front: ahead of the others); wake: signals
+ * one of its workers (unless one of them spins). */
 void pool_enqueue_locked(struct pool *p, unsigned r, struct pool_job *job,
-    int front);
+    int front, int wake);
 /* A job ran on replica r (or was taken from its hung call): FIN_*. */
 int pool_finish_locked(struct pool *p, unsigned r, struct pool_job *job);
 unsigned pool_queued_locked(const struct pool *p);

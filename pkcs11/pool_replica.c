@@ -62,7 +62,8 @@ pool_pick_locked(struct pool *p, int not)
 }
 
 void
-pool_enqueue_locked(struct pool *p, unsigned r, struct pool_job *job, int front)
+pool_enqueue_locked(struct pool *p, unsigned r, struct pool_job *job,
+    int front, int wake)
 {
 	struct replica *rp = &p->rep[r];
 
@@ -80,7 +81,7 @@ pool_enqueue_locked(struct pool *p, unsigned r, struct pool_job *job, int front)
 	rp->queued++;
 	atomic_fetch_add_explicit(&p->queued, 1, memory_order_relaxed);
 	/* A spinning worker of this replica takes it without a wake-up. */
-	if (!p->spinning || p->spin_rep != (int)r)
+	if (wake && (!p->spinning || p->spin_rep != (int)r))
 		pthread_cond_signal(&rp->cond);
 }
 
@@ -107,7 +108,7 @@ mark_down_locked(struct pool *p, unsigned r)
 			rp->queued--;
 			atomic_fetch_sub_explicit(&p->queued, 1,
 			    memory_order_relaxed);
-			pool_enqueue_locked(p, (unsigned)t, job, 0);
+			pool_enqueue_locked(p, (unsigned)t, job, 0, 1);
 		} else {
 			*kt = job;
 			kt = &job->next;
@@ -160,7 +161,7 @@ pool_finish_locked(struct pool *p, unsigned r, struct pool_job *job)
 			job->status = KEYRING_OK;
 			job->out_len = 0;
 			/* Ahead of the others: it has waited once already. */
-			pool_enqueue_locked(p, (unsigned)t, job, 1);
+			pool_enqueue_locked(p, (unsigned)t, job, 1, 1);
 			return FIN_REQUEUED;
 		}
 	} else if (p->nrep > 1 && job->op == POOL_PROBE &&

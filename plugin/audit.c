@@ -1,12 +1,15 @@
 /*
- * audit: the audit log's writer (audit.h has the record format and the hash
- * chain). The loop thread builds each record and queues it; one writer
- * thread (SCHED_BATCH) owns the file, appends, syncs (every record, or in
- * batches) and reopens on SIGHUP/SIGUSR1, so the loop never waits on disk.
- * While the file cannot be written, records wait in a bounded queue and the
- * overflow is counted as lost and reported in a 'lost' record.
+ * audit: the audit log's queue, writer thread and file (audit_format.c
+ * makes the bytes; audit.h has the record format and the hash chain). The
+ * loop thread copies each record into the queue; one writer thread
+ * (SCHED_BATCH) makes its JSON, owns the file, chains the lines, appends,
+ * syncs (every record, or in batches) and reopens on SIGHUP/SIGUSR1, so
+ * the loop never waits on disk. While the file cannot be written, records
+ * wait in a bounded queue and the overflow is counted as lost and
+ * reported in a 'lost' record.
  */
 #include "plugin/audit.h"
+#include "plugin/audit_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -32,11 +35,13 @@
 #define TAIL_READ		(2 * AUDIT_RECORD_MAX)
 #define WHY_MAX			300
 #define LOST_LOG_PER_S		1
+#define DROP_MIN		(256 * 1024)	/* bytes dropped at once */
 
 /*
- * Encoded record bodies waiting for the writer, back to back: a 4-byte
- * length, then the body. Length 0 is a marker: reopen the file here, in
- * queue order. One buffer for many records: no allocation per record.
+ * Request records waiting for the writer, back to back: a 4-byte length,
+ * then the record as audit_pack made it. Length 0 is a marker: reopen the
+ * file here, in queue order. One buffer for many records: no allocation
+ * per record.
  */
 struct qbuf {
 	char *p;
@@ -73,6 +78,7 @@ struct audit {
 	EVP_MD_CTX *mdctx;
 	int fd;
 	off_t size;			/* bytes the file should hold */
+	off_t uncached;			/* cache dropped below this offset */
 	uint64_t seq;			/* of the last line made */
 	uint8_t chain[AUDIT_CHAIN_LEN];	/* of the last line made */
 	char *out;			/* lines made, not yet written */
@@ -92,351 +98,6 @@ mono_ns(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-/* ---- encoding ---- */
-
-/* Length of the UTF-8 sequence at s (n bytes left), 0 when invalid. */
-static size_t
-utf8_len(const unsigned char *s, size_t n, uint32_t *cp)
-{
-	size_t k, i;
-	uint32_t c;
-
-	if (s[0] < 0x80) {
-		*cp = s[0];
-		return 1;
-	}
-	if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-		k = 2;
-		c = s[0] & 0x1f;
-	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-		k = 3;
-		c = s[0] & 0x0f;
-	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-		k = 4;
-		c = s[0] & 0x07;
-	} else {
-		return 0;
-	}
-	if (k > n)
-		return 0;
-	for (i = 1; i < k; i++) {
-		if ((s[i] & 0xc0) != 0x80)
-			return 0;
-		c = c << 6 | (s[i] & 0x3f);
-	}
-	/* Overlong forms, surrogates and beyond U+10FFFF. */
-	if ((k == 3 && c < 0x800) || (k == 4 && (c < 0x10000 ||
-	    c > 0x10ffff)) || (c >= 0xd800 && c <= 0xdfff))
-		return 0;
-	*cp = c;
-	return k;
-}
-
-/* Characters that must not reach a terminal or reorder text raw. */
-static int
-must_escape(uint32_t c)
-{
-	return c < 0x20 || c == '"' || c == '\\' || (c >= 0x7f && c <= 0x9f) ||
-	    c == 0x061c || (c >= 0x200b && c <= 0x200f) ||
-	    (c >= 0x2028 && c <= 0x202e) || (c >= 0x2060 && c <= 0x206f) ||
-	    c == 0xfeff;
-}
-
-size_t
-audit_json_string(const char *s, size_t max, char *out, size_t cap, int *cut)
-{
-	static const char hex[] = "0123456789abcdef";
-	const unsigned char *p = (const unsigned char *)(s != NULL ? s : "");
-	size_t n = strlen((const char *)p), o = 0, k, i;
-	uint32_t c;
-
-	if (cut != NULL)
-		*cut = 0;
-	if (n > max) {
-		n = max;
-		/* Back off to a character boundary. */
-		while (n > 0 && (p[n] & 0xc0) == 0x80)
-			n--;
-		if (cut != NULL)
-			*cut = 1;
-	}
-	if (cap < 3)
-		return 0;
-	out[o++] = '"';
-	for (i = 0; i < n; i += k) {
-		/* Fast path: a run of plain printable ASCII. */
-		for (k = 0; i + k < n && p[i + k] >= 0x20 && p[i + k] < 0x7f &&
-		    p[i + k] != '"' && p[i + k] != '\\'; k++)
-			;
-		if (k > 0) {
-			if (cap - o < k + 2)
-				return 0;
-			memcpy(out + o, p + i, k);
-			o += k;
-			continue;
-		}
-		if ((k = utf8_len(p + i, n - i, &c)) == 0) {
-			k = 1;
-			c = 0xfffd;
-		}
-		if (cap - o < 8)
-			return 0;
-		if (c == 0xfffd || must_escape(c)) {
-			out[o++] = '\\';
-			out[o++] = 'u';
-			out[o++] = hex[(c >> 12) & 15];
-			out[o++] = hex[(c >> 8) & 15];
-			out[o++] = hex[(c >> 4) & 15];
-			out[o++] = hex[c & 15];
-		} else {
-			memcpy(out + o, p + i, k);
-			o += k;
-		}
-	}
-	out[o++] = '"';
-	out[o] = '\0';
-	return o;
-}
-
-struct jb {
-	char *p;
-	size_t len, cap;
-	int full;
-};
-
-static void
-jb_raw(struct jb *b, const char *s, size_t n)
-{
-	if (b->full || n >= b->cap - b->len) {
-		b->full = 1;
-		return;
-	}
-	memcpy(b->p + b->len, s, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-}
-
-/* ,"key": — the first field of a body goes without the comma. */
-static void
-jb_key(struct jb *b, const char *key)
-{
-	if (b->len > 0)
-		jb_raw(b, ",", 1);
-	jb_raw(b, "\"", 1);
-	jb_raw(b, key, strlen(key));
-	jb_raw(b, "\":", 2);
-}
-
-static void
-jb_str(struct jb *b, const char *key, const char *v, size_t max, int *cut)
-{
-	size_t n;
-
-	jb_key(b, key);
-	if (b->full)
-		return;
-	n = audit_json_string(v, max, b->p + b->len, b->cap - b->len, cut);
-	if (n == 0)
-		b->full = 1;
-	else
-		b->len += n;
-}
-
-/* Decimal digits of v, written backwards from end; returns the start. */
-static char *
-digits(uint64_t v, char *end)
-{
-	do {
-		*--end = (char)('0' + v % 10);
-		v /= 10;
-	} while (v != 0);
-	return end;
-}
-
-static void
-jb_u64(struct jb *b, const char *key, uint64_t v)
-{
-	char num[24], *d = digits(v, num + sizeof(num));
-
-	jb_key(b, key);
-	jb_raw(b, d, (size_t)(num + sizeof(num) - d));
-}
-
-static void
-jb_i64(struct jb *b, const char *key, int64_t v)
-{
-	char num[24], *d;
-
-	if (v >= 0) {
-		jb_u64(b, key, (uint64_t)v);
-		return;
-	}
-	d = digits(-(uint64_t)v, num + sizeof(num));
-	*--d = '-';
-	jb_key(b, key);
-	jb_raw(b, d, (size_t)(num + sizeof(num) - d));
-}
-
-/* "2024-05-01T10:00:00.123456Z"; the seconds part is made once a second
- * per thread. */
-static void
-jb_ts(struct jb *b, const struct timespec *ts)
-{
-	static __thread time_t last = -1;
-	static __thread char head[32];
-	static __thread size_t hlen;
-	unsigned long us = (unsigned long)ts->tv_nsec / 1000 % 1000000;
-	char z[48];
-	struct tm tm;
-	int i;
-
-	if (ts->tv_sec != last) {
-		gmtime_r(&ts->tv_sec, &tm);
-		hlen = strftime(head, sizeof(head), "%Y-%m-%dT%H:%M:%S", &tm);
-		last = ts->tv_sec;
-	}
-	memcpy(z, head, hlen);
-	z[hlen] = '.';
-	for (i = 6; i > 0; i--, us /= 10)
-		z[hlen + (size_t)i] = (char)('0' + us % 10);
-	memcpy(z + hlen + 7, "Z", 2);
-	jb_str(b, "ts", z, sizeof(z), NULL);
-}
-
-size_t
-audit_encode(const struct audit_event *ev, char *out, size_t cap)
-{
-	struct jb b = { out, 0, cap, 0 };
-	int cut = 0;
-
-	if (cap == 0)
-		return 0;
-	out[0] = '\0';
-	jb_ts(&b, &ev->ts);
-	jb_str(&b, "type", "request", 16, NULL);
-	jb_str(&b, "api", ev->api, 16, NULL);
-	jb_str(&b, "op", ev->op, 16, NULL);
-	jb_str(&b, "code", ev->code_name, 32, NULL);
-	jb_i64(&b, "grpc_code", ev->code);
-	jb_str(&b, "reason", ev->reason, 32, NULL);
-	jb_u64(&b, "latency_us", ev->latency_ns / 1000);
-	jb_str(&b, "key_id", ev->key_id, 128, NULL);
-	jb_str(&b, "token_label", ev->token_label, 64, NULL);
-	jb_str(&b, "token_serial", ev->token_serial, 64, NULL);
-	jb_str(&b, "mechanism", ev->mechanism, 32, NULL);
-	if (ev->uid != NULL) {
-		jb_str(&b, "uid", ev->uid, AUDIT_UID_MAX, &cut);
-		if (cut)
-			jb_raw(&b, ",\"uid_truncated\":true", 21);
-	}
-	if (ev->peer_known) {
-		jb_u64(&b, "peer_uid", (uint64_t)ev->peer_uid);
-		jb_u64(&b, "peer_gid", (uint64_t)ev->peer_gid);
-		jb_i64(&b, "peer_pid", (int64_t)ev->peer_pid);
-	}
-	return b.full ? 0 : b.len;
-}
-
-/* SHA-256(prev || p) with a context (and digest) the caller keeps. */
-static void
-chain_with(EVP_MD_CTX *c, const EVP_MD *md, const uint8_t *prev,
-    const char *p, size_t len, uint8_t out[AUDIT_CHAIN_LEN])
-{
-	unsigned n = 0;
-
-	/* A failure leaves a chain value no verifier accepts. */
-	if (c == NULL || EVP_DigestInit_ex(c, md, NULL) != 1 ||
-	    EVP_DigestUpdate(c, prev, AUDIT_CHAIN_LEN) != 1 ||
-	    EVP_DigestUpdate(c, p, len) != 1 ||
-	    EVP_DigestFinal_ex(c, out, &n) != 1)
-		memset(out, 0, AUDIT_CHAIN_LEN);
-}
-
-void
-audit_chain(const uint8_t prev[AUDIT_CHAIN_LEN], const char *p, size_t len,
-    uint8_t out[AUDIT_CHAIN_LEN])
-{
-	EVP_MD_CTX *c = EVP_MD_CTX_new();
-
-	chain_with(c, EVP_sha256(), prev, p, len, out);
-	EVP_MD_CTX_free(c);
-}
-
-void
-audit_hex(const uint8_t v[AUDIT_CHAIN_LEN], char *out)
-{
-	static const char hex[] = "0123456789abcdef";
-	size_t i;
-
-	for (i = 0; i < AUDIT_CHAIN_LEN; i++) {
-		out[2 * i] = hex[v[i] >> 4];
-		out[2 * i + 1] = hex[v[i] & 15];
-	}
-	out[AUDIT_CHAIN_HEX] = '\0';
-}
-
-static int
-unhex1(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
-}
-
-int
-audit_unhex(const char *s, size_t len, uint8_t out[AUDIT_CHAIN_LEN])
-{
-	size_t i;
-	int hi, lo;
-
-	if (len != AUDIT_CHAIN_HEX)
-		return -1;
-	for (i = 0; i < AUDIT_CHAIN_LEN; i++) {
-		if ((hi = unhex1(s[2 * i])) < 0 ||
-		    (lo = unhex1(s[2 * i + 1])) < 0)
-			return -1;
-		out[i] = (uint8_t)(hi << 4 | lo);
-	}
-	return 0;
-}
-
-static size_t
-line_with(EVP_MD_CTX *c, const EVP_MD *md, uint64_t seq, const char *body,
-    size_t len, uint8_t prev[AUDIT_CHAIN_LEN], char *out, size_t cap)
-{
-	char head[40], hex[AUDIT_CHAIN_HEX + 1];
-	uint8_t next[AUDIT_CHAIN_LEN];
-	size_t h, n;
-
-	h = (size_t)snprintf(head, sizeof(head), "{\"seq\":%" PRIu64 ",", seq);
-	n = h + len + AUDIT_CHAIN_SUFFIX + 1;
-	if (n >= cap)
-		return 0;
-	memcpy(out, head, h);
-	memcpy(out + h, body, len);
-	chain_with(c, md, prev, out, h + len, next);
-	audit_hex(next, hex);
-	memcpy(out + h + len, ",\"chain\":\"", 10);
-	memcpy(out + h + len + 10, hex, AUDIT_CHAIN_HEX);
-	memcpy(out + h + len + 10 + AUDIT_CHAIN_HEX, "\"}\n", 3);
-	out[n] = '\0';
-	memcpy(prev, next, AUDIT_CHAIN_LEN);
-	return n;
-}
-
-size_t
-audit_line(uint64_t seq, const char *body, size_t len,
-    uint8_t prev[AUDIT_CHAIN_LEN], char *out, size_t cap)
-{
-	EVP_MD_CTX *c = EVP_MD_CTX_new();
-	size_t n = line_with(c, EVP_sha256(), seq, body, len, prev, out, cap);
-
-	EVP_MD_CTX_free(c);
-	return n;
 }
 
 /* ---- the queue (loop side) ---- */
@@ -484,9 +145,9 @@ audit_counts(struct audit *a, uint64_t *written, uint64_t *lost)
 	*lost = atomic_load(&a->lost);
 }
 
-/* Appends one body (len 0: a reopen marker). 0, or -1 out of memory. */
+/* Appends one record (len 0: a reopen marker). 0, or -1 out of memory. */
 static int
-qbuf_put(struct qbuf *q, const char *body, size_t len)
+qbuf_put(struct qbuf *q, const char *rec, size_t len)
 {
 	size_t need = 4 + len, ncap;
 	uint32_t n32 = (uint32_t)len;
@@ -503,15 +164,15 @@ qbuf_put(struct qbuf *q, const char *body, size_t len)
 	}
 	memcpy(q->p + q->len, &n32, 4);
 	if (len > 0)
-		memcpy(q->p + q->len + 4, body, len);
+		memcpy(q->p + q->len + 4, rec, len);
 	q->len += need;
 	q->n++;
 	return 0;
 }
 
-/* Queues body, or drops it (counted) when the queue is full. */
+/* Queues rec, or drops it (counted) when the queue is full. */
 static void
-enqueue(struct audit *a, const char *body, size_t len)
+enqueue(struct audit *a, const char *rec, size_t len)
 {
 	size_t depth;
 	int wake, dropped = 0;
@@ -519,7 +180,7 @@ enqueue(struct audit *a, const char *body, size_t len)
 
 	pthread_mutex_lock(&a->lock);
 	if (len == 0 || a->q.n >= a->queue_max ||
-	    qbuf_put(&a->q, body, len) != 0) {
+	    qbuf_put(&a->q, rec, len) != 0) {
 		a->lost_new++;
 		dropped = 1;
 	}
@@ -547,12 +208,12 @@ enqueue(struct audit *a, const char *body, size_t len)
 void
 audit_record(struct audit *a, const struct audit_event *ev)
 {
-	char body[AUDIT_RECORD_MAX];
+	char packed[AUDIT_PACK_MAX];
 
 	if (a == NULL)
 		return;
-	/* 0 (cannot happen with AUDIT_RECORD_MAX) counts as lost. */
-	enqueue(a, body, audit_encode(ev, body, sizeof(body)));
+	/* A copy: the writer makes the JSON, off the loop thread. */
+	enqueue(a, packed, audit_pack(ev, packed));
 }
 
 void
@@ -586,45 +247,49 @@ out_add(struct audit *a, const char *body, size_t len)
 		a->out = np;
 		a->out_cap = ncap;
 	}
-	a->out_len += line_with(a->mdctx, a->md, a->seq + 1, body, len,
+	a->out_len += audit_line_ctx(a->mdctx, a->md, a->seq + 1, body, len,
 	    a->chain, a->out + a->out_len, a->out_cap - a->out_len);
 	a->seq++;
 	return 0;
+}
+
+/* Makes the line of a queued request record. -1: it was lost. */
+static int
+out_request(struct audit *a, const char *packed, size_t len)
+{
+	char body[AUDIT_RECORD_MAX];
+	struct audit_event ev;
+	size_t n;
+
+	/* Neither fails on what audit_record queued. */
+	if (audit_unpack(packed, len, &ev) != 0 ||
+	    (n = audit_encode(&ev, body, sizeof(body))) == 0)
+		return -1;
+	return out_add(a, body, n);
 }
 
 /* A line of the log's own: type, then the fields in extra (may be ""). */
 static void
 out_event(struct audit *a, const char *type, const char *extra)
 {
-	char body[AUDIT_RECORD_MAX], hex[AUDIT_CHAIN_HEX + 1];
-	struct jb b = { body, 0, sizeof(body), 0 };
+	char body[AUDIT_RECORD_MAX];
 	struct timespec ts;
+	size_t n;
 
 	clock_gettime(CLOCK_REALTIME, &ts);
-	body[0] = '\0';
-	jb_ts(&b, &ts);
-	jb_str(&b, "type", type, 16, NULL);
-	if (extra[0] != '\0') {
-		jb_raw(&b, ",", 1);
-		jb_raw(&b, extra, strlen(extra));
-	}
-	audit_hex(a->chain, hex);
-	jb_str(&b, "prev_chain", hex, sizeof(hex), NULL);
-	if (!b.full)
-		(void)out_add(a, body, b.len);
+	if ((n = audit_encode_own(&ts, type, extra, a->chain, body,
+	    sizeof(body))) > 0)
+		(void)out_add(a, body, n);
 }
 
 static void
 open_event(struct audit *a, const char *reason)
 {
 	char extra[AUDIT_RECORD_MAX];
-	struct jb b = { extra, 0, sizeof(extra), 0 };
 
-	extra[0] = '\0';
-	jb_str(&b, "reason", reason, 32, NULL);
-	jb_str(&b, "file", a->path, 1024, NULL);
-	jb_i64(&b, "pid", (int64_t)getpid());
-	out_event(a, "open", b.full ? "" : extra);
+	(void)audit_open_fields(reason, a->path, getpid(), extra,
+	    sizeof(extra));
+	out_event(a, "open", extra);
 }
 
 static void
@@ -709,6 +374,26 @@ flush_out(struct audit *a)
 	return 0;
 }
 
+/*
+ * Nothing reads the log back, so the pages a sync made clean leave the
+ * page cache: the next writes reuse free pages instead of filling memory
+ * with new ones (that costs the writer more than the copy itself, and
+ * more still in a VM whose host backs a new page on first touch). Advice
+ * only: durability is the fdatasync's; a reader (a log shipper) that lags
+ * reads from the disk. Only after a sync, when the pages are clean.
+ */
+static void
+drop_cached(struct audit *a)
+{
+	if (a->size < a->uncached)	/* it shrank (copytruncate) */
+		a->uncached = a->size;
+	if (a->size - a->uncached < DROP_MIN)
+		return;
+	(void)posix_fadvise(a->fd, a->uncached, a->size - a->uncached,
+	    POSIX_FADV_DONTNEED);
+	a->uncached = a->size;
+}
+
 static int
 sync_file(struct audit *a)
 {
@@ -720,6 +405,7 @@ sync_file(struct audit *a)
 	}
 	a->dirty = 0;
 	a->last_sync = mono_ns();
+	drop_cached(a);
 	return 0;
 }
 
@@ -749,6 +435,7 @@ do_reopen(struct audit *a)
 	close(a->fd);
 	a->fd = fd;
 	a->size = fstat(fd, &st) == 0 ? st.st_size : 0;
+	a->uncached = a->size;
 	a->reopen_pending = 0;
 	a->closed_old = 0;
 	open_event(a, "reopen");
@@ -820,7 +507,8 @@ writer_main(void *arg)
 			if (len == 0) {
 				a->reopen_pending = 1;
 				do_reopen(a);
-			} else if (out_add(a, a->wq.p + off + 4, len) == 0) {
+			} else if (out_request(a, a->wq.p + off + 4,
+			    len) == 0) {
 				n++;
 			} else {
 				atomic_fetch_add(&a->lost, 1);
@@ -974,6 +662,7 @@ audit_open(const struct audit_config *cfg, struct audit **out, char *err,
 		goto fail;
 	}
 	a->size = st.st_size;
+	a->uncached = a->size;
 	if (read_tail(a, err, errlen) != 0)
 		goto fail;
 	a->last_sync = mono_ns();

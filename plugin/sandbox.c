@@ -29,6 +29,7 @@ static const char *const allowed[] = {
 	"read", "write", "readv", "writev", "pread64", "pwrite64", "close",
 	"fstat", "newfstatat", "statx", "lseek", "fcntl", "dup", "fsync",
 	"fdatasync", "ftruncate",
+	"fadvise64", "fadvise64_64",	/* the audit log's synced pages */
 	/* the loop and libmicrohttpd's thread */
 	"epoll_wait", "epoll_pwait", "epoll_pwait2", "epoll_ctl",
 	"epoll_create1", "poll", "ppoll", "select", "pselect6",
@@ -48,7 +49,8 @@ static const char *const allowed[] = {
 
 static const char summary[] =
     "seccomp: read/write/readv/writev/pread/pwrite, close, fstat, lseek, "
-    "fcntl, dup, fsync/fdatasync, ftruncate; epoll/poll/select; accept4, "
+    "fcntl, dup, fsync/fdatasync, fadvise, ftruncate; epoll/poll/select; "
+    "accept4, "
     "recv/send(msg), shutdown, get/setsockopt, getsock/peername; "
     "mmap/munmap/mremap/brk/madvise/mprotect; futex, clone (threads only), "
     "set_robust_list, rseq, sched_yield, clocks and sleeps, getrandom, "

@@ -473,6 +473,7 @@ tokserve_main(int argc, char **argv)
 	feed.fill = fill;
 	feed.finish = on_finish;
 	feed.ctx = &s;
+	feed.reader_handoff = keyring_hw_slot(s.g->kr);
 	s.endw.fd = s.end_efd;
 	s.endw.cb = on_end;
 	s.endw.arg = &s;

@@ -16,11 +16,13 @@
  * answer (or a daemon that died under load), 2 when the bench itself could
  * not run (bad flags, no token, daemon did not start).
  *
- * The program is four files sharing bench.h: this one (options, process
+ * The program is six files sharing bench.h: this one (options, process
  * state, errors, the temp dir and token, main), bench_client.c (latency
  * samples, request data, the HTTP/2 client, requests, answers and lanes),
  * bench_scenarios.c (the daemon, steal time, result rows, the raw baseline
- * and every scenario) and bench_report.c (the table, targets, BENCH_JSON).
+ * and every scenario), bench_tokproc.c (--token-process on against off),
+ * bench_echo.c (the socket echo server, the floor under a c=1 request) and
+ * bench_report.c (the table, targets, BENCH_JSON).
  */
 #include "tests/bench/bench.h"
 
@@ -30,7 +32,7 @@ struct bench_opt opt;
 
 static const char *const group_names[] = {
 	"status", "encrypt", "decrypt", "mixed", "v1", "storm", "slow",
-	"calls", "audit", "tokproc", "replicas",
+	"calls", "audit", "tokproc", "echo", "replicas",
 };
 
 int
@@ -156,6 +158,7 @@ rm_entry(const char *path, const struct stat *st, int flag, struct FTW *f)
 static void
 cleanup(void)
 {
+	echo_stop();
 	if (g_daemon > 0)
 		(void)daemon_stop();
 	if (g_dir[0] != '\0') {
@@ -259,10 +262,12 @@ usage(FILE *fp)
 "  --no-slow            skip the slow-token scenario\n"
 "  --quick              small counts for a smoke run (2000/200/1000, 1 start)\n"
 "  --only LIST          scenario groups to run, of status,encrypt,decrypt,\n"
-"                       mixed,v1,storm,slow,calls,audit,tokproc (default\n"
-"                       all); decrypt and storm bring in encrypt, storm\n"
-"                       brings in v1 (their inputs); tokproc alternates\n"
-"                       --token-process on and off daemons, round by round\n"
+"                       mixed,v1,storm,slow,calls,audit,tokproc,echo\n"
+"                       (default all); decrypt and storm bring in encrypt,\n"
+"                       storm brings in v1 (their inputs); tokproc\n"
+"                       alternates --token-process on and off daemons,\n"
+"                       round by round; echo (the socket echo floor in the\n"
+"                       c=1 rounds) brings in encrypt and decrypt\n"
 "                       replicas (only when named: two tokens holding one\n"
 "                       KEK, one failing and coming back under load)\n"
 "  --keep               keep the temp dir (token, daemon logs)\n"
@@ -490,10 +495,20 @@ parse_args(int argc, char **argv)
 		opt.cold_starts = opt.quick ? 1 : 3;
 	if (opt.slow_secs == 0)
 		opt.slow_secs = opt.quick ? 1 : 2;
-	if (opt.only == 0)
+	if (opt.only == 0) {
 		opt.only = S_ALL;
+		/*
+		 * tokproc starts its own on and off daemons: `make bench` runs
+		 * the bench once per mode and needs it once.
+		 */
+		if (opt.token_process != NULL &&
+		    strcmp(opt.token_process, "off") == 0)
+			opt.only &= ~(unsigned)S_TOKPROC;
+	}
 	if (opt.only & S_STORM)		/* needs v1's and v2's ciphertexts */
 		opt.only |= S_V1 | S_ENCRYPT;
+	if (opt.only & S_ECHO)		/* its floor is under their c=1 rows */
+		opt.only |= S_ENCRYPT | S_DECRYPT;
 	if (opt.only & S_DECRYPT)
 		opt.only |= S_ENCRYPT;
 	if (opt.nslow == 0) {
@@ -565,6 +580,10 @@ main(int argc, char **argv)
 		    "%u; the baseline uses %u threads\n", g_daemon_workers,
 		    opt.workers, g_daemon_workers);
 
+	/* The echo server forks now, while the bench has no thread. */
+	if (want(S_ECHO))
+		echo_start();
+
 	/* The raw baseline's keyring: same module, key URI and PIN. */
 	memset(&kcfg, 0, sizeof(kcfg));
 	kcfg.module = opt.module;
@@ -579,6 +598,7 @@ main(int argc, char **argv)
 		    keyring_primary_key_id(kr), g_key_id);
 
 	server_scenarios(kr);
+	echo_stop();
 	g_scen = "shutdown";
 	if ((g_exit_status = daemon_stop()) != 0)
 		fprintf(stderr, "p11kms-bench: daemon exited with status %d "

@@ -74,8 +74,8 @@ struct bench_opt {
 enum {
 	S_STATUS = 1, S_ENCRYPT = 2, S_DECRYPT = 4, S_MIXED = 8, S_V1 = 16,
 	S_STORM = 32, S_SLOW = 64, S_CALLS = 128, S_AUDIT = 256,
-	S_TOKPROC = 512, S_ALL = 1023,
-	S_REPLICAS = 1024,	/* only when named: --only replicas */
+	S_TOKPROC = 512, S_ECHO = 1024, S_ALL = 2047,
+	S_REPLICAS = 2048,	/* only when named: --only replicas */
 };
 struct lat {
 	uint64_t *v;		/* ns */
@@ -190,13 +190,21 @@ struct base {
 	double secs, ops, p50, p99, max, cpu;	/* µs; cpu per op */
 	struct steal steal;
 };
-/* One round of a paired scenario: a slice served, the same slice raw. */
+/*
+ * One round of a paired scenario: a slice served, the same slice raw, and
+ * at c=1 with the echo baseline the same slice on the echo server.
+ */
 struct round {
-	int raw_first;		/* raw side ran first in this round */
+	int raw_first;		/* raw side ran before the served one */
+	char order[4];		/* sides in the order run: 's', 'r', 'e' */
 	size_t n, bn;		/* answers / raw operations */
 	double secs, bsecs;	/* served / raw time */
 	double srv_cpu, bcpu;	/* µs per request / per raw operation */
+	double p50, bp50;	/* µs, this round's requests / operations */
 	struct steal steal, bsteal;
+	int has_echo;
+	size_t en;		/* echo answers */
+	double esecs, ecpu, ep50, ep99;	/* echo time, CPU/req, µs */
 };
 struct row {
 	char key[40], label[64];
@@ -212,6 +220,7 @@ struct row {
 	unsigned nrnd;		/* 0: not a paired scenario */
 	double tail[3];		/* paced: parts of the slowest 1%, µs */
 	int has_tail;
+	char echo_key[40];	/* its echo baseline's row, or "" */
 };
 enum bop { B_SEAL, B_OPEN_V2, B_OPEN_V1 };
 /*
@@ -310,6 +319,7 @@ void ctset_free(struct ctset *s);
 void callbacks_init(void);
 int conn_open(struct conn *c, const char *path);
 void client_open(struct client *cl, unsigned n);
+void client_open_path(struct client *cl, unsigned n, const char *path);
 void client_close(struct client *cl);
 int run_lanes(struct client *cl, struct lane *const *lanes, size_t nl);
 void lane_init(struct lane *ln, enum kind k, unsigned conc, size_t total);
@@ -338,6 +348,24 @@ void paired(struct client *cl, struct keyring *kr, struct lane *ln,
     const char *key, const char *label, enum bop op, unsigned threads,
     const struct ctset *bin);
 void write_ctl(const char *path, const char *text);
+/*
+ * The socket echo baseline (bench_echo.c): a child of the bench answering
+ * v2 Encrypt and Decrypt at once with a fixed valid reply, on g_echo_sock.
+ * echo_start asks the daemon for one Encrypt (the replies' shape) and
+ * forks; call it while the bench has no thread. g_echo_in holds the one
+ * ciphertext the echo's Decrypt lanes send (its plaintext is the reply).
+ */
+extern char g_echo_sock[100];
+extern volatile pid_t g_echo;
+extern struct ctset *g_echo_in;
+void echo_start(void);
+int echo_running(void);
+uint64_t echo_cpu_ns(void);
+void echo_stop(void);
+/* Status on a second connection, idle and beside Encrypt c=1: p99 per
+ * round, [k][0] idle, [k][1] under load. */
+extern double g_c1s_p99[MAX_ROUNDS][2];
+extern unsigned g_c1s_nrnd;
 extern double g_cold_ms[16];
 extern unsigned g_ncold;
 extern long g_rss_idle, g_rss_peak, g_rss_now, g_pss_now;

@@ -19,8 +19,8 @@ BENCH_FAULT_SO	= $(BUILD)/tests/libp11kms-fault.so
 
 .PHONY: bench
 
-# bench.c (options, state, main), bench_client.c, bench_scenarios.c and
-# bench_report.c, sharing bench.h.
+# bench.c (options, state, main), bench_client.c, bench_scenarios.c,
+# bench_tokproc.c, bench_echo.c and bench_report.c, sharing bench.h.
 BENCH_SRC	= $(wildcard tests/bench/bench*.c)
 
 $(BENCH_BIN): $(BENCH_SRC) tests/bench/bench.h $(BUILD)/libp11kms.a | $(GEN_H)

@@ -455,18 +455,26 @@ conn_read(struct conn *c)
 	return 0;
 }
 
+/* n connections to the server on path (the daemon's socket, the echo's). */
 void
-client_open(struct client *cl, unsigned n)
+client_open_path(struct client *cl, unsigned n, const char *path)
 {
 	unsigned i;
 
 	memset(cl, 0, sizeof(*cl));
 	for (i = 0; i < n; i++) {
-		if (conn_open(&cl->c[i], g_sock) != 0)
-			die_run("cannot connect to %s: %s", g_sock,
+		if (conn_open(&cl->c[i], path) != 0)
+			die_run("cannot connect to %s: %s", path,
 			    strerror(errno));
 		cl->n++;
 	}
+}
+
+/* n connections to the daemon. */
+void
+client_open(struct client *cl, unsigned n)
+{
+	client_open_path(cl, n, g_sock);
 }
 
 void

@@ -2,8 +2,9 @@
  * bench_scenarios: what the bench measures (bench.h): the daemon it
  * starts and watches (CPU, RSS, logged workers), hypervisor steal, result
  * rows, the raw keyring baseline in this process, paired served/raw
- * rounds, and the scenarios (cold start, Status, Encrypt, Decrypt, mixed,
- * v1, storm, slow token, calls per request, audit).
+ * rounds (with the echo baseline at c=1), and the scenarios (cold start,
+ * Status, Encrypt, Decrypt, mixed, Status beside Encrypt c=1, v1, storm,
+ * slow token, calls per request, audit).
  */
 #include "tests/bench/bench.h"
 
@@ -685,6 +686,56 @@ base_end(struct bctx *b, struct row *r)
 	b->lat = NULL;
 }
 
+/* Percentiles of n samples without reordering v (a round's slice). */
+static void
+slice_stats(const uint64_t *v, size_t n, struct stats *s)
+{
+	uint64_t *t = xcalloc(n, sizeof(*t));
+
+	memcpy(t, v, n * sizeof(*t));
+	stats_of(t, n, s);
+	free(t);
+}
+
+/*
+ * The echo side of round rd: the same slice [lo, hi) on the echo server
+ * (eln, over ecl), with the echo's CPU, the bench's and the steal.
+ */
+static void
+echo_slice(struct client *ecl, struct lane *eln, size_t lo, size_t hi,
+    struct round *rd, uint64_t *ecpu, uint64_t *ccpu, struct steal *est)
+{
+	struct lane *ep = eln;
+	struct cpustat p0, p1;
+	struct stats s;
+	uint64_t e0, c0;
+	size_t n0 = eln->lat.n;
+	const char *was = g_scen;
+
+	eln->first = lo;
+	eln->total = hi - lo;
+	eln->issued = eln->done = 0;
+	eln->t_first = eln->t_last = 0;
+	g_scen = "echo baseline";
+	cpustat_read(&p0);
+	e0 = echo_cpu_ns();
+	c0 = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
+	if (run_lanes(ecl, &ep, 1) != 0)
+		die_run("the echo server failed");
+	*ccpu += clock_ns(CLOCK_PROCESS_CPUTIME_ID) - c0;
+	*ecpu += echo_cpu_ns() - e0;
+	cpustat_read(&p1);
+	steal_add(est, &p0, &p1);
+	g_scen = was;
+	rd->has_echo = 1;
+	rd->en = eln->done;
+	rd->esecs = (double)(eln->t_last - eln->t_first) / 1e9;
+	rd->ecpu = NAN;
+	slice_stats(eln->lat.v + n0, eln->lat.n - n0, &s);
+	rd->ep50 = s.p50;
+	rd->ep99 = s.p99;
+}
+
 /*
  * A scenario with a raw baseline, in interleaved rounds. ln is set up for
  * the whole scenario (kind, conc, total N, pt_seed, in, out); its N
@@ -696,22 +747,35 @@ base_end(struct bctx *b, struct row *r)
  * Decrypt sends ln->in->b[i % n] once. ops/s per side = requests / the sum
  * of its rounds' times; latencies over every request of the side; CPU per
  * request summed over the rounds.
+ *
+ * With an echo lane (eln over ecl, a c=1 lane of the same kind on the echo
+ * server) each round also runs the slice there, the three sides rotating
+ * (served-raw-echo, raw-echo-served, echo-served-raw, ...), and the echo's
+ * figures make row ekey.
  */
-void
-paired(struct client *cl, struct keyring *kr, struct lane *ln,
+static void
+paired_run(struct client *cl, struct keyring *kr, struct lane *ln,
     const char *key, const char *label, enum bop op, unsigned threads,
-    const struct ctset *bin)
+    const struct ctset *bin, struct client *ecl, struct lane *eln,
+    const char *ekey, const char *elabel)
 {
-	struct row *r = row_new(key, label);
+	struct row *r = row_new(key, label), *er = NULL;
 	struct lane *lp = ln;
 	struct bctx b;
 	struct stats s;
-	size_t N = ln->total, lo, hi, done = 0;
+	struct steal est = { 0, 0, 0 };
+	size_t N = ln->total, lo, hi, done = 0, n0;
 	uint64_t srv = 0, cli = 0, srv_ns = 0, cli_ns = 0, secs_ns = 0;
+	uint64_t ecpu = 0, eccpu = 0, esecs_ns = 0;
 	unsigned k, K = opt.rounds, side;
+	static const char *const rot[3] = { "sre", "res", "esr" };
 
 	if (K > N)
 		K = (unsigned)N;
+	if (eln != NULL) {
+		er = row_new(ekey, elabel);
+		snprintf(r->echo_key, sizeof(r->echo_key), "%s", ekey);
+	}
 	g_scen = r->label;
 	base_begin(&b, kr, op, threads, N, bin);
 	for (k = 0; k < K; k++) {
@@ -719,10 +783,25 @@ paired(struct client *cl, struct keyring *kr, struct lane *ln,
 
 		lo = N * k / K;
 		hi = N * (k + 1) / K;
-		rd->raw_first = k % 2;
-		for (side = 0; side < 2; side++) {
-			if ((side == 0) == rd->raw_first) {
+		snprintf(rd->order, sizeof(rd->order), "%s", eln != NULL ?
+		    rot[k % 3] : k % 2 ? "rs" : "sr");
+		rd->raw_first = strchr(rd->order, 'r') <
+		    strchr(rd->order, 's');
+		for (side = 0; rd->order[side] != '\0'; side++) {
+			if (rd->order[side] == 'r') {
 				base_slice(&b, lo, hi, rd);
+				slice_stats(b.lat + lo, hi - lo, &s);
+				rd->bp50 = s.p50;
+				continue;
+			}
+			if (rd->order[side] == 'e') {
+				uint64_t e0 = ecpu;
+
+				echo_slice(ecl, eln, lo, hi, rd, &ecpu, &eccpu,
+				    &est);
+				rd->ecpu = rd->en ? (double)(ecpu - e0) / 1e3 /
+				    (double)rd->en : NAN;
+				esecs_ns += eln->t_last - eln->t_first;
 				continue;
 			}
 			/* The slice on the daemon; latencies and failures
@@ -732,10 +811,13 @@ paired(struct client *cl, struct keyring *kr, struct lane *ln,
 			ln->issued = ln->done = 0;
 			ln->t_first = ln->t_last = 0;
 			srv = cli = 0;
+			n0 = ln->lat.n;
 			rd->n = serve_run(cl, &lp, 1, &srv, &cli, &rd->steal);
 			rd->secs = (double)(ln->t_last - ln->t_first) / 1e9;
 			rd->srv_cpu = rd->n ? (double)srv / 1e3 /
 			    (double)rd->n : NAN;
+			slice_stats(ln->lat.v + n0, ln->lat.n - n0, &s);
+			rd->p50 = s.p50;
 			steal_sum(&r->steal, &rd->steal);
 			done += rd->n;
 			srv_ns += srv;
@@ -759,6 +841,31 @@ paired(struct client *cl, struct keyring *kr, struct lane *ln,
 		r->cli_cpu = (double)cli_ns / 1e3 / (double)done;
 	}
 	base_end(&b, r);
+	if (er != NULL) {
+		stats_of(eln->lat.v, eln->lat.n, &s);
+		er->n = eln->lat.n;
+		er->failed = eln->failed;
+		er->secs = (double)esecs_ns / 1e9;
+		er->ops = er->secs > 0 ? (double)er->n / er->secs : NAN;
+		er->p50 = s.p50;
+		er->p99 = s.p99;
+		er->max = s.max;
+		if (er->n > 0) {
+			er->srv_cpu = ecpu ? (double)ecpu / 1e3 /
+			    (double)er->n : NAN;
+			er->cli_cpu = (double)eccpu / 1e3 / (double)er->n;
+		}
+		er->steal = est;
+	}
+}
+
+void
+paired(struct client *cl, struct keyring *kr, struct lane *ln,
+    const char *key, const char *label, enum bop op, unsigned threads,
+    const struct ctset *bin)
+{
+	paired_run(cl, kr, ln, key, label, op, threads, bin, NULL, NULL,
+	    NULL, NULL);
 }
 
 /* ---- scenarios ---- */
@@ -1133,15 +1240,131 @@ audit_scenario(void)
 		printf("(audit-verify could not run)\n");
 }
 
+double g_c1s_p99[MAX_ROUNDS][2];
+unsigned g_c1s_nrnd;
+
+/* A row from a lane run over several rounds (secs_ns: their sum). */
+static void
+row_from_rounds(struct row *r, struct lane *ln, uint64_t secs_ns,
+    uint64_t srv_ns, uint64_t cli_ns, size_t reqs)
+{
+	row_from_lane(r, ln);
+	r->n = ln->lat.n;
+	r->secs = (double)secs_ns / 1e9;
+	r->ops = r->secs > 0 ? (double)r->n / r->secs : NAN;
+	if (reqs > 0) {
+		r->srv_cpu = (double)srv_ns / 1e3 / (double)reqs;
+		r->cli_cpu = (double)cli_ns / 1e3 / (double)reqs;
+	}
+}
+
+/* A lane's next slice: requests [first, first + total). */
+static void
+lane_slice(struct lane *ln, size_t first, size_t total)
+{
+	ln->first = first;
+	ln->total = total;
+	ln->issued = ln->done = 0;
+	ln->t_first = ln->t_last = 0;
+}
+
+/*
+ * Status beside a lone Encrypt: one Status every --status-interval-us on a
+ * second connection, the daemon otherwise idle, against the same with
+ * Encrypt c=1 back to back on the first connection, in interleaved rounds
+ * (idle first in rounds 1, 3, 5, ...). Both sides send the same Status
+ * calls (n1/4 in all); the Encrypt lane runs until the loaded side's Status
+ * calls are answered. A token call run on the loop thread, or a worker
+ * hand-off that holds the loop, shows here as a Status p99 above the idle
+ * one.
+ */
+static void
+c1_status_scenario(void)
+{
+	struct client cl;
+	struct lane idle, stat, enc, *ip = &idle, *loaded[2] = { &stat, &enc };
+	struct row *ri, *rs, *re;
+	struct stats s;
+	size_t M = opt.n1 / 4 ? opt.n1 / 4 : 1, lo, hi, n0, nreq_i = 0;
+	size_t nreq_l = 0, enc_next = 0;
+	uint64_t srv, cli, srv_i = 0, cli_i = 0, srv_l = 0, cli_l = 0;
+	uint64_t secs_i = 0, secs_l = 0, secs_e = 0;
+	unsigned k, K = opt.rounds, side;
+	char label[64];
+
+	if (opt.status_interval_us == 0)
+		return;		/* back to back Status: no pace to compare */
+	if (K > M)
+		K = (unsigned)M;
+	client_open(&cl, 2);
+	status_lane_init(&idle);
+	idle.conn_fixed = 1;
+	status_lane_init(&stat);
+	stat.conn_fixed = 1;
+	lane_init(&enc, K_V2ENC, 1, 0);	/* background: while Status runs */
+	enc.conn_fixed = 0;
+	snprintf(label, sizeof(label), "Status %s, 2nd conn, idle",
+	    status_pace());
+	ri = row_new("status2_idle", label);
+	snprintf(label, sizeof(label), "Status %s, 2nd conn, Enc c=1",
+	    status_pace());
+	rs = row_new("status2_encrypt_c1", label);
+	re = row_new("encrypt_c1_status2", "Encrypt c=1 + Status on 2nd conn");
+	for (k = 0; k < K; k++) {
+		lo = M * k / K;
+		hi = M * (k + 1) / K;
+		for (side = 0; side < 2; side++) {
+			srv = cli = 0;
+			if ((side == 0) == (k % 2 == 0)) {
+				g_scen = ri->label;
+				lane_slice(&idle, lo, hi - lo);
+				n0 = idle.lat.n;
+				nreq_i += serve_run(&cl, &ip, 1, &srv, &cli,
+				    &ri->steal);
+				srv_i += srv;
+				cli_i += cli;
+				secs_i += idle.t_last - idle.t_first;
+				slice_stats(idle.lat.v + n0, idle.lat.n - n0,
+				    &s);
+				g_c1s_p99[k][0] = s.p99;
+				continue;
+			}
+			g_scen = rs->label;
+			lane_slice(&stat, lo, hi - lo);
+			lane_slice(&enc, enc_next, 0);
+			n0 = stat.lat.n;
+			nreq_l += serve_run(&cl, loaded, 2, &srv, &cli,
+			    &rs->steal);
+			enc_next += enc.issued;
+			srv_l += srv;
+			cli_l += cli;
+			secs_l += stat.t_last - stat.t_first;
+			secs_e += enc.t_last - enc.t_first;
+			slice_stats(stat.lat.v + n0, stat.lat.n - n0, &s);
+			g_c1s_p99[k][1] = s.p99;
+		}
+	}
+	g_c1s_nrnd = K;
+	row_from_rounds(ri, &idle, secs_i, srv_i, cli_i, nreq_i);
+	row_from_rounds(rs, &stat, secs_l, srv_l, cli_l, nreq_l);
+	row_from_rounds(re, &enc, secs_e, srv_l, cli_l, nreq_l);
+	re->steal = rs->steal;
+	lane_free(&idle);
+	lane_free(&stat);
+	lane_free(&enc);
+	client_close(&cl);
+}
+
 void
 server_scenarios(struct keyring *kr)
 {
-	struct client cl;
-	struct lane ln, enc, stat, *mixed[2] = { &enc, &stat };
+	struct client cl, ecl;
+	struct lane ln, eln, enc, stat, *mixed[2] = { &enc, &stat };
 	struct ctset *e1 = NULL, *e64 = NULL, *v64 = NULL;
 	struct row *r;
 	unsigned T = g_daemon_workers, C = opt.conc;
 	char label[64];
+	int echo = want(S_ECHO) && echo_running();
 
 	client_open(&cl, opt.conns);
 
@@ -1149,6 +1372,18 @@ server_scenarios(struct keyring *kr)
 	lane_init(&ln, K_V2ENC, C, 4 * C);
 	run_quiet(&cl, &ln, "warm-up");
 	lane_free(&ln);
+
+	/* The echo baseline: one connection, as many requests warm it. */
+	if (echo) {
+		client_open_path(&ecl, 1, g_echo_sock);
+		lane_init(&ln, K_V2ENC, 1, 4 * C);
+		run_quiet(&ecl, &ln, "echo warm-up");
+		lane_free(&ln);
+		lane_init(&ln, K_V2DEC, 1, 4 * C);
+		ln.in = g_echo_in;
+		run_quiet(&ecl, &ln, "echo warm-up");
+		lane_free(&ln);
+	}
 
 	if (want(S_STATUS)) {
 		lane_init(&ln, K_STATUS, 1, opt.n1);
@@ -1175,8 +1410,17 @@ server_scenarios(struct keyring *kr)
 		lane_init(&ln, K_V2ENC, 1, opt.n1);
 		ln.pt_seed = e1->seed;
 		ln.out = e1;
-		paired(&cl, kr, &ln, "v2_encrypt_c1", "v2 Encrypt c=1",
-		    B_SEAL, 1, NULL);
+		if (echo) {
+			lane_init(&eln, K_V2ENC, 1, opt.n1);
+			paired_run(&cl, kr, &ln, "v2_encrypt_c1",
+			    "v2 Encrypt c=1", B_SEAL, 1, NULL, &ecl, &eln,
+			    "echo_v2_encrypt_c1", "echo v2 Encrypt c=1 "
+			    "(fixed reply)");
+			lane_free(&eln);
+		} else {
+			paired(&cl, kr, &ln, "v2_encrypt_c1",
+			    "v2 Encrypt c=1", B_SEAL, 1, NULL);
+		}
 		lane_free(&ln);
 
 		e64 = ctset_new(opt.n64);
@@ -1192,8 +1436,18 @@ server_scenarios(struct keyring *kr)
 	if (want(S_DECRYPT)) {
 		lane_init(&ln, K_V2DEC, 1, opt.n1);
 		ln.in = e1;
-		paired(&cl, kr, &ln, "v2_decrypt_c1", "v2 Decrypt c=1",
-		    B_OPEN_V2, 1, e1);
+		if (echo) {
+			lane_init(&eln, K_V2DEC, 1, opt.n1);
+			eln.in = g_echo_in;
+			paired_run(&cl, kr, &ln, "v2_decrypt_c1",
+			    "v2 Decrypt c=1", B_OPEN_V2, 1, e1, &ecl, &eln,
+			    "echo_v2_decrypt_c1", "echo v2 Decrypt c=1 "
+			    "(fixed reply)");
+			lane_free(&eln);
+		} else {
+			paired(&cl, kr, &ln, "v2_decrypt_c1",
+			    "v2 Decrypt c=1", B_OPEN_V2, 1, e1);
+		}
 		lane_free(&ln);
 
 		snprintf(label, sizeof(label), "v2 Decrypt c=%u", C);
@@ -1220,6 +1474,10 @@ server_scenarios(struct keyring *kr)
 		lane_free(&enc);
 		lane_free(&stat);
 	}
+
+	/* Status on its own connection beside a lone Encrypt, and idle. */
+	if (want(S_MIXED))
+		c1_status_scenario();
 
 	/* v1beta1: n/a while the daemon does not serve it. */
 	if (want(S_V1)) {
@@ -1267,6 +1525,8 @@ server_scenarios(struct keyring *kr)
 		lane_free(&ln);
 	}
 
+	if (echo)
+		client_close(&ecl);
 	g_rss_peak = tree_status_kib("VmHWM", &g_rss_peak_token);
 	g_rss_now = tree_status_kib("VmRSS", NULL);
 	g_pss_now = tree_smaps_kib("Pss");

@@ -3,7 +3,10 @@
 in-process baseline) and on. Reads the BENCH_JSON line of each output file
 and prints, per scenario both ran, throughput on/off, server CPU per
 request over all the daemon's processes (on - off, us), latency p50/p99,
-and the daemons' peak RSS (front + token process).
+and the daemons' peak RSS (front + token process); then the c=1 floor
+(served p50 against echo round trip + raw op, the echo rows being the
+bench's own echo server, the same in both runs) and Status p99 on a 2nd
+connection idle and beside Encrypt c=1, off and on.
 
     compare.py OFF.out ON.out
 """
@@ -24,6 +27,58 @@ def num(d, k):
     return v if isinstance(v, (int, float)) else None
 
 
+def us(v):
+    return "%.0f" % v if v is not None else "-"
+
+
+def fig(v, fmt="%.1f"):
+    return fmt % v if isinstance(v, (int, float)) else "-"
+
+
+def floor_table(off, on):
+    """c=1 against its floor, and Status beside a lone Encrypt: off, on."""
+    rows = []
+    for key, what in (("v2_encrypt_c1", "v2 Encrypt c=1"),
+                      ("v2_decrypt_c1", "v2 Decrypt c=1")):
+        for mode, d in (("off", off), ("on", on)):
+            r = d.get("scenarios", {}).get(key, {})
+            f = r.get("floor")
+            if f is None:
+                continue
+            rows.append("%-18s %-4s %8s %8s %8s %8s %8s %8s" % (
+                what, mode, fig(num(r, "p50_us"), "%.0f"),
+                fig(num(r, "p99_us"), "%.0f"), fig(num(f, "echo_p50_us")),
+                fig(num(f, "raw_p50_us")), fig(num(f, "floor_p50_us")),
+                fig(num(f, "ratio_p50"), "%.2f")))
+    if rows:
+        print()
+        print("c=1 against its floor (echo round trip + raw op p50, same "
+              "rounds; target p50/floor <= 1.5), us")
+        print("%-18s %-4s %8s %8s %8s %8s %8s %8s" % (
+            "", "tp", "p50", "p99", "echo p50", "raw p50", "floor",
+            "p50/flr"))
+        for line in rows:
+            print(line)
+    rows = []
+    for mode, d in (("off", off), ("on", on)):
+        sc = d.get("scenarios", {})
+        i, b = sc.get("status2_idle"), sc.get("status2_encrypt_c1")
+        if i is None or b is None:
+            continue
+        t = d.get("targets", {}).get("status_p99_encrypt_c1_vs_idle", {})
+        rows.append("%-18s %-4s %8s %8s %8s" % (
+            "Status 2nd conn", mode, fig(num(i, "p99_us"), "%.0f"),
+            fig(num(b, "p99_us"), "%.0f"), fig(num(t, "value"), "%.2f")))
+    if rows:
+        print()
+        print("Status p99 on a 2nd connection, idle and beside Encrypt c=1 "
+              "(target beside/idle <= 1), us")
+        print("%-18s %-4s %8s %8s %8s" % ("", "tp", "idle", "beside",
+                                          "ratio"))
+        for line in rows:
+            print(line)
+
+
 def main(argv):
     if len(argv) != 3:
         raise SystemExit(__doc__)
@@ -32,9 +87,9 @@ def main(argv):
     print()
     print("token process: off (in-process baseline) vs on, same machine, "
           "same run")
-    print("%-28s %10s %10s %7s %9s %9s %9s %9s %9s" % (
+    print("%-28s %10s %10s %7s %9s %9s %9s %8s %8s %8s %8s" % (
         "scenario", "off ops/s", "on ops/s", "on/off", "cpu off", "cpu on",
-        "cpu +us", "p99 off", "p99 on"))
+        "cpu +us", "p50 off", "p50 on", "p99 off", "p99 on"))
     for key, o in so.items():
         n = sn.get(key)
         if n is None or "na" in o or "na" in n:
@@ -43,12 +98,13 @@ def main(argv):
         co, cn = num(o, "server_cpu_us_per_req"), num(n, "server_cpu_us_per_req")
         ratio = no / oo if oo and no is not None else float("nan")
         dcpu = cn - co if co is not None and cn is not None else float("nan")
-        print("%-28s %10.0f %10.0f %7.2f %9s %9s %9s %9.0f %9.0f" % (
+        print("%-28s %10.0f %10.0f %7.2f %9s %9s %9s %8s %8s %8s %8s" % (
             key[:28], oo or 0, no or 0, ratio,
             "%.1f" % co if co is not None else "-",
             "%.1f" % cn if cn is not None else "-",
             "%+.1f" % dcpu if dcpu == dcpu else "-",
-            num(o, "p99_us") or 0, num(n, "p99_us") or 0))
+            us(num(o, "p50_us")), us(num(n, "p50_us")),
+            us(num(o, "p99_us")), us(num(n, "p99_us"))))
     do, dn = off.get("daemon", {}), on.get("daemon", {})
 
     def mib(v):
@@ -60,6 +116,7 @@ def main(argv):
           "token process %s" % (mib(do.get("rss_peak_kib", -1)), mib(tot),
                                  mib(tot - tok if tot >= 0 and tok >= 0
                                      else -1), mib(tok)))
+    floor_table(off, on)
     return 0
 
 

@@ -6,13 +6,15 @@
  *   bidi/format character, and within its documented size bound.
  * - audit_encode + audit_line with the input as a hostile uid: the line the
  *   daemon would write always verifies, and flipping any one of its bytes
- *   never does.
+ *   never does; the record through its queued form (audit_pack,
+ *   audit_unpack) encodes to the same bytes.
  * - audit-verify on the input as a file: never crashes, answers 0 or 1.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "plugin/audit.h"
+#include "plugin/audit_int.h"
 #include "tests/fuzz/fuzz.h"
 
 #define CHECK(c)	FUZZ_CHECK(c)
@@ -65,6 +67,8 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	char *s = malloc(size + 1), body[AUDIT_RECORD_MAX];
+	char packed[AUDIT_PACK_MAX], again[AUDIT_RECORD_MAX];
+	struct audit_event back;
 	char line[AUDIT_RECORD_MAX + 200];
 	uint8_t prev[AUDIT_CHAIN_LEN] = { 0 };
 	struct audit_event ev;
@@ -84,6 +88,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	ev.reason = "ok";
 	n = audit_encode(&ev, body, sizeof(body));
 	CHECK(n > 0);
+	len = audit_pack(&ev, packed);
+	CHECK(len > 0 && len <= AUDIT_PACK_MAX);
+	CHECK(audit_unpack(packed, len, &back) == 0);
+	CHECK(audit_encode(&back, again, sizeof(again)) == n);
+	CHECK(memcmp(again, body, n) == 0);
 	len = audit_line(1, body, n, prev, line, sizeof(line));
 	CHECK(len > 0 && line[len - 1] == '\n');
 	CHECK(memchr(line, '\n', len - 1) == NULL);

@@ -95,6 +95,23 @@ def test_records_of_a_real_run_verify(audited, client_for):
     assert enc.ciphertext.hex()[:16] not in text
 
 
+def test_a_long_log_keeps_the_daemon_alive(audited, client_for):
+    """Past 256 KiB synced the writer drops the log's clean pages from the
+    page cache (posix_fadvise): the sandboxed front must be allowed to."""
+    d, log = audited("--audit-sync", "every")
+    c = client_for(d)
+    n = 0
+    while os.stat(log).st_size < 600 * 1024:
+        enc = c.encrypt(b"x" * 32, uid="uid-long-%d" % n)
+        n += 1
+    dec = c.decrypt(enc.ciphertext, enc.key_id, enc.annotations)
+    assert dec.plaintext == b"x" * 32
+    assert d.stop() == 0
+    r = verify(log)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(requests_in(log, op="Encrypt")) == n
+
+
 def _tamper(src, dst, fn):
     with open(src, "rb") as f:
         lines = f.read().split(b"\n")[:-1]

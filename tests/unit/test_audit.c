@@ -1,5 +1,6 @@
 /*
- * test_audit: the audit record encoder, the hash chain, audit-verify on
+ * test_audit: the audit record encoder, the queued (packed) form of a
+ * record, the hash chain, audit-verify on
  * intact and tampered files, and the writer (open, records, reopen, close)
  * on a real file.
  */
@@ -17,6 +18,7 @@
 #include <openssl/evp.h>
 
 #include "plugin/audit.h"
+#include "plugin/audit_int.h"
 
 static char dir[] = "/tmp/p11kms-test-audit-XXXXXX";
 
@@ -140,6 +142,72 @@ test_encode_fields(void **state)
 	assert_null(strchr(body, 0x1b));
 	/* A buffer too small gives 0. */
 	assert_int_equal(audit_encode(&ev, body, 64), 0);
+}
+
+/* The body made from a record through its queued form. */
+static size_t
+via_pack(const struct audit_event *ev, char *body, size_t cap)
+{
+	char packed[AUDIT_PACK_MAX];
+	struct audit_event back;
+	size_t n;
+
+	n = audit_pack(ev, packed);
+	assert_true(n > 0 && n <= AUDIT_PACK_MAX);
+	assert_int_equal(audit_unpack(packed, n, &back), 0);
+	/* Cut anywhere, it is refused, never read past. */
+	assert_int_equal(audit_unpack(packed, n - 1, &back), -1);
+	assert_int_equal(audit_unpack(packed, 3, &back), -1);
+	assert_int_equal(audit_unpack(packed, n, &back), 0);
+	return audit_encode(&back, body, cap);
+}
+
+/*
+ * The writer makes the JSON from the copy the loop queued: it must be the
+ * same bytes as from the event itself, for long, hostile, cut and absent
+ * fields too.
+ */
+static void
+test_pack_same_bytes(void **state)
+{
+	struct audit_event ev;
+	char want[AUDIT_RECORD_MAX], got[AUDIT_RECORD_MAX];
+	char big[600], uni[300];
+	size_t i, n;
+
+	(void)state;
+	memset(big, 'k', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	/* A 2-byte character across the bound of the uid (128). */
+	memset(uni, 'u', sizeof(uni) - 1);
+	uni[sizeof(uni) - 1] = '\0';
+	uni[127] = (char)0xc3;
+	uni[128] = (char)0xa9;
+	for (i = 0; i < 8; i++) {
+		event(&ev, i == 1 ? NULL : i == 2 ? big : i == 3 ? uni :
+		    i == 4 ? "a\"\x1b\xe2\x80\xae\xff" : "uid-1");
+		if (i == 5) {
+			ev.key_id = big;
+			ev.token_label = big + 500;
+			ev.mechanism = NULL;
+			ev.code_name = NULL;
+		}
+		if (i == 6) {
+			ev.peer_known = 0;
+			ev.code = -7;
+			ev.peer_pid = -1;
+			ev.ts.tv_nsec = 999999999;
+		}
+		if (i == 7) {
+			ev.uid = "";
+			ev.api = "";
+			ev.latency_ns = UINT64_MAX;
+		}
+		n = audit_encode(&ev, want, sizeof(want));
+		assert_true(n > 0);
+		assert_int_equal(via_pack(&ev, got, sizeof(got)), n);
+		assert_memory_equal(got, want, n);
+	}
 }
 
 static void
@@ -447,6 +515,7 @@ main(void)
 		cmocka_unit_test(test_json_string_escapes),
 		cmocka_unit_test(test_json_string_bounds),
 		cmocka_unit_test(test_encode_fields),
+		cmocka_unit_test(test_pack_same_bytes),
 		cmocka_unit_test(test_line_and_chain),
 		cmocka_unit_test(test_verify_tampering),
 		cmocka_unit_test(test_writer_file),

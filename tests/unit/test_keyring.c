@@ -1162,7 +1162,7 @@ fed_wait(struct fed *f, unsigned want)
  * input lets pool_free return.
  */
 static void
-test_pool_fed(void **state)
+pool_fed_run(int handoff)
 {
 	struct pool_feed feed;
 	struct keyring *kr;
@@ -1172,7 +1172,6 @@ test_pool_fed(void **state)
 	int fds[2];
 	unsigned i;
 
-	(void)state;
 	memset(&f, 0, sizeof(f));
 	pthread_mutex_init(&f.lock, NULL);
 	assert_int_equal(pipe(fds), 0);
@@ -1182,6 +1181,7 @@ test_pool_fed(void **state)
 	feed.fill = fed_fill;
 	feed.finish = fed_finish;
 	feed.ctx = &f;
+	feed.reader_handoff = handoff;
 	pool_set_feed(p, &feed);
 	/* A burst over the pool's own cap: the feed bounds its input. */
 	memset(burst, 'a', sizeof(burst));
@@ -1268,6 +1268,15 @@ test_pool_spin(void **state)
 	pool_set_spin(p, 0);
 	pool_free(p);
 	keyring_free(kr);
+}
+
+/* Both ways of waking workers (pool_feed.reader_handoff). */
+static void
+test_pool_fed(void **state)
+{
+	(void)state;
+	pool_fed_run(0);
+	pool_fed_run(1);
 }
 
 /* Check values and fingerprint against values computed outside p11kms. */
