@@ -3,7 +3,7 @@
  * Two SoftHSM tokens in a directory of their own hold one AES-256 KEK
  * (imported into both, sensitive and non-extractable); the daemon serves
  * them as replicas, replica A ("kms") behind the fault module on a copy of
- * SoftHSM's .so, replica B ("kms-b") on SoftHSM itself. Under load
+ * SoftHSM's .so, replica B ("hsm-b") on SoftHSM itself. Under load
  * (Encrypt and Decrypt at c = --concurrency, split in two lanes, Status
  * beside them; slices of --replica-slice requests, timed one by one) it
  * runs three phases: both up, replica A failing every call with
@@ -24,7 +24,7 @@
 #define REP_DOWN_S	7.0
 #define REP_BACK_S	8.0
 #define REP_MAX_SLICES	4096
-#define REP_TOKEN_B	"kms-b"
+#define REP_TOKEN_B	"hsm-b"	/* no prefix of "kms": pkcs11-tool matches prefixes */
 #define REP_PIN_B	"4321"
 
 struct rslice {
