@@ -185,6 +185,35 @@ spin_for_job(struct pool *p)
 		spin_relax();
 }
 
+/*
+ * An idle worker's sleep. Fed without reader hand-off, the filler runs
+ * the job it read while nobody reads: if that job hangs in the token, the
+ * requests behind it would wait for it. So such a sleep ends after a while
+ * to look whether anyone reads (and read if not): after 1 ms, doubling up
+ * to 128 ms while a reader is found at work, so an idle daemon wakes its
+ * idle workers about 8 times a second. Lock held.
+ */
+#define LOOK_MS_MAX	128
+
+static void
+idle_wait(struct pool *p, struct replica *rp, unsigned *look_ms)
+{
+	struct timespec ts;
+
+	if (p->feed.fill == NULL || p->feed.reader_handoff || p->feed_ended) {
+		pthread_cond_wait(&rp->cond, &p->lock);
+		return;
+	}
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += (long)*look_ms * 1000000L;
+	ts.tv_sec += ts.tv_nsec / 1000000000L;
+	ts.tv_nsec %= 1000000000L;
+	if (pthread_cond_timedwait(&rp->cond, &p->lock, &ts) != ETIMEDOUT)
+		*look_ms = 1;		/* woken for work */
+	else if (p->filling && *look_ms < LOOK_MS_MAX)
+		*look_ms *= 2;		/* a reader is at work: look less */
+}
+
 static void *
 worker_main(void *varg)
 {
@@ -196,6 +225,7 @@ worker_main(void *varg)
 	struct pool_job *job, *run;
 	uint64_t one = 1;
 	int nice_now, stop, more, r, fin, spun = 0;
+	unsigned look_ms = 1;
 
 	free(wa);
 	(void)pthread_setname_np(pthread_self(), "p11kms-worker");
@@ -240,7 +270,7 @@ worker_main(void *varg)
 				spin_gate_done(&p->spin, rp->head != NULL);
 				continue;
 			}
-			pthread_cond_wait(&rp->cond, &p->lock);
+			idle_wait(p, rp, &look_ms);
 			spun = 0;
 		}
 		if (rp->head == NULL)	/* stopping and nothing queued */
@@ -485,6 +515,7 @@ pool_set_spin(struct pool *p, uint64_t ns)
 {
 	pthread_mutex_lock(&p->lock);
 	p->spin.ns = ns;
+	pool_wake_all_locked(p);	/* idle workers look at it now */
 	pthread_mutex_unlock(&p->lock);
 }
 
