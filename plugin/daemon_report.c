@@ -187,7 +187,8 @@ daemon_log_config(const struct config *c, const struct gen *g)
 	    "#probe_interval_s", probe, "ops_listen", c->ops_listen ?
 	    c->ops_listen : "(off)", "log_format", c->log_format,
 	    "audit_log", c->audit_log ? c->audit_log : "(off)", "audit",
-	    audit, NULL);
+	    audit, "busy_poll", !c->busy_poll ? "off" :
+	    gen_spin_ns(c, 1) ? "auto (on)" : "auto (off: one CPU)", NULL);
 }
 
 void

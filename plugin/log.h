@@ -31,7 +31,7 @@ enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
 enum log_format { LOG_FORMAT_LOGFMT = 0, LOG_FORMAT_JSON };
 
 #define LOG_LINE_MAX	4096	/* bytes per line, newline included */
-#define LOG_KV_MAX	16	/* key/value pairs per log_kv line */
+#define LOG_KV_MAX	24	/* key/value pairs per log_kv line */
 
 extern _Atomic int log_level;
 extern int log_format;

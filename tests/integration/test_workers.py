@@ -213,3 +213,15 @@ def test_counts_only_cpus_it_may_use(token, spawn, faults, slot):
         check(d, w, 1, "software slot")
     else:
         check(d, w, 8, "hardware slot: 4 x 1 CPU, at least 8")
+
+
+def test_busy_poll_in_the_configuration_line(token, spawn):
+    """--busy-poll is said at start: auto (on with 2 or more usable CPUs,
+    off with one), or off."""
+    d = spawn(token, "d")
+    want = "auto (on)" if len(os.sched_getaffinity(0)) >= 2 else \
+        "auto (off: one CPU)"
+    assert config_line(d).get("busy_poll") == want, config_line(d)
+    d.stop()
+    d = spawn(token, "e", extra=["--busy-poll", "off"])
+    assert config_line(d).get("busy_poll") == "off", config_line(d)
