@@ -51,8 +51,13 @@ h2scan_filter(struct h2scan *sc, const uint8_t *in, size_t n, uint8_t *out)
 		    (uint32_t)sc->hdr[7] << 8 | sc->hdr[8]) & 0x7fffffffu;
 		if (sc->hdr[3] == H2_HEADERS && sid > sc->max_stream)
 			sc->max_stream = sid;
+		/*
+		 * Only a well-formed one (length 4, RFC 9113 6.4): any other
+		 * goes to nghttp2, which closes the connection for it, rather
+		 * than the scanner swallowing up to 16 MiB behind a bad header.
+		 */
 		sc->dropping = sc->hdr[3] == H2_RST_STREAM && sid != 0 &&
-		    sid > sc->max_stream;
+		    sid > sc->max_stream && sc->payload_left == 4;
 		if (!sc->dropping) {
 			memcpy(out + o, sc->hdr, sizeof(sc->hdr));
 			o += sizeof(sc->hdr);

@@ -148,6 +148,35 @@ test_large_payload(void **state)
 	assert_int_equal(sc.payload_left, 0);
 }
 
+/*
+ * An RST_STREAM on a stream never opened but with a length other than 4
+ * is not dropped: nghttp2 must see it and close the connection (a random
+ * header claiming 15 MB swallowed everything after it, and the connection
+ * hung instead of closing: test_transport's random bytes, now and then).
+ */
+static void
+test_malformed_rst_passes(void **state)
+{
+	static uint8_t in[24 + 9 + 40], out[sizeof(in) + H2SCAN_FRAME_HDR];
+	struct h2scan sc;
+	size_t n, o;
+
+	(void)state;
+	memcpy(in, preface, 24);
+	n = 24 + frame(in + 24, RST_STREAM, 9, 40, 'x');
+	h2scan_init(&sc);
+	o = h2scan_filter(&sc, in, n, out);
+	assert_int_equal(o, n);
+	assert_memory_equal(out, in, n);
+	/* A header claiming more than arrives passes as it comes. */
+	n = 24 + frame(in + 24, RST_STREAM, 9, 0, 0);
+	in[24] = 0xe4;			/* length 0xe40000 */
+	h2scan_init(&sc);
+	o = h2scan_filter(&sc, in, n, out);
+	assert_int_equal(o, n);
+	assert_int_equal(sc.payload_left, 0xe40000);
+}
+
 int
 main(void)
 {
@@ -155,6 +184,7 @@ main(void)
 		cmocka_unit_test(test_whole_stream),
 		cmocka_unit_test(test_any_read_boundary),
 		cmocka_unit_test(test_large_payload),
+		cmocka_unit_test(test_malformed_rst_passes),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
