@@ -28,6 +28,7 @@
 #define IN_CAP		(64 * 1024)
 #define OUT_CAP		(256 * 1024)
 #define SLOT_BITS	16
+#define READ_SLICE	4096	/* bytes of replies read per wake-up */
 #define MAX_SLOTS	(1u << SLOT_BITS)
 
 /* ---- the client ---- */
@@ -496,8 +497,18 @@ on_io(void *arg, uint32_t events)
 
 	if (events & EPOLLOUT)
 		flush(tp);
+	/*
+	 * At most READ_SLICE bytes a wake-up (some 20 replies): the socket
+	 * stays readable for the rest, and this watch is late, so a Status
+	 * read in the next wake-up is answered before the next slice of
+	 * replies, as the in-process loop answers at most 16 finished jobs
+	 * a wake-up (measured: Status p99 beside Encrypt c=64 went up
+	 * 1.1-1.7x with the token process while each wake-up drained every
+	 * reply that had come).
+	 */
 	while (!tp->dead && tp->in_len < IN_CAP) {
-		n = read(tp->fd, tp->in + tp->in_len, IN_CAP - tp->in_len);
+		n = read(tp->fd, tp->in + tp->in_len, IN_CAP - tp->in_len <
+		    READ_SLICE ? IN_CAP - tp->in_len : READ_SLICE);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0 && errno == EAGAIN)
@@ -508,11 +519,8 @@ on_io(void *arg, uint32_t events)
 			return;
 		}
 		tp->in_len += (size_t)n;
-		if (drain(tp) != 0)
-			return;
-		/* One read per wake-up is enough unless it filled up. */
-		if (tp->in_len < IN_CAP / 2)
-			break;
+		(void)drain(tp);
+		break;
 	}
 	if (!tp->dead && tp->in_len == IN_CAP)
 		lost(tp, "broke the protocol: a message over its "
