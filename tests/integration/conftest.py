@@ -777,6 +777,16 @@ def rpc_error(fn, *a, **kw):
     raise AssertionError("expected an RPC error, got OK: %r" % (r,))
 
 
+def round_trip(c, timeout=5):
+    """Encrypt of 32 random bytes, Decrypt of the answer: the same bytes
+    back. Returns the Encrypt answer."""
+    pt = os.urandom(32)
+    e = c.encrypt(pt, timeout=timeout)
+    assert c.decrypt(e.ciphertext, e.key_id, e.annotations,
+                     timeout=timeout).plaintext == pt
+    return e
+
+
 def assert_healthy(daemon, pb, what="after abuse"):
     """The process is alive and a fresh channel can Status+Encrypt+Decrypt."""
     assert daemon.alive(), "p11kms died %s: status %s; stderr tail:\n%s" % (

@@ -24,7 +24,7 @@ import grpc
 import pytest
 
 from conftest import (OPEN_CALL as OPEN, OPEN_INIT, SEAL_CALL as SEAL,
-                      SEAL_INIT, rpc_error, run_p11kms)
+                      SEAL_INIT, round_trip, rpc_error, run_p11kms)
 from faultctl import FAULT_SO, FaultToken
 from h2client import H2
 
@@ -74,14 +74,6 @@ def timed(fn, *a, **kw):
 
 def words(s):
     return s.lower().replace("_", " ")
-
-
-def round_trip(c, timeout=5):
-    pt = os.urandom(32)
-    e = c.encrypt(pt, timeout=timeout)
-    assert c.decrypt(e.ciphertext, e.key_id, e.annotations,
-                     timeout=timeout).plaintext == pt
-    return e
 
 
 def threads_of(pid):

@@ -29,8 +29,8 @@ import grpc
 import pytest
 
 from conftest import (MODULE, Daemon, fault_so, free_port, http,
-                      make_replica_tokens, parse_metrics, rpc_error,
-                      run_p11kms)
+                      make_replica_tokens, parse_metrics, round_trip,
+                      rpc_error, run_p11kms)
 from faultctl import FAULT_SO
 
 C = grpc.StatusCode
@@ -133,14 +133,6 @@ def wait_for(cond, timeout, what):
             return v
         time.sleep(0.05)
     raise AssertionError("%s: not within %.1f s" % (what, timeout))
-
-
-def round_trip(c, timeout=5):
-    pt = os.urandom(32)
-    e = c.encrypt(pt, timeout=timeout)
-    assert c.decrypt(e.ciphertext, e.key_id, e.annotations,
-                     timeout=timeout).plaintext == pt
-    return e
 
 
 class Load:
