@@ -177,12 +177,12 @@ worker_sched(struct keyring *kr)
 static void
 spin_for_job(struct pool *p)
 {
-	uint64_t end = token_now_ns() + p->spin.ns;
+	uint64_t now, next = 0, end = token_now_ns() + p->spin.ns;
 
 	while (atomic_load_explicit(&p->queued, memory_order_relaxed) == 0 &&
 	    atomic_load_explicit(&p->spin_stop, memory_order_relaxed) == 0 &&
-	    token_now_ns() < end)
-		spin_relax();
+	    (now = token_now_ns()) < end)
+		spin_relax(now, &next);
 }
 
 /*

@@ -209,7 +209,7 @@ loop_spin_gate(const struct loop *l)
 static int
 spin(struct loop *l, struct epoll_event *ev, int timeout_ms)
 {
-	uint64_t start, end;
+	uint64_t start, end, now, next = 0;
 	int n;
 
 	if (!spin_gate_open(&l->spin))
@@ -220,10 +220,9 @@ spin(struct loop *l, struct epoll_event *ev, int timeout_ms)
 		end = start + (uint64_t)timeout_ms * 1000000u;
 	if (l->nheap > 0 && l->heap[0]->when < end)
 		end = l->heap[0]->when;
-	do {
-		if ((n = epoll_wait(l->epfd, ev, LOOP_EVENTS, 0)) != 0)
-			break;
-	} while (loop_now() < end);
+	while ((n = epoll_wait(l->epfd, ev, LOOP_EVENTS, 0)) == 0 &&
+	    (now = loop_now()) < end)
+		spin_relax(now, &next);
 	spin_gate_done(&l->spin, n != 0);
 	return n;
 }

@@ -258,13 +258,16 @@ fill(void *ctx, struct pool *p)
 	n = -1;
 	/* Busy polling (pkcs11/spin.h): the next request, awake. */
 	if (spin_gate_open(&s->spin)) {
-		uint64_t end = loop_now() + s->spin.ns;
+		uint64_t now, next = 0, end = loop_now() + s->spin.ns;
 
-		do {
+		for (;;) {
 			n = recv(s->fd, s->in + s->in_len, IN_CAP - s->in_len,
 			    MSG_DONTWAIT);
-		} while (n < 0 && errno == EAGAIN && loop_now() < end &&
-		    !atomic_load(&s->stop));
+			if (n >= 0 || errno != EAGAIN ||
+			    (now = loop_now()) >= end || atomic_load(&s->stop))
+				break;
+			spin_relax(now, &next);
+		}
 		spin_gate_done(&s->spin, n >= 0);
 	}
 	if (n < 0)

@@ -11,6 +11,8 @@
 #include <sys/eventfd.h>
 
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <time.h>
 
 #include "pkcs11/spin.h"
@@ -319,6 +321,103 @@ test_spin_gate_rates(void **state)
 	assert_true(now[5] < was[5] / 2);
 }
 
+/*
+ * Two spinners on one core, each waiting for the other's turn (the front
+ * spinning for an answer from a worker its own wake-up preempted): with
+ * spin_relax handing the core over every SPIN_YIELD_NS, 2000 turns pass in
+ * milliseconds. Without it each turn waits for the scheduler to preempt a
+ * spinner at the end of its slice (a tick, 1-4 ms): many seconds, so the
+ * test gives up at 2.
+ */
+struct pp_shared {
+	_Atomic unsigned turn;
+	_Atomic int late;	/* gave up: over the test's limit */
+	unsigned n;
+	int cpu;
+};
+
+struct pp_side {
+	struct pp_shared *sh;
+	unsigned me;		/* 0 or 1: whose turns are even or odd */
+	int pinned;
+};
+
+static uint64_t
+mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void *
+pingpong_run(void *arg)
+{
+	struct pp_side *sd = arg;
+	struct pp_shared *sh = sd->sh;
+	uint64_t start = mono_ns(), now, next;
+	cpu_set_t set;
+	unsigned i;
+
+	CPU_ZERO(&set);
+	CPU_SET(sh->cpu, &set);
+	sd->pinned = pthread_setaffinity_np(pthread_self(), sizeof(set),
+	    &set) == 0;
+	for (i = 0; i < sh->n; i++) {
+		next = 0;
+		while (atomic_load(&sh->turn) % 2 != sd->me) {
+			if (atomic_load(&sh->late))
+				return NULL;
+			now = mono_ns();
+			if (now - start > 2000000000ull) {
+				atomic_store(&sh->late, 1);
+				return NULL;
+			}
+			spin_relax(now, &next);
+		}
+		atomic_fetch_add(&sh->turn, 1);
+	}
+	return NULL;
+}
+
+static void
+test_spin_relax_yields(void **state)
+{
+	struct pp_shared sh;
+	struct pp_side sd[2];
+	cpu_set_t set;
+	pthread_t tid[2];
+	uint64_t t;
+	int i;
+
+	(void)state;
+	assert_int_equal(sched_getaffinity(0, sizeof(set), &set), 0);
+	for (sh.cpu = 0; sh.cpu < CPU_SETSIZE && !CPU_ISSET(sh.cpu, &set);
+	    sh.cpu++)
+		;
+	assert_true(sh.cpu < CPU_SETSIZE);
+	atomic_init(&sh.turn, 0);
+	atomic_init(&sh.late, 0);
+	sh.n = 2000;
+	t = mono_ns();
+	for (i = 0; i < 2; i++) {
+		sd[i].sh = &sh;
+		sd[i].me = (unsigned)i;
+		sd[i].pinned = 0;
+		assert_int_equal(pthread_create(&tid[i], NULL, pingpong_run,
+		    &sd[i]), 0);
+	}
+	for (i = 0; i < 2; i++)
+		pthread_join(tid[i], NULL);
+	t = mono_ns() - t;
+	print_message("2000 turns of two spinners on CPU %d: %.1f ms\n",
+	    sh.cpu, (double)t / 1e6);
+	assert_true(sd[0].pinned && sd[1].pinned);
+	assert_int_equal(atomic_load(&sh.late), 0);
+	assert_int_equal(atomic_load(&sh.turn), 2 * sh.n);
+}
+
 int
 main(void)
 {
@@ -327,6 +426,7 @@ main(void)
 		cmocka_unit_test(test_late_watch_runs_last),
 		cmocka_unit_test(test_spin),
 		cmocka_unit_test(test_spin_gate_rates),
+		cmocka_unit_test(test_spin_relax_yields),
 	};
 
 	return cmocka_run_group_tests_name("loop", tests, NULL, NULL);
