@@ -19,9 +19,10 @@
  * now and then outlasts the budget). Three in four then came often enough
  * that 13 % of waits slept at a 10 % miss rate and 48 % at 20 %, each
  * paying the wake-ups the spin is there to save (simulated in
- * tests/unit/test_loop.c, test_spin_gate_rates). This gate keeps spinning through 20 % misses and backs
- * off harder than the old one when nothing comes (a slow token, sparse
- * requests: one spin in SPIN_BACKOFF + 1 waits, against 3 in 67).
+ * tests/unit/test_loop.c, test_spin_gate_rates). This gate keeps spinning
+ * through 20 % misses and backs off harder than the old one when nothing
+ * comes (a slow token, sparse requests: one spin in SPIN_BACKOFF + 1
+ * waits, against 3 in 67).
  *
  * One gate per spinning thread, or under the lock of whoever shares it.
  */
@@ -34,6 +35,7 @@
 #define SPIN_BACKOFF	64	/* waits that sleep at once, once shut */
 #define SPIN_MISS	2	/* a miss weighs two hits */
 #define SPIN_SHUT	16	/* the score that shuts the gate */
+#define SPIN_YIELD_NS	2000	/* a spinner yields its core this often */
 
 struct spin_gate {
 	uint64_t ns;		/* the spin's budget; 0: never spin */
@@ -41,8 +43,6 @@ struct spin_gate {
 	unsigned skip;		/* waits left that sleep at once */
 	uint64_t spins, misses;	/* counts, for tests and figures */
 };
-
-#define SPIN_YIELD_NS	2000	/* a spinner yields its core this often */
 
 /*
  * In a spin's loop, each turn (now: the time the turn read): tells the

@@ -159,7 +159,7 @@ write_later(void *arg)
 }
 
 static void
-g_skip_drain(struct loop *l)
+drain_skip(struct loop *l)
 {
 	while (loop_spin_gate(l)->skip > 0)
 		assert_int_equal(loop_once(l, 1), 0);
@@ -216,7 +216,7 @@ test_spin(void **state)
 	assert_int_equal(g->spins, 2 + SPIN_SHUT / SPIN_MISS);
 	assert_int_equal(g->skip, SPIN_BACKOFF);
 	/* No spin policy: never. */
-	g_skip_drain(l);
+	drain_skip(l);
 	loop_set_spin(l, NULL, NULL, 100000);
 	assert_int_equal(loop_once(l, 1), 0);
 	assert_int_equal(g->spins, 2 + SPIN_SHUT / SPIN_MISS);
@@ -298,11 +298,12 @@ static void
 test_spin_gate_rates(void **state)
 {
 	static const unsigned pct[] = { 5, 10, 20, 30, 50, 100 };
-	double now[6], was[6];
+	enum { NPCT = sizeof(pct) / sizeof(pct[0]) };
+	double now[NPCT], was[NPCT];
 	unsigned i;
 
 	(void)state;
-	for (i = 0; i < 6; i++) {
+	for (i = 0; i < NPCT; i++) {
 		now[i] = spin_share(pct[i], 0);
 		was[i] = spin_share(pct[i], 1);
 		print_message("misses %3u%%: waits that spin %.3f (first gate "
@@ -342,21 +343,12 @@ struct pp_side {
 	int pinned;
 };
 
-static uint64_t
-mono_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 static void *
 pingpong_run(void *arg)
 {
 	struct pp_side *sd = arg;
 	struct pp_shared *sh = sd->sh;
-	uint64_t start = mono_ns(), now, next;
+	uint64_t start = loop_now(), now, next;
 	cpu_set_t set;
 	unsigned i;
 
@@ -369,7 +361,7 @@ pingpong_run(void *arg)
 		while (atomic_load(&sh->turn) % 2 != sd->me) {
 			if (atomic_load(&sh->late))
 				return NULL;
-			now = mono_ns();
+			now = loop_now();
 			if (now - start > 2000000000ull) {
 				atomic_store(&sh->late, 1);
 				return NULL;
@@ -400,7 +392,7 @@ test_spin_relax_yields(void **state)
 	atomic_init(&sh.turn, 0);
 	atomic_init(&sh.late, 0);
 	sh.n = 2000;
-	t = mono_ns();
+	t = loop_now();
 	for (i = 0; i < 2; i++) {
 		sd[i].sh = &sh;
 		sd[i].me = (unsigned)i;
@@ -410,7 +402,7 @@ test_spin_relax_yields(void **state)
 	}
 	for (i = 0; i < 2; i++)
 		pthread_join(tid[i], NULL);
-	t = mono_ns() - t;
+	t = loop_now() - t;
 	print_message("2000 turns of two spinners on CPU %d: %.1f ms\n",
 	    sh.cpu, (double)t / 1e6);
 	assert_true(sd[0].pinned && sd[1].pinned);
